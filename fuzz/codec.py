@@ -1,0 +1,88 @@
+"""Binary form of programs: what the fuzzing engine mutates.
+
+Layout::
+
+    byte 0          number of op records N (taken modulo MAX_OPS + 1)
+    N x 8 bytes     records: code u8, dev u8, a u16, b u32 (little endian)
+    the rest        payload: bytes that write ops take, by reference
+
+Every byte string decodes to a valid program: codes, devices and arguments are
+reduced into range, a record cut short by the end of the input is dropped, and a
+write op's ``b`` is a reference ``offset | length << 16`` into the payload.
+Records have a fixed width, so flipping a byte changes one op and never shifts
+the parse of the ops after it.
+"""
+from __future__ import annotations
+
+import struct
+
+from .program import MAX_OPS, MAX_PAYLOAD, NDEVICES, OPS, Op, Program
+
+RECORD = struct.Struct("<BBHI")
+
+
+def _limits(proto: str) -> tuple:
+    """Per op code: (a modulus, b modulus, takes payload)."""
+    out = []
+    for spec in OPS[proto]:
+        a_lim, b_lim, has_data = 1, 1, False
+        for f in spec.fields:
+            if f.slot == "data":
+                has_data = True
+            elif f.slot == "a":
+                a_lim = f.limit or 1 << 16
+            else:
+                b_lim = f.limit or 1 << 32
+        out.append((a_lim, b_lim, has_data))
+    return tuple(out)
+
+
+LIMITS = {proto: _limits(proto) for proto in OPS}
+
+
+def decode(data: bytes, proto: str) -> Program:
+    """Bytes -> program (never fails)."""
+    if not data:
+        return Program(proto, ())
+    limits = LIMITS[proto]
+    ncodes = len(limits)
+    n = min(data[0] % (MAX_OPS + 1), (len(data) - 1) // RECORD.size)
+    end = 1 + n * RECORD.size
+    payload = data[end:end + MAX_PAYLOAD]
+    plen = len(payload)
+    ops = []
+    for code, dev, a, b in RECORD.iter_unpack(data[1:end]):
+        code %= ncodes
+        a_lim, b_lim, has_data = limits[code]
+        if has_data:
+            if plen:
+                off = (b & 0xFFFF) % plen
+                chunk = payload[off:off + (b >> 16)]
+            else:
+                chunk = b""
+            ops.append(Op(code, dev % NDEVICES, a % a_lim, 0, chunk))
+        else:
+            ops.append(Op(code, dev % NDEVICES, a % a_lim, b % b_lim, b""))
+    return Program(proto, tuple(ops))
+
+
+def encode(prog: Program) -> bytes:
+    """Program -> bytes, such that ``decode(encode(p)) == p``."""
+    if len(prog.ops) > MAX_OPS:
+        raise ValueError(f"at most {MAX_OPS} ops")
+    limits = LIMITS[prog.proto]
+    payload = bytearray()
+    records = [bytes([len(prog.ops)])]
+    for op in prog.ops:
+        b = op.b
+        if limits[op.code][2]:
+            data = op.data[:0xFFFF]
+            found = payload.find(data) if data else 0
+            if found < 0 or found > 0xFFFF or not data:
+                found = len(payload) if data else 0
+                payload += data
+            b = found | len(data) << 16
+        records.append(RECORD.pack(op.code, op.dev, op.a, b))
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload larger than {MAX_PAYLOAD} bytes")
+    return b"".join(records) + bytes(payload)

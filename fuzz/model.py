@@ -1,0 +1,274 @@
+"""The reference model: what the VFIO migration protocol allows, as data.
+
+This is the specification the oracles judge a device against.  It is written
+independently of the simulator (``harness/sim``): the simulator implements the
+kernel's next-hop table and skip loop; the model instead states the arcs a
+driver implements (PROTOCOL.md §2.4) and derives every path by a constrained
+breadth-first search (§2.5).  If either is wrong, the tests that compare them
+with each other and with the published tables (§2.6) disagree.
+"""
+from __future__ import annotations
+
+import errno as _errno
+from collections import deque
+
+from harness.uapi import (
+    FEATURE_GET,
+    FEATURE_MASK,
+    FEATURE_MIG_DATA_SIZE,
+    FEATURE_MIG_DEVICE_STATE,
+    FEATURE_MIGRATION,
+    FEATURE_PROBE,
+    FEATURE_SET,
+    V1_ERROR,
+    V1_MASK,
+    V1_RESUMING,
+    V1_RUNNING,
+    V1_SAVING,
+    MigFlag,
+    MigState,
+    packer,
+    vfio_device_feature_mig_state,
+)
+
+# ---------------------------------------------------------------------------
+# v2: states, arcs, paths
+# ---------------------------------------------------------------------------
+
+ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P = range(8)
+STATE_NAMES = tuple(s.name for s in MigState)
+SC, P2P, PRE = int(MigFlag.STOP_COPY), int(MigFlag.P2P), int(MigFlag.PRE_COPY)
+FLAG_SETS = (SC, SC | P2P, SC | PRE, SC | P2P | PRE)
+
+# Flags a state needs to be supported (ERROR is never requestable).
+STATE_NEEDS = {
+    STOP: SC, RUNNING: SC, STOP_COPY: SC, RESUMING: SC,
+    RUNNING_P2P: SC | P2P, PRE_COPY: SC | PRE, PRE_COPY_P2P: SC | P2P | PRE,
+}
+
+# The states that share one saving data session.
+SAVING_GROUP = frozenset({PRE_COPY, PRE_COPY_P2P, STOP_COPY})
+# States in which the device runs and its internal state may change.
+RUNNING_STATES = frozenset({RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P})
+
+# The arcs a driver implements (§2.4): (flags that must be set, flags that
+# must be clear) -> arcs.
+ARC_RULES = (
+    ((SC, 0), ((RESUMING, STOP), (STOP, RESUMING), (STOP, STOP_COPY), (STOP_COPY, STOP))),
+    ((SC, P2P), ((RUNNING, STOP), (STOP, RUNNING))),
+    ((SC | P2P, 0), ((RUNNING, RUNNING_P2P), (RUNNING_P2P, RUNNING), (RUNNING_P2P, STOP),
+                     (STOP, RUNNING_P2P))),
+    ((SC | PRE, P2P), ((RUNNING, PRE_COPY), (PRE_COPY, RUNNING), (PRE_COPY, STOP_COPY))),
+    ((SC | PRE | P2P, 0), ((RUNNING, PRE_COPY), (PRE_COPY, RUNNING), (PRE_COPY, PRE_COPY_P2P),
+                           (PRE_COPY_P2P, PRE_COPY), (PRE_COPY_P2P, RUNNING_P2P),
+                           (PRE_COPY_P2P, STOP_COPY), (RUNNING_P2P, PRE_COPY_P2P))),
+)
+
+# Requests refused even though a path through other states exists.
+BLOCKED = frozenset({(STOP_COPY, PRE_COPY), (STOP_COPY, PRE_COPY_P2P)})
+
+# What a single hop does to the data session.
+OPENS_SESSION = frozenset({(RUNNING, PRE_COPY), (RUNNING_P2P, PRE_COPY_P2P),
+                           (STOP, STOP_COPY), (STOP, RESUMING)})
+ENDS_SESSION = frozenset({(STOP_COPY, STOP), (PRE_COPY, RUNNING),
+                          (PRE_COPY_P2P, RUNNING_P2P), (RESUMING, STOP)})
+# The hop at which a resuming device loads and validates what was written.
+LOAD_HOP = (RESUMING, STOP)
+
+
+def supported(flags: int, state: int) -> bool:
+    need = STATE_NEEDS.get(state)
+    return need is not None and flags & need == need
+
+
+def arcs(flags: int) -> frozenset:
+    """The single-hop arcs a device with ``flags`` implements."""
+    out = set()
+    for (must, mustnot), rule_arcs in ARC_RULES:
+        if flags & must == must and not flags & mustnot:
+            out.update(rule_arcs)
+    return frozenset(out)
+
+
+def _interior_allowed(cur: int, new: int, state: int) -> bool:
+    # A path only passes through a saving-group state when it starts and ends
+    # inside the group (the session carries on, e.g. PRE_COPY->PRE_COPY_P2P->
+    # STOP_COPY); otherwise it would open a session it then abandons.
+    return state not in SAVING_GROUP or (cur in SAVING_GROUP and new in SAVING_GROUP)
+
+
+def _search_path(flags: int, cur: int, new: int) -> tuple | None:
+    if not (supported(flags, cur) and supported(flags, new)) or (cur, new) in BLOCKED:
+        return None
+    if cur == new:
+        return ()
+    graph = arcs(flags)
+    parent = {cur: None}
+    todo = deque([cur])
+    while todo:
+        node = todo.popleft()
+        for a, b in sorted(graph):
+            if a != node or b in parent:
+                continue
+            if b != new and not _interior_allowed(cur, new, b):
+                continue
+            parent[b] = node
+            if b == new:
+                hops = [b]
+                while parent[hops[-1]] != cur:
+                    hops.append(parent[hops[-1]])
+                return tuple(reversed(hops))
+            todo.append(b)
+    return None
+
+
+def _all_paths(flags: int) -> tuple:
+    return tuple(tuple(_search_path(flags, c, n) for n in range(8)) for c in range(8))
+
+
+# PATHS[flags][cur][new] -> tuple of hops after ``cur`` (ending with ``new``),
+# () for a no-op, None when the request must fail with EINVAL.
+PATHS = {flags: _all_paths(flags) for flags in FLAG_SETS}
+
+
+def path(flags: int, cur: int, new: int) -> tuple | None:
+    """The hops the kernel takes for SET ``new`` from ``cur``, or None if refused."""
+    if not (0 <= cur < 8 and 0 <= new < 8):
+        return None
+    if cur == new:
+        return ()  # a SET to the current state is a no-op success, even in ERROR (drivers loop while cur != new)
+    table = PATHS.get(flags)
+    return table[cur][new] if table is not None else _search_path(flags, cur, new)
+
+
+def opens_fd(flags: int, cur: int, new: int) -> bool:
+    """Whether a successful SET returns a new data_fd (its last hop opens a session)."""
+    hops = path(flags, cur, new)
+    if not hops:
+        return False
+    prev = hops[-2] if len(hops) > 1 else cur
+    return (prev, hops[-1]) in OPENS_SESSION
+
+
+def hop_pairs(cur: int, hops: tuple):
+    prev = cur
+    for h in hops:
+        yield prev, h
+        prev = h
+
+
+def allowed_after_failure(flags: int, cur: int, new: int) -> frozenset:
+    """States GET may report after a failed SET (§8.2): the old one, any hop, ERROR."""
+    hops = path(flags, cur, new) or ()
+    return frozenset((cur, ERROR, *hops))
+
+
+# ---------------------------------------------------------------------------
+# v2: data_fd rules (§2.8)
+# ---------------------------------------------------------------------------
+
+EBADF, ENODEV, ESPIPE, EINVAL, ENOMSG, ENOTTY = (
+    _errno.EBADF, _errno.ENODEV, _errno.ESPIPE, _errno.EINVAL, _errno.ENOMSG, _errno.ENOTTY)
+
+# errno a misused data_fd must give; any success is a finding.
+FD_READ_ON_RESUME_FD = frozenset({EBADF})
+FD_WRITE_ON_SAVE_FD = frozenset({EBADF})
+FD_SEEK = frozenset({ESPIPE})
+FD_IO_AFTER_SESSION_END = frozenset({ENODEV, EBADF, EINVAL})
+PRECOPY_INFO_STATES = frozenset({PRE_COPY, PRE_COPY_P2P})
+# "temporary end of stream" in PRE_COPY may be 0 bytes or ENOMSG; never ENOMSG in STOP_COPY.
+PRECOPY_TEMP_EOF_ERRNO = ENOMSG
+
+# ---------------------------------------------------------------------------
+# v2: VFIO_DEVICE_FEATURE framing (§2.2, vfio_ioctl_device_feature + vfio_check_feature)
+# ---------------------------------------------------------------------------
+
+# feature index -> (operations it supports, minimum payload size)
+MIGRATION_FEATURES = {
+    FEATURE_MIGRATION: (FEATURE_GET, 8),
+    FEATURE_MIG_DEVICE_STATE: (FEATURE_GET | FEATURE_SET, 8),
+    FEATURE_MIG_DATA_SIZE: (FEATURE_GET, 8),
+}
+FEATURE_KNOWN_BITS = FEATURE_MASK | FEATURE_GET | FEATURE_SET | FEATURE_PROBE
+MIG_STATE_PAYLOAD = packer(vfio_device_feature_mig_state)
+
+
+def feature_errno(flags: int, argsz: int, dev_flags: int, state: int) -> int | None:
+    """errno VFIO_DEVICE_FEATURE must give (0 success), or None where drivers may differ.
+
+    A SET of MIG_DEVICE_STATE is judged as carrying ``state`` (a no-op request)."""
+    if argsz < 8 or flags & ~FEATURE_KNOWN_BITS:
+        return EINVAL
+    op = flags & (FEATURE_GET | FEATURE_SET)
+    if op == FEATURE_GET | FEATURE_SET and not flags & FEATURE_PROBE:
+        return EINVAL
+    entry = MIGRATION_FEATURES.get(flags & FEATURE_MASK)
+    if entry is None:
+        return None  # other features are the driver's business
+    ops, minsz = entry
+    if op & ~ops:
+        return EINVAL
+    if flags & FEATURE_PROBE:
+        return 0
+    if not op or argsz - 8 < minsz:
+        return EINVAL
+    if op == FEATURE_SET and path(dev_flags, state, state) is None:
+        return EINVAL
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# v1: the device_state bit field (§1.3-1.7)
+# ---------------------------------------------------------------------------
+
+V1_VALID = frozenset({0b000, 0b001, 0b010, 0b011, 0b100})
+V1_INVALID = frozenset({0b101, 0b111})
+V1_KIND = {v: ("valid" if v in V1_VALID else "error" if v == V1_ERROR else "invalid") for v in range(8)}
+V1_RESET_STATE = V1_RUNNING
+V1_RESUMING_STATE = V1_RESUMING
+V1_SAVING_STATES = frozenset({V1_SAVING, V1_SAVING | V1_RUNNING})
+V1_STOPPED_STATES = frozenset({0b000, 0b010, 0b100, V1_ERROR})
+
+
+def v1_write_allowed(cur: int, value: int) -> bool:
+    """Whether a user write of ``value`` to device_state must be accepted.
+
+    Drivers "should attempt to support any transition between valid states"
+    (Alex Williamson's clarification); from the error state only reset recovers.
+    Reserved bits 3..31 are judged separately (:func:`v1_reserved_ok`)."""
+    return (cur & V1_MASK) != V1_ERROR and (value & V1_MASK) in V1_VALID
+
+
+def v1_states_after_failure(cur: int) -> frozenset:
+    """A failed device_state write leaves the previous state or 110b (§1.7)."""
+    return frozenset({cur & V1_MASK, V1_ERROR})
+
+
+def v1_is_load(cur: int, new: int) -> bool:
+    """Clearing RESUMING is when the driver deserializes what was written."""
+    return bool(cur & V1_RESUMING) and not new & V1_RESUMING
+
+
+def v1_starts_resume(cur: int, new: int) -> bool:
+    return bool(new & V1_RESUMING) and not cur & V1_RESUMING
+
+
+def v1_saving(state: int) -> bool:
+    return (state & V1_MASK) in V1_SAVING_STATES
+
+
+def v1_running(state: int) -> bool:
+    return (state & V1_MASK) in (V1_RUNNING, V1_RUNNING | V1_SAVING)
+
+
+# Region fields: name -> access rule.
+#   "rw"   read/write;  "ro" writes must not change it;  "zero" reads 0, writes ignored;
+#   "data" read while SAVING, written while RESUMING.
+V1_FIELD_ACCESS = {
+    "device_state": "rw",
+    "reserved": "zero",
+    "pending_bytes": "ro",
+    "data_offset": "ro",
+    "data_size": "data",
+}
+V1_HEADER_SIZE = 32

@@ -1,0 +1,233 @@
+"""Programs: sequences of migration ops, and their text form.
+
+A program is a protocol (``v1`` or ``v2``) and a list of :class:`Op`.  Every op
+is one fixed-width record ``(code, dev, a, b)`` plus, for the ops that write
+raw bytes, a payload.  What ``a`` and ``b`` mean is declared per op in
+``V1_OPS`` / ``V2_OPS``; the text form, the binary codec, the mutator and the
+executor all read these tables, so an op is described in exactly one place.
+
+Text form (one op per line, ``#`` comments, a version header)::
+
+    migfuzz-program 1 v2
+    set 0 state=PRE_COPY
+    read 0 fd=0 n=64
+    transfer 0 dst=1 seg=16
+
+``dev`` is the device index (0 or 1: a source and a destination).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from harness.uapi import V1_FIELD_NAMES, MigState
+
+TEXT_MAGIC = "migfuzz-program"
+TEXT_VERSION = 1
+NDEVICES = 2
+MAX_OPS = 48
+MAX_PAYLOAD = 4096
+FD_SLOTS = 4  # fd=0 is the newest data_fd of a device, fd=1 the one before, ...
+
+FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr")
+MANGLE_KINDS = ("truncate", "extend", "flip", "drop", "dup", "swap")
+MANGLE_CHUNK = 16  # drop/dup/swap work on chunks of this many bytes
+
+
+class Op(NamedTuple):
+    code: int  # index into the protocol's op table
+    dev: int
+    a: int = 0
+    b: int = 0
+    data: bytes = b""
+
+
+class Field(NamedTuple):
+    """One named argument of an op: which record slot holds it and how to show it."""
+
+    name: str
+    slot: str  # "a", "b" or "data"
+    kind: str  # "int", "hex", "state", "v1state", "v1field", "fault", "mangle", "bytes"
+    limit: int = 0  # values are taken modulo limit (0: the slot's full width)
+
+
+class OpSpec(NamedTuple):
+    name: str
+    fields: tuple = ()
+    doc: str = ""
+
+
+F_SLOT = Field("fd", "a", "int", FD_SLOTS)
+F_N = Field("n", "b", "int", 4097)
+F_DATA = Field("data", "data", "bytes")
+F_DST = Field("dst", "a", "int", NDEVICES)
+F_SEG = Field("seg", "b", "int", 1 << 16)
+F_SEED = Field("seed", "b", "int")
+F_FAULT = (Field("nth", "a", "int", 16), Field("kind", "b", "fault", len(FAULT_KINDS)))
+F_MANGLE = (Field("kind", "a", "mangle", len(MANGLE_KINDS)), Field("arg", "b", "int", 1 << 16))
+
+COMMON_OPS = (
+    OpSpec("reset", (), "VFIO_DEVICE_RESET"),
+    OpSpec("activity", (F_SEED,), "device work while running (registers, dirty pages)"),
+    OpSpec("fault", F_FAULT, "arm an injected failure of the device's nth internal step from now"),
+    OpSpec("mangle", F_MANGLE, "damage this device's captured stream in transport"),
+    OpSpec("transfer", (F_DST, F_SEG),
+           "write this device's captured stream into dst's resume session, in pieces of seg bytes "
+           "(0: one write; >= 1024: random splits seeded by seg)"),
+)
+
+V2_OPS = COMMON_OPS + (
+    OpSpec("set", (Field("state", "b", "state"),), "SET MIG_DEVICE_STATE (any u32)"),
+    OpSpec("get", (), "GET MIG_DEVICE_STATE"),
+    OpSpec("read", (F_SLOT, F_N), "read(2) n bytes from a data_fd, appended to the capture"),
+    OpSpec("drain", (F_SLOT,), "read a data_fd until (temporary) end of stream"),
+    OpSpec("write", (F_SLOT, F_DATA), "write(2) raw bytes to a data_fd"),
+    OpSpec("close", (F_SLOT,), "close(2) a data_fd"),
+    OpSpec("seek", (F_SLOT,), "lseek(2) a data_fd (must fail: ESPIPE)"),
+    OpSpec("precopy", (F_SLOT,), "VFIO_MIG_GET_PRECOPY_INFO on a data_fd"),
+    OpSpec("datasize", (), "GET MIG_DATA_SIZE"),
+    OpSpec("feature", (Field("argsz", "a", "int"), Field("flags", "b", "hex")),
+           "raw VFIO_DEVICE_FEATURE framing (any flags, any argsz)"),
+)
+
+V1_OPS = COMMON_OPS + (
+    OpSpec("set", (Field("value", "b", "v1state"),), "write device_state (any u32, reserved bits too)"),
+    OpSpec("get", (), "read device_state"),
+    OpSpec("rd", (Field("field", "a", "v1field", len(V1_FIELD_NAMES)),), "read a region field"),
+    OpSpec("wr", (Field("field", "a", "v1field", len(V1_FIELD_NAMES)), Field("value", "b", "hex")),
+           "write a region field (read-only ones too)"),
+    OpSpec("save", (), "one saving iteration: pending_bytes, data_offset, data_size, data, ack"),
+    OpSpec("drain", (), "saving iterations until pending_bytes is 0"),
+    OpSpec("rdwin", (F_N,), "read n bytes of the data window"),
+    OpSpec("wrwin", (F_DATA,), "write raw bytes to the data window, then data_size"),
+)
+
+OPS = {"v1": V1_OPS, "v2": V2_OPS}
+OPCODES = {proto: {spec.name: code for code, spec in enumerate(table)} for proto, table in OPS.items()}
+
+
+class ProgramError(ValueError):
+    """A program text or file that cannot be read."""
+
+
+class Program(NamedTuple):
+    proto: str
+    ops: tuple
+
+    def text(self) -> str:
+        return format_program(self)
+
+
+def normalize(proto: str, op: Op) -> Op:
+    """Bring every field into its declared range (what decode also does)."""
+    spec = OPS[proto][op.code]
+    a, b, data = 0, 0, b""
+    for f in spec.fields:
+        if f.slot == "data":
+            data = bytes(op.data[:MAX_PAYLOAD])
+        elif f.slot == "a":
+            a = op.a % f.limit if f.limit else op.a & 0xFFFF
+        else:
+            b = op.b % f.limit if f.limit else op.b & 0xFFFFFFFF
+    return Op(op.code, op.dev % NDEVICES, a, b, data)
+
+
+# ---------------------------------------------------------------------------
+# text form
+# ---------------------------------------------------------------------------
+
+
+def _show(f: Field, op: Op) -> str:
+    value = getattr(op, f.slot)
+    if f.kind == "bytes":
+        return value.hex()
+    if f.kind == "state":
+        return MigState(value).name if 0 <= value < 8 else str(value)
+    if f.kind == "v1state":
+        return f"0b{value:03b}" if value < 8 else hex(value)
+    if f.kind == "v1field":
+        return V1_FIELD_NAMES[value]
+    if f.kind == "fault":
+        return FAULT_KINDS[value]
+    if f.kind == "mangle":
+        return MANGLE_KINDS[value]
+    if f.kind == "hex":
+        return hex(value)
+    return str(value)
+
+
+def _parse_value(f: Field, text: str):
+    try:
+        if f.kind == "bytes":
+            return bytes.fromhex(text)
+        if f.kind == "state" and text in MigState.__members__:
+            return int(MigState[text])
+        if f.kind == "v1field":
+            return V1_FIELD_NAMES.index(text)
+        if f.kind == "fault":
+            return FAULT_KINDS.index(text)
+        if f.kind == "mangle":
+            return MANGLE_KINDS.index(text)
+        return int(text, 0)
+    except ValueError:
+        raise ProgramError(f"bad value {text!r} for {f.name}") from None
+
+
+def format_op(proto: str, op: Op) -> str:
+    spec = OPS[proto][op.code]
+    parts = [spec.name, str(op.dev)]
+    parts += [f"{f.name}={_show(f, op)}" for f in spec.fields]
+    return " ".join(parts)
+
+
+def format_program(prog: Program) -> str:
+    lines = [f"{TEXT_MAGIC} {TEXT_VERSION} {prog.proto}"]
+    lines += [format_op(prog.proto, op) for op in prog.ops]
+    return "\n".join(lines) + "\n"
+
+
+def parse_op(proto: str, line: str) -> Op:
+    words = line.split()
+    codes = OPCODES[proto]
+    if words[0] not in codes:
+        raise ProgramError(f"unknown {proto} op {words[0]!r}")
+    code = codes[words[0]]
+    spec = OPS[proto][code]
+    if len(words) < 2 or not words[1].isdigit() or int(words[1]) >= NDEVICES:
+        raise ProgramError(f"{words[0]}: expected a device index 0..{NDEVICES - 1} after the op name")
+    values = {"a": 0, "b": 0, "data": b""}
+    by_name = {f.name: f for f in spec.fields}
+    for word in words[2:]:
+        name, eq, text = word.partition("=")
+        if not eq or name not in by_name:
+            raise ProgramError(f"{words[0]}: unexpected argument {word!r} (takes {', '.join(by_name) or 'none'})")
+        f = by_name[name]
+        values[f.slot] = _parse_value(f, text)
+    return normalize(proto, Op(code, int(words[1]), values["a"], values["b"], values["data"]))
+
+
+def parse_program(text: str) -> Program:
+    lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise ProgramError("empty program")
+    head = lines[0].split()
+    if len(head) != 3 or head[0] != TEXT_MAGIC:
+        raise ProgramError(f"missing header line '{TEXT_MAGIC} {TEXT_VERSION} v1|v2'")
+    if head[1] != str(TEXT_VERSION):
+        raise ProgramError(f"unsupported program version {head[1]}")
+    proto = head[2]
+    if proto not in OPS:
+        raise ProgramError(f"unknown protocol {proto!r} (v1 or v2)")
+    ops = []
+    for n, line in enumerate(lines[1:], 2):
+        try:
+            ops.append(parse_op(proto, line))
+        except ProgramError as e:
+            raise ProgramError(f"line {n}: {e}") from None
+    if len(ops) > MAX_OPS:
+        raise ProgramError(f"{len(ops)} ops; at most {MAX_OPS}")
+    return Program(proto, tuple(ops))
+
+
+def is_text(data: bytes) -> bool:
+    return data.lstrip().startswith(TEXT_MAGIC.encode())

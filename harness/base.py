@@ -1,0 +1,80 @@
+"""The device interface every harness backend implements.
+
+The executor drives devices only through these methods.  They return errno
+values instead of raising (0 = success) because a refusal is an ordinary,
+expected protocol answer; a Python exception escaping one of them is itself a
+finding ("exception inside the target").
+
+Backends: ``harness.sim`` (in-process simulator) and ``harness.kernel`` (a real
+VFIO device through ioctl/pread/pwrite).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Device(Protocol):
+    """What both protocol versions share."""
+
+    def reset(self) -> int:
+        """VFIO_DEVICE_RESET. Returns errno."""
+
+    def activity(self, seed: int) -> None:
+        """Make the device do work (only has an effect while it runs).
+
+        The simulator changes registers and dirties pages; a real device does
+        what its target profile declares (e.g. UART register writes)."""
+
+    def digest(self) -> bytes | None:
+        """Exact digest of the device's internal state, or None if unknown."""
+
+    def live_files(self) -> int | None:
+        """Number of migration files/buffers the driver still holds, or None."""
+
+    def close_device(self) -> None:
+        """Release everything (fds, buffers)."""
+
+
+class V2Device(Device, Protocol):
+    """Migration protocol v2: VFIO_DEVICE_FEATURE + data_fd."""
+
+    flags: int  # advertised VFIO_MIGRATION_* flags
+
+    def get_state(self) -> tuple[int, int]:
+        """GET MIG_DEVICE_STATE -> (errno, state)."""
+
+    def set_state(self, state: int) -> tuple[int, int]:
+        """SET MIG_DEVICE_STATE -> (errno, data_fd or -1)."""
+
+    def feature(self, flags: int, payload: bytes, argsz: int | None = None) -> tuple[int, bytes]:
+        """Raw VFIO_DEVICE_FEATURE with any flags/argsz -> (errno, payload read back)."""
+
+    def data_size(self) -> tuple[int, int]:
+        """GET MIG_DATA_SIZE -> (errno, stop_copy_length)."""
+
+    def read(self, fd: int, n: int) -> tuple[int, bytes]:
+        """read(2) on a data_fd -> (errno, bytes)."""
+
+    def write(self, fd: int, data: bytes) -> tuple[int, int]:
+        """write(2) on a data_fd -> (errno, bytes written)."""
+
+    def seek(self, fd: int) -> int:
+        """lseek(fd, 0, SEEK_SET) on a data_fd -> errno (ESPIPE expected)."""
+
+    def precopy_info(self, fd: int) -> tuple[int, int, int]:
+        """VFIO_MIG_GET_PRECOPY_INFO -> (errno, initial_bytes, dirty_bytes)."""
+
+    def close(self, fd: int) -> int:
+        """close(2) a data_fd -> errno."""
+
+
+class V1Device(Device, Protocol):
+    """Migration protocol v1: the migration region."""
+
+    region_size: int
+
+    def region_read(self, offset: int, size: int) -> tuple[int, bytes]:
+        """pread on the migration region -> (errno, bytes)."""
+
+    def region_write(self, offset: int, data: bytes) -> tuple[int, int]:
+        """pwrite on the migration region -> (errno, bytes written)."""

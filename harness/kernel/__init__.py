@@ -1,0 +1,1 @@
+"""The kernel backend: a real VFIO migration device (``vfio``) and the QEMU rig that provides one (``rig``)."""

@@ -1,0 +1,61 @@
+"""The in-process simulated migratable device (v1 region or v2 data_fd).
+
+``SimTarget`` holds two devices (a source and a destination, seeded
+differently so a resume has something to change) and brings them back to
+power-on state between programs; ``bug=NAME`` swaps in one behaviour from the
+bug zoo (``bugs.py``) through the devices' seams.
+"""
+from __future__ import annotations
+
+from .bugs import BUGS, device_class
+from .core import DeviceHang
+from .v1 import REGION_SIZE
+
+__all__ = ["BUGS", "DeviceHang", "SimTarget"]
+
+NDEVICES = 2
+
+
+class SimTarget:
+    kind = "sim"
+    has_digest = True
+    validates_stream = True  # the stream carries lengths and a checksum
+    supports_faults = True
+
+    def __init__(self, proto: str = "v2", flags: int = 0x7, bug: str | None = None, seed: int = 0):
+        cls = device_class(proto, bug)
+        self.proto = proto
+        self.flags = flags if proto == "v2" else 0
+        self.bug = bug
+        self.region_size = REGION_SIZE
+        if proto == "v2":
+            self.devices = [cls(flags, seed * NDEVICES + i + 1) for i in range(NDEVICES)]
+        else:
+            self.devices = [cls(seed * NDEVICES + i + 1) for i in range(NDEVICES)]
+
+    @property
+    def name(self) -> str:
+        parts = [f"proto={self.proto}"]
+        if self.proto == "v2":
+            parts.append(f"flags={self.flags:#x}")
+        if self.bug:
+            parts.append(f"bug={self.bug}")
+        return "sim:" + ",".join(parts)
+
+    def fresh(self) -> None:
+        for d in self.devices:
+            d.restore_initial()
+
+    def arm_fault(self, dev: int, nth: int, kind: str) -> None:
+        self.devices[dev].counter.arm(nth, kind)
+
+    def fault_fired(self, dev: int) -> bool:
+        """Whether an armed fault fired since the last call (and forget it)."""
+        counter = self.devices[dev].counter
+        fired = counter.fired
+        counter.fired = False
+        return fired
+
+    def close(self) -> None:
+        for d in self.devices:
+            d.close_device()

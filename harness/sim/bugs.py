@@ -1,0 +1,353 @@
+"""The bug zoo: simulated devices with one realistic defect each.
+
+Each variant is a small mixin that overrides exactly one seam of the correct
+device (``V1SimDevice`` / ``V2SimDevice``); ``device_class(proto, bug)`` puts it
+in front of the device class.  Every entry names the real defect it is modelled
+on (PROTOCOL.md §6 numbers, §1 rules) and the finding kind that should catch it.
+"""
+from __future__ import annotations
+
+import errno
+from typing import NamedTuple
+
+from harness.uapi import V1_ERROR, V1_SAVING
+
+from . import stream
+from .core import NPAGES, PAGE_SIZE
+from .v1 import REGION_SIZE, V1SimDevice
+from .v2 import ERROR, FSM_NEXT, RUNNING, RUNNING_P2P, STATE_FLAGS, STOP, STOP_COPY, MigFile, V2SimDevice
+
+
+class Bug(NamedTuple):
+    proto: str
+    mixin: type
+    description: str
+    modelled_on: str
+    finding: str  # the finding kind expected to catch it
+
+
+# ----------------------------------------------------------------------------- v1
+
+
+class V1Accept101:
+    def set_state(self, value):
+        if value == 0b101 and self.state != V1_ERROR:
+            self.state = value
+            return 0
+        return super().set_state(value)
+
+
+class V1Accept111:
+    def set_state(self, value):
+        if value == 0b111 and self.state != V1_ERROR:
+            self.state = value
+            return 0
+        return super().set_state(value)
+
+
+class V1ErrorWritable:
+    def set_state(self, value):
+        if value == V1_ERROR:
+            self.state = V1_ERROR
+            self.core.running = False
+            return 0
+        return super().set_state(value)
+
+
+class V1ResumeNoWipe:
+    def enter_resuming(self):
+        pass  # keeps whatever an earlier resume session wrote
+
+
+class V1DeserializeEarly:
+    def write_data_size(self, size):
+        err = super().write_data_size(size)
+        if not err:
+            _apply_complete_pages(self.core.mem, self.resume_buf)
+        return err
+
+
+def _apply_complete_pages(mem, data) -> None:
+    """Load every complete page record found so far (a streaming loader)."""
+    pos = stream.HEADER_SIZE
+    while pos + 3 <= len(data):
+        tag, length = data[pos], int.from_bytes(data[pos + 1:pos + 3], "little")
+        body = pos + 3
+        if body + length > len(data):
+            return
+        if tag == stream.TAG_PAGE and length == 2 + PAGE_SIZE:
+            index = int.from_bytes(data[body:body + 2], "little") % NPAGES
+            mem[index * PAGE_SIZE:(index + 1) * PAGE_SIZE] = data[body + 2:body + length]
+        pos = body + length
+
+
+class V1StopNotFrozen:
+    def activity(self, seed):
+        self.core.work(seed)  # works even while stopped
+
+
+class V1PendingNeverZero:
+    def pending(self):
+        left = super().pending()
+        return left if left or self.state != V1_SAVING else 1
+
+
+class V1DataOffsetOob:
+    def data_offset(self):
+        return REGION_SIZE - 8  # the window runs past the end of the region
+
+
+class V1FailedWriteThirdState:
+    def set_state(self, value):
+        err = super().set_state(value)
+        if err and self.state != V1_ERROR:
+            self.state = 0b000  # neither the old state nor 110b
+            self.core.running = False
+        return err
+
+
+# ----------------------------------------------------------------------------- v2
+
+
+class V2PrecopyArcHang:
+    def next_state(self, cur, new):
+        flags = self.flags
+        if STATE_FLAGS[cur] & flags != STATE_FLAGS[cur] or not 0 <= new < 8 \
+                or STATE_FLAGS[new] & flags != STATE_FLAGS[new]:
+            return -errno.EINVAL
+        nxt = FSM_NEXT[cur][new]
+        spins = 0
+        while STATE_FLAGS[nxt] & flags != STATE_FLAGS[nxt]:  # before the fix: no ERROR exit
+            nxt = FSM_NEXT[nxt][new]
+            spins += 1
+            self.counter.spin(spins)
+        return nxt if nxt != ERROR else -errno.EINVAL
+
+
+class V2FdAfterReset:
+    def reset(self):
+        self.save_file = self.resume_file = None  # forgets the files without disabling them
+        self.state = RUNNING
+        self.core.running = True
+        return 0
+
+
+class V2ResumeIgnoresFpos:
+    def write_file(self, f, data):
+        f.buf[0:len(data)] = data  # always at offset 0
+        f.pos += len(data)
+        return 0, len(data)
+
+
+class V2SaveFieldSwap:
+    def saved_regs(self):
+        regs = list(self.core.regs)
+        r = regs[1]
+        regs[1] = (r >> 16 | r << 16) & 0xFFFFFFFF  # halves taken the wrong way round
+        return regs
+
+
+class V2PrecopyDirtyUnderreport:
+    def precopy_sizes(self, f):
+        initial = max(0, f.initial_end - f.pos)
+        return initial, self.core.dirty.bit_count() * stream.PAGE_RECORD_SIZE  # queued bytes ignored
+
+
+class V2RejectLargeState:
+    def write_file(self, f, data):
+        if f.pos + len(data) > stream.FULL_SIZE:  # an arbitrary cap at the size estimate
+            return errno.ENOMEM, 0
+        return super().write_file(f, data)
+
+
+class V2ResetNotRunning:
+    def reset(self):
+        super().reset()
+        self.state = STOP
+        self.core.running = False
+        return 0
+
+
+class V2FailedArcWrongState:
+    def fail_step(self, err):
+        err = super().fail_step(err)
+        if self.state != ERROR:
+            self.state = STOP_COPY if self.state != STOP_COPY else STOP  # off the path
+        return err
+
+
+class V2FdLeakOnError:
+    def new_file(self, saving):
+        f = MigFile(saving)  # allocated before the step that can fail ...
+        err = self.counter.step()
+        if err:
+            self.lost_files.append(f)  # ... and never released on failure
+            return self.fail_step(err), None
+        return 0, f
+
+
+class V2P2pArcMissing:
+    def step(self, cur, nxt):
+        if (cur, nxt) == (RUNNING, RUNNING_P2P):
+            return errno.EINVAL, None
+        return super().step(cur, nxt)
+
+
+class V2StreamLengthTrusted:
+    def load_stream(self, data):
+        pos = stream.HEADER_SIZE
+        while pos + 3 <= len(data):  # walk the declared record lengths to the end record
+            tag, length = data[pos], int.from_bytes(data[pos + 1:pos + 3], "little")
+            if tag == stream.TAG_END:
+                return stream.load(data[:pos + 3 + length])  # ignores what follows
+            pos += 3 + length
+        return stream.load(data)
+
+
+class V2EnomsgInStopCopy:
+    def read_file(self, f, n):
+        err, data = super().read_file(f, n)
+        if not err and not data and self.state == STOP_COPY:
+            return errno.ENOMSG, b""
+        return err, data
+
+
+class V2FdAliveAfterSessionEnd:
+    def arc_end_save(self):
+        self.save_file = None  # the file is dropped but never disabled
+        return 0, None
+
+
+class V2PrecopyInfoInStopCopy:
+    def precopy_info(self, fd):
+        f = self.fds.get(fd)
+        if f is not None and f.saving and not f.disabled and self.state == STOP_COPY:
+            return (0, *self.precopy_sizes(f))
+        return super().precopy_info(fd)
+
+
+class V2ErrorRequestable:
+    def set_state(self, new):
+        if new == ERROR and self.state != ERROR:
+            self.enter_error()
+            return 0, -1
+        return super().set_state(new)
+
+
+class V2ErrPtrOnAllocFailure:
+    def new_file(self, saving):
+        err = self.counter.step()
+        if err:
+            return 0, -err  # the error pointer is returned as if it were a file
+        return 0, MigFile(saving)
+
+
+class V2ResumeNoValidate:
+    def load_stream(self, data):
+        try:
+            return stream.load(data)
+        except stream.StreamError:
+            if len(data) < stream.HEADER_SIZE:
+                raise
+            mem = bytearray(self.core.mem)
+            _apply_complete_pages(mem, data)
+            return list(self.core.regs), mem  # loads whatever pages it finds
+
+
+BUGS = {
+    "v1-accept-101": Bug("v1", V1Accept101, "device_state 101b (RESUMING|RUNNING) accepted",
+                         "v1 VALID() rule; Alex Williamson's 2021 clarification", "accepted-invalid"),
+    "v1-accept-111": Bug("v1", V1Accept111, "device_state 111b accepted",
+                         "v1 VALID() rule", "accepted-invalid"),
+    "v1-error-writable": Bug("v1", V1ErrorWritable, "the error state 110b accepted from the user",
+                             "v1 header: 110b is reported by the driver only; libvfio-user v1 table (§5)",
+                             "accepted-invalid"),
+    "v1-resume-no-wipe": Bug("v1", V1ResumeNoWipe, "entering RESUMING keeps old buffer bytes",
+                             "v1 rule: the driver must enter RESUMING with no preconditions (§1.9)",
+                             "valid-stream-rejected"),
+    "v1-deserialize-early": Bug("v1", V1DeserializeEarly, "loads pages on each data_size write, not when RESUMING clears",
+                                "v1 rule: data is incorporated when RESUMING is cleared (§1.4)",
+                                "state-changed-while-stopped"),
+    "v1-stop-not-frozen": Bug("v1", V1StopNotFrozen, "device state changes while not running",
+                              "v1/v2 rule: a stopped device's internal state must not change (§2.3)",
+                              "state-changed-while-stopped"),
+    "v1-pending-never-zero": Bug("v1", V1PendingNeverZero, "pending_bytes never reaches 0 in stop-and-copy",
+                                 "v1 rule: in 010b iterate until pending_bytes == 0 (§1.5)", "hang"),
+    "v1-data-offset-oob": Bug("v1", V1DataOffsetOob, "data window outside the migration region",
+                              "v1 rule: data_offset/data_size describe a window inside the region (§1.2)",
+                              "region-layout"),
+    "v1-failed-write-third-state": Bug("v1", V1FailedWriteThirdState,
+                                       "a failed write leaves neither the old state nor 110b",
+                                       "v1 rule: after a failed write, previous state or ERROR (§1.7)",
+                                       "bad-state-after-failure"),
+    "v2-precopy-arc-hang": Bug("v2", V2PrecopyArcHang, "STOP_COPY -> PRE_COPY never returns",
+                               "§6 #1 vfio_mig_get_next_state() infinite loop (fix a26b499b757c)", "hang"),
+    "v2-fd-after-reset": Bug("v2", V2FdAfterReset, "old data_fd still works after reset",
+                             "§6 #8 pds_vfio_pci migration file used after reset (fix 457f73082547)",
+                             "fd-misuse-accepted"),
+    "v2-resume-ignores-fpos": Bug("v2", V2ResumeIgnoresFpos, "multi-chunk resume overwrites at offset 0",
+                                  "§6 #5 hisi_acc resume write ignored f_pos (fix be12ad45e15b)",
+                                  "valid-stream-rejected"),
+    "v2-save-field-swap": Bug("v2", V2SaveFieldSwap, "a register saved from the wrong halves",
+                              "§6 #6 hisi_acc EQE/AEQE DMA address halves swapped (008e5e996f42)",
+                              "resume-corrupted"),
+    "v2-precopy-dirty-underreport": Bug("v2", V2PrecopyDirtyUnderreport,
+                                        "PRECOPY_INFO dirty_bytes ignores data already queued",
+                                        "§6 #13 mlx5 dirty_bytes under-reported (fix 4928f67bc911)",
+                                        "stream-protocol"),
+    "v2-reject-large-state": Bug("v2", V2RejectLargeState, "a valid stream above an arbitrary cap refused",
+                                 "§6 #14 mlx5 512 MiB resume image cap", "valid-stream-rejected"),
+    "v2-reset-not-running": Bug("v2", V2ResetNotRunning, "reset leaves the device in STOP, not RUNNING",
+                                "§2.9 reset_done must set RUNNING; §6 #21 libvfio-user divergence",
+                                "state-mismatch"),
+    "v2-failed-arc-wrong-state": Bug("v2", V2FailedArcWrongState,
+                                     "after a failed step GET reports a state off the path",
+                                     "§2.7/§8.2 failure leaves cur, a hop on the path, or ERROR",
+                                     "bad-state-after-failure"),
+    "v2-fd-leak-on-error": Bug("v2", V2FdLeakOnError, "a failed fd-creating arc leaks its file",
+                               "§6 #12 mlx5 save/resume error unwind", "resource-leak"),
+    "v2-p2p-arc-missing": Bug("v2", V2P2pArcMissing, "P2P advertised, RUNNING -> RUNNING_P2P refused",
+                              "§2.4 P2P arcs a driver must implement", "rejected-valid"),
+    "v2-stream-length-trusted": Bug("v2", V2StreamLengthTrusted,
+                                    "a length inside the stream used unchecked (trailing bytes ignored)",
+                                    "§6 #2-4 length/f_pos checks in qat/hisi resume writes",
+                                    "damaged-stream-accepted"),
+    "v2-enomsg-in-stopcopy": Bug("v2", V2EnomsgInStopCopy, "end of stream in STOP_COPY reported as ENOMSG",
+                                 "§2.8 ENOMSG must not be returned in STOP_COPY", "stream-protocol"),
+    "v2-fd-alive-after-session-end": Bug("v2", V2FdAliveAfterSessionEnd,
+                                         "the saving data_fd keeps working after STOP_COPY -> STOP",
+                                         "§2.8 session end disables the file (ENODEV); §6 #23",
+                                         "fd-misuse-accepted"),
+    "v2-precopy-info-in-stopcopy": Bug("v2", V2PrecopyInfoInStopCopy, "PRECOPY_INFO answers in STOP_COPY",
+                                       "§2.8 PRECOPY_INFO only in PRE_COPY*", "accepted-invalid"),
+    "v2-error-requestable": Bug("v2", V2ErrorRequestable, "SET ERROR accepted",
+                                "§2.5 ERROR can never be requested", "accepted-invalid"),
+    "v2-errptr-on-alloc-failure": Bug("v2", V2ErrPtrOnAllocFailure,
+                                      "an allocation failure's error pointer used as the file",
+                                      "§6 #11 pds anon_inode_getfile() IS_ERR check (fix 2d12d18f14d9)",
+                                      "target-exception"),
+    "v2-resume-no-validate": Bug("v2", V2ResumeNoValidate, "a corrupted stream half-loaded instead of refused",
+                                 "§8.12 resume of damaged streams must fail; §6 #6 stream magic",
+                                 "damaged-stream-accepted"),
+}
+
+_BASE = {"v1": V1SimDevice, "v2": V2SimDevice}
+_CLASSES: dict = {}
+
+
+def device_class(proto: str, bug: str | None):
+    """The device class for ``proto``, with ``bug``'s behaviour swapped in."""
+    if proto not in _BASE:
+        raise ValueError(f"unknown protocol {proto!r} (v1 or v2)")
+    if not bug:
+        return _BASE[proto]
+    entry = BUGS.get(bug)
+    if entry is None:
+        raise ValueError(f"unknown bug variant {bug!r}")
+    if entry.proto != proto:
+        raise ValueError(f"bug variant {bug!r} is for protocol {entry.proto}")
+    key = (proto, bug)
+    if key not in _CLASSES:
+        _CLASSES[key] = type(f"{_BASE[proto].__name__}_{bug.replace('-', '_')}", (entry.mixin, _BASE[proto]), {})
+    return _CLASSES[key]
+

@@ -1,0 +1,164 @@
+"""The simulator's migration stream: declared once with construct, validated strictly.
+
+Layout (little endian)::
+
+    header   magic "MGFZ", version u16, flags u16, npages u16, page_size u16
+    record*  tag u8, length u16, body[length]
+               PAGE (1): index u16, data[page_size]   (a page; later copies win)
+               REGS (2): regs u32[NREGS]              (exactly once, after the pages)
+    end      tag END (3), length 12, body: length u32 (bytes before this record),
+             checksum 8 bytes (BLAKE2b-64 of every byte before this record)
+
+A pre-copy session first sends every page, then re-sends pages dirtied since,
+then (at STOP_COPY) the last dirty pages, the registers and the end record.
+
+:func:`load` refuses, before touching the device, anything that is not exactly
+such a stream: truncated, extended, reordered, bit-flipped, a missing page, a
+wrong length field.  A device is never half-loaded.
+"""
+from __future__ import annotations
+
+import errno
+from hashlib import blake2b
+
+from construct import Array, Bytes, Const, GreedyRange, Int8ul, Int16ul, Int32ul, Struct
+
+from harness.uapi import packer
+
+from .core import NPAGES, NREGS, PAGE_SIZE
+
+MAGIC = b"MGFZ"
+VERSION = 1
+FLAG_PRECOPY = 1 << 0
+
+TAG_PAGE, TAG_REGS, TAG_END = 1, 2, 3
+ALL_PAGES = (1 << NPAGES) - 1
+
+StreamHeader = Struct(
+    "magic" / Const(MAGIC),
+    "version" / Int16ul,
+    "flags" / Int16ul,
+    "npages" / Int16ul,
+    "page_size" / Int16ul,
+)
+RecordHead = Struct("tag" / Int8ul, "length" / Int16ul)
+PageBody = Struct("index" / Int16ul, "data" / Bytes(PAGE_SIZE))
+RegsBody = Struct("regs" / Array(NREGS, Int32ul))
+EndBody = Struct("length" / Int32ul, "checksum" / Bytes(8))
+Record = Struct("head" / RecordHead, "body" / Bytes(lambda ctx: ctx.head.length))
+# The whole stream, for tools and tests; the device uses the fixed parts below.
+Stream = Struct("header" / StreamHeader, "records" / GreedyRange(Record))
+
+# struct.Struct twins of the declarations above, for the device's hot path.
+_HEADER = packer(StreamHeader)
+_HEAD = packer(RecordHead)
+_PAGE = packer(Struct(PageBody.subcons[0]))  # the body's fixed part before the page bytes
+_REGS = packer(RegsBody)
+_END = packer(EndBody)
+
+HEADER_SIZE = _HEADER.size
+PAGE_RECORD_SIZE = _HEAD.size + _PAGE.size + PAGE_SIZE
+REGS_RECORD_SIZE = _HEAD.size + _REGS.size
+END_RECORD_SIZE = _HEAD.size + _END.size
+FULL_SIZE = HEADER_SIZE + NPAGES * PAGE_RECORD_SIZE + REGS_RECORD_SIZE + END_RECORD_SIZE
+# The largest stream a resuming device accepts (far above anything a program makes).
+MAX_STREAM = 1 << 20
+
+
+class StreamError(Exception):
+    """The stream is not a valid image for this device; ``errno`` says why."""
+
+    def __init__(self, reason: str, err: int = errno.EINVAL):
+        super().__init__(reason)
+        self.errno = err
+
+
+def checksum(data) -> bytes:
+    return blake2b(data, digest_size=8).digest()
+
+
+class StreamWriter:
+    """Builds a stream incrementally on the saving side."""
+
+    __slots__ = ("buf", "_hash", "ended")
+
+    def __init__(self, flags: int = 0):
+        self.buf = bytearray()
+        self._hash = blake2b(digest_size=8)
+        self.ended = False
+        self._emit(_HEADER.pack(MAGIC, VERSION, flags, NPAGES, PAGE_SIZE))
+
+    def _emit(self, data) -> None:
+        self.buf += data
+        self._hash.update(data)
+
+    def page(self, index: int, mem) -> None:
+        off = index * PAGE_SIZE
+        self._emit(_HEAD.pack(TAG_PAGE, _PAGE.size + PAGE_SIZE) + _PAGE.pack(index) + mem[off:off + PAGE_SIZE])
+
+    def pages(self, mask: int, mem) -> None:
+        for i in range(NPAGES):
+            if mask >> i & 1:
+                self.page(i, mem)
+
+    def regs(self, regs) -> None:
+        self._emit(_HEAD.pack(TAG_REGS, _REGS.size) + _REGS.pack(*regs))
+
+    def end(self) -> None:
+        length = len(self.buf)
+        self.buf += _HEAD.pack(TAG_END, _END.size) + _END.pack(length, self._hash.digest())
+        self.ended = True
+
+
+def full_stream(regs, mem) -> bytes:
+    """The stop-and-copy stream of a device whose state is (regs, mem)."""
+    w = StreamWriter()
+    w.pages(ALL_PAGES, mem)
+    w.regs(regs)
+    w.end()
+    return bytes(w.buf)
+
+
+def load(data) -> tuple[list, bytearray]:
+    """Validate ``data`` completely and return (regs, mem) to load; raise StreamError."""
+    n = len(data)
+    if n < HEADER_SIZE + END_RECORD_SIZE:
+        raise StreamError("stream too short")
+    magic, version, _flags, npages, page_size = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC or version != VERSION or npages != NPAGES or page_size != PAGE_SIZE:
+        raise StreamError("bad header")
+    end_at = n - END_RECORD_SIZE
+    tag, length = _HEAD.unpack_from(data, end_at)
+    if tag != TAG_END or length != _END.size:
+        raise StreamError("no end record")
+    declared, digest = _END.unpack_from(data, end_at + _HEAD.size)
+    if declared != end_at:
+        raise StreamError("length mismatch")
+    if checksum(memoryview(data)[:end_at]) != digest:
+        raise StreamError("checksum mismatch")
+    mem = bytearray(NPAGES * PAGE_SIZE)
+    seen = 0
+    regs = None
+    pos = HEADER_SIZE
+    while pos < end_at:
+        if pos + _HEAD.size > end_at:
+            raise StreamError("truncated record")
+        tag, length = _HEAD.unpack_from(data, pos)
+        pos += _HEAD.size
+        if pos + length > end_at:
+            raise StreamError("record overruns stream")
+        if tag == TAG_PAGE and length == _PAGE.size + PAGE_SIZE and regs is None:
+            (index,) = _PAGE.unpack_from(data, pos)
+            if index >= NPAGES:
+                raise StreamError("page index out of range")
+            off = index * PAGE_SIZE
+            mem[off:off + PAGE_SIZE] = data[pos + _PAGE.size:pos + length]
+            seen |= 1 << index
+        elif tag == TAG_REGS and length == _REGS.size and regs is None:
+            regs = list(_REGS.unpack_from(data, pos))
+        else:
+            raise StreamError(f"unexpected record tag {tag} length {length}")
+        pos += length
+    if regs is None or seen != ALL_PAGES:
+        raise StreamError("incomplete image")
+    return regs, mem

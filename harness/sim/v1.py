@@ -1,0 +1,265 @@
+"""v1 front end: a simulated device with a migration region (Linux 5.8-5.17 uAPI).
+
+Where each protocol rule lives:
+
+* ``FIELDS`` — the region header: offsets, native widths, who may write what.
+* ``set_state`` — device_state writes: reserved bits, the error state, invalid
+  values, and the order in which one write's bit changes take effect (load
+  when RESUMING clears, end/open/finish the save session, stop/start).
+* ``read_pending`` / ``read_data_offset`` / ``read_data_size`` — the saving
+  iteration of §1.5 (pending_bytes acknowledges the staged chunk).
+* ``write_data_size`` — the resuming iteration of §1.6 (consume the window).
+* ``enter_resuming`` — wipes what an earlier resume left behind.
+* ``load_stream`` — deserialize and validate when RESUMING is cleared; a
+  failed load fails the write and leaves the state as it was.
+"""
+from __future__ import annotations
+
+import errno
+
+from harness.uapi import V1_ERROR, V1_MASK, V1_RESUMING, V1_RUNNING, V1_SAVING, V1_FIELDS
+
+from . import stream
+from .core import DeviceCore, StepCounter
+
+DATA_OFFSET = 0x1000
+WINDOW = 0x40
+REGION_SIZE = DATA_OFFSET + WINDOW
+VALID = frozenset({0, 1, 2, 3, 4})
+
+# (offset, width) -> field name; any other header access is refused.
+FIELDS = {(off, size): name for name, (off, size) in V1_FIELDS.items()}
+
+
+class V1SimDevice:
+    """A migratable device speaking protocol v1 (implements harness.base.V1Device)."""
+
+    region_size = REGION_SIZE
+
+    def __init__(self, seed: int = 0):
+        self.core = DeviceCore(seed)
+        self.counter = StepCounter()
+        self.window = bytearray(WINDOW)
+        self.restore_initial()
+
+    def restore_initial(self) -> None:
+        self.core.restore_initial()
+        self.counter.clear()
+        self.state = V1_RUNNING
+        self.save = None  # stream.StreamWriter of the current saving session
+        self.save_pos = 0
+        self.staged = 0  # bytes of the current chunk in the window, not yet acknowledged
+        self.resume_buf = bytearray()
+
+    # -- region access -------------------------------------------------------
+
+    def region_read(self, offset: int, size: int) -> tuple[int, bytes]:
+        if offset >= DATA_OFFSET:
+            return self.read_window(offset - DATA_OFFSET, size)
+        name = FIELDS.get((offset, size))
+        if name is None:
+            return errno.EINVAL, b""
+        if name == "device_state":
+            value = self.state
+        elif name == "reserved":
+            value = 0
+        elif name == "pending_bytes":
+            err, value = self.read_pending()
+            if err:
+                return err, b""
+        elif name == "data_offset":
+            err, value = self.read_data_offset()
+            if err:
+                return err, b""
+        else:
+            value = self.read_data_size()
+        return 0, value.to_bytes(size, "little")
+
+    def region_write(self, offset: int, data: bytes) -> tuple[int, int]:
+        size = len(data)
+        if offset >= DATA_OFFSET:
+            return self.write_window(offset - DATA_OFFSET, data)
+        name = FIELDS.get((offset, size))
+        if name is None:
+            return errno.EINVAL, 0
+        value = int.from_bytes(data, "little")
+        if name == "device_state":
+            err = self.set_state(value)
+        elif name == "reserved":
+            err = 0  # writes ignored
+        elif name == "data_size":
+            err = self.write_data_size(value)
+        else:
+            err = errno.EINVAL  # pending_bytes and data_offset are read-only
+        return (err, 0) if err else (0, size)
+
+    # -- device_state ----------------------------------------------------------
+
+    def set_state(self, value: int) -> int:
+        cur = self.state
+        if value & ~V1_MASK or cur == V1_ERROR:
+            return errno.EINVAL
+        new = value & V1_MASK
+        if new not in VALID:
+            return errno.EINVAL
+        if new == cur:
+            return 0
+        err = self.counter.step()
+        if err:
+            return self.fail_step(err)
+        if cur & V1_RESUMING and not new & V1_RESUMING:
+            err = self.load()
+            if err:
+                return err
+        saving_was, saving_now = cur & V1_SAVING, new & V1_SAVING
+        if saving_was and (not saving_now or (new & V1_RUNNING and not cur & V1_RUNNING)):
+            self.end_save()  # leaving SAVING, or running again: the session is over
+            saving_was = 0
+        self.core.running = bool(new & V1_RUNNING)
+        if saving_now and not saving_was:
+            err = self.open_save(precopy=bool(new & V1_RUNNING))
+            if err:
+                return err
+        elif saving_now and cur & V1_RUNNING and not new & V1_RUNNING:
+            self.finish_precopy()
+        if new & V1_RESUMING and not cur & V1_RESUMING:
+            self.enter_resuming()
+        self.state = new
+        return 0
+
+    def fail_step(self, err: int) -> int:
+        if self.counter.fault_kind == "hwerror":
+            self.enter_error()
+        return err
+
+    def enter_error(self) -> None:
+        self.state = V1_ERROR
+        self.core.running = False
+        self.end_save()
+
+    def enter_resuming(self) -> None:
+        self.resume_buf = bytearray()
+
+    def load(self) -> int:
+        err = self.counter.step()
+        if err:
+            return self.fail_step(err)
+        try:
+            regs, mem = self.load_stream(self.resume_buf)
+        except stream.StreamError as e:
+            return e.errno
+        self.core.load(regs, mem)
+        return 0  # the buffer is wiped when RESUMING is next entered
+
+    def load_stream(self, data):
+        return stream.load(data)
+
+    # -- saving ------------------------------------------------------------------
+
+    def open_save(self, precopy: bool) -> int:
+        err = self.counter.step()  # buffer allocation
+        if err:
+            return self.fail_step(err)
+        core = self.core
+        w = stream.StreamWriter(stream.FLAG_PRECOPY if precopy else 0)
+        w.pages(stream.ALL_PAGES, core.mem)
+        core.dirty = 0
+        if not precopy:
+            w.regs(self.saved_regs())
+            w.end()
+        self.save, self.save_pos, self.staged = w, 0, 0
+        return 0
+
+    def finish_precopy(self) -> None:
+        core, w = self.core, self.save
+        w.pages(core.dirty, core.mem)
+        core.dirty = 0
+        w.regs(self.saved_regs())
+        w.end()
+
+    def saved_regs(self) -> list:
+        return self.core.regs
+
+    def end_save(self) -> None:
+        self.save, self.save_pos, self.staged = None, 0, 0
+
+    def read_pending(self) -> tuple[int, int]:
+        if self.save is None:
+            return 0, 0
+        self.save_pos += self.staged  # reading pending_bytes acknowledges the chunk
+        self.staged = 0
+        return 0, self.pending()
+
+    def pending(self) -> int:
+        queued = len(self.save.buf) - self.save_pos
+        if self.state & V1_RUNNING:
+            queued += self.core.dirty.bit_count() * stream.PAGE_RECORD_SIZE
+        return queued
+
+    def read_data_offset(self) -> tuple[int, int]:
+        if self.save is not None and not self.staged:
+            err = self.counter.step()
+            if err:
+                return self.fail_step(err), 0
+            self.stage_chunk()
+        return 0, self.data_offset()
+
+    def data_offset(self) -> int:
+        return DATA_OFFSET
+
+    def stage_chunk(self) -> None:
+        w = self.save
+        if self.save_pos >= len(w.buf) and self.state & V1_RUNNING and self.core.dirty:
+            w.pages(self.core.dirty, self.core.mem)
+            self.core.dirty = 0
+        chunk = w.buf[self.save_pos:self.save_pos + WINDOW]
+        self.window[:len(chunk)] = chunk
+        self.staged = len(chunk)
+
+    def read_data_size(self) -> int:
+        return self.staged if self.save is not None else 0
+
+    def read_window(self, offset: int, size: int) -> tuple[int, bytes]:
+        if self.save is None or offset < 0 or size < 0 or offset + size > WINDOW:
+            return errno.EINVAL, b""
+        return 0, bytes(self.window[offset:offset + size])
+
+    # -- resuming ----------------------------------------------------------------
+
+    def write_window(self, offset: int, data: bytes) -> tuple[int, int]:
+        if self.state != V1_RESUMING or offset < 0 or offset + len(data) > WINDOW:
+            return errno.EINVAL, 0
+        self.window[offset:offset + len(data)] = data
+        return 0, len(data)
+
+    def write_data_size(self, size: int) -> int:
+        if self.state != V1_RESUMING or size > WINDOW:
+            return errno.EINVAL
+        err = self.counter.step()
+        if err:
+            return self.fail_step(err)
+        if len(self.resume_buf) + size > stream.MAX_STREAM:
+            return errno.ENOMEM
+        self.resume_buf += self.window[:size]
+        return 0
+
+    # -- device ------------------------------------------------------------------
+
+    def reset(self) -> int:
+        self.end_save()
+        self.resume_buf = bytearray()
+        self.state = V1_RUNNING
+        self.core.running = True
+        return 0
+
+    def activity(self, seed: int) -> None:
+        self.core.activity(seed)
+
+    def digest(self) -> bytes:
+        return self.core.digest()
+
+    def live_files(self) -> int:
+        return int(self.save is not None)
+
+    def close_device(self) -> None:
+        self.reset()
