@@ -62,6 +62,18 @@ class Executor:
         self.trace: list = []
         self.arc_hook = None
         self.views: list[DeviceView] = []
+        # State after a load: the device's own digest, or (no digest) a re-save round trip.
+        if target.has_digest:
+            self.load_digests = [d.digest for d in self.devices]
+        else:
+            resave = getattr(target, "resave", None)
+            self.load_digests = [(lambda i=i: resave(i)) if resave else (lambda: None)
+                                 for i in range(len(self.devices))]
+        # State of a source at the end of its stream: its digest, or the stream itself.
+        if target.has_digest:
+            self.source_digests = self.load_digests
+        else:
+            self.source_digests = [(lambda i=i: bytes(self.views[i].capture)) for i in range(len(self.devices))]
 
     # -- running ------------------------------------------------------------------
 
@@ -203,7 +215,7 @@ class Executor:
         fault = self.fault_fired(op)
         if self.trace_on:
             self.note(f"SET {v2_name(new)} -> {errname(err)}, data_fd {fd}; GET {v2_name(got)}")
-        self.oracle.on_set(view, cur, new, err, fd, got, gerr, fault, dev, dev.digest)
+        self.oracle.on_set(view, cur, new, err, fd, got, gerr, fault, dev, self.load_digests[op.dev])
         self.oracle.check_files(view, dev.live_files())
         return err
 
@@ -226,7 +238,7 @@ class Executor:
         err, data = dev.read(slot.fd, op.b)
         if self.trace_on:
             self.note(f"read fd {slot.fd} n={op.b} -> {errname(err)}, {len(data)} bytes")
-        self.oracle.on_read(view, slot, op.b, err, data, self.fault_fired(op), dev.digest)
+        self.oracle.on_read(view, slot, op.b, err, data, self.fault_fired(op), self.source_digests[op.dev])
         if self.has_digest and self._stopped(view):
             self.oracle.check_frozen(view, dev.digest())
         return err if err else (0 if data else 64)
@@ -243,7 +255,7 @@ class Executor:
             if err == errno.EINTR and self.fault_fired(op):
                 continue
             total += len(data)
-            if oracle.on_read(view, slot, DRAIN_CHUNK, err, data, self.fault_fired(op), dev.digest):
+            if oracle.on_read(view, slot, DRAIN_CHUNK, err, data, self.fault_fired(op), self.source_digests[op.dev]):
                 if self.trace_on:
                     self.note(f"drain fd {slot.fd} -> {total} bytes, then {errname(err) if err else 'end'}")
                 return err
@@ -353,7 +365,7 @@ class Executor:
         fault = self.fault_fired(op)
         if self.trace_on:
             self.note(f"device_state := {value:#x} -> {errname(err)}; reads {v1_name(got)}")
-        self.oracle.on_set(view, cur, value, err, got, fault, dev.digest)
+        self.oracle.on_set(view, cur, value, err, got, fault, self.load_digests[op.dev])
         self.oracle.check_files(view, dev.live_files())
         return err
 
@@ -411,7 +423,7 @@ class Executor:
             return True
         if pending == 0:
             if view.state == V1_SAVING:
-                oracle.stream_complete(view, dev.digest())
+                oracle.stream_complete(view, self.source_digests[op.dev]())
             return True
         err, offset = self._v1_read_field(dev, "data_offset")
         if err:

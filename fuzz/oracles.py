@@ -93,7 +93,7 @@ class Slot:
 class DeviceView:
     """The protocol-side view of one device during a program."""
 
-    __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled",
+    __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled", "original",
                  "resume", "resume_kind", "frozen", "pc_expect", "pc_initial")
 
     def __init__(self, state: int):
@@ -103,6 +103,7 @@ class DeviceView:
         self.capture_done = False  # the end of that stream was seen
         self.capture_tainted = False  # bytes may be missing (v1 raw field access)
         self.mangled = False  # a transport fault changed the capture after it was complete
+        self.original: bytes | None = None  # the complete stream as the device sent it
         self.resume = bytearray()  # bytes written into the current resume session
         self.resume_kind = ""  # "", "derived" (one transfer of a capture), "mixed"
         self.frozen: bytes | None = None  # digest when the device last stopped
@@ -116,6 +117,7 @@ class DeviceView:
     def new_capture(self) -> None:
         self.capture = bytearray()
         self.capture_done = self.capture_tainted = self.mangled = False
+        self.original = None
         self.pc_expect = self.pc_initial = -1
 
     def new_resume(self) -> None:
@@ -142,8 +144,9 @@ class Oracle:
     # -- streams ----------------------------------------------------------------
 
     def stream_complete(self, view: DeviceView, digest: bytes | None) -> None:
-        if not view.capture_done and not view.capture_tainted:
-            self.known[bytes(view.capture)] = digest
+        if not view.capture_done and not view.capture_tainted and view.capture:
+            view.original = bytes(view.capture)
+            self.known[view.original] = digest
         view.capture_done = True
 
     def stream_data(self, view: DeviceView, data: bytes) -> None:
@@ -210,10 +213,13 @@ class Oracle:
         elif kind == "swap" and k + 1 < nchunks:
             a, b = cap[k * chunk:(k + 1) * chunk], cap[(k + 1) * chunk:(k + 2) * chunk]
             cap[k * chunk:(k + 2) * chunk] = b + a
-        changed = bytes(cap) != before
-        if changed and view.capture_done:
-            view.mangled = True
-        return changed
+        after = bytes(cap)
+        if view.capture_done:
+            # damaged: a complete stream the device sent, no longer byte for byte what it sent
+            view.mangled = view.original is not None and after != view.original
+        elif after != before:
+            view.capture_tainted = True  # no longer what the device sent: never "complete"
+        return after != before
 
 
 class V2Oracle(Oracle):
@@ -327,9 +333,9 @@ class V2Oracle(Oracle):
         if len(data) > n:
             self.fail("stream-protocol", f"at most {n} bytes", f"{len(data)} bytes")
         if not data:
-            if state == model.STOP_COPY:
+            if state == model.STOP_COPY and n > 0:  # read(fd, buf, 0) returning 0 is not end of stream
                 self.stream_complete(view, digest_fn())
-            return True
+            return n > 0
         self.stream_data(view, data)
         if view.pc_expect >= 0:
             view.pc_expect -= len(data)

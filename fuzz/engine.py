@@ -1,0 +1,272 @@
+"""The fuzzing engine: atheris (libFuzzer) driving the executor.
+
+Feedback is code coverage of the simulator, executor and oracles (atheris
+instruments them as they are imported inside ``instrument_imports``) plus
+protocol-state coverage: every (state, op, outcome, state) arc the executor
+reports lights one of ``ARC_COUNTERS`` counters reserved in libFuzzer's
+coverage map, so a new protocol arc keeps an input even on a real device,
+which gives no code coverage at all.
+
+The mutator works on ops (``fuzz.mutator``) and falls back to libFuzzer's byte
+mutation for arguments and payloads.  A finding is written to the crash
+directory the moment it is seen (bytes + annotated text), before anything else
+can go wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+from .codec import decode, encode
+from .program import MAX_OPS, Program, ProgramError, format_program, is_text, parse_program
+from .targets import TargetSpec
+
+ARC_COUNTERS = 1 << 14
+MAX_LEN = 1 + MAX_OPS * 8 + 512
+STATS_EVERY = 5.0  # seconds between live stats lines
+INSTRUMENTED = ["harness.sim", "fuzz.executor", "fuzz.oracles"]
+
+
+def seed_dir(proto: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "corpus" / "seeds" / proto
+
+
+def load_program_file(path: Path, proto: str | None) -> Program:
+    """A crash or corpus file, text or binary, as a program (ProgramError if unreadable)."""
+    data = path.read_bytes()
+    if is_text(data):
+        prog = parse_program(data.decode("utf-8", "replace"))
+        if proto and prog.proto != proto:
+            raise ProgramError(f"{path} is a {prog.proto} program; the target speaks {proto}")
+        return prog
+    return decode(data, proto or "v2")
+
+
+def prepare_corpus(corpus: Path, proto: str) -> int:
+    """Put the binary form of every text seed into the corpus directory."""
+    corpus.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for seed in sorted(seed_dir(proto).glob("*.txt")):
+        data = encode(parse_program(seed.read_text()))
+        name = corpus / hashlib.sha1(data).hexdigest()
+        if not name.exists():
+            name.write_bytes(data)
+        count += 1
+    return count
+
+
+def crash_report(prog: Program, finding, trace, target_name: str) -> str:
+    lines = [
+        f"# migfuzz finding: {finding.kind}",
+        f"# target: {target_name}",
+        f"# step {finding.step}: {finding.op}",
+        f"# arc: {finding.arc}",
+        f"# expected: {finding.expected}",
+        f"# observed: {finding.observed}",
+        f"# signature: {finding.signature()}",
+        "#",
+        "# trace:",
+    ]
+    lines += [f"#   [{step}] {text}" for step, text in trace]
+    if finding.detail:
+        lines += ["#", "# exception:"] + [f"#   {ln}" for ln in finding.detail.rstrip().splitlines()]
+    return "\n".join(lines) + "\n" + format_program(prog)
+
+
+def save_finding(crashes: Path, data: bytes, prog: Program, finding, trace, target_name: str) -> Path:
+    """Write crash-<sha1> and crash-<sha1>.txt durably; returns the binary's path."""
+    crashes.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(data).hexdigest()
+    path = crashes / f"crash-{digest}"
+    for p, content in ((path, data), (path.with_suffix(".txt"),
+                                       crash_report(prog, finding, trace, target_name).encode())):
+        tmp = p.with_name(p.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    return path
+
+
+class Campaign:
+    """State of one fuzzing process."""
+
+    def __init__(self, spec: TargetSpec, crashes: Path, max_time: float | None, runs: int | None,
+                 keep_going: bool, seed: int, out=sys.stderr, report=None):
+        self.spec = spec
+        self.crashes = crashes
+        self.deadline = time.monotonic() + max_time if max_time else None
+        self.runs = runs
+        self.keep_going = keep_going
+        self.rng = random.Random(seed)
+        self.out = out
+        self.report = report  # optional callback(kind, dict) for machine-readable output
+        self.execs = 0
+        self.arcs: set = set()
+        self.signatures: set = set()
+        self.findings = 0
+        self.started = time.monotonic()
+        self.last_stats = self.started
+        self.executor = None
+        self.target = None
+        self.proto = spec.proto
+        self.current = b""
+
+    # -- setup ------------------------------------------------------------------
+
+    def load_target(self, instrument: bool) -> None:
+        if instrument:
+            import atheris
+
+            with atheris.instrument_imports(include=INSTRUMENTED):
+                from . import executor as executor_mod
+                from harness import sim  # noqa: F401  (instrumented on import)
+        else:
+            from . import executor as executor_mod
+        from .targets import open_target
+
+        self.target = open_target(self.spec)
+        self.proto = self.target.proto
+        self.executor = executor_mod.Executor(self.target)
+
+    def enable_arc_feedback(self) -> None:
+        import atheris
+
+        base = atheris._reserve_counter()
+        for _ in range(ARC_COUNTERS - 1):
+            atheris._reserve_counter()
+        trace_branch = atheris._trace_branch
+        arcs = self.arcs
+        mask = ARC_COUNTERS - 1
+
+        def hook(key: int) -> None:
+            arcs.add(key)
+            trace_branch(base + (key & mask))
+
+        self.executor.arc_hook = hook
+
+    # -- one input --------------------------------------------------------------
+
+    def test_one_input(self, data: bytes) -> None:
+        self.current = data
+        prog = decode(data, self.proto)
+        finding = self.executor.run(prog)
+        self.execs += 1
+        if finding is not None:
+            self.on_finding(data, prog, finding)
+        if not self.execs & 255:
+            self.tick()
+
+    def on_finding(self, data: bytes, prog: Program, finding) -> None:
+        sig = finding.signature()
+        new = sig not in self.signatures
+        self.signatures.add(sig)
+        if new or not self.keep_going:
+            from .executor import Executor
+
+            tracer = Executor(self.target, trace=True)
+            again = tracer.run(prog)
+            trace = tracer.trace
+            path = save_finding(self.crashes, data, prog, again or finding, trace, self.spec.text())
+            self.findings += 1
+            self.say(f"FINDING {finding.kind} at step {finding.step} ({finding.op}): expected "
+                     f"{finding.expected}; observed {finding.observed} -> {path}")
+            if self.report:
+                self.report("finding", {"kind": finding.kind, "step": finding.step, "op": finding.op,
+                                        "arc": finding.arc, "expected": finding.expected,
+                                        "observed": finding.observed, "signature": sig,
+                                        "file": str(path), "target": self.spec.text()})
+        if not self.keep_going:
+            self.finish()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last_stats >= STATS_EVERY:
+            self.stats_line(now)
+        if (self.deadline is not None and now >= self.deadline) or (self.runs is not None and self.execs >= self.runs):
+            self.finish()
+
+    def stats(self, now: float | None = None) -> dict:
+        now = now or time.monotonic()
+        elapsed = max(now - self.started, 1e-9)
+        return {"execs": self.execs, "execs_per_s": round(self.execs / elapsed, 1), "arcs": len(self.arcs),
+                "findings": self.findings, "elapsed_s": round(elapsed, 1)}
+
+    def stats_line(self, now: float | None = None) -> None:
+        s = self.stats(now)
+        self.last_stats = now or time.monotonic()
+        self.say(f"stats: {s['elapsed_s']}s execs {s['execs']} ({s['execs_per_s']:.0f}/s) "
+                 f"protocol arcs {s['arcs']} findings {s['findings']}")
+        if self.report:
+            self.report("stats", s)
+
+    def say(self, text: str) -> None:
+        print(f"migfuzz: {text}", file=self.out, flush=True)
+
+    def finish(self) -> None:
+        self.stats_line()
+        if self.report is not None and hasattr(self.report, "close"):
+            self.report.close(self.stats())
+        if self.target is not None:
+            self.target.close()
+        self.out.flush()
+        os._exit(1 if self.findings else 0)
+
+    # -- mutation -----------------------------------------------------------------
+
+    def custom_mutator(self, data: bytes, max_size: int, seed: int) -> bytes:
+        import atheris
+
+        rng = self.rng
+        rng.seed(seed)
+        if rng.random() < 0.25:
+            return atheris.Mutate(data, max_size)
+        from .mutator import mutate, trim_payload
+
+        prog = decode(data, self.proto)
+        for _ in range(1 + (rng.random() < 0.3)):
+            prog = mutate(prog, rng)
+        out = encode(trim_payload(prog))
+        return out[:max_size] if len(out) > max_size else out
+
+    def custom_crossover(self, data1: bytes, data2: bytes, max_out: int, seed: int) -> bytes:
+        from .mutator import crossover, trim_payload
+
+        rng = self.rng
+        rng.seed(seed)
+        prog = crossover(decode(data1, self.proto), decode(data2, self.proto), rng)
+        out = encode(trim_payload(prog))
+        return out[:max_out]
+
+
+def libfuzzer_args(corpus: Path, crashes: Path, max_time: float | None, seed: int, extra: list) -> list:
+    args = [sys.argv[0], str(corpus), f"-max_len={MAX_LEN}", f"-seed={seed}",
+            f"-artifact_prefix={crashes}/libfuzzer-", "-print_final_stats=0", "-timeout=60",
+            "-rss_limit_mb=4096", "-reload=5"]
+    if max_time:
+        args.append(f"-max_total_time={int(max_time) + 30}")  # backstop; the campaign stops itself
+    return args + list(extra)
+
+
+def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float | None, runs: int | None,
+                 seed: int, extra: list, keep_going: bool = False, instrument: bool = True,
+                 report=None) -> None:
+    """Fuzz until the time or run budget is spent or a finding is made; never returns."""
+    import atheris
+
+    crashes.mkdir(parents=True, exist_ok=True)
+    camp = Campaign(spec, crashes, max_time, runs, keep_going, seed, report=report)
+    camp.load_target(instrument)
+    camp.enable_arc_feedback()
+    nseeds = prepare_corpus(corpus, camp.proto)
+    camp.say(f"fuzzing {spec.text()} (protocol {camp.proto}); corpus {corpus} ({nseeds} seeds); "
+             f"crashes -> {crashes}")
+    atheris.Setup(libfuzzer_args(corpus, crashes, max_time, seed, extra), camp.test_one_input,
+                  custom_mutator=camp.custom_mutator, custom_crossover=camp.custom_crossover)
+    atheris.Fuzz()
+

@@ -1,0 +1,107 @@
+"""Target specifications: what ``--target`` names, and opening it.
+
+Syntax: ``KIND[:key=value,...]``.
+
+* ``sim`` — the in-process simulator. Keys: ``proto=v1|v2`` (default v2),
+  ``flags=0x1|0x3|0x5|0x7`` (v2 only, default 0x7), ``bug=NAME`` (a zoo
+  variant, see ``migfuzz targets``), ``seed=N`` (device contents).
+* ``kernel`` — a real VFIO device. Keys: ``dev=NAME`` (mdev UUID or PCI
+  address, required), ``dev2=NAME`` (a second device, the destination),
+  ``group=N`` / ``group2=N`` (IOMMU group, found from sysfs if omitted),
+  ``cdev=/dev/vfio/devices/vfioN`` (iommufd instead of the group API).
+  Fuzzing a kernel device also needs ``--i-know-this-resets-the-device``.
+* ``mtty`` — inside the rig guest: the mtty instances the rig created.
+
+This module imports no harness code at load time, so the fuzzing engine can
+import the simulator inside atheris' instrumentation.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class TargetError(ValueError):
+    """A target specification that cannot be used (usage error, exit 2)."""
+
+
+class TargetUnavailable(RuntimeError):
+    """The target exists in the spec but cannot be opened (exit 3)."""
+
+
+class TargetSpec(NamedTuple):
+    kind: str
+    proto: str
+    flags: int
+    bug: str | None
+    options: dict
+
+    def text(self) -> str:
+        if self.kind == "sim":
+            parts = [f"proto={self.proto}"]
+            if self.proto == "v2":
+                parts.append(f"flags={self.flags:#x}")
+            if self.bug:
+                parts.append(f"bug={self.bug}")
+            if self.options.get("seed"):
+                parts.append(f"seed={self.options['seed']}")
+            return "sim:" + ",".join(parts)
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return self.kind + (":" + opts if opts else "")
+
+
+SIM_KEYS = {"proto", "flags", "bug", "seed"}
+KERNEL_KEYS = {"dev", "dev2", "group", "group2", "cdev", "cdev2"}
+
+
+def parse_target(text: str) -> TargetSpec:
+    kind, _, rest = text.partition(":")
+    options: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise TargetError(f"target option {item!r} is not key=value")
+        options[key] = value
+    if kind == "sim":
+        unknown = set(options) - SIM_KEYS
+        if unknown:
+            raise TargetError(f"unknown sim option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(SIM_KEYS))})")
+        proto = options.pop("proto", "v2")
+        if proto not in ("v1", "v2"):
+            raise TargetError(f"proto must be v1 or v2, not {proto!r}")
+        try:
+            flags = int(options.pop("flags", "0x7"), 0)
+            seed = int(options.pop("seed", "0"), 0)
+        except ValueError as e:
+            raise TargetError(f"bad number in target: {e}") from None
+        if proto == "v2" and flags not in (0x1, 0x3, 0x5, 0x7):
+            raise TargetError(f"flags must be one of 0x1, 0x3, 0x5, 0x7 (STOP_COPY is mandatory), not {flags:#x}")
+        if proto == "v1":
+            flags = 0
+        bug = options.pop("bug", None) or None  # checked by open_target (the zoo lives in the simulator)
+        return TargetSpec("sim", proto, flags, bug, {"seed": seed} if seed else {})
+    if kind in ("kernel", "mtty"):
+        unknown = set(options) - KERNEL_KEYS
+        if unknown:
+            raise TargetError(f"unknown kernel option(s): {', '.join(sorted(unknown))}")
+        if kind == "kernel" and "dev" not in options and "cdev" not in options:
+            raise TargetError("kernel target needs dev=UUID|BDF (or cdev=PATH): migfuzz only touches a device named explicitly")
+        return TargetSpec(kind, "", 0, None, options)
+    raise TargetError(f"unknown target kind {kind!r} (sim, kernel, mtty)")
+
+
+def open_target(spec: TargetSpec | str):
+    """An object with .proto, .flags, .devices, .fresh(), ... (see harness.sim.SimTarget)."""
+    if isinstance(spec, str):
+        spec = parse_target(spec)
+    if spec.kind == "sim":
+        from harness.sim import BUGS, SimTarget
+
+        bug = BUGS.get(spec.bug) if spec.bug else None
+        if spec.bug and bug is None:
+            raise TargetError(f"unknown bug variant {spec.bug!r}; `migfuzz targets` lists them")
+        if bug is not None and bug.proto != spec.proto:
+            raise TargetError(f"bug {spec.bug!r} is a {bug.proto} variant; add proto={bug.proto}")
+        return SimTarget(spec.proto, spec.flags, spec.bug, spec.options.get("seed", 0))
+    from harness.kernel.target import open_kernel_target
+
+    return open_kernel_target(spec)
