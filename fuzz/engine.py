@@ -22,11 +22,13 @@ import time
 from pathlib import Path
 
 from .codec import decode, encode
-from .program import MAX_OPS, Program, ProgramError, format_program, is_text, parse_program
+from .program import Program, ProgramError, format_program, is_text, parse_program
 from .targets import TargetSpec
 
 ARC_COUNTERS = 1 << 14
-MAX_LEN = 1 + MAX_OPS * 8 + 512
+# Default input size bound: about 20 ops plus some payload.  Protocol bugs need
+# short programs, and shorter programs run faster; `-- -max_len=N` overrides.
+MAX_LEN = 1 + 20 * 8 + 96
 STATS_EVERY = 5.0  # seconds between live stats lines
 INSTRUMENTED = ["harness.sim", "fuzz.executor", "fuzz.oracles"]
 
@@ -107,10 +109,10 @@ class Campaign:
         self.out = out
         self.report = report  # optional callback(kind, dict) for machine-readable output
         self.execs = 0
-        self.arcs: set = set()
         self.signatures: set = set()
         self.findings = 0
         self.started = time.monotonic()
+        self.cpu_started = time.process_time()
         self.last_stats = self.started
         self.executor = None
         self.target = None
@@ -123,6 +125,8 @@ class Campaign:
         if instrument:
             import atheris
 
+            from . import model  # noqa: F401  (tables, not target code: imported uninstrumented)
+
             with atheris.instrument_imports(include=INSTRUMENTED):
                 from . import executor as executor_mod
                 from harness import sim  # noqa: F401  (instrumented on import)
@@ -133,6 +137,18 @@ class Campaign:
         self.target = open_target(self.spec)
         self.proto = self.target.proto
         self.executor = executor_mod.Executor(self.target)
+        if hasattr(self.target, "on_hang"):  # a real device (harness.kernel.target): its watchdog calls this
+            self.target.on_hang = self.on_hang
+            self.target.current_input = lambda: self.current  # for its flight recorder
+
+    def enable_mutator(self) -> None:
+        import atheris
+
+        from .mutator import crossover_bytes, mutate_bytes
+
+        self.byte_mutate = lambda data, max_size: atheris.Mutate(data, max_size)  # bound by Fuzz()
+        self.mutate_bytes = mutate_bytes
+        self.crossover_bytes = crossover_bytes
 
     def enable_arc_feedback(self) -> None:
         import atheris
@@ -140,15 +156,7 @@ class Campaign:
         base = atheris._reserve_counter()
         for _ in range(ARC_COUNTERS - 1):
             atheris._reserve_counter()
-        trace_branch = atheris._trace_branch
-        arcs = self.arcs
-        mask = ARC_COUNTERS - 1
-
-        def hook(key: int) -> None:
-            arcs.add(key)
-            trace_branch(base + (key & mask))
-
-        self.executor.arc_hook = hook
+        self.executor.set_arc_feedback(atheris._trace_branch, base, ARC_COUNTERS)
 
     # -- one input --------------------------------------------------------------
 
@@ -184,6 +192,28 @@ class Campaign:
         if not self.keep_going:
             self.finish()
 
+    def on_hang(self, what: str, seconds: float) -> None:
+        """A device call stuck in the kernel (called from the target's watchdog thread): write a
+        hang finding for the current input and exit 1. The call cannot be interrupted, so the
+        device is not touched again: no traced re-run, no close."""
+        from .oracles import Finding
+        from .program import format_op
+
+        prog = decode(self.current, self.proto)
+        step = self.executor.step
+        op = format_op(self.proto, prog.ops[step]) if 0 <= step < len(prog.ops) else ""
+        finding = Finding("hang", step, "the call returns",
+                          f"{what} did not return within {seconds:.1f} s", self.executor.oracle.arc, op=op)
+        path = save_finding(self.crashes, self.current, prog, finding, [], self.spec.text())
+        self.findings += 1
+        self.say(f"FINDING hang at step {finding.step} ({op}): {finding.observed} -> {path}")
+        if self.report:
+            self.report("finding", {"kind": "hang", "step": finding.step, "op": op, "arc": finding.arc,
+                                    "expected": finding.expected, "observed": finding.observed,
+                                    "signature": finding.signature(), "file": str(path), "target": self.spec.text()})
+        self.target = None  # stuck: finish() must not close it
+        self.finish()
+
     def tick(self) -> None:
         now = time.monotonic()
         if now - self.last_stats >= STATS_EVERY:
@@ -191,17 +221,23 @@ class Campaign:
         if (self.deadline is not None and now >= self.deadline) or (self.runs is not None and self.execs >= self.runs):
             self.finish()
 
+    def arcs(self) -> int:
+        """Distinct protocol arcs seen (as counter slots)."""
+        return self.executor.arcs_seen.count(1) if self.executor is not None else 0
+
     def stats(self, now: float | None = None) -> dict:
         now = now or time.monotonic()
         elapsed = max(now - self.started, 1e-9)
-        return {"execs": self.execs, "execs_per_s": round(self.execs / elapsed, 1), "arcs": len(self.arcs),
+        cpu = max(time.process_time() - self.cpu_started, 1e-9)
+        return {"execs": self.execs, "execs_per_s": round(self.execs / elapsed, 1),
+                "execs_per_cpu_s": round(self.execs / cpu, 1), "arcs": self.arcs(),
                 "findings": self.findings, "elapsed_s": round(elapsed, 1)}
 
     def stats_line(self, now: float | None = None) -> None:
         s = self.stats(now)
         self.last_stats = now or time.monotonic()
-        self.say(f"stats: {s['elapsed_s']}s execs {s['execs']} ({s['execs_per_s']:.0f}/s) "
-                 f"protocol arcs {s['arcs']} findings {s['findings']}")
+        self.say(f"stats: {s['elapsed_s']}s execs {s['execs']} ({s['execs_per_s']:.0f}/s, "
+                 f"{s['execs_per_cpu_s']:.0f}/cpu-s) protocol arcs {s['arcs']} findings {s['findings']}")
         if self.report:
             self.report("stats", s)
 
@@ -220,28 +256,19 @@ class Campaign:
     # -- mutation -----------------------------------------------------------------
 
     def custom_mutator(self, data: bytes, max_size: int, seed: int) -> bytes:
-        import atheris
-
         rng = self.rng
         rng.seed(seed)
-        if rng.random() < 0.25:
-            return atheris.Mutate(data, max_size)
-        from .mutator import mutate, trim_payload
-
-        prog = decode(data, self.proto)
+        if rng.random() < 0.2:
+            return self.byte_mutate(data, max_size)  # arguments and payload bytes
+        out = data
         for _ in range(1 + (rng.random() < 0.3)):
-            prog = mutate(prog, rng)
-        out = encode(trim_payload(prog))
-        return out[:max_size] if len(out) > max_size else out
+            out = self.mutate_bytes(self.proto, out, rng)
+        return out[:max_size]
 
     def custom_crossover(self, data1: bytes, data2: bytes, max_out: int, seed: int) -> bytes:
-        from .mutator import crossover, trim_payload
-
         rng = self.rng
         rng.seed(seed)
-        prog = crossover(decode(data1, self.proto), decode(data2, self.proto), rng)
-        out = encode(trim_payload(prog))
-        return out[:max_out]
+        return self.crossover_bytes(data1, data2, rng)[:max_out]
 
 
 def libfuzzer_args(corpus: Path, crashes: Path, max_time: float | None, seed: int, extra: list) -> list:
@@ -263,6 +290,7 @@ def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float 
     camp = Campaign(spec, crashes, max_time, runs, keep_going, seed, report=report)
     camp.load_target(instrument)
     camp.enable_arc_feedback()
+    camp.enable_mutator()
     nseeds = prepare_corpus(corpus, camp.proto)
     camp.say(f"fuzzing {spec.text()} (protocol {camp.proto}); corpus {corpus} ({nseeds} seeds); "
              f"crashes -> {crashes}")

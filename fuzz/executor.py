@@ -6,9 +6,9 @@ and the state read back (``executor.trace``), which ``repro`` prints; the
 fuzzing loop runs without it.
 
 Per op, the executor calls the device, then the oracle's ``on_*`` judgement.
-It also reports protocol-state feedback through ``arc_hook(key)``: a key for
-(state before, op, outcome, state after), so a never-seen protocol arc counts
-as new coverage even where code coverage is flat.
+It also reports protocol-state feedback (``set_arc_feedback``): a coverage
+counter for each (state before, op, outcome, state after), so a never-seen
+protocol arc counts as new coverage even where code coverage is flat.
 """
 from __future__ import annotations
 
@@ -60,8 +60,14 @@ class Executor:
         self.supports_faults = target.supports_faults
         self.trace_on = trace
         self.trace: list = []
-        self.arc_hook = None
+        self.step = 0
+        self.arc_trace = None
+        self.arc_base = self.arc_mask = 0
+        self.arcs_seen = bytearray(1)
+        self.after_program = getattr(target, "after_program", None)  # e.g. kernel log splats (harness.kernel)
         self.views: list[DeviceView] = []
+        self.armed: list[bool] = []
+        self.transfer_code = [spec.name for spec in self.specs].index("transfer")
         # State after a load: the device's own digest, or (no digest) a re-save round trip.
         if target.has_digest:
             self.load_digests = [d.digest for d in self.devices]
@@ -77,6 +83,11 @@ class Executor:
 
     # -- running ------------------------------------------------------------------
 
+    def set_arc_feedback(self, trace_branch, base: int, size: int) -> None:
+        """Report each (state, op, outcome, state) arc to counter ``base + key % size``."""
+        self.arc_trace, self.arc_base, self.arc_mask = trace_branch, base, size - 1
+        self.arcs_seen = bytearray(size)
+
     def run(self, prog: Program) -> Finding | None:
         target = self.target
         target.fresh()
@@ -85,17 +96,23 @@ class Executor:
         initial = model.RUNNING if self.proto == "v2" else model.V1_RESET_STATE
         views = self.views = [DeviceView(initial) for _ in self.devices]
         self.trace = []
-        hook = self.arc_hook
+        trace_branch, base, mask, seen = self.arc_trace, self.arc_base, self.arc_mask, self.arcs_seen
         handlers = self.handlers
+        devices = self.devices
+        armed = self.armed = [False] * len(views)
         step = 0
         try:
             for step, op in enumerate(prog.ops):
-                oracle.step = step
+                self.step = step
                 view = views[op.dev]
                 before = view.state
-                outcome = handlers[op.code](op, view, self.devices[op.dev])
-                if hook is not None:
-                    hook(((before * 32 + op.code) * 128 + (outcome & 127)) * 8 + (view.state & 7))
+                outcome = handlers[op.code](op, view, devices[op.dev])
+                if armed[0] or armed[1]:
+                    self._after_faults()
+                if trace_branch is not None:
+                    key = (((before * 32 + op.code) * 128 + (outcome & 127)) * 8 + (view.state & 7)) & mask
+                    seen[key] = 1
+                    trace_branch(base + key)
         except FindingRaised as fr:
             return self._finish(fr.finding, prog, step)
         except DeviceHang as e:
@@ -108,21 +125,48 @@ class Executor:
         return None
 
     def _finish(self, finding: Finding, prog: Program, step: int) -> Finding:
+        self.step = step
         op = prog.ops[step] if step < len(prog.ops) else None
         text = format_op(self.proto, op) if op else ""
         if self.trace_on:
             self.note(f"FINDING {finding.kind}: expected {finding.expected}; observed {finding.observed}")
-        return finding._replace(op=text)
+        return finding._replace(op=text, step=step)
 
     def note(self, text: str) -> None:
-        self.trace.append((self.oracle.step, text))
+        self.trace.append((self.step, text))
 
     def fault_fired(self, op) -> bool:
-        return self.supports_faults and self.target.fault_fired(op.dev)
+        return self.armed[op.dev] and self.target.fault_fired(op.dev)
 
-    def _arc(self, view: DeviceView, name: str, to: str = "") -> None:
-        state = v2_name(view.state) if self.proto == "v2" else v1_name(view.state)
-        self.oracle.arc = f"{state} -{name}->" + (f" {to}" if to else "")
+    def _after_faults(self) -> None:
+        """A fault fired during the op: resync with the state the device reports.
+
+        Any internal step can fail (data path too), and a hardware error may put
+        the device in its error state; any other state change is a finding."""
+        target = self.target
+        for i, view in enumerate(self.views):
+            if not (self.armed[i] and target.fault_fired(i)):
+                continue
+            target.clear_fault(i)
+            self.armed[i] = False
+            dev = self.devices[i]
+            if self.proto == "v2":
+                _, got = dev.get_state()
+                error = model.ERROR
+            else:
+                got = self._v1_read_field(dev, "device_state")[1]
+                error = model.V1_ERROR
+            if got == error and view.state != error:
+                view.state = error
+                for s in view.slots:
+                    s.live = None
+                view.frozen = None
+            elif got != view.state:
+                self.oracle.fail("bad-state-after-failure", f"{self.oracle.state_name(view.state)} or the error state",
+                                 self.oracle.state_name(got))
+
+    def _arc(self, view: DeviceView, name: str, to: int | None = None) -> None:
+        self.oracle.arc_at = (view.state, name, to)
 
     # -- ops both protocols share -----------------------------------------------
 
@@ -136,7 +180,9 @@ class Executor:
 
     def _common_fault(self, op, view, dev):
         if self.supports_faults:
+            self.target.clear_fault(op.dev)
             self.target.arm_fault(op.dev, op.a, FAULT_KINDS[op.b])
+            self.armed[op.dev] = True
         return 0
 
     def _common_mangle(self, op, view, dev):
@@ -184,7 +230,7 @@ class Executor:
             return 255
         self._arc(dst, "transfer")
         ddev = self.devices[op.a]
-        valid = data in self.oracle.known
+        valid = data in self.oracle.known and not dst.resume  # bytes past one stream may be refused (mtty: ENOMEM)
         for piece in _segments(data, op.b):
             while piece:
                 for _ in range(EINTR_RETRIES):
@@ -209,14 +255,15 @@ class Executor:
 
     def v2_set(self, op, view, dev):
         cur, new = view.state, op.b
-        self._arc(view, "set", v2_name(new))
+        self._arc(view, "set", new)
         err, fd = dev.set_state(new)
         gerr, got = dev.get_state()
         fault = self.fault_fired(op)
         if self.trace_on:
             self.note(f"SET {v2_name(new)} -> {errname(err)}, data_fd {fd}; GET {v2_name(got)}")
         self.oracle.on_set(view, cur, new, err, fd, got, gerr, fault, dev, self.load_digests[op.dev])
-        self.oracle.check_files(view, dev.live_files())
+        if err or fd >= 0 or view.state != cur:  # sessions may have opened or ended
+            self.oracle.check_files(view, dev.live_files())
         return err
 
     def v2_get(self, op, view, dev):
@@ -359,7 +406,7 @@ class Executor:
 
     def v1_set(self, op, view, dev):
         cur, value = view.state, op.b
-        self._arc(view, "set", f"{value:#05b}" if value < 8 else hex(value))
+        self._arc(view, "set", value)
         err = self._v1_write_field(dev, "device_state", value)
         _, got = self._v1_read_field(dev, "device_state")
         fault = self.fault_fired(op)
@@ -462,10 +509,10 @@ class Executor:
     def v1_rdwin(self, op, view, dev):
         self._arc(view, "rdwin")
         err, offset = self._v1_read_field(dev, "data_offset")
+        if model.v1_saving(view.state):
+            view.capture_tainted = True  # reading data_offset staged a chunk the capture misses
         if err or offset is None:
             return err or 255
-        if model.v1_saving(view.state):
-            view.capture_tainted = True
         err, data = dev.region_read(offset, op.b)
         if self.trace_on:
             self.note(f"window read {op.b} bytes -> {errname(err)}")
@@ -474,6 +521,8 @@ class Executor:
     def v1_wrwin(self, op, view, dev):
         self._arc(view, "wrwin")
         err, offset = self._v1_read_field(dev, "data_offset")
+        if model.v1_saving(view.state):
+            view.capture_tainted = True  # reading data_offset staged a chunk the capture misses
         if err or offset is None:
             return err or 255
         err, _ = dev.region_write(offset, op.data)

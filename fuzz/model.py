@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 from collections import deque
+from typing import NamedTuple
 
 from harness.uapi import (
     FEATURE_GET,
@@ -155,6 +156,38 @@ def hop_pairs(cur: int, hops: tuple):
     for h in hops:
         yield prev, h
         prev = h
+
+
+class Plan(NamedTuple):
+    """Everything a successful SET does, derived once per (flags, cur, new)."""
+
+    hops: tuple
+    fd: bool  # returns a new data_fd
+    ends: bool  # some hop ends a data session
+    load: bool  # the path loads what was written (RESUMING -> STOP)
+    opens: int  # the state whose session the last hop opens (STOP_COPY/PRE_COPY*/RESUMING), or -1
+    runs: bool  # the path passes through or ends in a running state
+
+
+def _plan(flags: int, cur: int, new: int) -> Plan | None:
+    hops = path(flags, cur, new)
+    if hops is None:
+        return None
+    pairs = tuple(hop_pairs(cur, hops))
+    last = pairs[-1] if pairs else None
+    return Plan(hops, last in OPENS_SESSION, any(p in ENDS_SESSION for p in pairs), LOAD_HOP in pairs,
+                last[1] if last in OPENS_SESSION else -1, any(h in RUNNING_STATES for h in hops))
+
+
+# PLANS[flags][cur][new] for every advertised flag set; plan() for the rest.
+PLANS = {flags: tuple(tuple(_plan(flags, c, n) for n in range(8)) for c in range(8)) for flags in FLAG_SETS}
+
+
+def plan(flags: int, cur: int, new: int) -> Plan | None:
+    table = PLANS.get(flags)
+    if table is not None and 0 <= cur < 8 and 0 <= new < 8:
+        return table[cur][new]
+    return _plan(flags, cur, new) if 0 <= cur < 8 else None
 
 
 def allowed_after_failure(flags: int, cur: int, new: int) -> frozenset:

@@ -9,12 +9,15 @@ the random baseline and the Hypothesis baseline all draw from here.
 from __future__ import annotations
 
 import random
+import struct
 
 from .program import FAULT_KINDS, MANGLE_KINDS, MAX_OPS, MAX_PAYLOAD, NDEVICES, OPCODES, OPS, Op, Program, \
     normalize
 
+_RECORD = struct.Struct("<BBHI")  # fuzz.codec.RECORD
+RECORD = _RECORD.size
 READ_SIZES = (1, 3, 7, 16, 24, 60, 64, 96, 128, 4096)
-SEGMENTS = (0, 0, 1, 2, 7, 16, 64, 1024)
+SEGMENTS = (0, 0, 0, 16, 16, 64, 7, 1, 1024, 1024)  # pieces per write; 1024+: random splits
 
 
 def _state_value(proto: str, rng: random.Random) -> int:
@@ -120,6 +123,68 @@ def crossover(a: Program, b: Program, rng: random.Random) -> Program:
     return Program(a.proto, (a.ops[:i] + b.ops[j:])[:MAX_OPS])
 
 
+def _split(data: bytes) -> tuple[list, bytes]:
+    """Binary program -> (list of 8-byte records, payload), as decode() reads it."""
+    if not data:
+        return [], b""
+    n = min(data[0] % (MAX_OPS + 1), (len(data) - 1) // RECORD)
+    end = 1 + n * RECORD
+    return [data[i:i + RECORD] for i in range(1, end, RECORD)], data[end:]
+
+
+def _join(records: list, payload: bytes) -> bytes:
+    records = records[:MAX_OPS]
+    return bytes([len(records)]) + b"".join(records) + payload
+
+
+def mutate_bytes(proto: str, data: bytes, rng: random.Random, donor: bytes | None = None) -> bytes:
+    """One op-level mutation done on the binary form directly (records are fixed-width,
+    payload references stay valid), so the fuzzing loop never decodes to mutate."""
+    records, payload = _split(data)
+    n = len(records)
+    choice = rng.randrange(8)
+    if choice == 0 or n == 0:  # insert a fresh op
+        if n < MAX_OPS:
+            op = random_op(proto, rng)
+            if op.data:  # its payload goes at the end of the payload area
+                ref = len(payload) | len(op.data) << 16
+                payload += op.data
+                op = op._replace(b=ref, data=b"")
+            records.insert(rng.randint(0, n), _RECORD.pack(op.code, op.dev, op.a, op.b))
+    elif choice == 1 and n > 1:  # delete
+        del records[rng.randrange(n)]
+    elif choice == 2 and n < MAX_OPS:  # duplicate
+        i = rng.randrange(n)
+        records.insert(i + 1, records[i])
+    elif choice == 3 and n > 1:  # swap neighbours
+        i = rng.randrange(n - 1)
+        records[i], records[i + 1] = records[i + 1], records[i]
+    elif choice in (4, 5):  # retarget a state / redraw the arguments of an op of the same kind
+        i = rng.randrange(n)
+        code = records[i][0] % len(OPS[proto])
+        if OPS[proto][code].name in ("write", "wrwin"):
+            records[i] = records[i][:4] + rng.randbytes(4)
+        else:
+            op = random_op(proto, rng, code)
+            records[i] = _RECORD.pack(records[i][0], records[i][1], op.a, op.b)
+    elif choice == 6:  # move to the other device
+        i = rng.randrange(n)
+        r = records[i]
+        records[i] = r[:1] + bytes([r[1] ^ 1]) + r[2:]
+    else:  # splice a run of ops from a donor (or from itself)
+        other, _ = _split(donor) if donor else (records, b"")
+        if other:
+            j = rng.randrange(len(other))
+            records[rng.randint(0, n):0] = other[j:j + rng.randint(1, 6)]
+    return _join(records, payload[:MAX_PAYLOAD])
+
+
+def crossover_bytes(a: bytes, b: bytes, rng: random.Random) -> bytes:
+    ra, pa = _split(a)
+    rb, _ = _split(b)
+    return _join(ra[:rng.randint(0, len(ra))] + rb[rng.randint(0, len(rb)):], pa)
+
+
 def trim_payload(prog: Program) -> Program:
     """Keep the total payload within what the binary form can carry."""
     total = 0
@@ -130,4 +195,5 @@ def trim_payload(prog: Program) -> Program:
     return Program(prog.proto, tuple(ops))
 
 
-__all__ = ["OPCODES", "crossover", "mutate", "random_op", "random_program", "trim_payload"]
+__all__ = ["OPCODES", "crossover", "crossover_bytes", "mutate", "mutate_bytes", "random_op", "random_program",
+           "trim_payload"]

@@ -26,6 +26,8 @@ resource-leak              the driver still holds a migration file it must not
 region-layout              v1: data window outside the region
 hang                       a call that never returns / a stream that never ends
 target-exception           an exception escaped from the target
+kernel-splat               the kernel logged a WARN, BUG, oops or lockup report
+                           while the program ran (real devices)
 =========================  =====================================================
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 import errno
 from typing import NamedTuple
 
-from harness.uapi import V1_ERROR, V1_MASK, V1_RUNNING, V1_STATE_NAMES, MigState
+from harness.uapi import V1_ERROR, V1_MASK, V1_RUNNING, V1_STATE_NAMES
 
 from . import model
 
@@ -41,7 +43,7 @@ FINDING_KINDS = (
     "accepted-invalid", "rejected-valid", "bad-state-after-failure", "state-mismatch",
     "fd-misuse-accepted", "fd-mismatch", "stream-protocol", "valid-stream-rejected",
     "resume-corrupted", "damaged-stream-accepted", "state-changed-while-stopped",
-    "resource-leak", "region-layout", "hang", "target-exception",
+    "resource-leak", "region-layout", "hang", "target-exception", "kernel-splat",
 )
 
 V2_STOPPED = frozenset({model.STOP, model.STOP_COPY, model.RESUMING})
@@ -68,11 +70,15 @@ class FindingRaised(Exception):
 
 
 def v2_name(state: int) -> str:
-    return MigState(state).name if 0 <= state < 8 else str(state)
+    return model.STATE_NAMES[state] if 0 <= state < 8 else str(state)
 
 
-def v1_name(state: int) -> str:
+def v1_name(state: int | None) -> str:
     return V1_STATE_NAMES.get(state & V1_MASK, "?") if state is not None else "?"
+
+
+def v1_value(value: int) -> str:
+    return f"{value:#05b}" if 0 <= value < 8 else hex(value)
 
 
 def errname(err: int) -> str:
@@ -132,14 +138,20 @@ class Oracle:
         self.has_digest = target.has_digest
         self.validates_stream = target.validates_stream
         self.known: dict[bytes, bytes | None] = {}  # complete untouched streams -> source digest
-        self.step = 0
-        self.arc = ""
+        # (state before, op name, requested value or None): formatted only for a finding
+        self.arc_at: tuple = (0, "", None)
 
     def begin(self) -> None:
         self.known.clear()
 
+    @property
+    def arc(self) -> str:
+        state, name, to = self.arc_at
+        text = f"{self.state_name(state)} -{name}->"
+        return text if to is None else f"{text} {self.value_name(to)}"
+
     def fail(self, kind: str, expected: str, observed: str) -> None:
-        raise FindingRaised(Finding(kind, self.step, expected, observed, self.arc))
+        raise FindingRaised(Finding(kind, -1, expected, observed, self.arc))  # the executor sets the step
 
     # -- streams ----------------------------------------------------------------
 
@@ -168,7 +180,7 @@ class Oracle:
         """Judge the end of a resume session (v1: RESUMING cleared; v2: RESUMING->STOP)."""
         verdict, source = self.resume_verdict(view)
         if ok:
-            if verdict == "valid" and self.has_digest and source is not None and digest != source:
+            if verdict == "valid" and source is not None and digest is not None and digest != source:
                 self.fail("resume-corrupted", "destination state == source state at end of stream",
                           "state differs after a successful resume")
             if verdict == "damaged" and self.validates_stream:
@@ -225,6 +237,8 @@ class Oracle:
 class V2Oracle(Oracle):
     """Judgement for protocol v2 (VFIO_DEVICE_FEATURE + data_fd)."""
 
+    state_name = value_name = staticmethod(v2_name)
+
     def __init__(self, target):
         super().__init__(target)
         self.flags = target.flags
@@ -232,32 +246,65 @@ class V2Oracle(Oracle):
     def on_set(self, view: DeviceView, cur: int, new: int, err: int, fd: int, got: int,
                gerr: int, fault: bool, dev, digest_fn) -> None:
         flags = self.flags
-        hops = model.path(flags, cur, new)
+        plan = model.plan(flags, cur, new)
         if gerr:
             self.fail("rejected-valid", "GET MIG_DEVICE_STATE succeeds", errname(gerr))
         if err == 0:
-            if hops is None:
+            if plan is None:
                 self.fail("accepted-invalid", "EINVAL", f"success, state {v2_name(got)}")
             if got != new:
                 self.fail("state-mismatch", v2_name(new), v2_name(got))
-            want_fd = model.opens_fd(flags, cur, new)
-            if want_fd != (fd >= 0):
-                self.fail("fd-mismatch", "a new data_fd" if want_fd else "data_fd -1", str(fd))
-            self.walk(view, cur, hops, len(hops), dev, fd, fault, digest_fn)
+            if plan.fd != (fd >= 0):
+                self.fail("fd-mismatch", "a new data_fd" if plan.fd else "data_fd -1", str(fd))
+            self.completed(view, cur, plan, fd, fault, digest_fn)
             return
         if fd >= 0:
             self.fail("fd-mismatch", "data_fd -1 on failure", str(fd))
-        if hops is None:
+        if plan is None:
             if got != cur:
                 self.fail("bad-state-after-failure", v2_name(cur), v2_name(got))
             return
-        if got not in model.allowed_after_failure(flags, cur, new):
-            self.fail("bad-state-after-failure",
-                      " or ".join(v2_name(s) for s in sorted(model.allowed_after_failure(flags, cur, new))),
-                      v2_name(got))
-        reached = hops.index(got) + 1 if got in hops else 0
-        loads = any(pair == model.LOAD_HOP for pair in model.hop_pairs(cur, hops))
-        stuck_at_load = loads and got == model.RESUMING  # the load itself failed
+        self.failed(view, cur, new, plan, err, got, fault, digest_fn)
+
+    def completed(self, view: DeviceView, cur: int, plan, fd: int, fault: bool, digest_fn) -> None:
+        """A SET succeeded: sessions ended/opened, load judged, frozen state tracked."""
+        if plan.ends:
+            for s in view.slots:
+                if s.live:
+                    s.live = False
+        stopped_before = cur in V2_STOPPED
+        if plan.load:
+            digest = digest_fn()
+            self.loaded(view, True, digest, fault)
+            view.new_resume()
+            stopped_before = False
+        if plan.opens >= 0:
+            if plan.opens == model.RESUMING:
+                view.new_resume()
+                view.slots.append(Slot(fd, False))
+            else:
+                view.new_capture()
+                view.slots.append(Slot(fd, True))
+        new = plan.hops[-1] if plan.hops else cur
+        view.state = new
+        view.pc_expect = -1
+        if new in V2_STOPPED:
+            if self.has_digest:
+                digest = digest_fn()
+                if stopped_before and not plan.runs:
+                    self.check_frozen(view, digest)
+                else:
+                    view.frozen = digest
+        else:
+            view.frozen = None
+
+    def failed(self, view: DeviceView, cur: int, new: int, plan, err: int, got: int, fault: bool,
+               digest_fn) -> None:
+        """A valid SET failed: where it stopped must be allowed, and a reason must exist."""
+        flags = self.flags
+        allowed = model.allowed_after_failure(flags, cur, new)
+        if got not in allowed:
+            self.fail("bad-state-after-failure", " or ".join(v2_name(s) for s in sorted(allowed)), v2_name(got))
         if got == model.ERROR:
             view.state = model.ERROR
             for s in view.slots:
@@ -266,50 +313,17 @@ class V2Oracle(Oracle):
             if not fault:
                 self.fail("rejected-valid", "success", f"{errname(err)}, device in ERROR")
             return
-        self.walk(view, cur, hops, reached, dev, -1, fault, digest_fn)
-        if stuck_at_load:
+        hops = plan.hops
+        reached = hops.index(got) + 1 if got in hops else 0
+        if reached:
+            # the hops that did complete are a shorter, successful transition
+            self.completed(view, cur, model.plan(flags, cur, got), -1, fault, digest_fn)
+        if plan.load and got == model.RESUMING:  # the load itself failed
             self.loaded(view, False, None, fault)
+            if self.has_digest and view.frozen is not None:
+                self.check_frozen(view, digest_fn())  # never half-loaded
         elif not fault:
             self.fail("rejected-valid", "success", f"{errname(err)}, state {v2_name(got)}")
-
-    def walk(self, view: DeviceView, cur: int, hops: tuple, count: int, dev, fd: int, fault: bool,
-             digest_fn) -> None:
-        """Apply the first ``count`` hops of a path to the view (sessions, frozen state)."""
-        prev = cur
-        stopped_before = cur in V2_STOPPED
-        ran = False
-        for nxt in hops[:count]:
-            pair = (prev, nxt)
-            if pair in model.ENDS_SESSION:
-                for s in view.slots:
-                    if s.live:
-                        s.live = False
-                if pair == model.LOAD_HOP:
-                    digest = digest_fn()
-                    self.loaded(view, True, digest, fault)
-                    view.frozen = digest
-                    stopped_before = False
-                    view.new_resume()
-            if pair in model.OPENS_SESSION:
-                if nxt == model.RESUMING:
-                    view.new_resume()
-                else:
-                    view.new_capture()
-                if fd >= 0:
-                    view.slots.append(Slot(fd, nxt != model.RESUMING))
-            if nxt in model.RUNNING_STATES:
-                ran = True
-            prev = nxt
-        view.state = prev
-        view.pc_expect = -1
-        if prev in V2_STOPPED and self.has_digest:
-            digest = digest_fn()
-            if stopped_before and not ran:
-                self.check_frozen(view, digest)
-            else:
-                view.frozen = digest
-        elif prev not in V2_STOPPED:
-            view.frozen = None
 
     def on_read(self, view: DeviceView, slot: Slot, n: int, err: int, data: bytes, fault: bool,
                 digest_fn) -> bool:
@@ -405,6 +419,9 @@ class V2Oracle(Oracle):
 
 class V1Oracle(Oracle):
     """Judgement for protocol v1 (the migration region)."""
+
+    state_name = staticmethod(v1_name)
+    value_name = staticmethod(v1_value)
 
     def __init__(self, target):
         super().__init__(target)

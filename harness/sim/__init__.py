@@ -50,11 +50,11 @@ class SimTarget:
         self.devices[dev].counter.arm(nth, kind)
 
     def fault_fired(self, dev: int) -> bool:
-        """Whether an armed fault fired since the last call (and forget it)."""
-        counter = self.devices[dev].counter
-        fired = counter.fired
-        counter.fired = False
-        return fired
+        """Whether an armed fault fired during the current op."""
+        return self.devices[dev].counter.fired
+
+    def clear_fault(self, dev: int) -> None:
+        self.devices[dev].counter.fired = False
 
     def close(self) -> None:
         for d in self.devices:

@@ -15,7 +15,7 @@ from harness.uapi import V1_ERROR, V1_SAVING
 from . import stream
 from .core import NPAGES, PAGE_SIZE
 from .v1 import REGION_SIZE, V1SimDevice
-from .v2 import ERROR, FSM_NEXT, RUNNING, RUNNING_P2P, STATE_FLAGS, STOP, STOP_COPY, MigFile, V2SimDevice
+from .v2 import ERROR, FSM_NEXT, RESUMING, RUNNING, RUNNING_P2P, STATE_FLAGS, STOP, STOP_COPY, MigFile, V2SimDevice
 
 
 class Bug(NamedTuple):
@@ -169,11 +169,23 @@ class V2ResetNotRunning:
 
 
 class V2FailedArcWrongState:
-    def fail_step(self, err):
-        err = super().fail_step(err)
-        if self.state != ERROR:
-            self.state = STOP_COPY if self.state != STOP_COPY else STOP  # off the path
-        return err
+    def set_state(self, new):
+        cur = self.state
+        err, fd = super().set_state(new)
+        if err and self.counter.fired and self.state != ERROR:
+            # the error unwind restores a stale cached state: one this SET never visited
+            visited = {cur, new, self.state}
+            nxt = cur
+            while 0 <= new < 8 and nxt != new:
+                nxt = self.next_state(nxt, new)
+                if nxt < 0:
+                    break
+                visited.add(nxt)
+            stale = [s for s in (STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P)
+                     if s not in visited and STATE_FLAGS[s] & self.flags == STATE_FLAGS[s]]
+            if stale:
+                self.state = stale[0]
+        return err, fd
 
 
 class V2FdLeakOnError:

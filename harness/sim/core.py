@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import errno
 import random
+import struct
 
 NREGS = 4
 NPAGES = 8
 PAGE_SIZE = 16
 MEM_SIZE = NPAGES * PAGE_SIZE
 ALL_DIRTY = (1 << NPAGES) - 1
+_REGS_PACK = struct.Struct(f"<{NREGS}I").pack
 
 
 class DeviceHang(Exception):
@@ -72,7 +74,7 @@ class DeviceCore:
 
     def digest(self) -> bytes:
         """The exact internal state (small enough to be its own digest)."""
-        return b"".join(r.to_bytes(4, "little") for r in self.regs) + bytes(self.mem)
+        return _REGS_PACK(*self.regs) + self.mem
 
     def load(self, regs: list, mem: bytes | bytearray) -> None:
         self.regs[:] = regs

@@ -56,6 +56,9 @@ _PAGE = packer(Struct(PageBody.subcons[0]))  # the body's fixed part before the 
 _REGS = packer(RegsBody)
 _END = packer(EndBody)
 
+# record head + index of each page's record, built once
+_PAGE_HEADS = tuple(_HEAD.pack(TAG_PAGE, _PAGE.size + PAGE_SIZE) + _PAGE.pack(i) for i in range(NPAGES))
+
 HEADER_SIZE = _HEADER.size
 PAGE_RECORD_SIZE = _HEAD.size + _PAGE.size + PAGE_SIZE
 REGS_RECORD_SIZE = _HEAD.size + _REGS.size
@@ -92,14 +95,11 @@ class StreamWriter:
         self.buf += data
         self._hash.update(data)
 
-    def page(self, index: int, mem) -> None:
-        off = index * PAGE_SIZE
-        self._emit(_HEAD.pack(TAG_PAGE, _PAGE.size + PAGE_SIZE) + _PAGE.pack(index) + mem[off:off + PAGE_SIZE])
-
     def pages(self, mask: int, mem) -> None:
-        for i in range(NPAGES):
-            if mask >> i & 1:
-                self.page(i, mem)
+        """One PAGE record for every page whose bit is set in ``mask``."""
+        if mask:
+            self._emit(b"".join(_PAGE_HEADS[i] + mem[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                                for i in range(NPAGES) if mask >> i & 1))
 
     def regs(self, regs) -> None:
         self._emit(_HEAD.pack(TAG_REGS, _REGS.size) + _REGS.pack(*regs))

@@ -104,23 +104,32 @@ class V1SimDevice:
             return errno.EINVAL
         if new == cur:
             return 0
+        # Every step that can fail runs before anything changes: a failed write
+        # leaves the device exactly as it was (or, on a hardware error, in 110b).
         err = self.counter.step()
         if err:
             return self.fail_step(err)
+        image = None
         if cur & V1_RESUMING and not new & V1_RESUMING:
-            err = self.load()
+            err, image = self.load()
             if err:
                 return err
-        saving_was, saving_now = cur & V1_SAVING, new & V1_SAVING
-        if saving_was and (not saving_now or (new & V1_RUNNING and not cur & V1_RUNNING)):
-            self.end_save()  # leaving SAVING, or running again: the session is over
-            saving_was = 0
+        restart = cur & V1_SAVING and new & V1_SAVING and new & V1_RUNNING and not cur & V1_RUNNING
+        ends_save = cur & V1_SAVING and (not new & V1_SAVING or restart)
+        opens_save = new & V1_SAVING and (not cur & V1_SAVING or restart)
+        if opens_save:
+            err = self.counter.step()  # buffer allocation
+            if err:
+                return self.fail_step(err)
+        # commit
+        if image is not None:
+            self.core.load(*image)
+        if ends_save:
+            self.end_save()
         self.core.running = bool(new & V1_RUNNING)
-        if saving_now and not saving_was:
-            err = self.open_save(precopy=bool(new & V1_RUNNING))
-            if err:
-                return err
-        elif saving_now and cur & V1_RUNNING and not new & V1_RUNNING:
+        if opens_save:
+            self.open_save(precopy=bool(new & V1_RUNNING))
+        elif new & V1_SAVING and cur & V1_RUNNING and not new & V1_RUNNING:
             self.finish_precopy()
         if new & V1_RESUMING and not cur & V1_RESUMING:
             self.enter_resuming()
@@ -140,26 +149,22 @@ class V1SimDevice:
     def enter_resuming(self) -> None:
         self.resume_buf = bytearray()
 
-    def load(self) -> int:
+    def load(self) -> tuple[int, tuple | None]:
+        """Deserialize what was written: (errno, (regs, mem) to commit)."""
         err = self.counter.step()
         if err:
-            return self.fail_step(err)
+            return self.fail_step(err), None
         try:
-            regs, mem = self.load_stream(self.resume_buf)
+            return 0, self.load_stream(self.resume_buf)
         except stream.StreamError as e:
-            return e.errno
-        self.core.load(regs, mem)
-        return 0  # the buffer is wiped when RESUMING is next entered
+            return e.errno, None
 
     def load_stream(self, data):
         return stream.load(data)
 
     # -- saving ------------------------------------------------------------------
 
-    def open_save(self, precopy: bool) -> int:
-        err = self.counter.step()  # buffer allocation
-        if err:
-            return self.fail_step(err)
+    def open_save(self, precopy: bool) -> None:
         core = self.core
         w = stream.StreamWriter(stream.FLAG_PRECOPY if precopy else 0)
         w.pages(stream.ALL_PAGES, core.mem)
@@ -168,7 +173,6 @@ class V1SimDevice:
             w.regs(self.saved_regs())
             w.end()
         self.save, self.save_pos, self.staged = w, 0, 0
-        return 0
 
     def finish_precopy(self) -> None:
         core, w = self.core, self.save

@@ -122,6 +122,8 @@ class V2SimDevice:
         self.fds: dict[int, MigFile] = {}
         self.next_fd = 3
         self.lost_files: list[MigFile] = []  # files the driver lost track of (bug seams)
+        # arc -> bound action, so a bug variant's override of one arc_* method applies
+        self.arc_actions = {arc: getattr(self, "arc_" + name) for arc, name in ARC_ACTIONS.items()}
 
     def restore_initial(self) -> None:
         """Power-on state, for reuse between programs."""
@@ -162,13 +164,13 @@ class V2SimDevice:
 
     def step(self, cur: int, nxt: int) -> tuple[int, MigFile | None]:
         """Run one arc: (errno, new file or None)."""
-        action = ARC_ACTIONS.get((cur, nxt))
+        action = self.arc_actions.get((cur, nxt))
         if action is None:
             return errno.EINVAL, None
         err = self.counter.step()
         if err:
             return self.fail_step(err), None
-        return getattr(self, "arc_" + action)()
+        return action()
 
     def fail_step(self, err: int) -> int:
         """An internal step failed: a hardware error leaves the device in ERROR."""
@@ -365,8 +367,14 @@ class V2SimDevice:
         return self.core.digest()
 
     def live_files(self) -> int:
-        live = sum(1 for f in (self.save_file, self.resume_file) if f is not None and not f.disabled)
-        return live + sum(1 for f in self.lost_files if not f.disabled)
+        live = 0
+        if self.save_file is not None and not self.save_file.disabled:
+            live += 1
+        if self.resume_file is not None and not self.resume_file.disabled:
+            live += 1
+        for f in self.lost_files:
+            live += not f.disabled
+        return live
 
     def close_device(self) -> None:
         self.disable_files()
