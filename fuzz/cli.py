@@ -32,6 +32,13 @@ class UsageError(Exception):
     """Bad input: printed as one line, exit 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (and exit 2) instead of a usage block."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def _target_spec(text: str):
     from .targets import TargetError, parse_target
 
@@ -59,6 +66,7 @@ def cmd_fuzz(args) -> int:
     if args.jobs > 1:
         return _fuzz_jobs(args, corpus)
     from .engine import run_campaign
+    from .program import ProgramError
     from .targets import TargetError, TargetUnavailable
 
     report = None
@@ -68,12 +76,15 @@ def cmd_fuzz(args) -> int:
         report = JsonlReporter(Path(args.report_dir), spec.text())
     try:
         run_campaign(spec, corpus, crashes, args.max_time, args.runs, args.seed, args.libfuzzer_args,
-                     keep_going=args.keep_going, instrument=not args.no_instrument, report=report)
-    except TargetError as e:
+                     keep_going=args.keep_going, instrument=not args.no_instrument, report=report,
+                     label=args.job_label)
+    except (TargetError, ProgramError) as e:
         raise UsageError(str(e)) from None
     except TargetUnavailable as e:
         print(f"migfuzz: target unavailable: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except OSError as e:
+        raise UsageError(f"{e.filename or ''}: {e.strerror}") from None
     return EXIT_OK  # not reached: the campaign exits the process itself
 
 
@@ -92,7 +103,7 @@ def _fuzz_jobs(args, corpus: Path) -> int:
         base.append("--i-know-this-resets-the-device")
     procs = []
     for i in range(args.jobs):
-        cmd = base + ["--seed", str(args.seed + i)]
+        cmd = base + ["--seed", str(args.seed + i), "--job-label", f"job{i}"]
         if args.report_dir:
             cmd += ["--report-dir", str(Path(args.report_dir) / f"job{i}")]
         if args.libfuzzer_args:
@@ -207,12 +218,12 @@ def cmd_compile(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="migfuzz",
         description="Coverage-guided, fault-injection fuzzer for the VFIO device-migration protocol.",
         epilog="exit codes: 0 nothing found, 1 finding, 2 usage/input error, 3 target unavailable",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("fuzz", help="run a fuzzing campaign",
@@ -229,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", help="write JSON lines, SARIF and JUnit reports here")
     p.add_argument("--i-know-this-resets-the-device", action="store_true",
                    help="required to fuzz a real device")
+    p.add_argument("--job-label", default="", help=argparse.SUPPRESS)
     p.add_argument("libfuzzer_args", nargs="*", metavar="-- LIBFUZZER_FLAGS",
                    help="extra libFuzzer flags after --")
     p.set_defaults(func=cmd_fuzz)
@@ -269,8 +281,11 @@ def main(argv: list | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:
+    except SystemExit as e:  # --help
         return EXIT_USAGE if e.code else EXIT_OK
+    except UsageError as e:
+        print(f"migfuzz: {e}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return args.func(args)
     except UsageError as e:

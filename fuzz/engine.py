@@ -14,7 +14,9 @@ can go wrong.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import random
 import sys
@@ -26,9 +28,9 @@ from .program import Program, ProgramError, format_program, is_text, parse_progr
 from .targets import TargetSpec
 
 ARC_COUNTERS = 1 << 14
-# Default input size bound: about 20 ops plus some payload.  Protocol bugs need
+# Default input size bound: about 16 ops plus some payload.  Protocol bugs need
 # short programs, and shorter programs run faster; `-- -max_len=N` overrides.
-MAX_LEN = 1 + 20 * 8 + 96
+MAX_LEN = 1 + 16 * 8 + 64
 STATS_EVERY = 5.0  # seconds between live stats lines
 INSTRUMENTED = ["harness.sim", "fuzz.executor", "fuzz.oracles"]
 
@@ -53,7 +55,10 @@ def prepare_corpus(corpus: Path, proto: str) -> int:
     corpus.mkdir(parents=True, exist_ok=True)
     count = 0
     for seed in sorted(seed_dir(proto).glob("*.txt")):
-        data = encode(parse_program(seed.read_text()))
+        try:
+            data = encode(parse_program(seed.read_text()))
+        except ProgramError as e:
+            raise ProgramError(f"seed {seed}: {e}") from None
         name = corpus / hashlib.sha1(data).hexdigest()
         if not name.exists():
             name.write_bytes(data)
@@ -118,6 +123,7 @@ class Campaign:
         self.target = None
         self.proto = spec.proto
         self.current = b""
+        self.label = ""  # names this campaign's lines when several run side by side
 
     # -- setup ------------------------------------------------------------------
 
@@ -127,7 +133,8 @@ class Campaign:
 
             from . import model  # noqa: F401  (tables, not target code: imported uninstrumented)
 
-            with atheris.instrument_imports(include=INSTRUMENTED):
+            quiet = contextlib.redirect_stderr(io.StringIO())  # atheris names every module it instruments
+            with quiet, atheris.instrument_imports(include=INSTRUMENTED):
                 from . import executor as executor_mod
                 from harness import sim  # noqa: F401  (instrumented on import)
         else:
@@ -242,7 +249,7 @@ class Campaign:
             self.report("stats", s)
 
     def say(self, text: str) -> None:
-        print(f"migfuzz: {text}", file=self.out, flush=True)
+        print(f"migfuzz{'[' + self.label + ']' if self.label else ''}: {text}", file=self.out, flush=True)
 
     def finish(self) -> None:
         self.stats_line()
@@ -282,12 +289,13 @@ def libfuzzer_args(corpus: Path, crashes: Path, max_time: float | None, seed: in
 
 def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float | None, runs: int | None,
                  seed: int, extra: list, keep_going: bool = False, instrument: bool = True,
-                 report=None) -> None:
+                 report=None, label: str = "") -> None:
     """Fuzz until the time or run budget is spent or a finding is made; never returns."""
     import atheris
 
     crashes.mkdir(parents=True, exist_ok=True)
     camp = Campaign(spec, crashes, max_time, runs, keep_going, seed, report=report)
+    camp.label = label
     camp.load_target(instrument)
     camp.enable_arc_feedback()
     camp.enable_mutator()

@@ -230,4 +230,16 @@ def parse_program(text: str) -> Program:
 
 
 def is_text(data: bytes) -> bool:
-    return data.lstrip().startswith(TEXT_MAGIC.encode())
+    """Whether a file holds a program in text form (rather than the binary form).
+
+    Anything that reads as lines of printable text is taken as text, so a text
+    program with a damaged header is reported instead of run as binary noise."""
+    if data.lstrip().startswith(TEXT_MAGIC.encode()):
+        return True
+    if b"\n" not in data:
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in "\n\r\t" for ch in text)
