@@ -135,8 +135,9 @@ class Campaign:
 
             quiet = contextlib.redirect_stderr(io.StringIO())  # atheris names every module it instruments
             with quiet, atheris.instrument_imports(include=INSTRUMENTED):
-                from . import executor as executor_mod
                 from harness import sim  # noqa: F401  (instrumented on import)
+
+                from . import executor as executor_mod
         else:
             from . import executor as executor_mod
         from .targets import open_target

@@ -16,7 +16,7 @@ import errno
 import random
 import traceback
 
-from harness.uapi import V1_FIELDS, V1_FIELD_NAMES, V1_SAVING
+from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_SAVING
 
 from . import model
 from .oracles import DeviceView, Finding, FindingRaised, V1Oracle, V2Oracle, errname, v1_name, v2_name
@@ -113,6 +113,8 @@ class Executor:
                     key = (((before * 32 + op.code) * 128 + (outcome & 127)) * 8 + (view.state & 7)) & mask
                     seen[key] = 1
                     trace_branch(base + key)
+            if self.after_program is not None:
+                self.after_program(oracle)
         except FindingRaised as fr:
             return self._finish(fr.finding, prog, step)
         except DeviceHang as e:
@@ -450,6 +452,8 @@ class Executor:
             self.note(f"{name} := {op.b:#x} -> {errname(err)}")
         if name == "data_size":
             view.resume_kind = "mixed"
+            if not err and view.state == model.V1_RESUMING_STATE:
+                view.resume_opaque = True  # the device consumed window bytes we did not write
         if model.v1_saving(view.state):
             view.capture_tainted = True
         if name == "reserved":

@@ -191,8 +191,12 @@ def plan(flags: int, cur: int, new: int) -> Plan | None:
 
 
 def allowed_after_failure(flags: int, cur: int, new: int) -> frozenset:
-    """States GET may report after a failed SET (§8.2): the old one, any hop, ERROR."""
-    hops = path(flags, cur, new) or ()
+    """States GET may report after a failed SET: for a request the model refuses,
+    only the old one (§8.3); for a valid one, the old one, any hop of its path, or
+    ERROR (§8.2)."""
+    hops = path(flags, cur, new)
+    if hops is None:
+        return frozenset((cur,))
     return frozenset((cur, ERROR, *hops))
 
 
@@ -268,7 +272,7 @@ def v1_write_allowed(cur: int, value: int) -> bool:
 
     Drivers "should attempt to support any transition between valid states"
     (Alex Williamson's clarification); from the error state only reset recovers.
-    Reserved bits 3..31 are judged separately (:func:`v1_reserved_ok`)."""
+    Reserved bits 3..31 must be zero in a write the device has to accept."""
     return (cur & V1_MASK) != V1_ERROR and (value & V1_MASK) in V1_VALID
 
 

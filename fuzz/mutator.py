@@ -11,8 +11,7 @@ from __future__ import annotations
 import random
 import struct
 
-from .program import FAULT_KINDS, MANGLE_KINDS, MAX_OPS, MAX_PAYLOAD, NDEVICES, OPCODES, OPS, Op, Program, \
-    normalize
+from .program import FAULT_KINDS, MANGLE_KINDS, MAX_OPS, MAX_PAYLOAD, NDEVICES, OPCODES, OPS, Op, Program, normalize
 
 _RECORD = struct.Struct("<BBHI")  # fuzz.codec.RECORD
 RECORD = _RECORD.size

@@ -100,7 +100,7 @@ class DeviceView:
     """The protocol-side view of one device during a program."""
 
     __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled", "original",
-                 "resume", "resume_kind", "frozen", "pc_expect", "pc_initial")
+                 "resume", "resume_kind", "resume_opaque", "frozen", "pc_expect", "pc_initial")
 
     def __init__(self, state: int):
         self.state = state
@@ -112,6 +112,7 @@ class DeviceView:
         self.original: bytes | None = None  # the complete stream as the device sent it
         self.resume = bytearray()  # bytes written into the current resume session
         self.resume_kind = ""  # "", "derived" (one transfer of a capture), "mixed"
+        self.resume_opaque = False  # the device took bytes the executor cannot know
         self.frozen: bytes | None = None  # digest when the device last stopped
         self.pc_expect = -1  # pre-copy bytes still announced by PRECOPY_INFO
         self.pc_initial = -1
@@ -129,6 +130,7 @@ class DeviceView:
     def new_resume(self) -> None:
         self.resume = bytearray()
         self.resume_kind = ""
+        self.resume_opaque = False
 
 
 class Oracle:
@@ -169,6 +171,8 @@ class Oracle:
 
     def resume_verdict(self, view: DeviceView) -> tuple[str, bytes | None]:
         """('valid', digest) / ('damaged', None) / ('unknown', None) for what was written."""
+        if view.resume_opaque:
+            return "unknown", None
         written = bytes(view.resume)
         if written in self.known:
             return "valid", self.known[written]

@@ -192,7 +192,7 @@ def parse_op(proto: str, line: str) -> Op:
         raise ProgramError(f"unknown {proto} op {words[0]!r}")
     code = codes[words[0]]
     spec = OPS[proto][code]
-    if len(words) < 2 or not words[1].isdigit() or int(words[1]) >= NDEVICES:
+    if len(words) < 2 or not (words[1].isascii() and words[1].isdigit()) or int(words[1]) >= NDEVICES:
         raise ProgramError(f"{words[0]}: expected a device index 0..{NDEVICES - 1} after the op name")
     values = {"a": 0, "b": 0, "data": b""}
     by_name = {f.name: f for f in spec.fields}
@@ -206,11 +206,11 @@ def parse_op(proto: str, line: str) -> Op:
 
 
 def parse_program(text: str) -> Program:
-    lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln]
+    lines = [(n, ln.split("#", 1)[0].strip()) for n, ln in enumerate(text.splitlines(), 1)]
+    lines = [(n, ln) for n, ln in lines if ln]
     if not lines:
         raise ProgramError("empty program")
-    head = lines[0].split()
+    head = lines[0][1].split()
     if len(head) != 3 or head[0] != TEXT_MAGIC:
         raise ProgramError(f"missing header line '{TEXT_MAGIC} {TEXT_VERSION} v1|v2'")
     if head[1] != str(TEXT_VERSION):
@@ -219,7 +219,7 @@ def parse_program(text: str) -> Program:
     if proto not in OPS:
         raise ProgramError(f"unknown protocol {proto!r} (v1 or v2)")
     ops = []
-    for n, line in enumerate(lines[1:], 2):
+    for n, line in lines[1:]:
         try:
             ops.append(parse_op(proto, line))
         except ProgramError as e:
@@ -230,16 +230,10 @@ def parse_program(text: str) -> Program:
 
 
 def is_text(data: bytes) -> bool:
-    """Whether a file holds a program in text form (rather than the binary form).
-
-    Anything that reads as lines of printable text is taken as text, so a text
-    program with a damaged header is reported instead of run as binary noise."""
-    if data.lstrip().startswith(TEXT_MAGIC.encode()):
-        return True
-    if b"\n" not in data:
-        return False
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return all(ch.isprintable() or ch in "\n\r\t" for ch in text)
+    """Whether a file holds a program in text form rather than the binary form:
+    its first line that is neither blank nor a ``#`` comment names the format."""
+    for raw in data.splitlines():
+        line = raw.strip()
+        if line and not line.startswith(b"#"):
+            return line.startswith(TEXT_MAGIC.encode())
+    return False

@@ -64,7 +64,8 @@ def parse_target(text: str) -> TargetSpec:
     if kind == "sim":
         unknown = set(options) - SIM_KEYS
         if unknown:
-            raise TargetError(f"unknown sim option(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(SIM_KEYS))})")
+            raise TargetError(f"unknown sim option(s): {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(SIM_KEYS))})")
         proto = options.pop("proto", "v2")
         if proto not in ("v1", "v2"):
             raise TargetError(f"proto must be v1 or v2, not {proto!r}")
@@ -84,7 +85,8 @@ def parse_target(text: str) -> TargetSpec:
         if unknown:
             raise TargetError(f"unknown kernel option(s): {', '.join(sorted(unknown))}")
         if kind == "kernel" and "dev" not in options and "cdev" not in options:
-            raise TargetError("kernel target needs dev=UUID|BDF (or cdev=PATH): migfuzz only touches a device named explicitly")
+            raise TargetError("kernel target needs dev=UUID|BDF (or cdev=PATH): "
+                              "migfuzz only touches a device named explicitly")
         return TargetSpec(kind, "", 0, None, options)
     raise TargetError(f"unknown target kind {kind!r} (sim, kernel, mtty)")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import errno
 
-from harness.uapi import V1_ERROR, V1_MASK, V1_RESUMING, V1_RUNNING, V1_SAVING, V1_FIELDS
+from harness.uapi import V1_ERROR, V1_FIELDS, V1_MASK, V1_RESUMING, V1_RUNNING, V1_SAVING
 
 from . import stream
 from .core import DeviceCore, StepCounter

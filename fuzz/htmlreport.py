@@ -1,0 +1,801 @@
+"""Self-contained HTML pictures: the conformance sweep and a fuzzing campaign.
+
+* :func:`conform_html` — one page for a ``migfuzz conform`` result: the
+  verdict, the failing checks, the transition matrix as a coloured grid
+  (expected vs observed per cell; failing cells red, with a tooltip), the
+  state diagram of the advertised flag set (single-hop arcs of
+  ``fuzz.model.arcs(flags)`` as arrows, blocked arcs dashed, failing arcs red,
+  arcs the device took but must not as red dashed arrows), a bar per check
+  group, and every check.
+* :func:`campaign_html` — one page for a campaign's JSON-lines report
+  (``{"type": "stats", ...}`` / ``{"type": "finding", ...}`` lines): line
+  charts of executions, speed, protocol arcs and findings over time, and the
+  findings.
+
+Inline CSS and inline SVG only: no scripts, no fonts, no external references,
+so the file can be mailed, attached to CI, or opened offline.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from html import escape
+from pathlib import Path
+
+from harness.uapi import V1_STATE_NAMES, MigFlag, MigState
+
+from . import model
+
+# --------------------------------------------------------------------------- shared style
+
+CSS = """
+:root { --fail:#c62828; --fail-bg:#ffebee; --pass:#2e7d32; --pass-bg:#e8f5e9; --info:#78909c; --ink:#212121;
+        --muted:#607d8b; --line:#cfd8dc; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
+       margin: 0; background: #fafafa; }
+main { max-width: 1320px; margin: 0 auto; padding: 24px 28px 60px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 17px; margin: 34px 0 8px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
+p.sub { color: var(--muted); margin: 0 0 14px; }
+code, .mono { font-family: "SFMono-Regular", Menlo, Consolas, "Liberation Mono", monospace; font-size: 12.5px; }
+.banner { display: flex; align-items: center; gap: 18px; padding: 14px 18px; border-radius: 8px; margin: 14px 0 8px;
+          border: 1px solid; }
+.banner.ok { background: var(--pass-bg); border-color: #a5d6a7; }
+.banner.bad { background: var(--fail-bg); border-color: #ef9a9a; }
+.banner .big { font-size: 24px; font-weight: 700; letter-spacing: .02em; }
+.banner.ok .big { color: var(--pass); } .banner.bad .big { color: var(--fail); }
+.counts span { display: inline-block; margin-right: 14px; }
+.pill { display: inline-block; min-width: 44px; text-align: center; padding: 1px 8px; border-radius: 10px;
+        font-size: 12px; font-weight: 600; }
+.pill.fail { background: var(--fail); color: #fff; } .pill.pass { background: #c8e6c9; color: #1b5e20; }
+.pill.info { background: #eceff1; color: #455a64; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #eceff1; vertical-align: top; }
+th { background: #f5f7f8; font-weight: 600; font-size: 12.5px; color: #455a64; position: sticky; top: 0; }
+tr.fail td { background: #fff5f5; }
+td.obs { font-weight: 600; }
+tr.fail td.obs { color: var(--fail); }
+.figure { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; overflow-x: auto; }
+.legend { color: var(--muted); font-size: 12.5px; margin-top: 6px; }
+.legend i { display: inline-block; width: 14px; height: 14px; vertical-align: -2px; margin: 0 4px 0 12px;
+            border: 1px solid #b0bec5; border-radius: 3px; }
+details { margin: 6px 0; }
+summary { cursor: pointer; font-weight: 600; }
+.grid2 { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+@media (max-width: 1000px) { .grid2 { grid-template-columns: 1fr; } }
+"""
+
+SVG_FONT = 'font-family="-apple-system, Segoe UI, Roboto, Helvetica, Arial, sans-serif"'
+
+ARROW = " \u2192 "
+PASS_OK, PASS_REFUSED, PASS_NOOP, FAIL_FILL, INFO_FILL = "#c8e6c9", "#eceff1", "#f7f7f7", "#d32f2f", "#fafafa"
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
+
+
+def _t(x: float, y: float, text: str, size: int = 12, anchor: str = "middle", weight: str = "normal",
+       fill: str = "#212121", extra: str = "") -> str:
+    return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" '
+            f'fill="{fill}" {extra}>{escape(text)}</text>')
+
+
+def _flag_names(flags: int) -> str:
+    return "|".join(f.name for f in MigFlag if flags & f) or "none"
+
+
+# =========================================================================== conformance page
+
+V2_ABBR = {"STOP": "STOP", "RUNNING": "RUN", "STOP_COPY": "STOP_COPY", "RESUMING": "RESUMING",
+           "RUNNING_P2P": "RUN_P2P", "PRE_COPY": "PRE_COPY", "PRE_COPY_P2P": "PRE_P2P", "ERROR": "ERROR"}
+V1_BITS = {name: f"{value:03b}b" for value, name in V1_STATE_NAMES.items()}
+
+
+def _state_label(proto: str, name: str | None) -> tuple[str, str]:
+    """(main line, small line) for a matrix header."""
+    if name is None:
+        return "-", ""
+    if proto == "v1":
+        return V1_BITS.get(name, name), name.replace("RESUMING", "RESUME")
+    if name in V2_ABBR:
+        return name, f"= {int(MigState[name])}"
+    return name, "out of range"
+
+
+def _short_state(proto: str, text: str) -> str:
+    if proto == "v1":
+        return V1_BITS.get(text, text)
+    return V2_ABBR.get(text, text)
+
+
+def _cell_text(proto: str, check: dict) -> tuple[str, str, str, str]:
+    """(fill, text colour, main line, small line) of one matrix cell."""
+    exp, obs, verdict = check["expected"], check["observed"], check["verdict"]
+    if verdict == "info":
+        return "url(#hatch)", "#78909c", "?", "not reached" if obs.startswith("not reached") else "info"
+    if verdict == "pass":
+        if exp.startswith("refused"):
+            return PASS_REFUSED, "#78909c", "\u2715", "refused"
+        if "no-op" in exp:
+            return PASS_NOOP, "#90a4ae", "=", "no-op"
+        hops = max(len(check["path"]) - 1, 1)
+        small = ("+fd" if "new fd" in exp else "") + (f" {hops} hops" if hops > 1 else "")
+        return PASS_OK, "#1b5e20", "ok", small.strip()
+    words = obs.split(",")[0].strip()
+    got = ""
+    for key in ("GET ", "reads "):
+        if key in obs:
+            got = obs.split(key, 1)[1].split(",")[0].split(" ")[0]
+    if obs.startswith("hang"):
+        main, small = "HANG", "no return"
+    elif obs.startswith("exception"):
+        main, small = "EXCEPTION", obs.split(":")[0].replace("exception ", "")
+    elif obs.startswith("not reached"):
+        main, small = "?", "not reached"
+    elif obs.startswith("ok") and exp.startswith("refused"):
+        main, small = "accepted", f"\u2192 {_short_state(proto, got)}" if got else ""
+    elif not obs.startswith("ok") and exp.startswith("ok"):
+        main, small = "refused", f"{words} \u2192 {_short_state(proto, got)}" if got else words
+    else:
+        main, small = "wrong", (f"\u2192 {_short_state(proto, got)}" if got else words)
+        if "fd" in obs and "fd" in exp and got and _short_state(proto, got) in exp:
+            small = obs.split(",")[-1].strip()
+    return FAIL_FILL, "#ffffff", main, small
+
+
+def matrix_svg(result: dict) -> str:
+    """The arc matrix: rows = from, columns = to, one coloured cell per request."""
+    proto = result["protocol"]
+    arcs = [c for c in result["checks"] if c["check"] == "arc"]
+    if not arcs:
+        return "<p>No transition checks.</p>"
+    rows: list = []
+    cols: list = []
+    for c in arcs:
+        if c["from"] not in rows:
+            rows.append(c["from"])
+        if c["to"] not in cols:
+            cols.append(c["to"])
+    cells = {(c["from"], c["to"]): c for c in arcs}
+    cw, ch = (100, 46) if proto == "v2" else (118, 46)
+    left, top = 150, 74
+    width, height = left + cw * len(cols) + 14, top + ch * len(rows) + 14
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" {SVG_FONT} role="img" aria-label="transition matrix">',
+           '<defs><pattern id="hatch" width="8" height="8" patternUnits="userSpaceOnUse" '
+           'patternTransform="rotate(45)"><rect width="8" height="8" fill="#fafafa"/>'
+           '<line x1="0" y1="0" x2="0" y2="8" stroke="#dfe5e8" stroke-width="4"/></pattern></defs>']
+    out.append(_t(left + cw * len(cols) / 2, 16, "requested state (to)", 12, fill="#607d8b", weight="600"))
+    out.append(_t(14, top + ch * len(rows) / 2, "current state (from)", 12, fill="#607d8b", weight="600",
+                  extra=f'transform="rotate(-90 14 {top + ch * len(rows) / 2:.1f})"'))
+    for j, col in enumerate(cols):
+        main, small = _state_label(proto, col)
+        x = left + cw * j + cw / 2
+        out.append(_t(x, top - 30, main, 11.5 if len(main) < 12 else 10.5, weight="600"))
+        out.append(_t(x, top - 14, small, 10, fill="#78909c"))
+    failing_rows = {c["from"] for c in arcs if c["verdict"] == "fail"}
+    unreachable = {c["to"] for c in result["checks"] if c["check"] == "reach" and c["verdict"] == "fail"}
+    failing_cols = {c["to"] for c in arcs if c["verdict"] == "fail"}
+    for i, row in enumerate(rows):
+        main, small = _state_label(proto, row)
+        y = top + ch * i
+        colour = "#c62828" if row in failing_rows | unreachable else "#212121"
+        out.append(_t(left - 10, y + ch / 2 - 2, main, 12, anchor="end", weight="600", fill=colour))
+        if row in unreachable:
+            small, colour = "unreachable", "#c62828"
+        else:
+            colour = "#78909c"
+        out.append(_t(left - 10, y + ch / 2 + 12, small, 10, anchor="end", fill=colour))
+        for j, col in enumerate(cols):
+            c = cells.get((row, col))
+            x = left + cw * j
+            if c is None:
+                out.append(f'<rect x="{x + 1}" y="{y + 1}" width="{cw - 2}" height="{ch - 2}" fill="#fff" '
+                           f'stroke="#eceff1"/>')
+                continue
+            fill, ink, main_t, small_t = _cell_text(proto, c)
+            fail = c["verdict"] == "fail"
+            path = ARROW.join(c["path"]) or "(refused)"
+            tip = (f"{row} \u2192 {col}  [{c['verdict'].upper()}]\nexpected: {c['expected']}\n"
+                   f"observed: {c['observed']}\npath: {path}")
+            stroke = 'stroke="#7f0000" stroke-width="3"' if fail else 'stroke="#ffffff" stroke-width="2"'
+            out.append(f'<g><title>{escape(tip)}</title>'
+                       f'<rect x="{x + 1.5}" y="{y + 1.5}" width="{cw - 3}" height="{ch - 3}" rx="4" fill="{fill}" '
+                       f'{stroke}/>')
+            out.append(_t(x + cw / 2, y + ch / 2 + (-1 if small_t else 4), main_t, 13 if fail else 14,
+                          weight="700" if fail else "600", fill=ink))
+            if small_t:
+                out.append(_t(x + cw / 2, y + ch / 2 + 14, small_t[:18], 10, fill=ink))
+            out.append("</g>")
+    # emphasise the headers of failing columns
+    for j, col in enumerate(cols):
+        if col in failing_cols:
+            x = left + cw * j
+            out.append(f'<rect x="{x + 3}" y="{top - 6}" width="{cw - 6}" height="3" fill="#c62828"/>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- state diagram
+
+V2_POS = {  # (x, y) centres in a 980 x 470 box
+    model.PRE_COPY: (250, 70), model.RUNNING: (530, 70), model.ERROR: (820, 70),
+    model.PRE_COPY_P2P: (250, 230), model.RUNNING_P2P: (530, 230),
+    model.STOP_COPY: (250, 400), model.STOP: (530, 400), model.RESUMING: (820, 400),
+}
+V1_POS = {
+    0b011: (150, 70), 0b001: (430, 70), 0b110: (720, 70),
+    0b010: (150, 400), 0b000: (430, 400), 0b100: (720, 400),
+    0b101: (960, 170), 0b111: (960, 310),
+}
+V1_SEQUENCE_ARCS = ((1, 0), (1, 2), (2, 0), (1, 3), (3, 2), (1, 4), (4, 1))  # §1.4
+NODE_W, NODE_H = 150, 46
+
+
+def _clip(x1, y1, x2, y2, pad: float = 4.0):
+    """Move (x1,y1)->(x2,y2) so it starts and ends on the node rectangles' borders."""
+    dx, dy = x2 - x1, y2 - y1
+    if dx == 0 and dy == 0:
+        return x1, y1, x2, y2
+    tx = (NODE_W / 2 + pad) / abs(dx) if dx else math.inf
+    ty = (NODE_H / 2 + pad) / abs(dy) if dy else math.inf
+    t = min(tx, ty)
+    return x1 + dx * t, y1 + dy * t, x2 - dx * t, y2 - dy * t
+
+
+def _arrow(a, b, colour: str, marker: str, dashed: bool = False, offset: float = 0.0, width: float = 1.8,
+           label: str = "", label_colour: str = "#37474f", bend: float = 0.0, tip: str = "",
+           curve: float = 0.0) -> str:
+    (x1, y1), (x2, y2) = a, b
+    dx, dy = x2 - x1, y2 - y1
+    n = math.hypot(dx, dy) or 1.0
+    ox, oy = -dy / n * offset, dx / n * offset
+    x1, y1, x2, y2 = _clip(x1 + ox, y1 + oy, x2 + ox, y2 + oy)
+    dash = ' stroke-dasharray="7 5"' if dashed else ""
+    if bend:
+        # leave and enter the nodes on their left sides, curving out by ``bend`` pixels
+        (x1, y1), (x2, y2) = (a[0] - NODE_W / 2 - 2, a[1]), (b[0] - NODE_W / 2 - 6, b[1])
+        mx, my = min(x1, x2) - bend, (y1 + y2) / 2
+        shape = f'<path d="M{x1:.1f},{y1:.1f} Q{mx:.1f},{my:.1f} {x2:.1f},{y2:.1f}" fill="none" '
+        lx, ly = (x1 + 2 * mx + x2) / 4 - 10, (y1 + 2 * my + y2) / 4 - 16
+    elif curve:
+        # a quadratic curve whose control point sits ``curve`` pixels to the side of the midpoint
+        mx, my = (x1 + x2) / 2 - dy / n * curve, (y1 + y2) / 2 + dx / n * curve
+        shape = f'<path d="M{x1:.1f},{y1:.1f} Q{mx:.1f},{my:.1f} {x2:.1f},{y2:.1f}" fill="none" '
+        lx, ly = (x1 + 2 * mx + x2) / 4, (y1 + 2 * my + y2) / 4
+    else:
+        shape = f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
+        lx, ly = (x1 + x2) / 2, (y1 + y2) / 2
+    out = [f"<g>{f'<title>{escape(tip)}</title>' if tip else ''}"
+           f'{shape}stroke="{colour}" stroke-width="{width}"{dash} marker-end="url(#{marker})"/>']
+    if label and not bend:
+        # the label sits beside the arrow, on the side of its offset
+        side = 1 if offset >= 0 else -1
+        lx += -dy / n * 13 * side
+        ly += dx / n * 13 * side + 4
+    if label:
+        out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="10.5" text-anchor="middle" fill="{label_colour}" '
+                   f'font-weight="600" paint-order="stroke" stroke="#ffffff" stroke-width="3">{escape(label)}</text>')
+    out.append("</g>")
+    return "".join(out)
+
+
+def _node(x, y, title: str, sub: str, state: str) -> str:
+    styles = {
+        "ok": ('fill="#ffffff" stroke="#546e7a" stroke-width="1.6"', "#212121"),
+        "fail": ('fill="#ffebee" stroke="#c62828" stroke-width="3"', "#b71c1c"),
+        "error": ('fill="#fff8e1" stroke="#8d6e63" stroke-width="1.6" stroke-dasharray="5 4"', "#5d4037"),
+        "invalid": ('fill="#f5f5f5" stroke="#b0bec5" stroke-width="1.4" stroke-dasharray="4 4"', "#90a4ae"),
+    }
+    attrs, ink = styles[state]
+    size = 13 if len(title) <= 15 else round(max(9.0, 13 * 15 / len(title)), 1)
+    return (f'<rect x="{x - NODE_W / 2:.1f}" y="{y - NODE_H / 2:.1f}" width="{NODE_W}" height="{NODE_H}" rx="10" '
+            f'{attrs}/>' + _t(x, y - 2, title, size, weight="700", fill=ink) + _t(x, y + 14, sub, 10, fill="#78909c"))
+
+
+_MARKERS = (("a-grey", "#546e7a"), ("a-red", "#c62828"), ("a-blue", "#1565c0"), ("a-faint", "#b0bec5"),
+            ("a-brown", "#8d6e63"))
+
+
+def _svg_open(width: int, height: int, label: str) -> list:
+    defs = "".join(f'<marker id="{mid}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" '
+                   f'markerWidth="11" markerHeight="11" orient="auto-start-reverse">'
+                   f'<path d="M0,0 L10,5 L0,10 z" fill="{col}"/></marker>'
+                   for mid, col in _MARKERS)
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            f'{SVG_FONT} role="img" aria-label="{escape(label)}"><defs>{defs}</defs>']
+
+
+def _cell_index(result: dict) -> dict:
+    return {(c["from"], c["to"]): c for c in result["checks"] if c["check"] == "arc"}
+
+
+def _fail_short(c: dict) -> str:
+    obs = c["observed"]
+    if obs.startswith("hang"):
+        return "HANG"
+    if obs.startswith("exception"):
+        return "EXCEPTION"
+    if obs.startswith("ok") and c["expected"].startswith("refused"):
+        return "accepted!"
+    if c["expected"].startswith("ok") and not obs.startswith("ok"):
+        return "refused!"
+    return "wrong!"
+
+
+def _accepted_invalid(c: dict) -> bool:
+    return c["observed"].startswith("ok") and c["expected"].startswith("refused")
+
+
+def _failing_nodes(result: dict, cells: dict) -> set:
+    """States to draw red: wrongly entered (an invalid request accepted into them), or misbehaving
+    themselves (a failing request from them other than an accepted invalid one, a failing reset/reach)."""
+    out = set()
+    for c in cells.values():
+        if c["verdict"] == "fail":
+            out.add(c["to"] if _accepted_invalid(c) else c["from"])
+    for c in result["checks"]:
+        if c["verdict"] == "fail" and c["check"] == "reset":
+            out.add(c["from"])
+        if c["verdict"] == "fail" and c["check"] == "reach":
+            out.add(c["to"])
+    return out
+
+
+def v2_diagram_svg(result: dict) -> str:
+    flags = result["flags"]
+    cells = _cell_index(result)
+    name = model.STATE_NAMES.__getitem__
+    states = [s for s in range(1, 8) if model.supported(flags, s)]
+    failing_from = _failing_nodes(result, cells)
+    out = _svg_open(980, 470, "state diagram")
+    arcs = model.arcs(flags)
+    drawn = set()
+    for a, b in sorted(arcs):
+        c = cells.get((name(a), name(b)))
+        fail = c is not None and c["verdict"] == "fail"
+        both = (b, a) in arcs or ((b, a) in model.BLOCKED and model.supported(flags, a))
+        if (a, b) in model.OPENS_SESSION:
+            label, colour, marker = "+fd", "#1565c0", "a-blue"
+        elif (a, b) == model.LOAD_HOP:
+            label, colour, marker = "load, ends fd", "#546e7a", "a-grey"
+        elif (a, b) in model.ENDS_SESSION:
+            label, colour, marker = "ends fd", "#546e7a", "a-grey"
+        else:
+            label, colour, marker = "", "#546e7a", "a-grey"
+        if fail:
+            label, colour, marker = _fail_short(c), "#c62828", "a-red"
+        tip = f"{name(a)} \u2192 {name(b)}" + (f"\nexpected: {c['expected']}\nobserved: {c['observed']}" if c else "")
+        out.append(_arrow(V2_POS[a], V2_POS[b], colour, marker, offset=7 if both else 0, width=3 if fail else 1.8,
+                          label=label, label_colour=colour, tip=tip))
+        drawn.add((a, b))
+    for a, b in sorted(model.BLOCKED):
+        if not (model.supported(flags, a) and model.supported(flags, b)):
+            continue
+        c = cells.get((name(a), name(b)))
+        fail = c is not None and c["verdict"] == "fail"
+        colour, marker = ("#c62828", "a-red") if fail else ("#b0bec5", "a-faint")
+        label = (_fail_short(c) if fail else "blocked (EINVAL)")
+        # STOP_COPY -> PRE_COPY would cross PRE_COPY_P2P: bend it round the left side
+        bend = 150 if (b == model.PRE_COPY and model.supported(flags, model.PRE_COPY_P2P)) else 0
+        tip = f"{name(a)} \u2192 {name(b)}: must be refused" + (f"\nobserved: {c['observed']}" if c else "")
+        out.append(_arrow(V2_POS[a], V2_POS[b], colour, marker, dashed=True, width=3 if fail else 1.6,
+                          offset=0 if bend else 7, bend=bend, label=label, label_colour=colour, tip=tip))
+    # arcs a device took although the model refuses them (e.g. SET ERROR accepted)
+    for c in cells.values():
+        if c["verdict"] != "fail" or not _accepted_invalid(c):
+            continue
+        try:
+            a, b = MigState[c["from"]], MigState[c["to"]]
+        except KeyError:
+            continue
+        if (a, b) in drawn or a == b or a not in V2_POS or b not in V2_POS:
+            continue
+        out.append(_arrow(V2_POS[a], V2_POS[b], "#c62828", "a-red", dashed=True, width=2, curve=-70,
+                          tip=f"{c['from']} \u2192 {c['to']}: accepted, must be refused"))
+    # ERROR: only reset leaves it
+    out.append(_arrow(V2_POS[model.ERROR], V2_POS[model.RUNNING], "#8d6e63", "a-brown", dashed=True, width=1.4,
+                      label="reset (from any state)", label_colour="#8d6e63", offset=-1))
+    for s in [model.ERROR, *states]:
+        x, y = V2_POS[s]
+        if s == model.ERROR:
+            kind = "fail" if "ERROR" in failing_from else "error"
+            sub = "0 \u00b7 driver only, never requested"
+        else:
+            kind = "fail" if name(s) in failing_from else "ok"
+            sub = f"{s}" + (" \u00b7 reset state" if s == model.RUNNING else "")
+        out.append(_node(x, y, name(s), sub, kind))
+    out.append(_t(16, 462, f"flags {flags:#x} ({_flag_names(flags)}): solid = arcs a driver implements (§2.4), "
+                  "dashed = must be refused; red = the device departs here", 11, anchor="start", fill="#607d8b"))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def v1_diagram_svg(result: dict) -> str:
+    cells = _cell_index(result)
+    name = V1_STATE_NAMES.__getitem__
+    failing = _failing_nodes(result, cells)
+    out = _svg_open(1060, 470, "v1 device_state diagram")
+    drawn = set()
+    for a, b in V1_SEQUENCE_ARCS:
+        c = cells.get((name(a), name(b)))
+        fail = c is not None and c["verdict"] == "fail"
+        colour, marker = ("#c62828", "a-red") if fail else ("#546e7a", "a-grey")
+        both = (b, a) in V1_SEQUENCE_ARCS
+        tip = f"{name(a)} \u2192 {name(b)}" + (f"\nexpected: {c['expected']}\nobserved: {c['observed']}" if c else "")
+        out.append(_arrow(V1_POS[a], V1_POS[b], colour, marker, offset=7 if both else 0, width=3 if fail else 1.8,
+                          label=_fail_short(c) if fail else "", label_colour=colour, tip=tip))
+        drawn.add((a, b))
+    by_name = {v: k for k, v in V1_STATE_NAMES.items()}
+    for c in cells.values():
+        if c["verdict"] != "fail":
+            continue
+        a, b = by_name.get(c["from"]), by_name.get(c["to"])
+        if a is None or b is None or (a, b) in drawn or a == b:
+            continue
+        accepted = c["observed"].startswith("ok")
+        out.append(_arrow(V1_POS[a], V1_POS[b], "#c62828", "a-red", dashed=True, width=2, curve=-50,
+                          tip=f"{c['from']} \u2192 {c['to']}\nexpected: {c['expected']}\nobserved: {c['observed']}",
+                          label="" if accepted else "refused!", label_colour="#c62828"))
+    out.append(_arrow(V1_POS[0b110], V1_POS[0b001], "#8d6e63", "a-brown", dashed=True, width=1.4,
+                      label="reset", label_colour="#8d6e63", offset=-1))
+    for value, (x, y) in V1_POS.items():
+        n = name(value)
+        if value in model.V1_VALID:
+            kind = "fail" if n in failing else "ok"
+        elif value == 0b110:
+            kind = "fail" if n in failing else "error"
+        else:
+            kind = "fail" if n in failing else "invalid"
+        sub = f"{value:03b}b" + (" \u00b7 invalid" if value in model.V1_INVALID else
+                                 " \u00b7 driver only" if value == 0b110 else "")
+        out.append(_node(x, y, n, sub, kind))
+    out.append(_t(16, 462, "solid = the §1.4 sequences (any valid -> valid write must work); dashed boxes = never "
+                  "writable; red = the device departs here", 11, anchor="start", fill="#607d8b"))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- check groups
+
+def groups_svg(result: dict) -> str:
+    groups: dict = {}
+    for c in result["checks"]:
+        g = groups.setdefault(c["check"], {"pass": 0, "fail": 0, "info": 0})
+        g[c["verdict"]] += 1
+    order = sorted(groups, key=lambda k: (-groups[k]["fail"], list(groups).index(k)))
+    bar_w, row_h, left = 560, 22, 190
+    height = row_h * len(order) + 10
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + bar_w + 150}" height="{height}" {SVG_FONT} '
+           f'role="img" aria-label="checks by group">']
+    most = max(sum(g.values()) for g in groups.values())
+    for i, k in enumerate(order):
+        g = groups[k]
+        y = 4 + i * row_h
+        out.append(_t(left - 10, y + 14, k, 12, anchor="end", weight="600",
+                      fill="#c62828" if g["fail"] else "#37474f"))
+        x = left
+        for verdict, colour in (("fail", "#d32f2f"), ("pass", "#81c784"), ("info", "#cfd8dc")):
+            w = bar_w * g[verdict] / most
+            if w:
+                out.append(f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{row_h - 7}" fill="{colour}">'
+                           f'<title>{escape(k)}: {g[verdict]} {verdict}</title></rect>')
+                x += w
+        text = f"{g['pass']} pass" + (f", {g['fail']} fail" if g["fail"] else "") + \
+            (f", {g['info']} info" if g["info"] else "")
+        out.append(_t(x + 8, y + 14, text, 11, anchor="start", fill="#c62828" if g["fail"] else "#607d8b"))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _checks_table(checks: list, with_path: bool = True) -> str:
+    head = "<tr><th>verdict</th><th>check</th><th>from</th><th>to</th><th>expected</th><th>observed</th>" + \
+        ("<th>path</th>" if with_path else "") + "</tr>"
+    rows = []
+    for c in checks:
+        v = c["verdict"]
+        path = ARROW.join(c["path"]) or "\u2014"
+        rows.append(f'<tr class="{v}"><td><span class="pill {v}">{v.upper() if v == "fail" else v}</span></td>'
+                    f'<td class="mono">{escape(c["check"])}</td><td class="mono">{escape(c["from"] or "-")}</td>'
+                    f'<td class="mono">{escape(c["to"] or "-")}</td><td>{escape(c["expected"])}</td>'
+                    f'<td class="obs">{escape(c["observed"])}</td>'
+                    + (f'<td class="mono">{escape(path)}</td>' if with_path else "") + "</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def conform_html(result: dict) -> str:
+    """The conformance page for a ``fuzz.conform.sweep`` result, as one HTML string."""
+    proto = result["protocol"]
+    n = result.get("summary") or {v: sum(1 for c in result["checks"] if c["verdict"] == v)
+                                  for v in ("pass", "fail", "info")}
+    total = len(result["checks"])
+    fails = [c for c in result["checks"] if c["verdict"] == "fail"]
+    flags = f" \u00b7 flags <code>{result['flags']:#x}</code> ({_flag_names(result['flags'])})" if proto == "v2" else ""
+    ok = not fails
+    body = [f"<h1>Conformance sweep: <code>{escape(result['target'])}</code></h1>",
+            f'<p class="sub">protocol {proto}{flags} \u00b7 {total} checks'
+            + (f" \u00b7 {result['elapsed_s']:.2f} s" if "elapsed_s" in result else "") + "</p>",
+            f'<div class="banner {"ok" if ok else "bad"}"><div class="big">'
+            f'{"CONFORMS" if ok else "DOES NOT CONFORM"}</div><div class="counts">'
+            f'<span><span class="pill fail">{n["fail"]}</span> fail</span>'
+            f'<span><span class="pill pass">{n["pass"]}</span> pass</span>'
+            f'<span><span class="pill info">{n["info"]}</span> info (observed, not judged)</span></div></div>']
+    if fails:
+        body.append(f"<h2>Where the device departs from the protocol ({len(fails)})</h2>")
+        body.append(_checks_table(fails))
+    body.append("<h2>Transition matrix</h2>")
+    body.append('<p class="sub">' + (
+        "Every SET MIG_DEVICE_STATE request from every state (reached from a fresh reset along the model's path), "
+        "judged against <code>fuzz.model.path / opens_fd</code>. Hover a cell for expected, observed and path."
+        if proto == "v2" else
+        "Every device_state value written from every state (reached from reset), read back and judged against "
+        "<code>fuzz.model.v1_write_allowed</code>. Hover a cell for expected and observed.") + "</p>")
+    body.append(f'<div class="figure">{matrix_svg(result)}<div class="legend">'
+                f'<i style="background:{PASS_OK}"></i>accepted as required'
+                f'<i style="background:{PASS_REFUSED}"></i>refused as required'
+                f'<i style="background:{PASS_NOOP}"></i>no-op'
+                f'<i style="background:{FAIL_FILL};border-color:#7f0000"></i>departs from the protocol'
+                f'<i style="background:repeating-linear-gradient(45deg,#fafafa 0 3px,#dfe5e8 3px 6px)"></i>'
+                f'not reached (hover for why; the cause has its own row)</div></div>')
+    body.append("<h2>State diagram</h2>")
+    body.append(f'<div class="figure">{v2_diagram_svg(result) if proto == "v2" else v1_diagram_svg(result)}</div>')
+    body.append("<h2>Checks by group</h2>")
+    body.append(f'<div class="figure">{groups_svg(result)}</div>')
+    body.append("<h2>Every check</h2>")
+    seen: list = []
+    for c in result["checks"]:
+        if c["check"] not in seen:
+            seen.append(c["check"])
+    for name in sorted(seen, key=lambda k: (not any(c["check"] == k and c["verdict"] == "fail"
+                                                    for c in result["checks"]), seen.index(k))):
+        group = [c for c in result["checks"] if c["check"] == name]
+        nf = sum(1 for c in group if c["verdict"] == "fail")
+        badge = f' <span class="pill fail">{nf} fail</span>' if nf else ""
+        body.append(f"<details{' open' if nf else ''}><summary><span class=\"mono\">{escape(name)}</span> "
+                    f"({len(group)}){badge}</summary>{_checks_table(group)}</details>")
+    return _page(f"migfuzz conform {result['target']}", "\n".join(body))
+
+
+# =========================================================================== campaign page
+
+
+class ReportInputError(ValueError):
+    """The JSON-lines report cannot be read."""
+
+
+def load_jsonl(path) -> tuple[list[dict], list[dict]]:
+    """(stats rows, findings) from a campaign's JSON-lines report (a file, or a directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise ReportInputError("no *.jsonl file in this directory")
+        path = files[0]
+    stats, findings = [], []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise ReportInputError(str(e)) from None
+    bad, good = [], 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append(f"line {number}: not JSON ({e.msg})")  # e.g. a line cut short by a kill: skipped
+            continue
+        if not isinstance(row, dict):
+            bad.append(f"line {number}: not a JSON object")
+            continue
+        good += 1
+        kind = row.get("type")
+        body = row.get(kind) if isinstance(row.get(kind), dict) else row
+        if kind == "stats":
+            stats.append({k: v for k, v in body.items() if k != "type"})
+        elif kind == "finding":
+            findings.append({k: v for k, v in body.items() if k != "type"})
+    if bad and not good:
+        raise ReportInputError(bad[0])
+    return stitch_runs(stats), findings
+
+
+def stitch_runs(stats: list[dict]) -> list[dict]:
+    """A report appended to by several runs (a resumed campaign) restarts elapsed_s, execs and
+    findings at 0: lay the runs end to end so time and the totals keep growing."""
+    out, base, last = [], {}, {}
+    for row in stats:
+        t = row.get("elapsed_s")
+        if isinstance(t, (int, float)) and isinstance(last.get("elapsed_s"), (int, float)) \
+                and t < last["elapsed_s"] - base.get("elapsed_s", 0):
+            base = {k: last[k] for k in ("elapsed_s", "execs", "findings") if isinstance(last.get(k), (int, float))}
+        row = dict(row)
+        for k, v in base.items():
+            if isinstance(row.get(k), (int, float)):
+                row[k] = row[k] + v
+        out.append(row)
+        last = row
+    return out
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    if integer:
+        step = max(1, math.ceil(step))
+    first = math.ceil(lo / step) * step
+    ticks, v = [], first
+    while v <= hi + 1e-9 * step:
+        ticks.append(round(v, 10))
+        v += step
+    return ticks
+
+
+def _fmt(v: float) -> str:
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.3g}M"
+    if abs(v) >= 1e4:
+        return f"{v / 1e3:.3g}k"
+    return f"{v:.4g}"
+
+
+def line_chart(title: str, xs: list, ys: list, colour: str, width: int = 600, height: int = 240,
+               step: bool = False, marks: list | None = None, unit: str = "") -> str:
+    """One SVG line chart (x = elapsed seconds); ``marks`` = x positions drawn as red verticals."""
+    left, right, top, bottom = 62, 18, 34, 36
+    pw, ph = width - left - right, height - top - bottom
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'{SVG_FONT} role="img" aria-label="{escape(title)}">',
+           _t(left, 20, title, 13, anchor="start", weight="700")]
+    if not xs:
+        out.append(_t(width / 2, height / 2, "no data", 13, fill="#90a4ae"))
+        out.append("</svg>")
+        return "\n".join(out)
+    x_hi = max(xs) if max(xs) > 0 else 1
+    y_hi = max(max(ys), 1) * 1.08
+    xticks = _nice_ticks(0, x_hi)
+    yticks = _nice_ticks(0, y_hi, integer=all(float(y).is_integer() for y in ys))
+    x_hi, y_hi = max(x_hi, xticks[-1]), max(y_hi, yticks[-1])
+
+    def px(x):
+        return left + pw * x / x_hi
+
+    def py(y):
+        return top + ph - ph * y / y_hi
+
+    for t in yticks:
+        out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eceff1"/>')
+        out.append(_t(left - 6, py(t) + 4, _fmt(t), 10.5, anchor="end", fill="#78909c"))
+    for t in xticks:
+        out.append(_t(px(t), top + ph + 16, _fmt(t), 10.5, fill="#78909c"))
+    out.append(_t(left + pw / 2, height - 4, "elapsed (s)", 10.5, fill="#90a4ae"))
+    out.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#90a4ae"/>')
+    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#90a4ae"/>')
+    for m in marks or []:
+        out.append(f'<line x1="{px(m):.1f}" y1="{top}" x2="{px(m):.1f}" y2="{top + ph}" stroke="#e57373" '
+                   f'stroke-dasharray="3 3"><title>finding at {m:g} s</title></line>')
+    pts = []
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if step and i:
+            pts.append(f"{px(x):.1f},{py(ys[i - 1]):.1f}")
+        pts.append(f"{px(x):.1f},{py(y):.1f}")
+    area = f"{px(xs[0]):.1f},{py(0):.1f} " + " ".join(pts) + f" {px(xs[-1]):.1f},{py(0):.1f}"
+    out.append(f'<polygon points="{area}" fill="{colour}" fill-opacity="0.10"/>')
+    out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{colour}" stroke-width="2.2" '
+               f'stroke-linejoin="round"/>')
+    if len(xs) <= 60:
+        for x, y in zip(xs, ys, strict=True):
+            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.6" fill="{colour}">'
+                       f'<title>{x:g} s: {y:g}{unit}</title></circle>')
+    out.append(_t(left + pw, 20, f"last {_fmt(ys[-1])}{unit}", 12, anchor="end", weight="600", fill=colour))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+CHARTS = (  # stats key, title, colour, step
+    ("execs", "Executions (total)", "#1565c0", False),
+    ("execs_per_s", "Executions per second", "#6a1b9a", False),
+    ("execs_per_cpu_s", "Executions per CPU second", "#4527a0", False),
+    ("arcs", "Protocol arcs covered", "#2e7d32", False),
+    ("cov", "Code coverage (edges)", "#00838f", False),
+    ("corpus", "Corpus size", "#ef6c00", False),
+    ("findings", "Findings (total)", "#c62828", True),
+)
+
+
+CUMULATIVE = frozenset({"execs", "arcs", "cov", "corpus", "findings"})
+
+
+def _timestamp(value) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _finding_times(stats: list[dict], findings: list[dict]) -> list[float]:
+    """When each finding happened (seconds into the campaign): its own elapsed field, else its
+    wall-clock ``time`` against the stats rows' (time - elapsed_s), else the first stats row that
+    counts it."""
+    starts = [ts - r["elapsed_s"] for r in stats
+              if (ts := _timestamp(r.get("time"))) is not None and isinstance(r.get("elapsed_s"), (int, float))]
+    start = min(starts) if starts else None
+    times = []
+    for i, f in enumerate(findings, 1):
+        t = next((f[k] for k in ("elapsed_s", "elapsed", "time_s") if isinstance(f.get(k), (int, float))), None)
+        if t is None and start is not None and (ts := _timestamp(f.get("time"))) is not None:
+            t = round(max(ts - start, 0.0), 2)
+        if t is None:
+            t = next((r["elapsed_s"] for r in stats if r.get("findings", 0) >= i and "elapsed_s" in r), None)
+        if t is not None:
+            times.append(float(t))
+    return times
+
+
+def campaign_html(stats_rows, findings, out=None) -> str:
+    """The campaign page. ``stats_rows``: the stats dicts, or a path to the JSON-lines report (then
+    ``findings`` may be None and is read from it too). Writes ``out`` if given; returns the HTML."""
+    source = ""
+    if isinstance(stats_rows, (str, Path)):
+        source = str(stats_rows)
+        stats_rows, file_findings = load_jsonl(stats_rows)
+        if findings is None:
+            findings = file_findings
+    stats = sorted((r for r in stitch_runs(list(stats_rows)) if isinstance(r.get("elapsed_s"), (int, float))),
+                   key=lambda r: r["elapsed_s"])
+    findings = list(findings or [])
+    marks = _finding_times(stats, findings)
+    target = next((f.get("target") for f in findings if f.get("target")), "") or \
+        next((r.get("target") for r in stats if r.get("target")), "")
+    last = stats[-1] if stats else {}
+    summary = (f"{_fmt(last.get('elapsed_s', 0))} s \u00b7 {_fmt(last.get('execs', 0))} executions \u00b7 "
+               f"{last.get('arcs', 0)} protocol arcs \u00b7 {len(findings)} findings") if stats else "no stats rows"
+    body = [f"<h1>Fuzzing campaign{': <code>' + escape(target) + '</code>' if target else ''}</h1>",
+            f'<p class="sub">{escape(summary)}' + (f" \u00b7 from <code>{escape(source)}</code>" if source else "")
+            + "</p>",
+            f'<div class="banner {"bad" if findings else "ok"}"><div class="big">'
+            f'{str(len(findings)) + " FINDING" + ("S" if len(findings) != 1 else "") if findings else "NO FINDINGS"}'
+            f'</div><div class="counts">red dashed lines in the charts mark when each finding was made</div></div>']
+    charts = []
+    for key, title, colour, step in CHARTS:
+        pts = [(r["elapsed_s"], r[key]) for r in stats if isinstance(r.get(key), (int, float))]
+        if key == "findings" and findings and len(marks) == len(findings):
+            # exact: one step per finding, at the time it was made
+            end = max([p[0] for p in pts] + marks)
+            pts = [(0.0, 0)] + [(t, i) for i, t in enumerate(sorted(marks), 1)] + [(end, len(findings))]
+        elif pts and key in CUMULATIVE and pts[0][0] > 0:
+            pts.insert(0, (0.0, 0))  # every total starts at 0
+        if not pts and key not in ("execs", "arcs", "findings"):
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        charts.append(f'<div class="figure">{line_chart(title, xs, ys, colour, step=step, marks=marks)}</div>')
+    body.append("<h2>Over time</h2>")
+    body.append(f'<div class="grid2">{"".join(charts)}</div>')
+    body.append(f"<h2>Findings ({len(findings)})</h2>")
+    if findings:
+        keys = ("kind", "arc", "expected", "observed", "op", "step", "file")
+        cols = [k for k in keys if any(k in f for f in findings)]
+        head = "<tr><th>#</th><th>when</th>" + "".join(f"<th>{k}</th>" for k in cols) + "</tr>"
+        rows = []
+        for i, f in enumerate(findings):
+            when = f"{marks[i]:g} s" if i < len(marks) else "-"
+            rows.append(f'<tr class="fail"><td>{i + 1}</td><td style="white-space:nowrap">{when}</td>' + "".join(
+                f'<td class="{"obs" if k == "observed" else "mono" if k in ("kind", "arc", "op", "file") else ""}">'
+                f'{escape(str(f.get(k, "")))}</td>' for k in cols) + "</tr>")
+        body.append(f"<table>{head}{''.join(rows)}</table>")
+    else:
+        body.append("<p>None.</p>")
+    html = _page(f"migfuzz campaign {target}", "\n".join(body))
+    if out is not None:
+        Path(out).write_text(html)
+    return html

@@ -1,0 +1,296 @@
+"""The fuzzing engine (fuzz/engine.py): campaigns end to end, crash files, seeds, no false positives."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fuzz import codec, engine
+from fuzz.executor import Executor
+from fuzz.oracles import Finding
+from fuzz.program import ProgramError, parse_program
+from fuzz.targets import parse_target
+from harness.sim import SimTarget
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = {proto: sorted((ROOT / "corpus" / "seeds" / proto).glob("*.txt")) for proto in ("v1", "v2")}
+
+
+def run_cli(args, cwd, timeout):
+    return subprocess.run([sys.executable, "-m", "fuzz.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------
+# campaigns (subprocess; each bounded well under 30 s)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_campaign_finds_v1_accept_101_and_repro_reproduces(tmp_path):
+    corpus, crashes = tmp_path / "corpus", tmp_path / "crashes"
+    r = run_cli(["fuzz", "--target", "sim:proto=v1,bug=v1-accept-101", "--runs", "200000", "--max-time", "25",
+                 "--corpus", corpus, "--crashes", crashes], tmp_path, timeout=60)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "FINDING accepted-invalid" in r.stderr
+    binaries = [p for p in crashes.iterdir() if p.name.startswith("crash-") and p.suffix != ".txt"]
+    assert len(binaries) == 1, list(crashes.iterdir())
+    crash = binaries[0]
+    data = crash.read_bytes()
+    assert crash.name == f"crash-{hashlib.sha1(data).hexdigest()}"
+    report = crash.with_name(crash.name + ".txt")
+    assert report.exists()
+    text = report.read_text()
+    assert text.startswith("# migfuzz finding: accepted-invalid")
+    assert "# target: sim:proto=v1,bug=v1-accept-101" in text
+    assert not list(crashes.glob("*.tmp"))
+    # the report's program is the crash input
+    assert parse_program(text) == codec.decode(data, "v1")
+    # the corpus got the binary seeds
+    assert len(list(corpus.iterdir())) >= len(SEEDS["v1"])
+    # repro of the binary crash file reproduces it
+    rr = run_cli(["repro", crash, "--target", "sim:proto=v1,bug=v1-accept-101"], tmp_path, timeout=60)
+    assert rr.returncode == 1, rr.stdout + rr.stderr
+    assert "FINDING accepted-invalid" in rr.stdout
+    # and the correct simulator does not find anything in it
+    rr = run_cli(["repro", crash, "--target", "sim:proto=v1"], tmp_path, timeout=60)
+    assert rr.returncode == 0, rr.stdout
+
+
+@pytest.mark.slow
+def test_campaign_on_correct_simulator_finds_nothing(tmp_path):
+    corpus, crashes = tmp_path / "corpus", tmp_path / "crashes"
+    r = run_cli(["fuzz", "--target", "sim", "--max-time", "8", "--corpus", corpus, "--crashes", crashes],
+                tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "FINDING" not in r.stderr
+    assert not crashes.exists() or not any(crashes.iterdir()), list(crashes.iterdir())
+    assert any(corpus.iterdir())
+    assert "execs" in r.stderr  # the stats line
+
+
+# ---------------------------------------------------------------------------
+# crash files
+# ---------------------------------------------------------------------------
+
+
+def _finding():
+    return Finding("accepted-invalid", 0, "EINVAL", "success, state ERROR", "RUNNING -set-> ERROR",
+                   op="set 0 state=ERROR", detail="Traceback: line 1\n  line 2\n")
+
+
+def test_save_finding_writes_both_files(tmp_path):
+    prog = parse_program("migfuzz-program 1 v2\nset 0 state=ERROR\nget 0\n")
+    data = codec.encode(prog)
+    crashes = tmp_path / "deep" / "crashes"
+    path = engine.save_finding(crashes, data, prog, _finding(), [(0, "SET ERROR -> success")],
+                               "sim:proto=v2,flags=0x7")
+    assert path == crashes / f"crash-{hashlib.sha1(data).hexdigest()}"
+    assert path.read_bytes() == data
+    text = (crashes / (path.name + ".txt")).read_text()
+    assert "# migfuzz finding: accepted-invalid" in text
+    assert "# signature: accepted-invalid|RUNNING -set-> ERROR" in text
+    assert "#   [0] SET ERROR -> success" in text
+    assert "#   Traceback: line 1" in text
+    assert parse_program(text) == prog
+    assert sorted(p.name for p in crashes.iterdir()) == [path.name, path.name + ".txt"]
+
+
+def test_save_finding_is_atomic(tmp_path, monkeypatch):
+    prog = parse_program("migfuzz-program 1 v2\nget 0\n")
+    data = codec.encode(prog)
+    crashes = tmp_path / "crashes"
+    old = engine.save_finding(crashes, data, prog, _finding(), [], "sim")
+    old_text = (crashes / (old.name + ".txt")).read_bytes()
+
+    # A crash in the middle of writing (before the rename) never leaves a half-written file under the final name.
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(engine.os, "fsync", failing_fsync)
+    data2 = codec.encode(parse_program("migfuzz-program 1 v2\nget 1\n"))
+    with pytest.raises(OSError):
+        engine.save_finding(crashes, data2, prog, _finding(), [], "sim")
+    assert calls
+    target = crashes / f"crash-{hashlib.sha1(data2).hexdigest()}"
+    assert not target.exists()
+    monkeypatch.undo()
+
+    # Rewriting an existing crash replaces it whole (os.replace), text included.
+    seen = []
+    real_replace = os.replace
+
+    def spy_replace(src, dst):
+        seen.append((Path(src).name, Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(engine.os, "replace", spy_replace)
+    again = engine.save_finding(crashes, data, prog, _finding()._replace(observed="other"), [], "sim")
+    assert again == old
+    assert seen == [(old.name + ".tmp", old.name), (old.name + ".txt.tmp", old.name + ".txt")]
+    assert (crashes / (old.name + ".txt")).read_bytes() != old_text
+    assert old.read_bytes() == data
+
+
+def test_load_program_file(tmp_path):
+    text = SEEDS["v2"][0].read_text()
+    prog = parse_program(text)
+    t = tmp_path / "a.txt"
+    t.write_text(text)
+    assert engine.load_program_file(t, "v2") == prog
+    assert engine.load_program_file(t, None) == prog
+    with pytest.raises(ProgramError):
+        engine.load_program_file(t, "v1")
+    b = tmp_path / "a.bin"
+    b.write_bytes(codec.encode(prog))
+    assert engine.load_program_file(b, "v2") == prog
+    assert engine.load_program_file(b, None) == prog
+
+
+def test_prepare_corpus(tmp_path):
+    corpus = tmp_path / "c"
+    for proto in ("v1", "v2"):
+        n = engine.prepare_corpus(corpus / proto, proto)
+        assert n == len(SEEDS[proto])
+        files = sorted((corpus / proto).iterdir())
+        want = sorted(hashlib.sha1(codec.encode(parse_program(s.read_text()))).hexdigest() for s in SEEDS[proto])
+        assert [f.name for f in files] == want
+        for f in files:
+            assert hashlib.sha1(f.read_bytes()).hexdigest() == f.name
+        assert engine.prepare_corpus(corpus / proto, proto) == n  # idempotent
+        assert len(list((corpus / proto).iterdir())) == n
+
+
+def test_libfuzzer_args(tmp_path):
+    args = engine.libfuzzer_args(tmp_path / "c", tmp_path / "k", 8.0, 3, ["-dict=x"])
+    assert str(tmp_path / "c") in args
+    assert f"-max_len={engine.MAX_LEN}" in args and "-seed=3" in args
+    assert f"-artifact_prefix={tmp_path / 'k'}/libfuzzer-" in args
+    assert any(a.startswith("-max_total_time=") and int(a.split("=")[1]) >= 8 for a in args)
+    assert args[-1] == "-dict=x"
+    assert not any(a.startswith("-max_total_time") for a in engine.libfuzzer_args(tmp_path, tmp_path, None, 0, []))
+
+
+# ---------------------------------------------------------------------------
+# the campaign object in-process (no atheris, no process exit: keep_going and no budget)
+# ---------------------------------------------------------------------------
+
+
+def _campaign(tmp_path, target):
+    camp = engine.Campaign(parse_target(target), tmp_path / "crashes", None, None, keep_going=True, seed=1,
+                           out=io.StringIO())
+    camp.load_target(instrument=False)
+    if hasattr(camp, "enable_mutator"):
+        camp.enable_mutator()
+        # libFuzzer's own byte mutator only works inside atheris.Fuzz(): stand in for it
+        camp.byte_mutate = lambda data, max_size: bytes(data[:max_size])
+    return camp
+
+
+def test_campaign_records_each_signature_once(tmp_path):
+    camp = _campaign(tmp_path, "sim:bug=v2-error-requestable")
+    data = codec.encode(parse_program("migfuzz-program 1 v2\nset 0 state=ERROR\n"))
+    camp.test_one_input(data)
+    camp.test_one_input(data)
+    assert camp.execs == 2 and camp.findings == 1
+    files = sorted(p.name for p in (tmp_path / "crashes").iterdir())
+    assert files == [f"crash-{hashlib.sha1(data).hexdigest()}", f"crash-{hashlib.sha1(data).hexdigest()}.txt"]
+    assert "FINDING accepted-invalid" in camp.out.getvalue()
+    camp.test_one_input(codec.encode(parse_program("migfuzz-program 1 v2\nget 0\n")))
+    assert camp.findings == 1
+
+
+def test_campaign_mutators_produce_decodable_inputs(tmp_path):
+    camp = _campaign(tmp_path, "sim")
+    base = codec.encode(parse_program(SEEDS["v2"][0].read_text()))
+    other = codec.encode(parse_program(SEEDS["v2"][1].read_text()))
+    data = base
+    for seed in range(400):
+        data = camp.custom_mutator(data, 4096, seed)
+        assert len(data) <= 4096
+        camp.test_one_input(data)
+        out = camp.custom_crossover(base, other, 200, seed)
+        assert len(out) <= 200
+        camp.test_one_input(out)
+        if seed % 50 == 0:
+            data = base
+    assert camp.findings == 0, camp.out.getvalue()
+    assert camp.execs == 800
+
+
+# ---------------------------------------------------------------------------
+# seeds and no false positives
+# ---------------------------------------------------------------------------
+
+
+def _seed_cases():
+    for proto, seeds in SEEDS.items():
+        for seed in seeds:
+            for flags in ((0x1, 0x3, 0x5, 0x7) if proto == "v2" else (0,)):
+                yield pytest.param(proto, flags, seed, id=f"{proto}-{flags:#x}-{seed.stem}")
+
+
+@pytest.mark.parametrize("proto,flags,seed", list(_seed_cases()))
+def test_seed_runs_clean_on_correct_simulator(proto, flags, seed):
+    prog = parse_program(seed.read_text())
+    assert prog.proto == proto
+    for sim_seed in (0, 1, 7):
+        ex = Executor(SimTarget(proto, flags, seed=sim_seed), trace=True)
+        finding = ex.run(prog)
+        assert finding is None, (finding, ex.trace)
+        assert ex.trace  # every seed does something observable
+
+
+def test_executor_is_repeatable():
+    prog = parse_program(SEEDS["v2"][0].read_text())
+    target = SimTarget("v2", 0x7)
+    ex = Executor(target, trace=True)
+    ex.run(prog)
+    first = list(ex.trace)
+    ex.run(prog)  # fresh() between programs: the same answers again
+    assert ex.trace == first
+
+
+def test_crash_report_text_loads_as_the_program(tmp_path):
+    prog = parse_program("migfuzz-program 1 v1\nset 0 value=0b101\n")
+    path = engine.save_finding(tmp_path, codec.encode(prog), prog, _finding(), [], "sim:proto=v1")
+    assert engine.load_program_file(path.with_name(path.name + ".txt"), "v1") == prog
+
+
+# A libFuzzer input that happens to be printable text with a newline; as binary it is [reset 0],
+# which trips sim:bug=v2-reset-not-running.
+PRINTABLE_CRASH = b"!Z0AAAAAA\n"
+
+
+def test_printable_crash_input_decodes_to_a_finding():
+    prog = codec.decode(PRINTABLE_CRASH, "v2")
+    assert parse_program("migfuzz-program 1 v2\nreset 0\n") == prog
+    finding = Executor(SimTarget("v2", 0x7, "v2-reset-not-running")).run(prog)
+    assert finding is not None and finding.kind == "state-mismatch"
+
+
+def test_every_binary_crash_file_loads_back(tmp_path):
+    prog = codec.decode(PRINTABLE_CRASH, "v2")
+    finding = Executor(SimTarget("v2", 0x7, "v2-reset-not-running")).run(prog)
+    path = engine.save_finding(tmp_path, PRINTABLE_CRASH, prog, finding, [], "sim:bug=v2-reset-not-running")
+    assert engine.load_program_file(path, "v2") == prog
+
+
+def test_no_false_positive_v1_data_size_write_before_transfer():
+    prog = parse_program("""migfuzz-program 1 v1
+set 0 value=0b010
+drain 0
+set 1 value=0b100
+wr 1 field=data_size value=0x4
+transfer 0 dst=1 seg=0
+set 1 value=0b001
+""")
+    assert Executor(SimTarget("v1")).run(prog) is None

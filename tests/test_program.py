@@ -1,0 +1,439 @@
+"""Programs: text form (fuzz/program.py), binary form (fuzz/codec.py), mutation (fuzz/mutator.py)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fuzz import codec, mutator
+from fuzz.program import (
+    FAULT_KINDS,
+    MANGLE_KINDS,
+    MAX_OPS,
+    MAX_PAYLOAD,
+    NDEVICES,
+    OPCODES,
+    OPS,
+    Op,
+    Program,
+    ProgramError,
+    format_program,
+    is_text,
+    normalize,
+    parse_program,
+)
+from harness.uapi import V1_FIELD_NAMES, MigState
+
+# Canonical texts using every op of each protocol (and every symbolic value).
+CANONICAL = {
+    "v2": """migfuzz-program 1 v2
+reset 0
+activity 1 seed=4660
+fault 0 nth=3 kind=nomem
+fault 1 nth=15 kind=hwerror
+fault 0 nth=0 kind=timeout
+fault 0 nth=1 kind=eintr
+mangle 0 kind=truncate arg=5
+mangle 1 kind=extend arg=65535
+mangle 0 kind=flip arg=100
+mangle 0 kind=drop arg=0
+mangle 0 kind=dup arg=2
+mangle 0 kind=swap arg=1
+transfer 0 dst=1 seg=16
+transfer 1 dst=0 seg=2000
+set 0 state=ERROR
+set 0 state=STOP
+set 0 state=RUNNING
+set 0 state=STOP_COPY
+set 0 state=RESUMING
+set 0 state=RUNNING_P2P
+set 0 state=PRE_COPY
+set 1 state=PRE_COPY_P2P
+set 0 state=8
+set 0 state=4294967295
+get 1
+read 0 fd=0 n=64
+read 1 fd=3 n=4096
+drain 0 fd=1
+write 1 fd=0 data=00ff10
+write 1 fd=2 data=
+close 0 fd=0
+seek 1 fd=2
+precopy 0 fd=0
+datasize 1
+feature 0 argsz=16 flags=0x10001
+feature 1 argsz=0 flags=0x0
+""",
+    "v1": """migfuzz-program 1 v1
+reset 1
+activity 0 seed=17
+fault 0 nth=1 kind=hwerror
+mangle 1 kind=flip arg=7
+transfer 0 dst=1 seg=0
+set 0 value=0b000
+set 0 value=0b001
+set 0 value=0b010
+set 0 value=0b011
+set 0 value=0b100
+set 0 value=0b101
+set 0 value=0b110
+set 0 value=0b111
+set 1 value=0x9
+set 1 value=0xffffffff
+get 0
+rd 0 field=device_state
+rd 0 field=reserved
+rd 0 field=pending_bytes
+rd 0 field=data_offset
+rd 0 field=data_size
+wr 1 field=pending_bytes value=0x5
+wr 1 field=data_size value=0x0
+save 0
+drain 1
+rdwin 0 n=64
+wrwin 1 data=deadbeef
+""",
+}
+
+
+@pytest.mark.parametrize("proto", ["v1", "v2"])
+def test_canonical_text_round_trip(proto):
+    text = CANONICAL[proto]
+    prog = parse_program(text)
+    assert prog.proto == proto
+    assert format_program(prog) == text
+    assert prog.text() == text
+    assert parse_program(format_program(prog)) == prog
+
+
+@pytest.mark.parametrize("proto", ["v1", "v2"])
+def test_canonical_text_uses_every_op(proto):
+    prog = parse_program(CANONICAL[proto])
+    assert {op.code for op in prog.ops} == set(range(len(OPS[proto])))
+    assert set(OPCODES[proto]) == {spec.name for spec in OPS[proto]}
+
+
+def test_canonical_values():
+    prog = parse_program(CANONICAL["v2"])
+    by_text = dict(zip(CANONICAL["v2"].splitlines()[1:], prog.ops, strict=True))
+    assert by_text["set 0 state=PRE_COPY"] == Op(OPCODES["v2"]["set"], 0, 0, int(MigState.PRE_COPY))
+    assert by_text["set 0 state=4294967295"].b == 0xFFFFFFFF
+    assert by_text["write 1 fd=0 data=00ff10"].data == b"\x00\xff\x10"
+    assert by_text["fault 1 nth=15 kind=hwerror"] == Op(OPCODES["v2"]["fault"], 1, 15, FAULT_KINDS.index("hwerror"))
+    assert by_text["feature 0 argsz=16 flags=0x10001"] == Op(OPCODES["v2"]["feature"], 0, 16, 0x10001)
+    v1 = parse_program(CANONICAL["v1"])
+    rd = [op for op in v1.ops if op.code == OPCODES["v1"]["rd"]]
+    assert [op.a for op in rd] == list(range(len(V1_FIELD_NAMES)))
+
+
+@pytest.mark.parametrize("proto", ["v1", "v2"])
+def test_random_programs_text_round_trip(proto):
+    for seed in range(300):
+        prog = mutator.random_program(proto, random.Random(seed), max_ops=MAX_OPS)
+        text = format_program(prog)
+        assert parse_program(text) == prog, seed
+        assert format_program(parse_program(text)) == text
+
+
+def test_comments_and_blank_lines_ignored():
+    text = """
+
+# a leading comment
+   migfuzz-program 1 v2   # header comment
+
+set 0 state=STOP   # trailing comment
+    # indented comment
+get 0
+
+"""
+    prog = parse_program(text)
+    assert prog == parse_program("migfuzz-program 1 v2\nset 0 state=STOP\nget 0\n")
+    assert len(prog.ops) == 2
+    # CRLF line ends too
+    assert parse_program("migfuzz-program 1 v2\r\nget 0\r\n") == Program("v2", (Op(OPCODES["v2"]["get"], 0),))
+
+
+def test_header_only_program_is_empty():
+    assert parse_program("migfuzz-program 1 v1\n") == Program("v1", ())
+
+
+def test_normalize_reduces_values_into_range():
+    set_code = OPCODES["v2"]["set"]
+    read_code = OPCODES["v2"]["read"]
+    assert normalize("v2", Op(read_code, 3, 7, 5000)) == Op(read_code, 1, 3, 5000 % 4097)
+    assert normalize("v2", Op(set_code, 0, 99, 1 << 40)) == Op(set_code, 0, 0, 0)
+    assert parse_program("migfuzz-program 1 v2\nread 0 fd=5 n=1\n").ops[0].a == 1
+
+
+BAD_PROGRAMS = [
+    ("", "empty"),
+    ("# only a comment\n\n", "empty"),
+    ("set 0 state=STOP\n", "header"),
+    ("migfuzz-program\n", "header"),
+    ("migfuzz-program 1\n", "header"),
+    ("migfuzz-program 1 v2 extra\n", "header"),
+    ("migfuz-program 1 v2\n", "header"),
+    ("migfuzz-program 2 v2\n", "version"),
+    ("migfuzz-program one v2\n", "version"),
+    ("migfuzz-program 1 v3\n", "protocol"),
+    ("migfuzz-program 1 v2\nfrobnicate 0\n", "unknown"),
+    ("migfuzz-program 1 v2\nrd 0 field=reserved\n", "unknown"),  # a v1 op in a v2 program
+    ("migfuzz-program 1 v1\nprecopy 0 fd=0\n", "unknown"),  # a v2 op in a v1 program
+    ("migfuzz-program 1 v2\nset\n", "device"),
+    ("migfuzz-program 1 v2\nset 2 state=STOP\n", "device"),
+    ("migfuzz-program 1 v2\nset x state=STOP\n", "device"),
+    ("migfuzz-program 1 v2\nset -1 state=STOP\n", "device"),
+    ("migfuzz-program 1 v2\nset state=STOP\n", "device"),
+    ("migfuzz-program 1 v2\nset 0 state=BOGUS\n", "state"),
+    ("migfuzz-program 1 v2\nset 0 stat=STOP\n", "stat=STOP"),
+    ("migfuzz-program 1 v2\nset 0 STOP\n", "STOP"),
+    ("migfuzz-program 1 v2\nread 0 fd=abc n=1\n", "fd"),
+    ("migfuzz-program 1 v2\nwrite 0 fd=0 data=xyz\n", "data"),
+    ("migfuzz-program 1 v2\nwrite 0 fd=0 data=abc\n", "data"),  # odd hex
+    ("migfuzz-program 1 v2\nfault 0 nth=1 kind=meltdown\n", "kind"),
+    ("migfuzz-program 1 v2\nmangle 0 kind=shred arg=1\n", "kind"),
+    ("migfuzz-program 1 v1\nrd 0 field=nonsense\n", "field"),
+    ("migfuzz-program 1 v2\nget 0 extra=1\n", "extra=1"),
+    ("migfuzz-program 1 v2\n" + "get 0\n" * (MAX_OPS + 1), str(MAX_OPS)),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD_PROGRAMS)
+def test_bad_programs(text, needle):
+    with pytest.raises(ProgramError) as info:
+        parse_program(text)
+    message = str(info.value)
+    assert message and "\n" not in message, repr(message)
+    assert needle.lower() in message.lower(), message
+
+
+def test_error_names_the_line():
+    with pytest.raises(ProgramError, match=r"^line 3: "):
+        parse_program("migfuzz-program 1 v2\nget 0\nfrobnicate 0\n")
+
+
+def test_error_line_number_counts_blank_and_comment_lines():
+    text = "migfuzz-program 1 v2\n# comment\nget 0\n\nfrobnicate 0\n"
+    with pytest.raises(ProgramError, match=r"^line 5: "):
+        parse_program(text)
+
+
+def test_max_ops_accepted():
+    assert len(parse_program("migfuzz-program 1 v2\n" + "get 0\n" * MAX_OPS).ops) == MAX_OPS
+
+
+def test_is_text():
+    assert is_text(b"migfuzz-program 1 v2\n")
+    assert is_text(b"\n  migfuzz-program 1 v1\n")
+    assert not is_text(b"\x03\x00\x01")
+    assert not is_text(b"")
+
+
+def test_is_text_with_leading_comments():
+    text = "# migfuzz finding: x\n#\nmigfuzz-program 1 v2\nget 0\n"
+    parse_program(text)  # valid text
+    assert is_text(text.encode())
+
+
+# ---------------------------------------------------------------------------
+# binary form
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048), st.sampled_from(["v1", "v2"]))
+def test_every_byte_string_decodes(data, proto):
+    prog = codec.decode(data, proto)
+    assert prog.proto == proto
+    assert len(prog.ops) <= MAX_OPS
+    for op in prog.ops:
+        assert 0 <= op.code < len(OPS[proto])
+        assert 0 <= op.dev < NDEVICES
+        assert normalize(proto, op) == op  # every field already in range
+        assert len(op.data) <= MAX_PAYLOAD
+    assert parse_program(format_program(prog)) == prog  # and it has a text form
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from(["v1", "v2"]))
+def test_decode_encode_decode_is_stable(data, proto):
+    prog = codec.decode(data, proto)
+    try:
+        again = codec.encode(prog)
+    except ValueError:
+        return  # payload references can add up past MAX_PAYLOAD; encode refuses, never corrupts
+    assert codec.decode(again, proto) == prog
+
+
+def test_empty_input_is_empty_program():
+    assert codec.decode(b"", "v2") == Program("v2", ())
+    assert codec.encode(Program("v1", ())) == b"\x00"
+
+
+@pytest.mark.parametrize("proto", ["v1", "v2"])
+def test_encode_decode_round_trip(proto):
+    for seed in range(500):
+        prog = mutator.random_program(proto, random.Random(seed), max_ops=MAX_OPS if seed % 2 else 24)
+        data = codec.encode(prog)
+        assert codec.decode(data, proto) == prog, seed
+        assert data[0] == len(prog.ops)
+        assert len(data) >= 1 + 8 * len(prog.ops)
+
+
+@pytest.mark.parametrize("proto", ["v1", "v2"])
+def test_round_trip_canonical(proto):
+    prog = parse_program(CANONICAL[proto])
+    assert codec.decode(codec.encode(prog), proto) == prog
+
+
+def test_encode_refuses_too_much():
+    get = OPCODES["v2"]["get"]
+    with pytest.raises(ValueError):
+        codec.encode(Program("v2", (Op(get, 0),) * (MAX_OPS + 1)))
+    write = OPCODES["v2"]["write"]
+    big = tuple(Op(write, 0, 0, 0, bytes([i]) * 200) for i in range(30))
+    with pytest.raises(ValueError):
+        codec.encode(Program("v2", big))
+
+
+@pytest.mark.parametrize("proto", ["v1", "v2"])
+def test_one_byte_flip_changes_at_most_one_op(proto):
+    rng = random.Random(7)
+    for seed in range(60):
+        prog = mutator.random_program(proto, random.Random(seed), max_ops=16)
+        data = codec.encode(prog)
+        n = len(prog.ops)
+        for pos in range(1, 1 + 8 * n):
+            for mask in (0x01, 0x80, 0xFF, rng.randrange(1, 256)):
+                mutated = bytearray(data)
+                mutated[pos] ^= mask
+                got = codec.decode(bytes(mutated), proto)
+                assert len(got.ops) == n
+                changed = [i for i in range(n) if got.ops[i] != prog.ops[i]]
+                assert len(changed) <= 1, (seed, pos, mask, changed)
+                if changed:
+                    assert changed[0] == (pos - 1) // 8
+
+
+# ---------------------------------------------------------------------------
+# mutation
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proto", ["v1", "v2"])
+def test_mutate_keeps_programs_encodable(proto):
+    for seed in range(40):
+        rng = random.Random(seed)
+        prog = mutator.random_program(proto, rng)
+        donor = mutator.random_program(proto, rng)
+        for _ in range(150):
+            prog = mutator.mutate(prog, rng, donor if rng.random() < 0.3 else None)
+            assert prog.proto == proto
+            assert len(prog.ops) <= MAX_OPS
+            data = codec.encode(prog)
+            assert codec.decode(data, proto) == prog
+            for op in prog.ops:
+                assert normalize(proto, op) == op
+
+
+def test_mutate_reaches_max_ops_and_empty_programs_grow():
+    rng = random.Random(3)
+    prog = Program("v2", ())
+    longest = 0
+    for _ in range(3000):
+        prog = mutator.mutate(prog, rng)
+        longest = max(longest, len(prog.ops))
+        assert len(prog.ops) <= MAX_OPS
+    assert longest == MAX_OPS
+    assert len(mutator.mutate(Program("v1", ()), random.Random(0)).ops) == 1
+
+
+def test_crossover_and_trim():
+    rng = random.Random(1)
+    for _ in range(200):
+        a = mutator.random_program("v2", rng, max_ops=MAX_OPS)
+        b = mutator.random_program("v2", rng, max_ops=MAX_OPS)
+        c = mutator.crossover(a, b, rng)
+        assert len(c.ops) <= MAX_OPS
+        codec.encode(mutator.trim_payload(c))
+    write = OPCODES["v2"]["write"]
+    big = Program("v2", tuple(Op(write, 0, 0, 0, bytes([i]) * 300) for i in range(20)))
+    trimmed = mutator.trim_payload(big)
+    assert sum(len(op.data) for op in trimmed.ops) <= MAX_PAYLOAD
+    assert codec.decode(codec.encode(trimmed), "v2") == trimmed
+
+
+def test_random_op_covers_every_op_and_kind():
+    rng = random.Random(0)
+    for proto in ("v1", "v2"):
+        seen = {mutator.random_op(proto, rng).code for _ in range(2000)}
+        assert seen == set(range(len(OPS[proto])))
+    kinds = {mutator.random_op("v2", rng, OPCODES["v2"]["mangle"]).a for _ in range(500)}
+    assert kinds == set(range(len(MANGLE_KINDS)))
+
+
+# ---------------------------------------------------------------------------
+# mutation on the binary form (what the engine's custom mutator uses)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(mutator, "mutate_bytes"), reason="no binary-form mutator")
+@pytest.mark.parametrize("proto", ["v1", "v2"])
+def test_mutate_bytes_keeps_inputs_well_formed(proto):
+    limit = 1 + 8 * MAX_OPS + MAX_PAYLOAD
+    for seed in range(30):
+        rng = random.Random(seed)
+        data = codec.encode(mutator.random_program(proto, rng))
+        donor = codec.encode(mutator.random_program(proto, rng))
+        for _ in range(150):
+            before = codec.decode(data, proto)
+            data = mutator.mutate_bytes(proto, data, rng, donor if rng.random() < 0.3 else None)
+            assert isinstance(data, bytes)
+            assert len(data) <= limit
+            n = data[0]
+            assert n <= MAX_OPS and len(data) >= 1 + 8 * n  # the count byte matches the records
+            prog = codec.decode(data, proto)
+            assert len(prog.ops) == n
+            assert abs(len(prog.ops) - len(before.ops)) <= 6
+            for op in prog.ops:
+                assert normalize(proto, op) == op
+        cross = mutator.crossover_bytes(data, donor, rng)
+        assert len(codec.decode(cross, proto).ops) == cross[0] <= MAX_OPS
+
+
+@pytest.mark.skipif(not hasattr(mutator, "mutate_bytes"), reason="no binary-form mutator")
+def test_mutate_bytes_grows_empty_input():
+    out = mutator.mutate_bytes("v2", b"", random.Random(0))
+    assert len(codec.decode(out, "v2").ops) == 1
+
+
+# ---------------------------------------------------------------------------
+# robustness of the text parser: any text either parses or raises ProgramError
+# ---------------------------------------------------------------------------
+
+_FIELD_NAMES = sorted({f.name for table in OPS.values() for spec in table for f in spec.fields})
+_OP_NAMES = sorted({spec.name for table in OPS.values() for spec in table})
+_VALUE = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters="#"),
+                 max_size=12)
+_WORD = st.one_of(st.sampled_from(_OP_NAMES), st.sampled_from(["0", "1", "2", "01", "-1", "x", ""]),
+                  st.builds(lambda n, v: f"{n}={v}", st.sampled_from(_FIELD_NAMES), _VALUE), _VALUE)
+_LINE = st.lists(_WORD, min_size=1, max_size=5).map(" ".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["v1", "v2"]), st.lists(_LINE, max_size=8))
+def test_text_parser_never_raises_anything_else(proto, lines):
+    text = f"migfuzz-program 1 {proto}\n" + "\n".join(lines) + "\n"
+    try:
+        prog = parse_program(text)
+    except ProgramError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert parse_program(format_program(prog)) == prog
+
+
+def test_superscript_device_index_is_a_program_error():
+    with pytest.raises(ProgramError):
+        parse_program("migfuzz-program 1 v2\nset \u00b2 state=STOP\n")
