@@ -5,10 +5,12 @@ Prints programs/s for a fixed, reproducible workload (the seed corpus plus
 programs from the structured generator, seeded), in three configurations:
 
   plain         executor + oracles + simulator, no instrumentation
-  instrumented  the same code imported under atheris.instrument_imports (the
-                fuzzing configuration), arc feedback on, no libFuzzer loop
+  instrumented  the simulator imported under atheris.instrument_imports (the
+                default `--instrument target`), arc feedback on, no libFuzzer loop
+  instr-all     the same with the executor and oracles instrumented too
   campaign      a real `migfuzz fuzz` run for --seconds (libFuzzer loop,
-                mutator, arc feedback), execs/s from its final stats line
+                mutator, arc feedback), programs/s from its final stats line
+                (wall clock and CPU time), for both instrumentation levels
 
 Usage: python bench/throughput.py [--target sim] [--seconds 10] [--json OUT]
 """
@@ -56,7 +58,7 @@ from pathlib import Path
 spec = parse_target({spec_text!r})
 camp = Campaign(spec, Path('/tmp'), None, None, False, 0)
 camp.load_target({instrument!r})
-if {instrument!r}:
+if {instrument!r} != "none":
     camp.enable_arc_feedback()
 sys.path.insert(0, {str(ROOT / 'bench')!r})
 from throughput import workload
@@ -75,10 +77,10 @@ print(json.dumps({{"programs_per_s": round(n / dt), "programs": n, "findings": c
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def campaign(spec_text: str, seconds: float) -> dict:
+def campaign(spec_text: str, seconds: float, instrument: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", spec_text, "--corpus", f"{tmp}/corpus",
-               "--crashes", f"{tmp}/crashes", "--max-time", str(seconds)]
+               "--crashes", f"{tmp}/crashes", "--max-time", str(seconds), "--instrument", instrument]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("migfuzz: stats:")]
         m = re.search(r"execs (\d+) \((\d+)/s, (\d+)/cpu-s\) protocol arcs (\d+) findings (\d+)",
@@ -99,14 +101,21 @@ def main() -> None:
     targets = args.target or ["sim", "sim:proto=v1"]
     results = {}
     for spec in targets:
-        row = {"plain": measure(spec, False, args.seconds), "instrumented": measure(spec, True, args.seconds)}
+        row = {"plain": measure(spec, "none", args.seconds), "instrumented": measure(spec, "target", args.seconds),
+               "instr-all": measure(spec, "all", args.seconds)}
         if not args.no_campaign:
-            row["campaign"] = campaign(spec, args.seconds)
+            row["campaign"] = campaign(spec, args.seconds, "target")
+            row["campaign-all"] = campaign(spec, args.seconds, "all")
         results[spec] = row
-        print(f"{spec:24} plain {row['plain']['programs_per_s']:>7}/s   "
-              f"instrumented {row['instrumented']['programs_per_s']:>7}/s"
-              + (f"   campaign {row['campaign'].get('programs_per_s', '?'):>7}/s "
-                 f"(arcs {row['campaign'].get('arcs', '?')})" if "campaign" in row else ""), flush=True)
+        line = (f"{spec:16} plain {row['plain']['programs_per_s']:>6}/s"
+                f"  instrumented {row['instrumented']['programs_per_s']:>6}/s"
+                f"  instr-all {row['instr-all']['programs_per_s']:>6}/s")
+        for key in ("campaign", "campaign-all"):
+            if key in row:
+                c = row[key]
+                line += (f"  {key} {c.get('programs_per_s', '?'):>6}/s ({c.get('programs_per_cpu_s', '?')}/cpu-s,"
+                         f" arcs {c.get('arcs', '?')})")
+        print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

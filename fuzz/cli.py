@@ -76,7 +76,7 @@ def cmd_fuzz(args) -> int:
         report = JsonlReporter(Path(args.report_dir), spec.text())
     try:
         run_campaign(spec, corpus, crashes, args.max_time, args.runs, args.seed, args.libfuzzer_args,
-                     keep_going=args.keep_going, instrument=not args.no_instrument, report=report,
+                     keep_going=args.keep_going, instrument=args.instrument, report=report,
                      label=args.job_label)
     except (TargetError, ProgramError) as e:
         raise UsageError(str(e)) from None
@@ -97,8 +97,7 @@ def _fuzz_jobs(args, corpus: Path) -> int:
             base += [flag, str(value)]
     if args.keep_going:
         base.append("--keep-going")
-    if args.no_instrument:
-        base.append("--no-instrument")
+    base += ["--instrument", args.instrument]
     if args.i_know_this_resets_the_device:
         base.append("--i-know-this-resets-the-device")
     procs = []
@@ -233,10 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crashes", default="crashes", help="where findings are written (default: crashes)")
     p.add_argument("--max-time", type=float, help="stop after this many seconds")
     p.add_argument("--runs", type=int, help="stop after this many programs")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (default 0); the same seed replays the same campaign")
     p.add_argument("--jobs", type=int, default=1, help="parallel campaigns sharing the corpus")
     p.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
-    p.add_argument("--no-instrument", action="store_true", help="no code coverage (protocol arcs only)")
+    p.add_argument("--instrument", choices=("target", "all", "none"), default="target",
+                   help="code coverage of: the simulator (target, default), the simulator and the "
+                        "executor/oracles (all), nothing (none: protocol arcs only)")
+    p.add_argument("--no-instrument", dest="instrument", action="store_const", const="none",
+                   help="same as --instrument none")
     p.add_argument("--report-dir", help="write JSON lines, SARIF and JUnit reports here")
     p.add_argument("--i-know-this-resets-the-device", action="store_true",
                    help="required to fuzz a real device")
@@ -296,4 +300,8 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the fuzz.cli module's main, not this __main__ copy's, so that subcommand
+    # modules raising fuzz.cli.UsageError are caught as usage errors.
+    from fuzz.cli import main as _main
+
+    sys.exit(_main())

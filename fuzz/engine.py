@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,12 @@ ARC_COUNTERS = 1 << 14
 # short programs, and shorter programs run faster; `-- -max_len=N` overrides.
 MAX_LEN = 1 + 16 * 8 + 64
 STATS_EVERY = 5.0  # seconds between live stats lines
-INSTRUMENTED = ["harness.sim", "fuzz.executor", "fuzz.oracles"]
+# What atheris instruments for code coverage, by --instrument level.
+INSTRUMENT_SCOPES = {
+    "target": ["harness.sim"],
+    "all": ["harness.sim", "fuzz.executor", "fuzz.oracles"],
+    "none": [],
+}
 
 
 def seed_dir(proto: str) -> Path:
@@ -89,14 +95,21 @@ def save_finding(crashes: Path, data: bytes, prog: Program, finding, trace, targ
     crashes.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(data).hexdigest()
     path = crashes / f"crash-{digest}"
-    for p, content in ((path, data), (path.with_suffix(".txt"),
-                                       crash_report(prog, finding, trace, target_name).encode())):
+    # The .txt first: it alone holds the target and the whole program, so a kill
+    # between the two writes never leaves a binary nobody can interpret.
+    for p, content in ((path.with_suffix(".txt"), crash_report(prog, finding, trace, target_name).encode()),
+                       (path, data)):
         tmp = p.with_name(p.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
+    dir_fd = os.open(crashes, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the renames themselves survive a power loss
+    finally:
+        os.close(dir_fd)
     return path
 
 
@@ -124,17 +137,20 @@ class Campaign:
         self.proto = spec.proto
         self.current = b""
         self.label = ""  # names this campaign's lines when several run side by side
+        self.arc_unbound = False
+        self.arc_base = 0
 
     # -- setup ------------------------------------------------------------------
 
-    def load_target(self, instrument: bool) -> None:
-        if instrument:
+    def load_target(self, instrument: bool | str) -> None:
+        scope = INSTRUMENT_SCOPES["all" if instrument is True else instrument or "none"]
+        if scope:
             import atheris
 
             from . import model  # noqa: F401  (tables, not target code: imported uninstrumented)
 
             quiet = contextlib.redirect_stderr(io.StringIO())  # atheris names every module it instruments
-            with quiet, atheris.instrument_imports(include=INSTRUMENTED):
+            with quiet, atheris.instrument_imports(include=scope):
                 from harness import sim  # noqa: F401  (instrumented on import)
 
                 from . import executor as executor_mod
@@ -159,16 +175,29 @@ class Campaign:
         self.crossover_bytes = crossover_bytes
 
     def enable_arc_feedback(self) -> None:
+        """Reserve one libFuzzer coverage counter per protocol-arc slot.
+
+        The counters are bound to the executor on the first input: atheris.Fuzz()
+        replaces atheris._trace_branch with the live function, and the one seen
+        before it starts records nothing."""
         import atheris
 
-        base = atheris._reserve_counter()
+        self.arc_base = atheris._reserve_counter()
         for _ in range(ARC_COUNTERS - 1):
             atheris._reserve_counter()
-        self.executor.set_arc_feedback(atheris._trace_branch, base, ARC_COUNTERS)
+        self.arc_unbound = True
+
+    def bind_arc_feedback(self) -> None:
+        import atheris
+
+        self.executor.set_arc_feedback(atheris._trace_branch, self.arc_base, ARC_COUNTERS)
+        self.arc_unbound = False
 
     # -- one input --------------------------------------------------------------
 
     def test_one_input(self, data: bytes) -> None:
+        if self.arc_unbound:
+            self.bind_arc_feedback()
         self.current = data
         prog = decode(data, self.proto)
         finding = self.executor.run(prog)
@@ -280,7 +309,9 @@ class Campaign:
 
 
 def libfuzzer_args(corpus: Path, crashes: Path, max_time: float | None, seed: int, extra: list) -> list:
-    args = [sys.argv[0], str(corpus), f"-max_len={MAX_LEN}", f"-seed={seed}",
+    # libFuzzer takes -seed=0 as "pick one at random": shift by one so every
+    # --seed (0 included) names a reproducible campaign.
+    args = [sys.argv[0], str(corpus), f"-max_len={MAX_LEN}", f"-seed={seed + 1}",
             f"-artifact_prefix={crashes}/libfuzzer-", "-print_final_stats=0", "-timeout=60",
             "-rss_limit_mb=4096", "-reload=5"]
     if max_time:
@@ -289,7 +320,7 @@ def libfuzzer_args(corpus: Path, crashes: Path, max_time: float | None, seed: in
 
 
 def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float | None, runs: int | None,
-                 seed: int, extra: list, keep_going: bool = False, instrument: bool = True,
+                 seed: int, extra: list, keep_going: bool = False, instrument: str = "target",
                  report=None, label: str = "") -> None:
     """Fuzz until the time or run budget is spent or a finding is made; never returns."""
     import atheris
@@ -305,5 +336,10 @@ def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float 
              f"crashes -> {crashes}")
     atheris.Setup(libfuzzer_args(corpus, crashes, max_time, seed, extra), camp.test_one_input,
                   custom_mutator=camp.custom_mutator, custom_crossover=camp.custom_crossover)
+    # Ctrl-C / SIGTERM end the campaign like its time budget does: final stats,
+    # reports closed, target released, exit 1 if anything was found.  (Python's
+    # handlers take precedence over libFuzzer's, which would exit 72.)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: camp.finish())
     atheris.Fuzz()
 

@@ -249,6 +249,9 @@ class Executor:
                                          f"{errname(err)} after {len(dst.resume)} bytes")
                     dst.resume_kind = "mixed"
                     return err
+                if n <= 0:  # a writer looping on it would spin forever (QEMU's load thread does)
+                    self.oracle.fail("stream-protocol", f"write of {len(piece)} bytes makes progress",
+                                     f"returned {n}")
                 dst.resume += piece[:n]
                 piece = piece[n:]
         if self.trace_on:
@@ -557,7 +560,7 @@ class Executor:
             while piece:
                 err, offset = self._v1_read_field(ddev, "data_offset")
                 if not err:
-                    oracle.check_window(offset, 0)
+                    oracle.check_window(offset, 1)  # room for at least one byte
                     room = window - offset
                     chunk = piece[:room]
                     err, _ = ddev.region_write(offset, chunk)

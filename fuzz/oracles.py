@@ -60,7 +60,10 @@ class Finding(NamedTuple):
     detail: str = ""  # traceback for target exceptions
 
     def signature(self) -> str:
-        return f"{self.kind}|{self.arc}"
+        """The dedup key (kind|arc|op[|frames]); defined once, in fuzz.triage."""
+        from .triage import signature
+
+        return signature(self)
 
 
 class FindingRaised(Exception):

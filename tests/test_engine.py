@@ -135,7 +135,8 @@ def test_save_finding_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.os, "replace", spy_replace)
     again = engine.save_finding(crashes, data, prog, _finding()._replace(observed="other"), [], "sim")
     assert again == old
-    assert seen == [(old.name + ".tmp", old.name), (old.name + ".txt.tmp", old.name + ".txt")]
+    # the .txt (target + whole program) lands before the binary
+    assert seen == [(old.name + ".txt.tmp", old.name + ".txt"), (old.name + ".tmp", old.name)]
     assert (crashes / (old.name + ".txt")).read_bytes() != old_text
     assert old.read_bytes() == data
 
@@ -172,7 +173,8 @@ def test_prepare_corpus(tmp_path):
 def test_libfuzzer_args(tmp_path):
     args = engine.libfuzzer_args(tmp_path / "c", tmp_path / "k", 8.0, 3, ["-dict=x"])
     assert str(tmp_path / "c") in args
-    assert f"-max_len={engine.MAX_LEN}" in args and "-seed=3" in args
+    # --seed 3 -> libFuzzer -seed=4 (libFuzzer's 0 means random)
+    assert f"-max_len={engine.MAX_LEN}" in args and "-seed=4" in args
     assert f"-artifact_prefix={tmp_path / 'k'}/libfuzzer-" in args
     assert any(a.startswith("-max_total_time=") and int(a.split("=")[1]) >= 8 for a in args)
     assert args[-1] == "-dict=x"
