@@ -817,9 +817,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-minimize", action="store_true", help="keep the smallest crash of each group as is")
     p.add_argument("--max-runs", type=int, default=DEFAULT_MAX_RUNS,
                    help=f"execution budget per minimization (default {DEFAULT_MAX_RUNS})")
-    p.add_argument("--coarse", action="store_true",
-                   help="group by kind|-op-> target|op, ignoring the state the arc started from (one defect "
-                        "reached from several states is one folder)")
+    p.add_argument("--strict", dest="coarse", action="store_false",
+                   help="group by the full signature kind|arc|op (by default the state the arc started from "
+                        "is ignored, so one defect reached from several states is one folder)")
     p.add_argument("--i-know-this-resets-the-device", action="store_true",
                    help="required to replay crashes recorded on a real device")
     p.set_defaults(func=cli_errors(cmd_triage))
