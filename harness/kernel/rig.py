@@ -19,6 +19,10 @@ command, cwd = the project root, seen at the same path as on the host) with:
 * ``MIGFUZZ_MTTY`` = ``"uuid:group,uuid:group,..."``, one per instance;
 * ``MIGFUZZ_RESULTS`` = guest path of a writable share, ``GuestResult.results_dir``
   on the host.
+* ``MIGFUZZ_FLIGHT`` = sysfs path of the flight recorder's shared memory
+  (``flight.py``), whose host side is ``<results_dir>/flight.bin``.
+
+``MIGFUZZ_QEMU_CPU`` overrides the TCG CPU model (default ``max``).
 
 CLI: ``python -m harness.kernel.rig prepare|status|run [--timeout S] [--instances N] -- CMD``.
 """
@@ -41,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.kernel import flight
 from harness.kernel.kmsg import find_splats
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +64,7 @@ KEEP_RESULTS = 50
 # The guest mounts its own filesystems here, hiding the host's (see stage2.sh).
 GUEST_MOUNTS = ("/proc", "/sys", "/dev", "/run")
 MARK_READY, MARK_DONE, MARK_FAILED = "MIGFUZZ-READY", "MIGFUZZ-DONE", "MIGFUZZ-SETUP-FAILED"
+FLIGHT_SLOT = 0x10  # PCI slot of the flight recorder's ivshmem device on the guest's root bus
 
 
 def cache_dir() -> Path:
@@ -331,7 +337,7 @@ def _kvm_usable() -> bool:
 
 def _qemu_command(rig: Rig, accel: str, results: Path, timeout: float) -> list[str]:
     accel_args = (["-accel", "kvm", "-cpu", "host"] if accel == "kvm"
-                  else ["-accel", "tcg,thread=multi", "-cpu", "max"])
+                  else ["-accel", "tcg,thread=multi", "-cpu", os.environ.get("MIGFUZZ_QEMU_CPU", "max")])
     append = f"{KERNEL_ARGS} MIGFUZZ_STAGE2={STAGE2}"
     return [
         "timeout", "--kill-after=5", str(int(timeout) + 1),
@@ -343,6 +349,9 @@ def _qemu_command(rig: Rig, accel: str, results: Path, timeout: float) -> list[s
         "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
         "-fsdev", f"local,id=results,path={results},security_model=none",
         "-device", "virtio-9p-pci,fsdev=results,mount_tag=results",
+        # The flight recorder (flight.py): guest memory backed by a host file a panic cannot erase.
+        "-object", f"memory-backend-file,id=flight,share=on,mem-path={results / flight.FILE_NAME},size={flight.SIZE}",
+        "-device", f"ivshmem-plain,memdev=flight,addr={FLIGHT_SLOT:#x}",
     ]
 
 
@@ -357,6 +366,7 @@ def _guest_env(rig: Rig, instances: int) -> str:
         "PYTHONPATH": str(PROJECT_ROOT),
         "PYTHONDONTWRITEBYTECODE": "1",   # the root share is read-only
         "MIGFUZZ_PYTHON": sys.executable,
+        flight.ENV: f"/sys/bus/pci/devices/0000:00:{FLIGHT_SLOT:02x}.0/resource2",
     }
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
 
@@ -367,6 +377,8 @@ def _boot(rig: Rig, accel: str, command: str, timeout: float, instances: int,
     (results / "command.sh").write_text(command + "\n")
     for stale in ("exit_status", "output.log", "mtty.txt"):
         (results / stale).unlink(missing_ok=True)
+    with open(results / flight.FILE_NAME, "wb") as f:  # zeroed: no program recorded yet
+        f.truncate(flight.SIZE)
 
     marks: dict[str, float] = {}
     console: list[str] = []
@@ -433,8 +445,9 @@ def run_guest(command: str, timeout: float = 120, instances: int = 2,
     QEMU early; its lines are in `splats`.
     """
     for hidden in GUEST_MOUNTS:
-        if cache_dir().resolve().is_relative_to(hidden):
-            raise ValueError(f"cache {cache_dir()} is under {hidden}, which the guest mounts over")
+        for what, path in (("cache", cache_dir()), ("project", PROJECT_ROOT), ("python", Path(sys.executable))):
+            if path.resolve().is_relative_to(hidden) or path.is_relative_to(hidden):
+                raise ValueError(f"{what} {path} is under {hidden}, which the guest mounts over")
     rig, setup_seconds = prepare()
     if results_dir is None:
         results_dir = _new_results_dir()

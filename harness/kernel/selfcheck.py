@@ -162,6 +162,22 @@ def data_fd_rules(dev: KernelDevice, valid_stream: bytes) -> dict:
     out["state_after_short_resume"] = dev.get_state()[1]
     dev.close(rfd)
 
+    # A resume write whose header fails mtty's validation: refused (EFAULT), yet the bytes count
+    # as written (mtty_resume_write advances f_pos and filled_size before returning the error),
+    # so a later valid stream overflows, and the rejected header loads if the rest follows.
+    bad = bytearray(valid_stream)
+    bad[0] ^= 1
+    dev.reset()
+    err, rfd = dev.set_state(S.RESUMING)
+    out["bad_header_write"] = name(dev.write(rfd, bytes(bad[:32]))[0])
+    out["valid_stream_after_bad_header"] = name(dev.write(rfd, valid_stream)[0])
+    dev.close(rfd)
+    dev.reset()
+    err, rfd = dev.set_state(S.RESUMING)
+    out["bad_header_then_rest"] = [name(dev.write(rfd, bytes(bad[:32]))[0]), name(dev.write(rfd, bytes(bad[32:]))[0])]
+    out["stop_after_bad_header"] = name(dev.set_state(S.STOP)[0])
+    dev.close(rfd)
+
     dev.reset()
     out["set_invalid"] = {str(s): [name(dev.set_state(s)[0]), dev.get_state()[1]] for s in (99, 8, 0)}
     out["unknown_feature"] = name(dev.feature(0x10000 | 0x1234, bytes(8))[0])

@@ -27,9 +27,9 @@ import fcntl
 import os
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from harness import uapi
 
@@ -133,6 +133,25 @@ def find_migration_region(device_fd: int) -> RegionInfo | None:
 # ---------------------------------------------------------------------------- watchdog
 
 
+class _Guard:
+    """``with watchdog.guard(what):`` - a class, not a generator: it runs on every device call."""
+
+    __slots__ = ("_watchdog", "_what")
+
+    def __init__(self, watchdog: Watchdog, what: str) -> None:
+        self._watchdog = watchdog
+        self._what = what
+
+    def __enter__(self) -> None:
+        self._watchdog._armed = (self._what, time.monotonic())
+
+    def __exit__(self, *exc: object) -> None:
+        self._watchdog._armed = None
+
+
+_UNGUARDED = nullcontext()
+
+
 class Watchdog:
     """Calls ``on_hang(what, seconds)`` once when one guarded call runs past ``deadline``.
 
@@ -144,17 +163,17 @@ class Watchdog:
         self.deadline = deadline
         self._on_hang = on_hang
         self._armed: tuple[str, float] | None = None
+        self._guards: dict[str, _Guard] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="vfio-watchdog", daemon=True)
         self._thread.start()
 
-    @contextmanager
-    def guard(self, what: str) -> Iterator[None]:
-        self._armed = (what, time.monotonic())
-        try:
-            yield
-        finally:
-            self._armed = None
+    def guard(self, what: str) -> _Guard:
+        """Context manager arming the watchdog around one call (cached per name: no allocation)."""
+        guard = self._guards.get(what)
+        if guard is None:
+            guard = self._guards[what] = _Guard(self, what)
+        return guard
 
     def _watch(self) -> None:
         poll = min(self.deadline / 4, 0.25)
@@ -203,7 +222,7 @@ class KernelDevice:
                 self._bar_offsets.append(bar.offset)
 
     def _guard(self, what: str):
-        return self._watchdog.guard(what) if self._watchdog else nullcontext()
+        return self._watchdog.guard(what) if self._watchdog else _UNGUARDED
 
     # -- Device
 
@@ -239,12 +258,16 @@ class KernelDevice:
         # our open data fds would say nothing about leaks inside the driver.
         return None
 
+    def close_data_fds(self) -> None:
+        """Close every data fd this device handed out and the program did not close."""
+        for fd in sorted(self._data_fds):
+            self.close(fd)
+
     def close_device(self) -> None:
         """Close every data fd, reset, close the device, then its group/container/iommufd."""
         if self._device_fd < 0:
             return
-        for fd in sorted(self._data_fds):
-            self.close(fd)
+        self.close_data_fds()
         self.reset()
         for fd in [self._device_fd, *reversed(self._owned_fds)]:
             try:

@@ -1,0 +1,361 @@
+"""Real VFIO devices as a fuzzing target (``--target kernel:...`` and ``--target mtty``).
+
+``open_kernel_target(spec)`` returns a :class:`KernelTargetSet`, which has the
+shape of ``harness.sim.SimTarget`` (what ``fuzz.executor`` drives):
+
+* ``kernel:dev=NAME,dev2=NAME[,group=N,group2=N]`` - two devices named
+  explicitly (mdev UUID or PCI address), opened through the legacy
+  group/container API. A missing group is read from sysfs
+  (``/sys/bus/mdev/devices/<uuid>/iommu_group`` or
+  ``/sys/bus/pci/devices/<bdf>/iommu_group``).
+  ``cdev=vfioN`` / ``cdev2=vfioN`` (or ``/dev/vfio/devices/vfioN``) open
+  through iommufd instead.
+* ``mtty`` - inside the rig guest (``migfuzz vm``): the first two mtty
+  instances of ``$MIGFUZZ_MTTY``.
+
+Anything missing (device, group, /dev/vfio, permission, migration support)
+raises ``fuzz.targets.TargetUnavailable`` with a one-line reason.
+
+**Two devices, always.** Programs name device 0 (a source) and device 1 (a
+destination) (``fuzz.program.NDEVICES``); mapping device 1 onto device 0 would
+make the model track two views of one device and report mismatches the device
+did not cause. So a target with fewer than two devices is unavailable. Both
+must be of the same kind (same protocol, flags and stream format), or a
+valid stream from one is refused by the other.
+
+What the target can judge:
+
+* ``has_digest = False``: a real device exposes no state digest. After a
+  successful load the executor asks ``resave(i)`` for the destination's state
+  as a re-saved stream and compares it with the stream the source sent. That
+  comparison needs *canonical* streams (one state, one byte sequence, however
+  it was saved): true of mtty (a fixed header plus the ports' registers),
+  not of drivers whose streams carry pre-copy chunks or metadata. So re-saving
+  is on for mtty devices (``--target mtty``, or ``kernel:`` naming mtty
+  mdevs) and ``resave`` answers None ("cannot judge") for other drivers.
+* ``validates_stream = False``: mtty accepts any 96-byte stream with a good
+  header, so a damaged stream that loads is not a finding on this target.
+* ``supports_faults = False``: no fault injection into a real driver.
+
+Per program (``fresh()``): close every data_fd the previous program left open
+(no fd outlives its program), reset both devices, note the program in the
+flight recorder (``flight.py``; inside the rig only).
+
+Hangs: every device call runs under a :class:`~harness.kernel.vfio.Watchdog`
+(``CALL_DEADLINE`` seconds). A call that does not return cannot be interrupted
+from Python, so the watchdog calls ``target.on_hang(what, seconds)`` - the
+fuzzing engine installs a callback that writes a ``hang`` finding for the
+current input and exits 1 - or, with no callback installed, prints the hang
+and exits 1.
+
+Kernel splats: after every program the target reads ``/dev/kmsg`` (when
+readable, e.g. as root in the guest) and a new WARN/BUG/oops/lockdep/soft
+lockup line becomes a ``kernel-splat`` finding for that program
+(``after_program``). A WARN or oops under the rig's ``panic_on_warn=1
+oops=panic`` ends the guest instead; then the host reports it from the console
+log and the flight recorder (``harness.kernel.vm``).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.uapi import MigState
+
+from .kmsg import KmsgWatch
+from .vfio import KernelTarget, OpenError, Watchdog, mtty_targets
+
+CALL_DEADLINE = float(os.environ.get("MIGFUZZ_CALL_DEADLINE", "10"))  # seconds per device call
+SYSFS_BUSES = ("/sys/bus/mdev/devices", "/sys/bus/pci/devices")
+NDEVICES = 2
+RESAVE_FROM = frozenset({MigState.STOP, MigState.RUNNING, MigState.RUNNING_P2P})
+RESAVE_READS = 256           # reads of 64 KiB before "the re-save never ends"
+_KNOWN_FLAGS = 0x7           # STOP_COPY | P2P | PRE_COPY
+_GROUP_NAME = re.compile(r"^\d+$")
+
+
+def _unavailable(reason: str) -> Exception:
+    from fuzz.targets import TargetUnavailable
+
+    return TargetUnavailable(reason)
+
+
+def _usage(reason: str) -> Exception:
+    from fuzz.targets import TargetError
+
+    return TargetError(reason)
+
+
+# ---------------------------------------------------------------------------- spec -> devices
+
+
+def iommu_group(name: str, sysfs: tuple[str, ...] = SYSFS_BUSES) -> int:
+    """IOMMU group of an mdev UUID or PCI address, from sysfs (TargetUnavailable if unknown)."""
+    for bus in sysfs:
+        dev = Path(bus) / name
+        if dev.exists():
+            link = dev / "iommu_group"
+            try:
+                group = os.path.basename(os.readlink(link))
+            except OSError:
+                raise _unavailable(f"{dev} has no iommu_group (not bound to vfio / no IOMMU)") from None
+            if not _GROUP_NAME.match(group):
+                raise _unavailable(f"{link} -> {group!r} is not a group number")
+            return int(group)
+    raise _unavailable(f"no device {name!r} in {' or '.join(sysfs)}")
+
+
+def is_mtty(name: str, mdev_bus: str = SYSFS_BUSES[0]) -> bool:
+    """Whether ``name`` is an mdev of the mtty sample driver (its parent device is ``mtty``)."""
+    real = os.path.realpath(os.path.join(mdev_bus, name))
+    return os.path.basename(os.path.dirname(real)) == "mtty"
+
+
+def kernel_targets(options: dict, sysfs: tuple[str, ...] = SYSFS_BUSES) -> list[KernelTarget]:
+    """The devices a ``kernel:`` spec names, in program order (source, destination)."""
+    targets = []
+    for suffix in ("", "2"):
+        dev, group, cdev = (options.get(k + suffix) for k in ("dev", "group", "cdev"))
+        if cdev:
+            if dev or group:
+                raise _usage(f"give either cdev{suffix}= or dev{suffix}=/group{suffix}=, not both")
+            targets.append(KernelTarget(os.path.basename(cdev.rstrip("/")), None))
+            continue
+        if not dev:
+            if group:
+                raise _usage(f"group{suffix}= needs dev{suffix}= (the device to open in that group)")
+            continue
+        if group is None:
+            number = iommu_group(dev, sysfs)
+        else:
+            try:
+                number = int(group, 0)
+            except ValueError:
+                raise _usage(f"group{suffix}={group!r} is not a number") from None
+        targets.append(KernelTarget(dev, number))
+    if len(targets) == 2 and targets[0].name == targets[1].name:
+        raise _usage("dev2 names the same device as dev; a program needs two different devices")
+    return targets
+
+
+def _spec_targets(spec) -> list[KernelTarget]:
+    if spec.kind == "mtty":
+        if spec.options:
+            raise _usage("the mtty target takes no options (it uses the rig's instances, $MIGFUZZ_MTTY)")
+        if not os.environ.get("MIGFUZZ_MTTY"):
+            raise _unavailable("mtty: $MIGFUZZ_MTTY is not set; this target exists inside the rig guest "
+                               "(run `migfuzz vm fuzz`)")
+        try:
+            targets = mtty_targets()
+        except ValueError:
+            raise _unavailable(f"mtty: cannot parse $MIGFUZZ_MTTY={os.environ['MIGFUZZ_MTTY']!r}") from None
+    else:
+        targets = kernel_targets(spec.options)
+    if len(targets) < NDEVICES:
+        raise _unavailable(f"{spec.text()}: needs two devices (a source and a destination: programs migrate "
+                           f"between device 0 and device 1), got {len(targets)}"
+                           + ("; add dev2=..." if spec.kind == "kernel" else ""))
+    return targets[:NDEVICES]
+
+
+def open_kernel_target(spec) -> KernelTargetSet:
+    """Open the two devices ``spec`` names (a ``fuzz.targets.TargetSpec`` of kind kernel or mtty)."""
+    targets = _spec_targets(spec)
+    canonical = spec.kind == "mtty" or all(t.group is not None and is_mtty(t.name) for t in targets)
+    target = KernelTargetSet(spec.kind, spec.text(), canonical_streams=canonical)
+    try:
+        for t in targets:
+            try:
+                target.add(t.open(target.watchdog))
+            except OpenError as e:
+                raise _unavailable(f"{t.name}: {e}") from None
+            except OSError as e:
+                raise _unavailable(f"{t.name}: {e.strerror or e}") from None
+        target.check()
+    except BaseException:
+        target.close()
+        raise
+    target.start()
+    return target
+
+
+# ---------------------------------------------------------------------------- the target
+
+
+class KernelTargetSet:
+    """Two real devices as one fuzzing target (see the module doc)."""
+
+    has_digest = False
+    validates_stream = False
+    supports_faults = False
+
+    def __init__(self, kind: str, name: str, devices: list | None = None,
+                 deadline: float = CALL_DEADLINE, canonical_streams: bool = False) -> None:
+        self.kind = kind
+        self.name = name
+        self.canonical_streams = canonical_streams  # a re-saved stream can be compared byte for byte
+        self.devices: list = []
+        self.proto = ""
+        self.flags = 0
+        self.region_size = 0
+        # Installed by the fuzzing engine: on_hang(what, seconds) must not return;
+        # current_input() -> the bytes of the program about to run (for the flight recorder).
+        self.on_hang: Callable[[str, float], None] | None = None
+        self.current_input: Callable[[], bytes] | None = None
+        self.watchdog = Watchdog(deadline, self._hang)
+        self.kmsg: KmsgWatch | None = None
+        self.flight = None
+        self.resaves = 0          # successful re-saves (for stats and tests)
+        if devices:
+            for dev in devices:
+                self.add(dev)
+            self.check()
+
+    # -- setup
+
+    def add(self, dev) -> None:
+        self.devices.append(dev)
+
+    def check(self) -> None:
+        """Both devices migrate, with one protocol and one flag set the model knows."""
+        first = self.devices[0]
+        for dev in self.devices:
+            if dev.protocol not in (1, 2):
+                raise _unavailable(f"{dev.name}: no migration support (GET MIGRATION fails and no v1 region)")
+            if (dev.protocol, dev.flags, dev.region_size) != (first.protocol, first.flags, first.region_size):
+                raise _unavailable(f"{first.name} and {dev.name} differ (protocol v{first.protocol}/v{dev.protocol}, "
+                                   f"flags {first.flags:#x}/{dev.flags:#x}): a stream from one would not load "
+                                   f"into the other")
+        self.proto = f"v{first.protocol}"
+        if first.protocol == 2:
+            from fuzz import model
+
+            self.flags = first.flags & _KNOWN_FLAGS
+            if self.flags not in model.FLAG_SETS:
+                raise _unavailable(f"{first.name}: migration flags {first.flags:#x} lack STOP_COPY")
+        self.region_size = first.region_size
+
+    def start(self) -> None:
+        """Begin watching the kernel log and recording programs (after the devices opened)."""
+        try:
+            self.kmsg = KmsgWatch()
+        except OSError:
+            self.kmsg = None  # not root / no /dev/kmsg: splats are then only seen on a console
+        from .flight import FlightRecorder
+
+        self.flight = FlightRecorder.open(self.proto, self.name)
+
+    # -- the SimTarget shape
+
+    def fresh(self) -> None:
+        """Between programs: close the previous program's data_fds, reset both devices."""
+        if self.flight is not None and self.current_input is not None:
+            self.flight.record(self.current_input())
+        for dev in self.devices:
+            dev.close_data_fds()
+            dev.reset()
+
+    def arm_fault(self, dev: int, nth: int, kind: str) -> None:
+        pass  # no fault injection into a real driver (supports_faults = False)
+
+    def fault_fired(self, dev: int) -> bool:
+        return False
+
+    def clear_fault(self, dev: int) -> None:
+        pass
+
+    def after_program(self, oracle) -> None:
+        """A splat the kernel logged while the program ran -> a ``kernel-splat`` finding."""
+        if self.kmsg is None:
+            return
+        splats = self.kmsg.new_splats()
+        if splats:
+            from fuzz.oracles import Finding, FindingRaised
+
+            # The executor fills in the step (the program's last op).
+            raise FindingRaised(Finding("kernel-splat", -1, "no kernel WARN, BUG, oops or lockup report",
+                                        splats[0], oracle.arc, detail="\n".join(splats)))
+
+    def close(self) -> None:
+        """Close every data_fd, reset and close both devices; stop watching."""
+        for dev in self.devices:
+            dev.close_device()
+        self.devices = []
+        self.watchdog.stop()
+        if self.kmsg is not None:
+            self.kmsg.close()
+            self.kmsg = None
+        if self.flight is not None:
+            self.flight.close()
+            self.flight = None
+
+    # -- hangs
+
+    def _hang(self, what: str, seconds: float) -> None:
+        hook = self.on_hang
+        if hook is not None:
+            hook(what, seconds)  # writes a finding and exits
+        print(f"migfuzz: hang: {what} on {self.name} did not return within {seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+
+    # -- re-saving a destination
+
+    def resave(self, index: int) -> bytes | None:
+        """Device ``index``'s state as a freshly saved stream, or None if that cannot be had
+        without disturbing what the executor tracks.
+
+        Only from STOP, RUNNING or RUNNING_P2P (no session open): walk to STOP
+        along the model's path, SET STOP_COPY, read to the end, SET STOP and
+        walk back to the original state. A device in any other state, protocol
+        v1, or a driver without canonical streams gives None ("cannot judge")."""
+        if self.proto != "v2" or not self.canonical_streams:
+            return None
+        dev = self.devices[index]
+        err, state = dev.get_state()
+        if err or state not in RESAVE_FROM:
+            return None
+        from fuzz import model
+
+        to_stop = model.path(self.flags, state, MigState.STOP) or ()
+        back = model.path(self.flags, MigState.STOP, state) or ()
+        for hop in to_stop:
+            if dev.set_state(hop)[0]:
+                return None
+        err, fd = dev.set_state(MigState.STOP_COPY)
+        if err or fd < 0:
+            if fd >= 0:
+                dev.close(fd)
+            self._return(dev, back)
+            return None
+        stream = bytearray()
+        complete = False
+        try:
+            for _ in range(RESAVE_READS):
+                err, chunk = dev.read(fd, 1 << 16)
+                if err == errno.EINTR:
+                    continue
+                if err:
+                    break
+                if not chunk:
+                    complete = True
+                    break
+                stream += chunk
+        finally:
+            dev.set_state(MigState.STOP)
+            dev.close(fd)
+            self._return(dev, back)
+        if not complete:
+            return None
+        self.resaves += 1
+        return bytes(stream)
+
+    @staticmethod
+    def _return(dev, hops: tuple) -> None:
+        for hop in hops:
+            if dev.set_state(hop)[0]:
+                return

@@ -1,0 +1,238 @@
+"""`migfuzz vm`'s host side with the guest faked (runs anywhere, no QEMU).
+
+What comes back from a guest run - stats, crash files, corpus, a kernel panic
+(console + flight recorder), a guest that stopped, a rig that cannot be
+prepared - and the exit code each gives.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fuzz.cli import main
+from fuzz.codec import encode
+from fuzz.program import parse_program
+from harness.kernel import flight, rig, vm
+
+PROGRAM = parse_program("migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\nset 0 state=STOP\n")
+OUTPUT = """migfuzz: fuzzing mtty (protocol v2); corpus /run/migfuzz-results/corpus (8 seeds)
+migfuzz: stats: 8.9s execs 256 (29/s, 30/cpu-s) protocol arcs 118 findings 0
+migfuzz: stats: 15.1s execs 1024 (68/s) protocol arcs 171 findings 0
+migfuzz: stats: 61.3s execs 8192 (134/s, 144/cpu-s) protocol arcs 235 findings 0
+"""
+SPLAT = "[   42.000001] WARNING: CPU: 0 PID: 231 at samples/vfio-mdev/mtty.c:1220 mtty_step_state+0x1e/0x2a0 [mtty]"
+PANIC_CONSOLE = "\n".join(["[    4.9] MIGFUZZ-READY", "[   41.0] mtty_reset: called", SPLAT,
+                           "[   42.000002] Modules linked in: mtty vfio_mdev", "[   42.1] Call Trace:",
+                           "[   42.2] Kernel panic - not syncing: kernel: panic_on_warn set ..."])
+
+
+class FakeGuest:
+    """Stands in for rig.run_guest: one scripted answer per boot."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.commands: list[str] = []
+
+    def __call__(self, command, timeout=120, instances=2, results_dir=None):
+        self.commands.append(command)
+        results_dir = Path(results_dir or rig._new_results_dir())
+        results_dir.mkdir(parents=True, exist_ok=True)
+        answer = self.answers.pop(0)
+        return answer(results_dir)
+
+
+def guest_result(results: Path, *, exit_status=0, output=OUTPUT, console="MIGFUZZ-READY", splats=(),
+                 timed_out=False, boot=4.5, setup_failure=None) -> rig.GuestResult:
+    return rig.GuestResult(exit_status=exit_status, console=console, output=output, splats=list(splats),
+                           results_dir=results, accel="tcg", timed_out=timed_out, setup_failure=setup_failure,
+                           mtty=[("u1", 3), ("u2", 4)], boot_seconds=boot, command_seconds=60.0)
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A prepared rig that is never booted; vm's paths under tmp_path."""
+    fake = rig.Rig("6.12.117+deb12-amd64", "6.12.117-1", str(tmp_path), "vmlinuz", "initrd", "mtty.ko", 29.7)
+    monkeypatch.setattr(vm, "prepare", lambda: (fake, 0.0))
+    monkeypatch.setattr(rig, "load", lambda: fake)
+    monkeypatch.setenv("MIGFUZZ_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def run_vm(host: Path, guest: FakeGuest, monkeypatch, *extra) -> tuple[int, dict]:
+    monkeypatch.setattr(rig, "run_guest", guest)
+    code = main(["vm", "fuzz", "--max-time", "60", "--crashes", str(host / "crashes"), "--corpus",
+                 str(host / "corpus"), "--results", str(host / "results"), *extra])
+    summary = host / "results" / vm.SUMMARY_FILE
+    return code, (json.loads(summary.read_text()) if summary.exists() else {})
+
+
+def test_parse_output_rates():
+    stats = vm.parse_output(OUTPUT + "migfuzz: FINDING valid-stream-rejected at step 3 (x) -> y\n")
+    assert (stats["execs"], stats["arcs"], stats["findings"], stats["elapsed_s"]) == (8192, 235, 0, 61.3)
+    assert stats["programs_per_s"] == round(8192 / 61.3, 1)
+    assert stats["steady_programs_per_s"] == round((8192 - 256) / (61.3 - 8.9), 1)
+    assert len(stats["findings_lines"]) == 1
+    assert vm.parse_output("nothing") == {"findings_lines": []}
+
+
+def test_fuzz_command_runs_the_real_cli_against_mtty():
+    import argparse
+
+    args = argparse.Namespace(seed=3, max_time=60.0, runs=None, keep_going=True, no_instrument=False,
+                              libfuzzer_args=["-max_len=200"])
+    line = vm.fuzz_command(args, report=True)
+    assert line.startswith('"$MIGFUZZ_PYTHON" -m fuzz.cli fuzz --target mtty --i-know-this-resets-the-device')
+    for part in ("--seed 3", "--max-time 60.0", "--keep-going", '--corpus "$MIGFUZZ_RESULTS/corpus"',
+                 '--crashes "$MIGFUZZ_RESULTS/crashes"', '--report-dir "$MIGFUZZ_RESULTS/report"',
+                 "-- -max_len=200"):
+        assert part in line
+    assert "--report-dir" not in vm.fuzz_command(args, report=False)
+
+
+def test_clean_campaign(host, monkeypatch, capsys):
+    (host / "corpus").mkdir()
+    (host / "corpus" / "old").write_bytes(b"\x01")
+
+    def answer(results):
+        assert (results / "corpus" / "old").exists()  # the host corpus went in
+        (results / "corpus" / "new").write_bytes(b"\x02")
+        return guest_result(results)
+
+    guest = FakeGuest(answer)
+    code, summary = run_vm(host, guest, monkeypatch)
+    assert code == 0
+    assert "--target mtty" in guest.commands[0]
+    assert (host / "corpus" / "new").read_bytes() == b"\x02"
+    assert summary["execs"] == 8192 and summary["arcs"] == 235 and summary["boot_s"] == 4.5
+    assert summary["corpus_in"] == 1 and summary["corpus_new"] == 1 and summary["crash_files"] == []
+    out = capsys.readouterr().out
+    assert "8192 programs in 61.3 s" in out and "programs/s against mtty" in out and "no findings" in out
+    assert (host / "results" / "console.log").exists()
+
+
+def test_a_finding_in_the_guest_comes_back(host, monkeypatch):
+    def answer(results):
+        (results / "crashes").mkdir()
+        (results / "crashes" / "crash-abc").write_bytes(encode(PROGRAM))
+        (results / "crashes" / "crash-abc.txt").write_text("# migfuzz finding: valid-stream-rejected\n")
+        return guest_result(results, exit_status=1, output=OUTPUT.replace("findings 0", "findings 1")
+                            + "migfuzz: FINDING valid-stream-rejected at step 3\n")
+
+    code, summary = run_vm(host, FakeGuest(answer), monkeypatch)
+    assert code == 1
+    assert (host / "crashes" / "crash-abc").exists() and (host / "crashes" / "crash-abc.txt").exists()
+    assert summary["crash_files"] == [str(host / "crashes" / "crash-abc")]
+
+
+def flight_with(results: Path, *programs: bytes, state=flight.RUNNING) -> None:
+    buf = bytearray(flight.SIZE)
+    rec = flight.FlightRecorder(buf, "v2", "mtty")
+    for p in programs:
+        rec.record(p)
+    if state == flight.CLOSED:
+        rec.close()
+    (results / flight.FILE_NAME).write_bytes(bytes(buf))
+
+
+def test_a_kernel_panic_is_a_finding_for_the_program_that_was_running(host, monkeypatch, capsys):
+    def panicked(results):
+        flight_with(results, b"\x05older", encode(PROGRAM))
+        return guest_result(results, exit_status=None, output=OUTPUT[:200], console=PANIC_CONSOLE,
+                            splats=[SPLAT, "Kernel panic - not syncing"])
+
+    def replay(results):
+        assert (results / "program").read_bytes() == encode(PROGRAM)
+        return guest_result(results, exit_status=None, console=PANIC_CONSOLE, splats=[SPLAT])
+
+    guest = FakeGuest(panicked, replay)
+    code, summary = run_vm(host, guest, monkeypatch)
+    assert code == 1
+    assert "repro" in guest.commands[1] and "--target mtty" in guest.commands[1]
+    crash = Path(summary["crash_files"][-1])
+    assert crash.read_bytes() == encode(PROGRAM)
+    report = crash.with_suffix(".txt").read_text()
+    assert "# migfuzz finding: kernel-splat" in report and "mtty_step_state" in report
+    assert "Call Trace" in report  # the console excerpt
+    assert "set 0 state=STOP_COPY" in report  # the program, as text
+    assert summary["confirmed"].startswith("reproduced")
+    out = capsys.readouterr().out
+    assert "FINDING kernel-splat" in out and SPLAT in out
+
+
+def test_a_panic_before_any_program_is_reported_without_a_crash_file(host, monkeypatch, capsys):
+    def panicked(results):
+        return guest_result(results, exit_status=None, output="", console=PANIC_CONSOLE, splats=[SPLAT])
+
+    code, summary = run_vm(host, FakeGuest(panicked), monkeypatch, "--no-confirm")
+    assert code == 1 and summary["crash_files"] == []
+    assert "no program was running" in capsys.readouterr().out
+
+
+def test_a_guest_stuck_in_a_program_is_a_hang_finding(host, monkeypatch):
+    def stuck(results):
+        flight_with(results, encode(PROGRAM))
+        return guest_result(results, exit_status=None, output=OUTPUT[:200], timed_out=True)
+
+    code, summary = run_vm(host, FakeGuest(stuck), monkeypatch)
+    assert code == 1
+    report = Path(summary["crash_files"][0]).with_suffix(".txt").read_text()
+    assert "# migfuzz finding: hang" in report
+
+
+def test_infrastructure_failures_are_exit_3(host, monkeypatch, capsys):
+    def slow(results):  # timed out, no program running: not a finding
+        flight_with(results, encode(PROGRAM), state=flight.CLOSED)
+        return guest_result(results, exit_status=None, output="", timed_out=True)
+
+    assert run_vm(host, FakeGuest(slow), monkeypatch)[0] == 3
+    assert "raise --timeout" in capsys.readouterr().out
+
+    def no_boot(results):
+        return guest_result(results, exit_status=None, output="", boot=None, setup_failure="MIGFUZZ-SETUP-FAILED: x")
+
+    assert run_vm(host, FakeGuest(no_boot), monkeypatch)[0] == 3
+
+    def crashed(results):  # the fuzzer died without writing a crash file
+        return guest_result(results, exit_status=1, output="Traceback (most recent call last):\nBoom\n")
+
+    assert run_vm(host, FakeGuest(crashed), monkeypatch)[0] == 3
+    assert "Boom" in capsys.readouterr().out
+
+
+def test_rig_unavailable_is_exit_3_with_one_line(monkeypatch, capsys):
+    def apt_down():
+        raise subprocess.CalledProcessError(100, ["apt-get", "install", "-y", "qemu-system-x86"])
+
+    monkeypatch.setattr(rig, "prepare", apt_down)
+    assert main(["vm", "prepare"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rig unavailable" in err[0] and "apt-get install" in err[0]
+
+    def no_kernel():
+        raise RuntimeError("no linux-image-6.12.*+deb12-amd64 with matching headers in apt")
+
+    monkeypatch.setattr(rig, "prepare", no_kernel)
+    assert main(["vm", "fuzz"]) == 3
+
+    def build_broken():  # not an availability problem: a real error
+        raise subprocess.CalledProcessError(2, ["make", "-C", "headers"])
+
+    monkeypatch.setattr(rig, "prepare", build_broken)
+    with pytest.raises(subprocess.CalledProcessError):
+        main(["vm", "prepare"])
+
+
+def test_usage_errors_are_exit_2(capsys):
+    assert main(["vm"]) == 2
+    assert main(["vm", "fuzz", "--max-time", "soon"]) == 2
+    assert main(["vm", "run"]) == 2  # no command: refused before anything boots
+    capsys.readouterr()
+
+
+def test_conform_is_skipped_without_fuzz_conform(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(rig, "PROJECT_ROOT", tmp_path)
+    assert main(["vm", "conform"]) == 0
+    assert "skipped" in capsys.readouterr().out
