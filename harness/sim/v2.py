@@ -122,6 +122,7 @@ class V2SimDevice:
         self.fds: dict[int, MigFile] = {}
         self.next_fd = 3
         self.lost_files: list[MigFile] = []  # files the driver lost track of (bug seams)
+        self.next_hops: dict = {}  # (cur, new) -> vfio_mig_get_next_state(), memoized
         # arc -> bound action, so a bug variant's override of one arc_* method applies
         self.arc_actions = {arc: getattr(self, "arc_" + name) for arc, name in ARC_ACTIONS.items()}
 
@@ -138,7 +139,13 @@ class V2SimDevice:
     # -- the FSM -----------------------------------------------------------
 
     def next_state(self, cur: int, new: int) -> int:
-        return vfio_mig_get_next_state(self.flags, cur, new, self.counter)
+        # The helper is a pure function of (flags, cur, new): memoized per device so
+        # the fuzzer pays for its instrumented branches once per pair, not per call.
+        key = (cur, new)
+        nxt = self.next_hops.get(key)
+        if nxt is None:
+            nxt = self.next_hops[key] = vfio_mig_get_next_state(self.flags, cur, new, self.counter)
+        return nxt
 
     def get_state(self) -> tuple[int, int]:
         return 0, self.state
