@@ -28,7 +28,7 @@ MAX_OPS = 48
 MAX_PAYLOAD = 4096
 FD_SLOTS = 4  # fd=0 is the newest data_fd of a device, fd=1 the one before, ...
 
-FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr")
+FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr", "short")
 MANGLE_KINDS = ("truncate", "extend", "flip", "drop", "dup", "swap")
 MANGLE_CHUNK = 16  # drop/dup/swap work on chunks of this many bytes
 

@@ -54,7 +54,8 @@ class SimTarget:
         return self.devices[dev].counter.fired
 
     def clear_fault(self, dev: int) -> None:
-        self.devices[dev].counter.fired = False
+        counter = self.devices[dev].counter
+        counter.fired = counter.short = False
 
     def close(self) -> None:
         for d in self.devices:

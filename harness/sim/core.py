@@ -28,9 +28,11 @@ class DeviceHang(Exception):
 
 
 # Fault kinds an armed fault can inject, with the errno the failing step returns.
-FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr")
+# "short" is no failure: the data_fd call it hits moves only part of the bytes
+# (a legal answer every reader and writer must cope with).
+FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr", "short")
 FAULT_ERRNO = {"nomem": errno.ENOMEM, "hwerror": errno.EIO, "timeout": errno.ETIMEDOUT,
-               "eintr": errno.EINTR}
+               "eintr": errno.EINTR, "short": 0}
 # Steps per device call before the watchdog fires (a correct call takes < 50).
 STEP_BUDGET = 10_000
 
@@ -89,7 +91,7 @@ class StepCounter:
     Steps are: each hop of a state change, each file allocation, each chunk of
     data moved, each load."""
 
-    __slots__ = ("fault_at", "fault_errno", "fault_kind", "steps", "budget", "fired")
+    __slots__ = ("fault_at", "fault_errno", "fault_kind", "steps", "budget", "fired", "short")
 
     def __init__(self):
         self.fault_at = 0
@@ -98,12 +100,13 @@ class StepCounter:
         self.steps = 0
         self.budget = STEP_BUDGET
         self.fired = False
+        self.short = False  # the step that fired asks for a short transfer
 
     def clear(self) -> None:
         self.fault_at = 0
         self.fault_kind = ""
         self.steps = 0
-        self.fired = False
+        self.fired = self.short = False
 
     def arm(self, nth: int, kind: str) -> None:
         self.fault_at = self.steps + max(1, nth)
@@ -117,6 +120,7 @@ class StepCounter:
         if self.steps == self.fault_at:
             self.fault_at = 0
             self.fired = True
+            self.short = self.fault_kind == "short"
             return self.fault_errno
         return 0
 
