@@ -286,7 +286,10 @@ class Campaign:
         if self.report is not None and hasattr(self.report, "close"):
             self.report.close(self.stats())
         if self.target is not None:
-            self.target.close()
+            try:
+                self.target.close()
+            except Exception as e:  # noqa: BLE001 - a broken device must not change the verdict
+                self.say(f"closing the target failed: {type(e).__name__}: {e}")
         self.out.flush()
         os._exit(1 if self.findings else 0)
 
