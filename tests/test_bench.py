@@ -1,0 +1,135 @@
+"""The detection benchmark (bench/detect.py) and its baseline searchers (bench/baselines.py): fast checks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+pytest.importorskip("hypothesis")
+
+import baselines  # noqa: E402
+import detect  # noqa: E402
+
+from fuzz.program import OPS, normalize  # noqa: E402
+from harness.sim import BUGS  # noqa: E402
+
+
+@pytest.mark.parametrize("proto", sorted(OPS))
+def test_machine_has_a_rule_per_op_kind(proto):
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis import seed as hseed
+    from hypothesis.stateful import run_state_machine_as_test
+
+    strategies = baselines.op_strategies(proto)  # raises if an op kind has no strategy
+    assert {spec.name for spec in OPS[proto]} <= set(strategies)
+    seen = set()
+
+    def on_program(ops):
+        for op in ops:
+            assert op == normalize(proto, op)
+            seen.add(op.code)
+
+    machine = baselines.machine_class(proto, "end", on_program)
+    run_state_machine_as_test(hseed(1)(machine), settings=settings(
+        max_examples=60, stateful_step_count=20, deadline=None, database=None, phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck)))
+    assert {OPS[proto][code].name for code in seen} == {spec.name for spec in OPS[proto]}
+
+
+def test_variants_cover_the_zoo_and_the_correct_simulator():
+    variants = detect.all_variants()
+    zoo = {v["variant"] for v in variants if not v["correct"]}
+    assert zoo == set(BUGS)
+    assert all(v["expected"] == BUGS[v["variant"]].finding for v in variants if not v["correct"])
+    assert {v["target"] for v in variants if v["correct"]} == set(detect.CORRECT)
+    assert [v["variant"] for v in detect.select_variants("v2-error-*,sim:proto=v1")] == \
+        ["v2-error-requestable", "sim:proto=v1"]
+    with pytest.raises(SystemExit):
+        detect.select_variants("no-such-variant")
+
+
+def test_hypothesis_finds_error_requestable_quickly():
+    t0 = time.monotonic()
+    res = baselines.run_hypothesis("sim:proto=v2,bug=v2-error-requestable", 0, time.time() + 20)
+    assert res["found"], res
+    assert res["kind"] == BUGS["v2-error-requestable"].finding
+    assert res["replayed"]
+    assert res["crash"].startswith("# migfuzz finding: accepted-invalid")
+    assert time.monotonic() - t0 < 20
+
+
+def test_random_and_hypothesis_stop_at_the_deadline_on_the_correct_simulator():
+    for run in (baselines.run_random, baselines.run_hypothesis):
+        t0 = time.monotonic()
+        res = run("sim", 0, time.time() + 1.0)
+        assert not res["found"], res.get("crash")
+        assert res["execs"] > 0
+        assert time.monotonic() - t0 < 5
+
+
+def test_detect_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "bench" / "detect.py"), "--variants", "v2-error-requestable,v1-accept-101",
+           "--searchers", "random,hypothesis", "--budget", "10", "--seeds", "1", "--out-dir", str(out),
+           "--json", "--png", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "detect.json").read_text())
+    assert doc["meta"]["budget"] == 10 and doc["meta"]["seeds"] == 1 and "load average" in doc["meta"]["load_before"]
+    runs = doc["runs"]
+    assert len(runs) == 4
+    keys = {"searcher", "variant", "seed", "found", "seconds", "kind", "kind_ok"}
+    for r in runs:
+        assert keys <= set(r)
+        assert r["searcher"] in ("random", "hypothesis") and r["seed"] == 0
+        assert r["found"] and r["kind_ok"] and 0 < r["seconds"] <= 10, r
+    lines = (out / "detect.md").read_text().splitlines()
+    assert proc.stdout.splitlines() == lines
+    table = [ln for ln in lines if ln.startswith("| ")]
+    assert table[0] == "| variant | expected kind | random | hypothesis |"
+    rows = {ln.split(" | ")[0][2:]: ln for ln in table}
+    assert set(rows) >= {"v1-accept-101", "v2-error-requestable", "**total** (sum of medians, miss = budget)"}
+    assert "(1/1)" in rows["v1-accept-101"] and "(1/1)" in rows["v2-error-requestable"]
+    assert (out / "detect.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((out / "detect-runs.jsonl").read_text().splitlines()) == 4
+    # re-rendering the saved JSON gives the same table
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "detect.py"), "--render", str(out / "detect.json"),
+                            "--out-dir", str(tmp_path / "again")], capture_output=True, text=True, cwd=ROOT,
+                           timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == proc.stdout
+
+
+def test_summary_and_false_positive_reporting():
+    variants = [v for v in detect.all_variants() if v["variant"] in ("v2-error-requestable", "sim")]
+
+    def run(variant, searcher, seed, found, seconds=None, kind=None, budget=60.0):
+        correct = variant == "sim"
+        return {"searcher": searcher, "variant": variant, "seed": seed, "budget": budget, "found": found,
+                "seconds": seconds, "kind": kind, "expected": None if correct else "accepted-invalid",
+                "kind_ok": None if correct or not kind else kind == "accepted-invalid",
+                "false_positive": correct and kind is not None, "late": False, "error": None,
+                "wall_s": seconds or budget, "execs": 100, "cpu_s": 1.0, "crash": "# migfuzz finding: hang\n"}
+
+    runs = [run("v2-error-requestable", "random", 0, True, 1.0, "accepted-invalid"),
+            run("v2-error-requestable", "random", 1, True, 3.0, "state-mismatch"),
+            run("v2-error-requestable", "random", 2, False),
+            run("sim", "random", 0, False, kind="hang")]
+    rows = detect.summarize(runs, variants, ["random"])
+    cell = rows[0]["cells"]["random"]
+    assert (cell["n"], cell["found"], cell["median_s"], cell["kind_ok"]) == (3, 2, 3.0, 1)
+    assert detect._cell(cell, "accepted-invalid") == "3.00 s (2/3) †"
+    assert rows[1]["cells"]["random"]["false_positives"] == 1
+    meta = {"budget": 60.0, "seeds": 3, "commit": "x", "started": "now", "python": "3", "hypothesis": "6",
+            "cpus": 2, "jobs": 1, "hyp_check": "step", "load_before": "load average: 1.0"}
+    md = detect.markdown(meta, rows, ["random"], runs)
+    assert "FALSE POSITIVE 1/1" in md and "## FALSE POSITIVES" in md and "# migfuzz finding: hang" in md
+    assert "state-mismatch×1" in md
+    assert "| **total** (sum of medians, miss = budget) | | **3.00 s** (2/3 runs, 1/1 variants) |" in md
