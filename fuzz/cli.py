@@ -77,7 +77,7 @@ def cmd_fuzz(args) -> int:
     try:
         run_campaign(spec, corpus, crashes, args.max_time, args.runs, args.seed, args.libfuzzer_args,
                      keep_going=args.keep_going, instrument=args.instrument, report=report,
-                     label=args.job_label)
+                     label=args.job_label, seeds=args.seeds)
     except (TargetError, ProgramError) as e:
         raise UsageError(str(e)) from None
     except TargetUnavailable as e:
@@ -97,6 +97,8 @@ def _fuzz_jobs(args, corpus: Path) -> int:
             base += [flag, str(value)]
     if args.keep_going:
         base.append("--keep-going")
+    if not args.seeds:
+        base.append("--no-seeds")
     base += ["--instrument", args.instrument]
     if args.i_know_this_resets_the_device:
         base.append("--i-know-this-resets-the-device")
@@ -236,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed (default 0); the same seed replays the same campaign")
     p.add_argument("--jobs", type=int, default=1, help="parallel campaigns sharing the corpus")
     p.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
+    p.add_argument("--no-seeds", dest="seeds", action="store_false",
+                   help="do not add the text seeds of corpus/seeds/<protocol> to the corpus")
     p.add_argument("--instrument", choices=("target", "all", "none"), default="target",
                    help="code coverage of: the simulator (target, default), the simulator and the "
                         "executor/oracles (all), nothing (none: protocol arcs only)")

@@ -324,7 +324,7 @@ def libfuzzer_args(corpus: Path, crashes: Path, max_time: float | None, seed: in
 
 def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float | None, runs: int | None,
                  seed: int, extra: list, keep_going: bool = False, instrument: str = "target",
-                 report=None, label: str = "") -> None:
+                 report=None, label: str = "", seeds: bool = True) -> None:
     """Fuzz until the time or run budget is spent or a finding is made; never returns."""
     import atheris
 
@@ -334,7 +334,11 @@ def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float 
     camp.load_target(instrument)
     camp.enable_arc_feedback()
     camp.enable_mutator()
-    nseeds = prepare_corpus(corpus, camp.proto)
+    if seeds:
+        nseeds = prepare_corpus(corpus, camp.proto)
+    else:
+        corpus.mkdir(parents=True, exist_ok=True)
+        nseeds = 0
     camp.say(f"fuzzing {spec.text()} (protocol {camp.proto}); corpus {corpus} ({nseeds} seeds); "
              f"crashes -> {crashes}")
     atheris.Setup(libfuzzer_args(corpus, crashes, max_time, seed, extra), camp.test_one_input,

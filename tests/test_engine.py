@@ -296,3 +296,12 @@ transfer 0 dst=1 seg=0
 set 1 value=0b001
 """)
     assert Executor(SimTarget("v1")).run(prog) is None
+
+
+@pytest.mark.slow
+def test_no_seeds_starts_from_an_empty_corpus(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fuzz.cli", "fuzz", "--target", "sim", "--no-seeds", "--runs", "200",
+                        "--corpus", str(tmp_path / "c"), "--crashes", str(tmp_path / "k")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(0 seeds)" in r.stderr
