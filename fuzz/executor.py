@@ -13,7 +13,6 @@ protocol arc counts as new coverage even where code coverage is flat.
 from __future__ import annotations
 
 import errno
-import random
 import traceback
 
 from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_SAVING
@@ -21,6 +20,7 @@ from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_SAVING
 from . import model
 from .oracles import DeviceView, Finding, FindingRaised, V1Oracle, V2Oracle, errname, v1_name, v2_name
 from .program import FAULT_KINDS, MANGLE_KINDS, OPS, Program, format_op
+from .transport import segments
 
 DRAIN_LIMIT = 256  # reads per drain before "the stream never ends"
 DRAIN_CHUNK = 4096
@@ -31,21 +31,6 @@ try:  # the simulator's watchdog; a real device's comes from its harness
 except ImportError:  # pragma: no cover
     class DeviceHang(Exception):
         pass
-
-
-def _segments(data: bytes, seg: int):
-    """Cut data for a transfer: 0 one write, < 1024 fixed pieces, else seeded random splits."""
-    if seg == 0:
-        return [data]
-    if seg < 1024:
-        return [data[i:i + seg] for i in range(0, len(data), seg)]
-    rng = random.Random(seg)
-    out, i = [], 0
-    while i < len(data):
-        n = rng.randint(1, 64)
-        out.append(data[i:i + n])
-        i += n
-    return out
 
 
 class Executor:
@@ -67,7 +52,6 @@ class Executor:
         self.after_program = getattr(target, "after_program", None)  # e.g. kernel log splats (harness.kernel)
         self.views: list[DeviceView] = []
         self.armed: list[bool] = []
-        self.transfer_code = [spec.name for spec in self.specs].index("transfer")
         # State after a load: the device's own digest, or (no digest) a re-save round trip.
         if target.has_digest:
             self.load_digests = [d.digest for d in self.devices]
@@ -233,7 +217,7 @@ class Executor:
         self._arc(dst, "transfer")
         ddev = self.devices[op.a]
         valid = data in self.oracle.known and not dst.resume  # bytes past one stream may be refused (mtty: ENOMEM)
-        for piece in _segments(data, op.b):
+        for piece in segments(data, op.b):
             while piece:
                 for _ in range(EINTR_RETRIES):
                     err, n = ddev.write(slot.fd, piece)
@@ -556,7 +540,7 @@ class Executor:
         oracle = self.oracle
         valid = data in oracle.known
         window = self.target.region_size
-        for piece in _segments(data, op.b):
+        for piece in segments(data, op.b):
             while piece:
                 err, offset = self._v1_read_field(ddev, "data_offset")
                 if not err:

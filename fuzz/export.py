@@ -205,7 +205,6 @@ def _py_constants(prog, info: FindingInfo) -> str:
     from harness.uapi import V1_FIELDS, V1_STATE_NAMES, MigState
 
     from . import executor, model
-    from .program import MANGLE_CHUNK
 
     test, arg = finding_check(prog.proto, info.kind, info.expected)
     lines = ["# ---- constants generated from migfuzz's harness/uapi.py (include/uapi/linux/vfio.h)", ""]
@@ -243,7 +242,6 @@ def _py_constants(prog, info: FindingInfo) -> str:
         "MAX_READ = 1 << 20",
         f"DRAIN_LIMIT, DRAIN_CHUNK, EINTR_RETRIES = {executor.DRAIN_LIMIT}, {executor.DRAIN_CHUNK}, "
         f"{executor.EINTR_RETRIES}",
-        f"MANGLE_CHUNK = {MANGLE_CHUNK}",
         "",
         "# ---- the program and the finding",
         "",
@@ -312,7 +310,17 @@ def python_standalone(prog, info: FindingInfo, target_text: str) -> str:
         "import traceback",
         "",
     ]
-    return "\n".join(head) + "\n" + _py_constants(prog, info) + PY_KERNEL_BODY
+    return "\n".join(head) + "\n" + _py_constants(prog, info) + _transport_source() + PY_KERNEL_BODY
+
+
+def _transport_source() -> str:
+    """fuzz/transport.py verbatim: the reproducer cuts and damages streams as the fuzzer does."""
+    import inspect
+
+    from . import transport
+
+    return "\n# ---------------------------------------------------------------------------- transport\n" + \
+        inspect.getsource(transport)
 
 
 # ----------------------------------------------------------------------------- Python: simulator (needs a checkout)
@@ -1132,44 +1140,6 @@ def statename(state):
     if PROTO == "v2":
         return V2_STATE_NAMES[state] if state < len(V2_STATE_NAMES) else str(state)
     return V1_STATE_NAMES.get(state & 7, "?") if state < 8 else hex(state)
-
-
-def segments(data, seg):
-    """How a transfer cuts the stream: 0 one write, < 1024 fixed pieces, else seeded random splits."""
-    if seg == 0:
-        return [data]
-    if seg < 1024:
-        return [data[i:i + seg] for i in range(0, len(data), seg)]
-    rng = random.Random(seg)
-    out, i = [], 0
-    while i < len(data):
-        n = rng.randint(1, 64)
-        out.append(data[i:i + n])
-        i += n
-    return out
-
-
-def mangle(cap, kind, arg):
-    """Transport damage to a captured stream (what the fuzzer's mangle op does)."""
-    n = len(cap)
-    if not n:
-        return
-    chunk = MANGLE_CHUNK
-    nchunks = (n + chunk - 1) // chunk
-    k = arg % nchunks
-    if kind == "truncate":
-        del cap[n - 1 - arg % n:]
-    elif kind == "extend":
-        cap += bytes((arg + i) & 0xFF for i in range(1 + arg % 16))
-    elif kind == "flip":
-        cap[(arg >> 3) % n] ^= 1 << (arg & 7)
-    elif kind == "drop":
-        del cap[k * chunk:(k + 1) * chunk]
-    elif kind == "dup":
-        cap[k * chunk:k * chunk] = cap[k * chunk:(k + 1) * chunk]
-    elif kind == "swap" and k + 1 < nchunks:
-        a, b = cap[k * chunk:(k + 1) * chunk], cap[(k + 1) * chunk:(k + 2) * chunk]
-        cap[k * chunk:(k + 2) * chunk] = b + a
 
 
 class View:

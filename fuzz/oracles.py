@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from harness.uapi import V1_ERROR, V1_MASK, V1_RUNNING, V1_STATE_NAMES
 
-from . import model
+from . import model, transport
 
 FINDING_KINDS = (
     "accepted-invalid", "rejected-valid", "bad-state-after-failure", "state-mismatch",
@@ -212,26 +212,10 @@ class Oracle:
     def mangle(view: DeviceView, kind: str, arg: int) -> bool:
         """Apply a transport fault to the capture; True if the bytes changed."""
         cap = view.capture
-        n = len(cap)
-        if not n:
+        if not cap:
             return False
         before = bytes(cap)
-        chunk = 16
-        nchunks = (n + chunk - 1) // chunk
-        k = arg % nchunks
-        if kind == "truncate":
-            del cap[n - 1 - arg % n:]
-        elif kind == "extend":
-            cap += bytes((arg + i) & 0xFF for i in range(1 + arg % 16))
-        elif kind == "flip":
-            cap[(arg >> 3) % n] ^= 1 << (arg & 7)
-        elif kind == "drop":
-            del cap[k * chunk:(k + 1) * chunk]
-        elif kind == "dup":
-            cap[k * chunk:k * chunk] = cap[k * chunk:(k + 1) * chunk]
-        elif kind == "swap" and k + 1 < nchunks:
-            a, b = cap[k * chunk:(k + 1) * chunk], cap[(k + 1) * chunk:(k + 2) * chunk]
-            cap[k * chunk:(k + 2) * chunk] = b + a
+        transport.mangle(cap, kind, arg)
         after = bytes(cap)
         if view.capture_done:
             # damaged: a complete stream the device sent, no longer byte for byte what it sent

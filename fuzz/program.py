@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 from harness.uapi import V1_FIELD_NAMES, MigState
 
+from .transport import MANGLE_CHUNK, MANGLE_KINDS  # noqa: F401  (part of the op vocabulary)
+
 TEXT_MAGIC = "migfuzz-program"
 TEXT_VERSION = 1
 NDEVICES = 2
@@ -29,8 +31,6 @@ MAX_PAYLOAD = 4096
 FD_SLOTS = 4  # fd=0 is the newest data_fd of a device, fd=1 the one before, ...
 
 FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr", "short")
-MANGLE_KINDS = ("truncate", "extend", "flip", "drop", "dup", "swap")
-MANGLE_CHUNK = 16  # drop/dup/swap work on chunks of this many bytes
 
 
 class Op(NamedTuple):
