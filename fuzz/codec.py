@@ -40,14 +40,18 @@ def _limits(proto: str) -> tuple:
 LIMITS = {proto: _limits(proto) for proto in OPS}
 
 
+def record_count(data: bytes) -> int:
+    """How many whole op records an input holds (its count byte, capped by its length)."""
+    return min(data[0] % (MAX_OPS + 1), (len(data) - 1) // RECORD.size) if data else 0
+
+
 def decode(data: bytes, proto: str) -> Program:
     """Bytes -> program (never fails)."""
     if not data:
         return Program(proto, ())
     limits = LIMITS[proto]
     ncodes = len(limits)
-    n = min(data[0] % (MAX_OPS + 1), (len(data) - 1) // RECORD.size)
-    end = 1 + n * RECORD.size
+    end = 1 + record_count(data) * RECORD.size
     payload = data[end:end + MAX_PAYLOAD]
     plen = len(payload)
     ops = []

@@ -2,18 +2,20 @@
 
 ``random_op`` draws one op with arguments biased toward values that matter to
 the protocol (valid states, small reads, interesting segmentations);
-``mutate`` applies one op-level change (insert, delete, duplicate, swap,
-retarget a state, tweak an argument, splice).  The engine's custom mutator,
-the random baseline and the Hypothesis baseline all draw from here.
+``mutate_bytes`` applies one op-level change (insert, delete, duplicate, swap,
+retarget a state, tweak an argument, splice) directly on the binary form, and
+``mutate``/``crossover`` wrap it for ``Program`` values.  The engine's custom
+mutator, the random baseline and the Hypothesis baseline all draw from here.
 """
 from __future__ import annotations
 
 import random
-import struct
 
+from . import codec
+from .codec import decode, encode
 from .program import FAULT_KINDS, MANGLE_KINDS, MAX_OPS, MAX_PAYLOAD, NDEVICES, OPCODES, OPS, Op, Program, normalize
 
-_RECORD = struct.Struct("<BBHI")  # fuzz.codec.RECORD
+_RECORD = codec.RECORD
 RECORD = _RECORD.size
 READ_SIZES = (1, 3, 7, 16, 24, 60, 64, 96, 128, 4096)
 SEGMENTS = (0, 0, 0, 16, 16, 64, 7, 1, 1024, 1024)  # pieces per write; 1024+: random splits
@@ -75,59 +77,20 @@ def random_program(proto: str, rng: random.Random, max_ops: int = 24) -> Program
     return Program(proto, tuple(random_op(proto, rng) for _ in range(rng.randint(1, max_ops))))
 
 
-def _retarget(proto: str, op: Op, rng: random.Random) -> Op:
-    name = OPS[proto][op.code].name
-    if name == "set":
-        return op._replace(b=_state_value(proto, rng))
-    if name == "transfer":
-        return op._replace(b=rng.choice(SEGMENTS))
-    fresh = random_op(proto, rng, op.code)
-    return fresh._replace(dev=op.dev)
-
-
 def mutate(prog: Program, rng: random.Random, donor: Program | None = None) -> Program:
-    """One op-level mutation."""
-    proto = prog.proto
-    ops = list(prog.ops)
-    choice = rng.randrange(8)
-    n = len(ops)
-    if choice == 0 or n == 0:  # insert
-        if n < MAX_OPS:
-            ops.insert(rng.randint(0, n), random_op(proto, rng))
-    elif choice == 1 and n > 1:  # delete
-        del ops[rng.randrange(n)]
-    elif choice == 2 and n < MAX_OPS:  # duplicate
-        i = rng.randrange(n)
-        ops.insert(i + 1, ops[i])
-    elif choice == 3 and n > 1:  # swap neighbours
-        i = rng.randrange(n - 1)
-        ops[i], ops[i + 1] = ops[i + 1], ops[i]
-    elif choice in (4, 5):  # retarget a state / tweak an argument
-        i = rng.randrange(n)
-        ops[i] = _retarget(proto, ops[i], rng)
-    elif choice == 6:  # move to the other device
-        i = rng.randrange(n)
-        ops[i] = ops[i]._replace(dev=1 - ops[i].dev)
-    else:  # splice from a donor (or itself)
-        other = list((donor or prog).ops)
-        if other:
-            i, j = rng.randint(0, n), rng.randrange(len(other))
-            ops = ops[:i] + other[j:j + rng.randint(1, 6)] + ops[i:]
-    return Program(proto, tuple(ops[:MAX_OPS]))
+    """One op-level mutation of a program (``mutate_bytes`` on its binary form)."""
+    donor_bytes = encode(trim_payload(donor)) if donor is not None else None
+    return decode(mutate_bytes(prog.proto, encode(trim_payload(prog)), rng, donor_bytes), prog.proto)
 
 
 def crossover(a: Program, b: Program, rng: random.Random) -> Program:
-    i = rng.randint(0, len(a.ops))
-    j = rng.randint(0, len(b.ops))
-    return Program(a.proto, (a.ops[:i] + b.ops[j:])[:MAX_OPS])
+    """The head of one program and the tail of another (``crossover_bytes``)."""
+    return decode(crossover_bytes(encode(trim_payload(a)), encode(trim_payload(b)), rng), a.proto)
 
 
 def _split(data: bytes) -> tuple[list, bytes]:
     """Binary program -> (list of 8-byte records, payload), as decode() reads it."""
-    if not data:
-        return [], b""
-    n = min(data[0] % (MAX_OPS + 1), (len(data) - 1) // RECORD)
-    end = 1 + n * RECORD
+    end = 1 + codec.record_count(data) * RECORD
     return [data[i:i + RECORD] for i in range(1, end, RECORD)], data[end:]
 
 
