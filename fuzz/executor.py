@@ -415,38 +415,41 @@ class Executor:
 
     def v1_rd(self, op, view, dev):
         name = V1_FIELD_NAMES[op.a]
+        access = model.V1_FIELD_ACCESS[name]
         self._arc(view, f"rd:{name}")
         err, value = self._v1_read_field(dev, name)
         if self.trace_on:
             self.note(f"{name} -> {errname(err)} {value}")
-        if name == "device_state":
+        if access == "rw":
             self.oracle.on_get(view, err, value)
-        elif name == "reserved" and not err and value:
-            self.oracle.fail("accepted-invalid", "reserved reads 0", hex(value))
-        elif name in ("pending_bytes", "data_offset") and model.v1_saving(view.state):
-            view.capture_tainted = True  # side effects of the saving iteration outside `save`
+        elif access == "zero" and not err and value:
+            self.oracle.fail("accepted-invalid", f"{name} reads 0", hex(value))
+        if name in model.V1_READ_SIDE_EFFECTS and model.v1_saving(view.state):
+            view.capture_tainted = True  # the read moved the saving iteration outside `save`
         elif name == "data_offset" and value is not None and not err:
             self.oracle.check_window(value, 0)
         return err
 
     def v1_wr(self, op, view, dev):
         name = V1_FIELD_NAMES[op.a]
-        if name == "device_state":
+        access = model.V1_FIELD_ACCESS[name]
+        if access == "rw":
             return self.v1_set(op._replace(b=op.b & 0xFFFFFFFF), view, dev)
         self._arc(view, f"wr:{name}")
         err = self._v1_write_field(dev, name, op.b)
         if self.trace_on:
             self.note(f"{name} := {op.b:#x} -> {errname(err)}")
-        if name == "data_size":
+        if model.v1_saving(view.state):
+            view.capture_tainted = True  # a stray write may disturb the saving iteration
+        if access == "data":
             view.resume_kind = "mixed"
             if not err and view.state == model.V1_RESUMING_STATE:
                 view.resume_opaque = True  # the device consumed window bytes we did not write
-        if model.v1_saving(view.state):
-            view.capture_tainted = True
-        if name == "reserved":
-            rerr, value = self._v1_read_field(dev, "reserved")
+        elif access == "zero":
+            rerr, value = self._v1_read_field(dev, name)
             if not rerr and value:
-                self.oracle.fail("accepted-invalid", "writes to reserved are ignored", f"reads {value:#x}")
+                self.oracle.fail("accepted-invalid", f"writes to {name} are ignored", f"reads {value:#x}")
+        # "ro" fields cannot be read back without moving the stream (V1_READ_SIDE_EFFECTS): unjudged
         return err
 
     def _v1_save_iteration(self, op, view, dev) -> bool:

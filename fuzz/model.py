@@ -294,10 +294,6 @@ def v1_saving(state: int) -> bool:
     return (state & V1_MASK) in V1_SAVING_STATES
 
 
-def v1_running(state: int) -> bool:
-    return (state & V1_MASK) in (V1_RUNNING, V1_RUNNING | V1_SAVING)
-
-
 # Region fields: name -> access rule.
 #   "rw"   read/write;  "ro" writes must not change it;  "zero" reads 0, writes ignored;
 #   "data" read while SAVING, written while RESUMING.
@@ -307,5 +303,11 @@ V1_FIELD_ACCESS = {
     "pending_bytes": "ro",
     "data_offset": "ro",
     "data_size": "data",
+}
+# Reads that move the saving iteration (§1.5): a bare read outside the sequence
+# makes the user's copy of the stream miss or repeat a chunk.
+V1_READ_SIDE_EFFECTS = {
+    "pending_bytes": "acknowledges the staged chunk",
+    "data_offset": "stages the next chunk",
 }
 V1_HEADER_SIZE = 32

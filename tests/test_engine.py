@@ -305,3 +305,21 @@ def test_no_seeds_starts_from_an_empty_corpus(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "(0 seeds)" in r.stderr
+
+
+def test_v1_field_rules_come_from_the_model():
+    """rd/wr judge a field by model.V1_FIELD_ACCESS: a reserved field that reads non-zero is a finding."""
+    from harness.sim import SimTarget
+
+    target = SimTarget("v1")
+    dev = target.devices[0]
+    real_read = dev.region_read
+    dev.region_read = lambda off, size: (0, (5).to_bytes(size, "little")) if off == 4 else real_read(off, size)
+    for line in ("rd 0 field=reserved", "wr 0 field=reserved value=0x7"):
+        finding = Executor(target).run(parse_program(f"migfuzz-program 1 v1\n{line}\n"))
+        assert finding is not None and finding.kind == "accepted-invalid", line
+    # the correct device passes both, and a bare data_offset read while saving is no finding
+    clean = SimTarget("v1")
+    text = ("migfuzz-program 1 v1\nrd 0 field=reserved\nwr 0 field=reserved value=0x7\nset 0 value=0b010\n"
+            "rd 0 field=data_offset\ndrain 0\nset 1 value=0b100\ntransfer 0 dst=1 seg=0\nset 1 value=0b001\n")
+    assert Executor(clean).run(parse_program(text)) is None

@@ -355,7 +355,6 @@ def test_v1_helpers():
     assert model.V1_SAVING_STATES == {2, 3}
     assert model.V1_STOPPED_STATES == {0, 2, 4, 6}
     assert [model.v1_saving(s) for s in range(8)] == [False, False, True, True, False, False, False, False]
-    assert [model.v1_running(s) for s in range(8)] == [False, True, False, True, False, False, False, False]
     # clearing RESUMING loads (§1.4); setting it starts a session
     assert model.v1_is_load(4, 1) and model.v1_is_load(4, 0) and not model.v1_is_load(4, 4)
     assert not model.v1_is_load(1, 0)

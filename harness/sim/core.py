@@ -19,7 +19,6 @@ NREGS = 4
 NPAGES = 8
 PAGE_SIZE = 16
 MEM_SIZE = NPAGES * PAGE_SIZE
-ALL_DIRTY = (1 << NPAGES) - 1
 _REGS_PACK = struct.Struct(f"<{NREGS}I").pack
 
 

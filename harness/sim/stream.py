@@ -83,12 +83,11 @@ def checksum(data) -> bytes:
 class StreamWriter:
     """Builds a stream incrementally on the saving side."""
 
-    __slots__ = ("buf", "_hash", "ended")
+    __slots__ = ("buf", "_hash")
 
     def __init__(self, flags: int = 0):
         self.buf = bytearray()
         self._hash = blake2b(digest_size=8)
-        self.ended = False
         self._emit(_HEADER.pack(MAGIC, VERSION, flags, NPAGES, PAGE_SIZE))
 
     def _emit(self, data) -> None:
@@ -107,7 +106,6 @@ class StreamWriter:
     def end(self) -> None:
         length = len(self.buf)
         self.buf += _HEAD.pack(TAG_END, _END.size) + _END.pack(length, self._hash.digest())
-        self.ended = True
 
 
 def full_stream(regs, mem) -> bytes:
