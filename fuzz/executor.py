@@ -91,7 +91,7 @@ class Executor:
                 view = views[op.dev]
                 before = view.state
                 outcome = handlers[op.code](op, view, devices[op.dev])
-                if armed[0] or armed[1]:
+                if True in armed:  # a fault is armed: resync with the device if it fired
                     self._after_faults()
                 if trace_branch is not None:
                     key = (((before * 32 + op.code) * 128 + (outcome & 127)) * 8 + (view.state & 7)) & mask
