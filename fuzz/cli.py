@@ -1,35 +1,48 @@
-"""The ``migfuzz`` command line.
+"""The ``migfuzz`` command line: every command's arguments, and the one place errors end.
 
-Exit codes (every subcommand):
+Exit codes (every command; ``harness.runtime.EXIT_*``):
 
     0  nothing found / success
     1  a finding (its crash file was written first) / a check failed
     2  usage or input error (one clear line on stderr)
-    3  target unavailable
+    3  target unavailable (no device, no rig)
 
-Subcommands live in their own modules and register themselves through an
-``add_parser(subparsers)`` function listed in ``SUBCOMMAND_MODULES``; each sets
-``func`` to a callable taking the parsed arguments and returning an exit code.
-Nothing here imports the simulator at load time: ``fuzz`` must import it inside
-atheris' instrumentation.
+Each command is a function ``cmd_*(args) -> exit code`` in its own module, imported only
+when that command runs (:data:`COMMANDS`), so ``migfuzz --help`` or ``migfuzz show`` never
+load atheris, and a broken tool cannot break the others. Errors raised anywhere below end
+here as one line (:func:`main`): ``UsageError``, ``TargetError``, ``ProgramError`` and
+``OSError`` on a file the user named are usage errors; ``TargetUnavailable`` is exit 3.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
-import subprocess
 import sys
-from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 
-EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+from harness.base import TargetError, TargetUnavailable
+from harness.runtime import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
-# Modules that add subcommands of their own (add_parser(subparsers)).
-SUBCOMMAND_MODULES = ("fuzz.triage", "fuzz.conform", "fuzz.report", "harness.kernel.vm")
+from .errors import UsageError
+from .program import ProgramError
 
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit 2."""
+# command -> "module:function" (imported when the command runs)
+COMMANDS = {
+    "fuzz": "fuzz.campaign:cmd_fuzz",
+    "repro": "fuzz.commands:cmd_repro",
+    "show": "fuzz.commands:cmd_show",
+    "compile": "fuzz.commands:cmd_compile",
+    "targets": "fuzz.commands:cmd_targets",
+    "minimize": "fuzz.triage:cmd_minimize",
+    "triage": "fuzz.triage:cmd_triage",
+    "export": "fuzz.export:cmd_export",
+    "report": "fuzz.report:cmd_report",
+    "report-html": "fuzz.htmlreport:cmd_report_html",
+    "conform": "fuzz.conform:cmd_conform",
+    "vm": "fuzz.vm:cmd_vm",
+}
+OPT_IN = "--i-know-this-resets-the-device"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,183 +52,178 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _target_spec(text: str):
-    from .targets import TargetError, parse_target
-
+def _version() -> str:
     try:
-        return parse_target(text)
-    except TargetError as e:
-        raise UsageError(str(e)) from None
+        return version("vfio-migfuzz")
+    except PackageNotFoundError:
+        return "0 (not installed)"
 
 
-def _default_corpus(proto: str) -> Path:
-    return Path("corpus") / proto
+def _opt_in(p) -> None:
+    p.add_argument(OPT_IN, dest="i_know_this_resets_the_device", action="store_true",
+                   help="required for a real device: the command resets it, again and again")
 
 
-# --------------------------------------------------------------------------- fuzz
+def _fuzz_parser(sub) -> None:
+    p = sub.add_parser("fuzz", help="run a fuzzing campaign",
+                       description="Run a coverage-guided campaign; stops at the first finding unless --keep-going.")
+    p.add_argument("--target", default="sim", help="target spec (default: sim); see `migfuzz targets`")
+    p.add_argument("--corpus", help="corpus directory (default: corpus/<protocol>)")
+    p.add_argument("--crashes", default="crashes", help="where findings are written (default: crashes)")
+    p.add_argument("--max-time", type=float, help="stop after this many seconds (> 0)")
+    p.add_argument("--runs", type=int, help="stop after this many programs (> 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (default 0); the same seed replays the same campaign")
+    p.add_argument("--jobs", type=int, default=1, help="parallel campaigns sharing the corpus (1..cores*4)")
+    p.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
+    p.add_argument("--no-seeds", dest="seeds", action="store_false",
+                   help="do not add the shipped seed programs to the corpus")
+    p.add_argument("--instrument", choices=("target", "all", "none"), default="target",
+                   help="code coverage of: the simulator (target, default), the simulator and the "
+                        "executor/oracles (all), nothing (none: protocol arcs only)")
+    p.add_argument("--no-instrument", dest="instrument", action="store_const", const="none",
+                   help="same as --instrument none")
+    p.add_argument("--report-dir", help="write JSON lines, SARIF and JUnit reports here")
+    p.add_argument("-v", "--verbose", action="store_true", help="show libFuzzer's own output too")
+    _opt_in(p)
+    p.add_argument("--job-label", default="", help=argparse.SUPPRESS)
+    p.add_argument("libfuzzer_args", nargs="*", metavar="-- LIBFUZZER_FLAGS",
+                   help="extra libFuzzer flags after --")
 
 
-def cmd_fuzz(args) -> int:
-    spec = _target_spec(args.target)
-    if spec.kind != "sim" and not args.i_know_this_resets_the_device:
-        raise UsageError("fuzzing a real device resets it again and again; "
-                         "add --i-know-this-resets-the-device to confirm")
-    proto = spec.proto or "v2"
-    corpus = Path(args.corpus) if args.corpus else _default_corpus(proto)
-    crashes = Path(args.crashes)
-    if args.jobs > 1:
-        return _fuzz_jobs(args, corpus)
-    from .engine import run_campaign
-    from .program import ProgramError
-    from .targets import TargetError, TargetUnavailable
+def _program_parsers(sub) -> None:
+    p = sub.add_parser("repro", help="replay a crash or program file with an annotated trace",
+                       description="Replay a program (text or binary) on the target it was found on and print "
+                                   "every step with the verdict. Exit 1: a finding; 0: none.")
+    p.add_argument("file")
+    p.add_argument("--target", help="target spec (default: the one the file records, else sim)")
+    p.add_argument("--proto", choices=("v1", "v2"), help="protocol of a raw binary file that records none")
+    _opt_in(p)
 
-    report = None
-    if args.report_dir:
-        from .report import JsonlReporter
+    p = sub.add_parser("show", help="print a program file (text or binary) as text")
+    p.add_argument("file")
+    p.add_argument("--proto", choices=("v1", "v2"), help="protocol of a raw binary file that records none")
 
-        report = JsonlReporter(Path(args.report_dir), spec.text())
-    try:
-        run_campaign(spec, corpus, crashes, args.max_time, args.runs, args.seed, args.libfuzzer_args,
-                     keep_going=args.keep_going, instrument=args.instrument, report=report,
-                     label=args.job_label, seeds=args.seeds)
-    except (TargetError, ProgramError) as e:
-        raise UsageError(str(e)) from None
-    except TargetUnavailable as e:
-        print(f"migfuzz: target unavailable: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except OSError as e:
-        raise UsageError(f"{e.filename or ''}: {e.strerror}") from None
-    return EXIT_OK  # not reached: the campaign exits the process itself
+    p = sub.add_parser("compile", help="turn a text program into its binary form")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("--raw", action="store_true",
+                   help="the bare binary libFuzzer mutates (for a corpus), without the self-describing header")
+
+    sub.add_parser("targets", help="list targets and bug variants")
 
 
-def _fuzz_jobs(args, corpus: Path) -> int:
-    """N independent campaigns sharing one corpus directory (libFuzzer -reload picks up peers' finds)."""
-    base = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", args.target, "--corpus", str(corpus),
-            "--crashes", args.crashes]
-    for flag, value in (("--max-time", args.max_time), ("--runs", args.runs)):
-        if value is not None:
-            base += [flag, str(value)]
-    if args.keep_going:
-        base.append("--keep-going")
-    if not args.seeds:
-        base.append("--no-seeds")
-    base += ["--instrument", args.instrument]
-    if args.i_know_this_resets_the_device:
-        base.append("--i-know-this-resets-the-device")
-    procs = []
-    for i in range(args.jobs):
-        cmd = base + ["--seed", str(args.seed + i), "--job-label", f"job{i}"]
-        if args.report_dir:
-            cmd += ["--report-dir", str(Path(args.report_dir) / f"job{i}")]
-        if args.libfuzzer_args:
-            cmd += ["--", *args.libfuzzer_args]
-        procs.append(subprocess.Popen(cmd))
-    codes = []
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        codes = [p.wait() for p in procs]
-    if any(c == EXIT_FINDING for c in codes):
-        return EXIT_FINDING
-    if any(c == EXIT_UNAVAILABLE for c in codes):
-        return EXIT_UNAVAILABLE
-    return EXIT_OK if all(c == 0 for c in codes) else max(codes)
+def _triage_parsers(sub) -> None:
+    p = sub.add_parser("minimize", help="shrink a crash to a minimal program with the same finding signature",
+                       description="Delta-debug a crash or program file: remove ops, then simplify every op's "
+                                   "arguments, keeping the finding's signature (kind|arc|op[|harness frames]). "
+                                   "Prints the minimal program as text. Exit 1: reproduced and minimized; "
+                                   "0: does not reproduce; 2: bad input.")
+    p.add_argument("file")
+    p.add_argument("--target", help="target spec (default: the one the file records, else sim)")
+    p.add_argument("-o", "--output", help="also write the minimal program here (text; binary if it ends in .bin)")
+    p.add_argument("--max-runs", type=int, default=20000, help="execution budget (default 20000)")
+    p.add_argument("--coarse", action="store_true",
+                   help="keep only kind|-op-> target|op: the arc's starting state may change")
+    _opt_in(p)
+
+    p = sub.add_parser("triage", help="group crash files by defect, minimize one reproducer per group",
+                       description="Replay every crash file in DIR, group them by finding signature and write "
+                                   "one folder per group (description, repro.txt, repro.bin, trace.txt, crashes), "
+                                   "replacing what an earlier triage wrote there. Exit 1 if any crash "
+                                   "reproduces, 0 if none does.")
+    p.add_argument("dir")
+    p.add_argument("--target", help="target spec for every file (default: each crash's own)")
+    p.add_argument("--out", help="output directory (default: DIR/triage)")
+    p.add_argument("--no-minimize", action="store_true", help="keep the smallest crash of each group as is")
+    p.add_argument("--max-runs", type=int, default=20000, help="execution budget per minimization (default 20000)")
+    p.add_argument("--strict", dest="coarse", action="store_false",
+                   help="group by the full signature kind|arc|op (by default the state the arc started from "
+                        "is ignored, so one defect reached from several states is one folder)")
+    _opt_in(p)
+
+    p = sub.add_parser("export", help="write reproducers: stand-alone Python, C, pytest regression",
+                       description="Turn a crash (or any program file) into reproducers a driver developer can "
+                                   "run without migfuzz (--python, --c) and a regression test (--pytest).")
+    p.add_argument("file")
+    p.add_argument("--target", help="target spec (default: the one the file records, else sim)")
+    p.add_argument("--python", metavar="OUT.py",
+                   help="Python reproducer (sim target: replays on the simulator from an installed migfuzz; "
+                        "kernel target: stand-alone, standard library only)")
+    p.add_argument("--standalone", action="store_true",
+                   help="with --python: the stand-alone real-device script even for a sim finding")
+    p.add_argument("--c", metavar="OUT.c", help="C reproducer against a VFIO group device or an iommufd cdev")
+    p.add_argument("--pytest", metavar="OUT.py", help="pytest regression test asserting no finding")
+    p.add_argument("--minimize", action="store_true", help="minimize the program first (sim targets)")
 
 
-# --------------------------------------------------------------------------- repro / show
+def _report_parsers(sub) -> None:
+    p = sub.add_parser("report", help="build SARIF, JUnit and JSON-lines reports of a campaign",
+                       description="Rebuild migfuzz.sarif (SARIF 2.1.0) and junit.xml from a migfuzz.jsonl file, a "
+                                   "--report-dir directory (also one with job*/ subdirectories), or a crashes "
+                                   "directory. Without --sarif/--junit both are written next to the input.")
+    p.add_argument("source", metavar="DIR_OR_JSONL")
+    p.add_argument("--sarif", metavar="OUT", help="SARIF output file")
+    p.add_argument("--junit", metavar="OUT", help="JUnit XML output file")
+    p.add_argument("--target", help="target to record for crash files that record none")
+
+    p = sub.add_parser("report-html", help="render a campaign's JSON-lines report as one HTML page",
+                       description="Charts of coverage, protocol arcs and findings over time from the JSON "
+                                   "lines `migfuzz fuzz --report-dir` writes.")
+    p.add_argument("--jsonl", required=True, help="the campaign's JSON-lines report (or its directory)")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+
+    p = sub.add_parser(
+        "conform", help="deterministic protocol conformance sweep of one target",
+        description="Sweep every state transition, data_fd rule, round trip, damaged stream and framing "
+                    "rule once against the reference model. Exit 0 conforms, 1 something does not, "
+                    "2 bad arguments, 3 target unavailable.")
+    p.add_argument("--target", default="sim", help="target spec (default: sim); see `migfuzz targets`")
+    p.add_argument("--format", choices=("table", "json", "md", "html"), default="table",
+                   help="table (default, failures first), json, md (markdown) or html (one self-contained page)")
+    p.add_argument("--out", help="write the report here instead of stdout")
+    _opt_in(p)
 
 
-def _read_program(path_text: str, proto: str | None):
-    from .engine import load_program_file
-    from .program import ProgramError
+def _vm_parser(sub) -> None:
+    p = sub.add_parser(
+        "vm", help="fuzz the real mtty driver in a QEMU guest (prepare, status, fuzz, selfcheck, conform, run)",
+        description="The fuzzer against the real mtty driver, in a Debian 6.12 guest under QEMU, in one "
+                    "command. The first use downloads and builds the guest (cached).",
+        epilog="exit codes: 0 nothing found; 1 a finding (crash files written); 2 usage; 3 the rig is "
+               "unavailable (packages cannot be installed or downloaded) or the guest run failed")
+    vsub = p.add_subparsers(dest="vm_action", metavar="ACTION", parser_class=_Parser)
+    vsub.required = True
 
-    path = Path(path_text)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    try:
-        return load_program_file(path, proto)
-    except (ProgramError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: {e}") from None
+    def common(q) -> None:
+        q.add_argument("--results", help="host directory shared with the guest (default: new, under the rig cache)")
+        q.add_argument("--timeout", type=float, help="bound on the whole guest run, seconds")
+        q.add_argument("--instances", type=int, default=2, help="mtty instances to create (default 2)")
 
-
-def cmd_repro(args) -> int:
-    from .executor import Executor
-    from .program import format_op
-    from .targets import TargetError, TargetUnavailable, open_target
-
-    spec = _target_spec(args.target)
-    prog = _read_program(args.file, spec.proto or None)
-    try:
-        target = open_target(spec)
-    except TargetError as e:
-        raise UsageError(str(e)) from None
-    except TargetUnavailable as e:
-        print(f"migfuzz: target unavailable: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    ex = Executor(target, trace=True)
-    finding = ex.run(prog)
-    notes: dict = {}
-    for step, text in ex.trace:
-        notes.setdefault(step, []).append(text)
-    print(f"# target {spec.text()}")
-    last = finding.step if finding else len(prog.ops) - 1
-    for i, op in enumerate(prog.ops[:last + 1]):
-        print(f"[{i:2}] {format_op(prog.proto, op)}")
-        for text in notes.get(i, []):
-            print(f"       {text}")
-        if finding is None or i < finding.step:
-            print("       verdict: ok")
-    target.close()
-    if finding:
-        print(f"FINDING {finding.kind} at step {finding.step}: expected {finding.expected}; "
-              f"observed {finding.observed}  [arc {finding.arc}]")
-        if finding.detail:
-            print(finding.detail.rstrip())
-        return EXIT_FINDING
-    print("no finding")
-    return EXIT_OK
-
-
-def cmd_show(args) -> int:
-    prog = _read_program(args.file, args.proto)
-    sys.stdout.write(prog.text())
-    return EXIT_OK
-
-
-def cmd_targets(args) -> int:
-    from harness.sim.bugs import BUGS
-
-    print("sim                      simulator, protocol v2, flags STOP_COPY|P2P|PRE_COPY (0x7)")
-    print("sim:flags=0x1|0x3|0x5|0x7  simulator with that v2 flag set")
-    print("sim:proto=v1             simulator, protocol v1 (migration region)")
-    print("sim:...,bug=NAME         simulator with one defect from the bug zoo (below)")
-    print("kernel:dev=UUID|BDF[,dev2=...]  a real VFIO device (needs --i-know-this-resets-the-device)")
-    print("mtty                     inside the rig guest: the real mtty driver (see `migfuzz vm`)")
-    print()
-    print("bug zoo:")
-    for name, bug in BUGS.items():
-        print(f"  {name:32} {bug.proto}  {bug.description}")
-        print(f"  {'':32}     modelled on: {bug.modelled_on}; caught as: {bug.finding}")
-    return EXIT_OK
-
-
-def cmd_compile(args) -> int:
-    """Text program -> binary (for corpus seeds)."""
-    from .codec import encode
-
-    prog = _read_program(args.file, None)
-    data = encode(prog)
-    out = Path(args.output) if args.output else None
-    if out:
-        out.write_bytes(data)
-    else:
-        sys.stdout.buffer.write(data)
-    return EXIT_OK
-
-
-# --------------------------------------------------------------------------- parser
+    vsub.add_parser("prepare", help="fill the rig cache (apt packages, kernel, mtty.ko, initramfs)")
+    vsub.add_parser("status", help="show what the rig cache holds")
+    q = vsub.add_parser("fuzz", help="run a campaign against mtty in the guest, bring findings back")
+    q.add_argument("--max-time", type=float, help="campaign length in seconds (default 60 unless --runs)")
+    q.add_argument("--runs", type=int, help="stop after this many programs")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--crashes", default="crashes", help="host directory for crash files (default: crashes)")
+    q.add_argument("--corpus", help="host corpus directory: copied into the guest, new inputs copied back")
+    q.add_argument("--report-dir", help="host directory for the campaign's reports")
+    q.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
+    q.add_argument("--no-instrument", action="store_true", help="protocol-arc feedback only")
+    q.add_argument("--no-confirm", action="store_true", help="after a kernel panic, do not replay the program")
+    q.add_argument("libfuzzer_args", nargs="*", metavar="-- LIBFUZZER_FLAGS")
+    common(q)
+    q = vsub.add_parser("selfcheck", help="record what the mtty driver answers (harness.kernel.selfcheck)")
+    common(q)
+    q = vsub.add_parser("conform", help="run `migfuzz conform --target mtty` in the guest")
+    q.add_argument("--format", default="table", help="report format (table, json, md, html; see `migfuzz conform`)")
+    q.add_argument("--out", help="host file for the report (default: stdout)")
+    q.add_argument("conform_args", nargs=argparse.REMAINDER, metavar="-- ARGS")
+    common(q)
+    q = vsub.add_parser("run", help="run a shell command in the guest")
+    q.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD")
+    common(q)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,64 +232,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Coverage-guided, fault-injection fuzzer for the VFIO device-migration protocol.",
         epilog="exit codes: 0 nothing found, 1 finding, 2 usage/input error, 3 target unavailable",
     )
+    parser.add_argument("--version", action="version", version=f"migfuzz {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-
-    p = sub.add_parser("fuzz", help="run a fuzzing campaign",
-                       description="Run a coverage-guided campaign; stops at the first finding unless --keep-going.")
-    p.add_argument("--target", default="sim", help="target spec (default: sim); see `migfuzz targets`")
-    p.add_argument("--corpus", help="corpus directory (default: corpus/<protocol>)")
-    p.add_argument("--crashes", default="crashes", help="where findings are written (default: crashes)")
-    p.add_argument("--max-time", type=float, help="stop after this many seconds")
-    p.add_argument("--runs", type=int, help="stop after this many programs")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed (default 0); the same seed replays the same campaign")
-    p.add_argument("--jobs", type=int, default=1, help="parallel campaigns sharing the corpus")
-    p.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
-    p.add_argument("--no-seeds", dest="seeds", action="store_false",
-                   help="do not add the text seeds of corpus/seeds/<protocol> to the corpus")
-    p.add_argument("--instrument", choices=("target", "all", "none"), default="target",
-                   help="code coverage of: the simulator (target, default), the simulator and the "
-                        "executor/oracles (all), nothing (none: protocol arcs only)")
-    p.add_argument("--no-instrument", dest="instrument", action="store_const", const="none",
-                   help="same as --instrument none")
-    p.add_argument("--report-dir", help="write JSON lines, SARIF and JUnit reports here")
-    p.add_argument("--i-know-this-resets-the-device", action="store_true",
-                   help="required to fuzz a real device")
-    p.add_argument("--job-label", default="", help=argparse.SUPPRESS)
-    p.add_argument("libfuzzer_args", nargs="*", metavar="-- LIBFUZZER_FLAGS",
-                   help="extra libFuzzer flags after --")
-    p.set_defaults(func=cmd_fuzz)
-
-    p = sub.add_parser("repro", help="replay a crash or corpus file with an annotated trace",
-                       description="Replay a program (binary or text) and print every step with the verdict.")
-    p.add_argument("file")
-    p.add_argument("--target", default="sim", help="target spec (default: sim)")
-    p.set_defaults(func=cmd_repro)
-
-    p = sub.add_parser("show", help="print a binary program as text")
-    p.add_argument("file")
-    p.add_argument("--proto", choices=("v1", "v2"), default="v2", help="protocol of a binary file (default v2)")
-    p.set_defaults(func=cmd_show)
-
-    p = sub.add_parser("compile", help="turn a text program into its binary form")
-    p.add_argument("file")
-    p.add_argument("-o", "--output", help="output file (default: stdout)")
-    p.set_defaults(func=cmd_compile)
-
-    p = sub.add_parser("targets", help="list targets and bug variants")
-    p.set_defaults(func=cmd_targets)
-
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        if hasattr(module, "add_parser"):
-            module.add_parser(sub)
+    _fuzz_parser(sub)
+    _program_parsers(sub)
+    _triage_parsers(sub)
+    _report_parsers(sub)
+    _vm_parser(sub)
     return parser
+
+
+def load_command(name: str):
+    """The function that runs command ``name`` (its module is imported now, not before)."""
+    module, _, func = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _fail(text: str, code: int) -> int:
+    print(f"migfuzz: {text}", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list | None = None) -> int:
@@ -289,23 +259,24 @@ def main(argv: list | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help
+    except SystemExit as e:  # --help, --version
         return EXIT_USAGE if e.code else EXIT_OK
     except UsageError as e:
-        print(f"migfuzz: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(e), EXIT_USAGE)
     try:
-        return args.func(args)
-    except UsageError as e:
-        print(f"migfuzz: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return load_command(args.command)(args)
+    except (UsageError, TargetError, ProgramError) as e:
+        return _fail(str(e), EXIT_USAGE)
+    except TargetUnavailable as e:
+        return _fail(f"{getattr(e, 'what', 'target unavailable')}: {e}", EXIT_UNAVAILABLE)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
     except BrokenPipeError:
         os._exit(EXIT_OK)
 
 
 if __name__ == "__main__":
-    # Run the fuzz.cli module's main, not this __main__ copy's, so that subcommand
-    # modules raising fuzz.cli.UsageError are caught as usage errors.
-    from fuzz.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

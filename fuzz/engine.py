@@ -1,16 +1,20 @@
-"""The fuzzing engine: atheris (libFuzzer) driving the executor.
+"""The fuzzing engine: the one libFuzzer (atheris) driver, for the CLI and for ``fuzz_targets/``.
 
-Feedback is code coverage of the simulator, executor and oracles (atheris
-instruments them as they are imported inside ``instrument_imports``) plus
-protocol-state coverage: every (state, op, outcome, state) arc the executor
-reports lights one of ``ARC_COUNTERS`` counters reserved in libFuzzer's
-coverage map, so a new protocol arc keeps an input even on a real device,
-which gives no code coverage at all.
+Feedback is code coverage of the simulator (:func:`instrument` patches the bytecode of
+every function of the modules in scope after they were imported, so nothing depends on
+import order) plus protocol-state coverage: every (state, op, outcome, state) arc the
+executor reports lights one of ``ARC_COUNTERS`` counters reserved in libFuzzer's
+coverage map, so a new protocol arc keeps an input even on a real device, which gives
+no code coverage at all.
 
-The mutator works on ops (``fuzz.mutator``) and falls back to libFuzzer's byte
-mutation for arguments and payloads.  A finding is written to the crash
-directory the moment it is seen (bytes + annotated text), before anything else
-can go wrong.
+The mutator works on ops (``fuzz.mutator``) and falls back to libFuzzer's byte mutation
+for arguments and payloads. A finding is written to the crash directory the moment it is
+seen (``fuzz.crashfile``), before anything else can go wrong.
+
+Two ways to end a finding: the CLI's campaign (:func:`run_campaign`) writes its own crash
+files and exits 1 (or goes on with ``keep_going``); a libFuzzer entry point
+(:class:`EntryPoint`, ClusterFuzzLite) raises :class:`MigfuzzFinding` so libFuzzer saves
+the input itself.
 """
 from __future__ import annotations
 
@@ -22,102 +26,115 @@ import random
 import signal
 import sys
 import time
+import types
+from importlib import resources
 from pathlib import Path
 
+import atheris
+
+from harness.runtime import EXIT_FINDING, EXIT_OK
+
+from . import crashfile, mutator
 from .codec import decode, encode
-from .program import Program, ProgramError, format_program, is_text, parse_program
-from .targets import TargetSpec
+from .executor import Executor
+from .findings import Finding, signature
+from .program import Program, ProgramError, format_op, parse_program
+from .targets import TargetSpec, open_target, parse_target
 
 ARC_COUNTERS = 1 << 14
 # Default input size bound: about 16 ops plus some payload.  Protocol bugs need
 # short programs, and shorter programs run faster; `-- -max_len=N` overrides.
 MAX_LEN = 1 + 16 * 8 + 64
 STATS_EVERY = 5.0  # seconds between live stats lines
+BYTE_MUTATION = 0.2  # share of mutations left to libFuzzer's byte mutator
 # What atheris instruments for code coverage, by --instrument level.
 INSTRUMENT_SCOPES = {
-    "target": ["harness.sim"],
-    "all": ["harness.sim", "fuzz.executor", "fuzz.oracles"],
-    "none": [],
+    "target": ("harness.sim",),
+    "all": ("harness.sim", "fuzz.executor", "fuzz.oracles"),
+    "none": (),
 }
 
 
-def seed_dir(proto: str) -> Path:
-    return Path(__file__).resolve().parent.parent / "corpus" / "seeds" / proto
+# ----------------------------------------------------------------------------- seeds
 
 
-def load_program_file(path: Path, proto: str | None) -> Program:
-    """A crash or corpus file, text or binary, as a program (ProgramError if unreadable)."""
-    data = path.read_bytes()
-    if is_text(data):
-        prog = parse_program(data.decode("utf-8", "replace"))
-        if proto and prog.proto != proto:
-            raise ProgramError(f"{path} is a {prog.proto} program; the target speaks {proto}")
-        return prog
-    return decode(data, proto or "v2")
+def seed_programs(proto: str) -> list[tuple[str, Program]]:
+    """The shipped seed programs of a protocol (package data ``fuzz.seeds``, i.e. corpus/seeds)."""
+    out = []
+    folder = resources.files("fuzz.seeds") / proto
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".txt"):
+            continue
+        try:
+            out.append((entry.name, parse_program(entry.read_text())))
+        except ProgramError as e:
+            raise ProgramError(f"seed {proto}/{entry.name}: {e}") from None
+    return out
 
 
 def prepare_corpus(corpus: Path, proto: str) -> int:
-    """Put the binary form of every text seed into the corpus directory."""
+    """Put the binary form of every seed into the corpus directory; returns how many seeds."""
     corpus.mkdir(parents=True, exist_ok=True)
+    seeds = seed_programs(proto)
+    for _name, prog in seeds:
+        data = encode(prog)
+        path = corpus / hashlib.sha1(data).hexdigest()
+        if not path.exists():
+            path.write_bytes(data)
+    return len(seeds)
+
+
+# ----------------------------------------------------------------------------- instrumentation
+
+
+def _functions(module: types.ModuleType):
+    """Every function defined in ``module``: module-level ones and the methods of its classes."""
+    filename = getattr(module, "__file__", None)
+    for obj in list(vars(module).values()):
+        candidates = [obj]
+        if isinstance(obj, type) and obj.__module__ == module.__name__:
+            candidates = []
+            for attr in vars(obj).values():
+                if isinstance(attr, (staticmethod, classmethod)):
+                    attr = attr.__func__
+                elif isinstance(attr, property):
+                    candidates += [f for f in (attr.fget, attr.fset) if f is not None]
+                    continue
+                candidates.append(attr)
+        for f in candidates:
+            if isinstance(f, types.FunctionType) and f.__code__.co_filename == filename:
+                yield f
+
+
+def instrument(prefixes) -> int:
+    """Instrument (atheris, in place) every function of the loaded modules named by ``prefixes``;
+    returns how many. The function objects stay the same, so references held elsewhere (bound
+    methods in tables, memoized helpers) run the instrumented code too."""
     count = 0
-    for seed in sorted(seed_dir(proto).glob("*.txt")):
-        try:
-            data = encode(parse_program(seed.read_text()))
-        except ProgramError as e:
-            raise ProgramError(f"seed {seed}: {e}") from None
-        name = corpus / hashlib.sha1(data).hexdigest()
-        if not name.exists():
-            name.write_bytes(data)
-        count += 1
+    quiet = contextlib.redirect_stderr(io.StringIO())
+    with quiet:
+        for name, module in sorted(sys.modules.items()):
+            if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):
+                continue
+            for func in _functions(module):
+                atheris.instrument_func(func)
+                count += 1
     return count
 
 
-def crash_report(prog: Program, finding, trace, target_name: str) -> str:
-    lines = [
-        f"# migfuzz finding: {finding.kind}",
-        f"# target: {target_name}",
-        f"# step {finding.step}: {finding.op}",
-        f"# arc: {finding.arc}",
-        f"# expected: {finding.expected}",
-        f"# observed: {finding.observed}",
-        f"# signature: {finding.signature()}",
-        "#",
-        "# trace:",
-    ]
-    lines += [f"#   [{step}] {text}" for step, text in trace]
-    if finding.detail:
-        lines += ["#", "# exception:"] + [f"#   {ln}" for ln in finding.detail.rstrip().splitlines()]
-    return "\n".join(lines) + "\n" + format_program(prog)
+# ----------------------------------------------------------------------------- a campaign
 
 
-def save_finding(crashes: Path, data: bytes, prog: Program, finding, trace, target_name: str) -> Path:
-    """Write crash-<sha1> and crash-<sha1>.txt durably; returns the binary's path."""
-    crashes.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(data).hexdigest()
-    path = crashes / f"crash-{digest}"
-    # The .txt first: it alone holds the target and the whole program, so a kill
-    # between the two writes never leaves a binary nobody can interpret.
-    for p, content in ((path.with_suffix(".txt"), crash_report(prog, finding, trace, target_name).encode()),
-                       (path, data)):
-        tmp = p.with_name(p.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    dir_fd = os.open(crashes, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the renames themselves survive a power loss
-    finally:
-        os.close(dir_fd)
-    return path
+class MigfuzzFinding(Exception):
+    """A VFIO migration protocol violation (raised in entry-point mode so libFuzzer saves the input)."""
 
 
 class Campaign:
     """State of one fuzzing process."""
 
-    def __init__(self, spec: TargetSpec, crashes: Path, max_time: float | None, runs: int | None,
-                 keep_going: bool, seed: int, out=sys.stderr, report=None):
+    def __init__(self, spec: TargetSpec, crashes: Path | None = None, max_time: float | None = None,
+                 runs: int | None = None, keep_going: bool = False, seed: int = 0, out=sys.stderr, report=None,
+                 label: str = "", known: set | None = None, raise_findings: bool = False):
         self.spec = spec
         self.crashes = crashes
         self.deadline = time.monotonic() + max_time if max_time else None
@@ -126,53 +143,33 @@ class Campaign:
         self.rng = random.Random(seed)
         self.out = out
         self.report = report  # optional callback(kind, dict) for machine-readable output
+        self.raise_findings = raise_findings
         self.execs = 0
         self.signatures: set = set()
-        self.findings = 0
+        self.known = known or set()  # signatures of findings already on disk (a restarted campaign)
+        self.findings: list[tuple[Finding, Path | None]] = []
         self.started = time.monotonic()
         self.cpu_started = time.process_time()
         self.last_stats = self.started
-        self.executor = None
+        self.executor: Executor | None = None
         self.target = None
         self.proto = spec.proto
         self.current = b""
-        self.label = ""  # names this campaign's lines when several run side by side
+        self.label = label  # names this campaign's lines when several run side by side
         self.arc_unbound = False
         self.arc_base = 0
+        self.finished = False
 
     # -- setup ------------------------------------------------------------------
 
-    def load_target(self, instrument: bool | str) -> None:
-        scope = INSTRUMENT_SCOPES["all" if instrument is True else instrument or "none"]
-        if scope:
-            import atheris
-
-            from . import model  # noqa: F401  (tables, not target code: imported uninstrumented)
-
-            quiet = contextlib.redirect_stderr(io.StringIO())  # atheris names every module it instruments
-            with quiet, atheris.instrument_imports(include=scope):
-                from harness import sim  # noqa: F401  (instrumented on import)
-
-                from . import executor as executor_mod
-        else:
-            from . import executor as executor_mod
-        from .targets import open_target
-
+    def load_target(self, scope: str = "target") -> None:
+        instrument(INSTRUMENT_SCOPES[scope])
         self.target = open_target(self.spec)
         self.proto = self.target.proto
-        self.executor = executor_mod.Executor(self.target)
+        self.executor = Executor(self.target)
         if hasattr(self.target, "on_hang"):  # a real device (harness.kernel.target): its watchdog calls this
             self.target.on_hang = self.on_hang
             self.target.current_input = lambda: self.current  # for its flight recorder
-
-    def enable_mutator(self) -> None:
-        import atheris
-
-        from .mutator import crossover_bytes, mutate_bytes
-
-        self.byte_mutate = lambda data, max_size: atheris.Mutate(data, max_size)  # bound by Fuzz()
-        self.mutate_bytes = mutate_bytes
-        self.crossover_bytes = crossover_bytes
 
     def enable_arc_feedback(self) -> None:
         """Reserve one libFuzzer coverage counter per protocol-arc slot.
@@ -180,16 +177,12 @@ class Campaign:
         The counters are bound to the executor on the first input: atheris.Fuzz()
         replaces atheris._trace_branch with the live function, and the one seen
         before it starts records nothing."""
-        import atheris
-
         self.arc_base = atheris._reserve_counter()
         for _ in range(ARC_COUNTERS - 1):
             atheris._reserve_counter()
         self.arc_unbound = True
 
     def bind_arc_feedback(self) -> None:
-        import atheris
-
         self.executor.set_arc_feedback(atheris._trace_branch, self.arc_base, ARC_COUNTERS)
         self.arc_unbound = False
 
@@ -207,47 +200,47 @@ class Campaign:
         if not self.execs & 255:
             self.tick()
 
-    def on_finding(self, data: bytes, prog: Program, finding) -> None:
-        sig = finding.signature()
+    def on_finding(self, data: bytes, prog: Program, finding: Finding) -> None:
+        if self.raise_findings:
+            raise MigfuzzFinding(
+                f"{finding.kind} at step {finding.step} ({finding.op}): expected {finding.expected}; "
+                f"observed {finding.observed} [arc {finding.arc}] on {self.spec.text()}\n"
+                f"{finding.detail}{prog.text()}")
+        sig = signature(finding)
         new = sig not in self.signatures
         self.signatures.add(sig)
         if new or not self.keep_going:
-            from .executor import Executor
-
             tracer = Executor(self.target, trace=True)
             again = tracer.run(prog)
-            trace = tracer.trace
-            path = save_finding(self.crashes, data, prog, again or finding, trace, self.spec.text())
-            self.findings += 1
+            finding = again or finding
+            path = self.save(data, prog, finding, tracer.trace)
+            known = " (already known from an earlier run)" if sig in self.known else ""
             self.say(f"FINDING {finding.kind} at step {finding.step} ({finding.op}): expected "
-                     f"{finding.expected}; observed {finding.observed} -> {path}")
-            if self.report:
-                self.report("finding", {"kind": finding.kind, "step": finding.step, "op": finding.op,
-                                        "arc": finding.arc, "expected": finding.expected,
-                                        "observed": finding.observed, "signature": sig,
-                                        "file": str(path), "target": self.spec.text()})
+                     f"{finding.expected}; observed {finding.observed}{known} -> {path}")
         if not self.keep_going:
             self.finish()
+
+    def save(self, data: bytes, prog: Program, finding: Finding, trace) -> Path:
+        path, warning = crashfile.save_finding(self.crashes, data, prog, finding, trace, self.spec.text())
+        if warning:
+            self.say(warning)
+        self.findings.append((finding, path))
+        if self.report:
+            self.report("finding", dict(finding.data(), signature=signature(finding), file=str(path),
+                                        target=self.spec.text(), known=signature(finding) in self.known))
+        return path
 
     def on_hang(self, what: str, seconds: float) -> None:
         """A device call stuck in the kernel (called from the target's watchdog thread): write a
         hang finding for the current input and exit 1. The call cannot be interrupted, so the
         device is not touched again: no traced re-run, no close."""
-        from .oracles import Finding
-        from .program import format_op
-
         prog = decode(self.current, self.proto)
         step = self.executor.step
         op = format_op(self.proto, prog.ops[step]) if 0 <= step < len(prog.ops) else ""
-        finding = Finding("hang", step, "the call returns",
-                          f"{what} did not return within {seconds:.1f} s", self.executor.oracle.arc, op=op)
-        path = save_finding(self.crashes, self.current, prog, finding, [], self.spec.text())
-        self.findings += 1
+        finding = self.executor.oracle.hang(f"{what} did not return within {seconds:.1f} s")
+        finding = finding._replace(step=step, op=op)
+        path = self.save(self.current, prog, finding, [])
         self.say(f"FINDING hang at step {finding.step} ({op}): {finding.observed} -> {path}")
-        if self.report:
-            self.report("finding", {"kind": "hang", "step": finding.step, "op": op, "arc": finding.arc,
-                                    "expected": finding.expected, "observed": finding.observed,
-                                    "signature": finding.signature(), "file": str(path), "target": self.spec.text()})
         self.target = None  # stuck: finish() must not close it
         self.finish()
 
@@ -268,7 +261,7 @@ class Campaign:
         cpu = max(time.process_time() - self.cpu_started, 1e-9)
         return {"execs": self.execs, "execs_per_s": round(self.execs / elapsed, 1),
                 "execs_per_cpu_s": round(self.execs / cpu, 1), "arcs": self.arcs(),
-                "findings": self.findings, "elapsed_s": round(elapsed, 1)}
+                "findings": len(self.findings), "elapsed_s": round(elapsed, 1)}
 
     def stats_line(self, now: float | None = None) -> None:
         s = self.stats(now)
@@ -282,7 +275,17 @@ class Campaign:
         print(f"migfuzz{'[' + self.label + ']' if self.label else ''}: {text}", file=self.out, flush=True)
 
     def finish(self) -> None:
+        """End the campaign: final stats, a summary, reports closed, target released; exits."""
+        if self.finished:
+            os._exit(EXIT_FINDING if self.findings else EXIT_OK)
+        self.finished = True
         self.stats_line()
+        new = [(f, p) for f, p in self.findings if signature(f) not in self.known]
+        self.say(f"done: {self.execs} programs, {len(self.findings)} finding(s)"
+                 + (f" ({len(self.findings) - len(new)} already known)" if len(new) < len(self.findings) else "")
+                 + (f"; crash files in {self.crashes}" if self.findings else ""))
+        for finding, path in self.findings:
+            self.say(f"  {finding.kind}: {finding.arc} ({finding.op}) -> {path}")
         if self.report is not None and hasattr(self.report, "close"):
             self.report.close(self.stats())
         if self.target is not None:
@@ -291,24 +294,37 @@ class Campaign:
             except Exception as e:  # noqa: BLE001 - a broken device must not change the verdict
                 self.say(f"closing the target failed: {type(e).__name__}: {e}")
         self.out.flush()
-        os._exit(1 if self.findings else 0)
+        sys.stdout.flush()
+        os._exit(EXIT_FINDING if self.findings else EXIT_OK)
 
     # -- mutation -----------------------------------------------------------------
 
     def custom_mutator(self, data: bytes, max_size: int, seed: int) -> bytes:
         rng = self.rng
         rng.seed(seed)
-        if rng.random() < 0.2:
-            return self.byte_mutate(data, max_size)  # arguments and payload bytes
+        if rng.random() < BYTE_MUTATION:
+            return atheris.Mutate(data, max_size)  # arguments and payload bytes
         out = data
         for _ in range(1 + (rng.random() < 0.3)):
-            out = self.mutate_bytes(self.proto, out, rng)
+            out = mutator.mutate_bytes(self.proto, out, rng)
         return out[:max_size]
 
     def custom_crossover(self, data1: bytes, data2: bytes, max_out: int, seed: int) -> bytes:
         rng = self.rng
         rng.seed(seed)
-        return self.crossover_bytes(data1, data2, rng)[:max_out]
+        return mutator.crossover_bytes(data1, data2, rng)[:max_out]
+
+
+def known_signatures(crashes: Path) -> set:
+    """Signatures of the findings already in a crash directory (from their .txt data lines)."""
+    out = set()
+    if not crashes.is_dir():
+        return out
+    for path in crashfile.crash_files(crashes):
+        meta = crashfile.read_meta(path)
+        if meta.finding is not None:
+            out.add(signature(meta.finding))
+    return out
 
 
 def libfuzzer_args(corpus: Path, crashes: Path, max_time: float | None, seed: int, extra: list) -> list:
@@ -322,31 +338,84 @@ def libfuzzer_args(corpus: Path, crashes: Path, max_time: float | None, seed: in
     return args + list(extra)
 
 
-def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float | None, runs: int | None,
-                 seed: int, extra: list, keep_going: bool = False, instrument: str = "target",
-                 report=None, label: str = "", seeds: bool = True) -> None:
-    """Fuzz until the time or run budget is spent or a finding is made; never returns."""
-    import atheris
+def divert_libfuzzer_output(log: Path):
+    """Send file descriptor 2 (where libFuzzer writes its ``#N NEW ...`` lines and its start-up
+    warnings) to ``log``; returns a stream on the original stderr for migfuzz's own lines."""
+    sys.stderr.flush()
+    ours = os.fdopen(os.dup(2), "w", buffering=1)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = ours
+    return ours
 
+
+def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float | None, runs: int | None,
+                 seed: int, extra: list, keep_going: bool = False, instrument_scope: str = "target",
+                 report=None, label: str = "", seeds: bool = True, verbose: bool = False) -> None:
+    """Fuzz until the time or run budget is spent or a finding is made; never returns.
+
+    libFuzzer's own output goes to ``libfuzzer.log`` in the report directory (else the crash
+    directory) unless ``verbose``."""
     crashes.mkdir(parents=True, exist_ok=True)
-    camp = Campaign(spec, crashes, max_time, runs, keep_going, seed, report=report)
-    camp.label = label
-    camp.load_target(instrument)
-    camp.enable_arc_feedback()
-    camp.enable_mutator()
-    if seeds:
-        nseeds = prepare_corpus(corpus, camp.proto)
-    else:
-        corpus.mkdir(parents=True, exist_ok=True)
-        nseeds = 0
-    camp.say(f"fuzzing {spec.text()} (protocol {camp.proto}); corpus {corpus} ({nseeds} seeds); "
-             f"crashes -> {crashes}")
-    atheris.Setup(libfuzzer_args(corpus, crashes, max_time, seed, extra), camp.test_one_input,
-                  custom_mutator=camp.custom_mutator, custom_crossover=camp.custom_crossover)
+    out = sys.stderr
+    log = None
+    if not verbose:
+        log = (Path(report.dir) if report is not None else crashes) / f"libfuzzer{'.' + label if label else ''}.log"
+        out = divert_libfuzzer_output(log)
+    camp = Campaign(spec, crashes, max_time, runs, keep_going, seed, report=report, label=label,
+                    known=known_signatures(crashes), out=out)
     # Ctrl-C / SIGTERM end the campaign like its time budget does: final stats,
     # reports closed, target released, exit 1 if anything was found.  (Python's
     # handlers take precedence over libFuzzer's, which would exit 72.)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: camp.finish())
+    camp.load_target(instrument_scope)
+    camp.enable_arc_feedback()
+    nseeds = prepare_corpus(corpus, camp.proto) if seeds else 0
+    corpus.mkdir(parents=True, exist_ok=True)
+    camp.say(f"fuzzing {spec.text()} (protocol {camp.proto}); corpus {corpus} ({nseeds} seeds); "
+             f"crashes -> {crashes}" + (f"; libFuzzer's output -> {log}" if log else ""))
+    if camp.known:
+        camp.say(f"{len(camp.known)} finding(s) already in {crashes} are known: seen again, they are said so")
+    atheris.Setup(libfuzzer_args(corpus, crashes, max_time, seed, extra), camp.test_one_input,
+                  custom_mutator=camp.custom_mutator, custom_crossover=camp.custom_crossover)
     atheris.Fuzz()
 
+
+# ----------------------------------------------------------------------------- libFuzzer entry points
+
+
+class EntryPoint:
+    """A libFuzzer entry script (``fuzz_targets/*_fuzzer.py``): the same campaign, raising on a finding.
+
+    ``MIGFUZZ_TARGET`` replaces the entry point's target; run without a corpus directory,
+    the shipped seeds are fed in with ``-seed_inputs``."""
+
+    def __init__(self, default_target: str):
+        self.target_text = os.environ.get("MIGFUZZ_TARGET") or default_target
+        self.campaign: Campaign | None = None
+
+    def test_one_input(self, data: bytes) -> None:
+        self.campaign.test_one_input(data)
+
+    def seed_args(self, argv: list, proto: str) -> list:
+        if any(not a.startswith("-") for a in argv[1:]) or any(a.startswith("-seed_inputs") for a in argv):
+            return []
+        folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"migfuzz-seeds-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for name, prog in seed_programs(proto):
+            path = folder / name
+            path.write_bytes(encode(prog))
+            files.append(str(path))
+        return [f"-seed_inputs={','.join(files)}"] if files else []
+
+    def main(self, argv: list) -> None:
+        camp = self.campaign = Campaign(parse_target(self.target_text), raise_findings=True)
+        camp.load_target("all")
+        camp.enable_arc_feedback()
+        argv = list(argv) + self.seed_args(argv, camp.proto)
+        atheris.Setup(argv, camp.test_one_input, custom_mutator=camp.custom_mutator,
+                      custom_crossover=camp.custom_crossover)
+        atheris.Fuzz()

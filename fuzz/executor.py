@@ -1,36 +1,50 @@
-"""The executor: run a program on a target, let the oracle judge every step.
+"""The executor: run a program on a target. It calls the device; the oracle judges.
 
-``Executor(target).run(program)`` returns the first :class:`Finding` or None.
+``Executor(target).run(program)`` returns the first :class:`~fuzz.findings.Finding` or
+None. Per op, the executor makes the device calls (multi-call sequences through the
+procedures of ``harness.runtime``, which the reproducers share) and hands every raw
+answer to the oracle's ``on_*`` method; it never decides whether an answer is right and
+never writes to the oracle's view of a device.
+
 With ``trace=True`` it also records, for every op, what the device answered
-and the state read back (``executor.trace``), which ``repro`` prints; the
-fuzzing loop runs without it.
+(``executor.trace``), which ``repro`` prints; the fuzzing loop runs without it.
 
-Per op, the executor calls the device, then the oracle's ``on_*`` judgement.
-It also reports protocol-state feedback (``set_arc_feedback``): a coverage
-counter for each (state before, op, outcome, state after), so a never-seen
-protocol arc counts as new coverage even where code coverage is flat.
+Protocol-state feedback (``set_arc_feedback``): a coverage counter for each (state
+before, op, outcome, state after), so a never-seen protocol arc counts as new coverage
+even where code coverage is flat.
 """
 from __future__ import annotations
 
 import errno
 import traceback
 
-from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_SAVING
+from harness.base import DeviceHang
+from harness.runtime import (
+    DRAIN_CHUNK,
+    DRAIN_LIMIT,
+    EINTR_RETRIES,
+    V1_DONE,
+    V1_MORE,
+    read_to_end,
+    segments,
+    v1_read_field,
+    v1_save_iteration,
+    v1_write_chunk,
+    v1_write_field,
+)
+from harness.sim.core import FAULT_KINDS
+from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_HEADER_SIZE
 
 from . import model
-from .oracles import DeviceView, Finding, FindingRaised, V1Oracle, V2Oracle, errname, v1_name, v2_name
-from .program import FAULT_KINDS, MANGLE_KINDS, OPS, Program, format_op
-from .transport import segments
+from .findings import Finding
+from .oracles import DeviceView, FindingRaised, V1Oracle, V2Oracle
+from .program import MANGLE_KINDS, OPS, Program, format_op
 
-DRAIN_LIMIT = 256  # reads per drain before "the stream never ends"
-DRAIN_CHUNK = 4096
-EINTR_RETRIES = 3
+# Outcomes of an op beyond an errno, for the arc feedback.
+OUTCOME_SKIPPED = 255  # nothing to act on: no such data_fd, nothing to transfer
+OUTCOME_EMPTY = 64     # a read that succeeded with 0 bytes
 
-try:  # the simulator's watchdog; a real device's comes from its harness
-    from harness.sim.core import DeviceHang
-except ImportError:  # pragma: no cover
-    class DeviceHang(Exception):
-        pass
+_DEVICE_STATE = V1_FIELDS["device_state"]
 
 
 class Executor:
@@ -49,7 +63,7 @@ class Executor:
         self.arc_trace = None
         self.arc_base = self.arc_mask = 0
         self.arcs_seen = bytearray(1)
-        self.after_program = getattr(target, "after_program", None)  # e.g. kernel log splats (harness.kernel)
+        self.after_program = getattr(target, "after_program", None)  # kernel log splats (harness.kernel)
         self.views: list[DeviceView] = []
         self.armed: list[bool] = []
         # State after a load: the device's own digest, or (no digest) a re-save round trip.
@@ -76,9 +90,7 @@ class Executor:
         target = self.target
         target.fresh()
         oracle = self.oracle
-        oracle.begin()
-        initial = model.RUNNING if self.proto == "v2" else model.V1_RESET_STATE
-        views = self.views = [DeviceView(initial) for _ in self.devices]
+        views = self.views = oracle.begin()
         self.trace = []
         trace_branch, base, mask, seen = self.arc_trace, self.arc_base, self.arc_mask, self.arcs_seen
         handlers = self.handlers
@@ -98,16 +110,13 @@ class Executor:
                     seen[key] = 1
                     trace_branch(base + key)
             if self.after_program is not None:
-                self.after_program(oracle)
+                oracle.on_splats(self.after_program())
         except FindingRaised as fr:
             return self._finish(fr.finding, prog, step)
         except DeviceHang as e:
-            return self._finish(Finding("hang", step, "the call returns", f"no return: {e}",
-                                        oracle.arc), prog, step)
+            return self._finish(oracle.hang(str(e)), prog, step)
         except Exception as e:  # noqa: BLE001 - anything escaping the target is a finding
-            return self._finish(Finding("target-exception", step, "no exception",
-                                        f"{type(e).__name__}: {e}", oracle.arc,
-                                        detail=traceback.format_exc()), prog, step)
+            return self._finish(oracle.exception(e, traceback.format_exc()), prog, step)
         return None
 
     def _finish(self, finding: Finding, prog: Program, step: int) -> Finding:
@@ -121,35 +130,21 @@ class Executor:
     def note(self, text: str) -> None:
         self.trace.append((self.step, text))
 
-    def fault_fired(self, op) -> bool:
-        return self.armed[op.dev] and self.target.fault_fired(op.dev)
+    def fault_fired(self, dev: int) -> bool:
+        return self.armed[dev] and self.target.fault_fired(dev)
 
     def _after_faults(self) -> None:
-        """A fault fired during the op: resync with the state the device reports.
-
-        Any internal step can fail (data path too), and a hardware error may put
-        the device in its error state; any other state change is a finding."""
+        """A fault fired during the op: tell the oracle the state the device reports now."""
         target = self.target
+        oracle = self.oracle
         for i, view in enumerate(self.views):
             if not (self.armed[i] and target.fault_fired(i)):
                 continue
             target.clear_fault(i)
             self.armed[i] = False
             dev = self.devices[i]
-            if self.proto == "v2":
-                _, got = dev.get_state()
-                error = model.ERROR
-            else:
-                got = self._v1_read_field(dev, "device_state")[1]
-                error = model.V1_ERROR
-            if got == error and view.state != error:
-                view.state = error
-                for s in view.slots:
-                    s.live = None
-                view.frozen = None
-            elif got != view.state:
-                self.oracle.fail("bad-state-after-failure", f"{self.oracle.state_name(view.state)} or the error state",
-                                 self.oracle.state_name(got))
+            got = dev.get_state()[1] if self.proto == "v2" else v1_read_field(dev, *_DEVICE_STATE)[1]
+            oracle.on_fault_fired(view, got, oracle.error_state)
 
     def _arc(self, view: DeviceView, name: str, to: int | None = None) -> None:
         self.oracle.arc_at = (view.state, name, to)
@@ -159,9 +154,7 @@ class Executor:
     def _common_activity(self, op, view, dev):
         self._arc(view, "activity")
         dev.activity(op.b)
-        view.pc_expect = -1
-        if self.has_digest and self._stopped(view):
-            self.oracle.check_frozen(view, dev.digest())
+        self.oracle.on_activity(view, dev.digest() if self.has_digest else None)
         return 0
 
     def _common_fault(self, op, view, dev):
@@ -172,24 +165,14 @@ class Executor:
         return 0
 
     def _common_mangle(self, op, view, dev):
-        self.oracle.mangle(view, MANGLE_KINDS[op.a], op.b)
+        self.oracle.on_mangle(view, MANGLE_KINDS[op.a], op.b)
         if self.trace_on:
             self.note(f"capture now {len(view.capture)} bytes")
         return 0
 
-    def _stopped(self, view) -> bool:
-        if self.proto == "v2":
-            return view.state in (model.STOP, model.STOP_COPY, model.RESUMING)
-        return view.state in model.V1_STOPPED_STATES
-
-    def _resume_source(self, src: DeviceView, dst: DeviceView):
-        """Bytes to transfer and the provenance they give the resume session."""
-        data = bytes(src.capture)
-        if not data:
-            return None
-        dst.resume_kind = "mixed" if dst.resume or dst.resume_kind else (
-            "derived-damaged" if src.mangled else "derived")
-        return data
+    def _check_frozen(self, view, dev) -> None:
+        if self.has_digest and view.state in self.oracle.stopped_states:
+            self.oracle.check_frozen(view, dev.digest())
 
     # -- v2 ---------------------------------------------------------------------
 
@@ -198,7 +181,7 @@ class Executor:
         err = dev.reset()
         gerr, got = dev.get_state()
         if self.trace_on:
-            self.note(f"reset -> {errname(err)}; state {v2_name(got)}")
+            self.note(f"reset -> {model.errname(err)}; state {model.v2_name(got)}")
         self.oracle.on_reset(view, err, got, gerr, dev.live_files())
         return err
 
@@ -210,36 +193,30 @@ class Executor:
         dst = self.views[op.a]
         slot = dst.slot(0)
         if slot is None or not slot.live or slot.saving or dst.state != model.RESUMING:
-            return 255  # nothing to write into
-        data = self._resume_source(view, dst)
+            return OUTCOME_SKIPPED
+        oracle = self.oracle
+        data = oracle.transfer_source(view, dst)
         if data is None:
-            return 255
+            return OUTCOME_SKIPPED
         self._arc(dst, "transfer")
         ddev = self.devices[op.a]
-        valid = data in self.oracle.known and not dst.resume  # bytes past one stream may be refused (mtty: ENOMEM)
+        complete = data in oracle.known and not dst.resume  # bytes past one stream may be refused (mtty: ENOMEM)
+        write = ddev.write
         for piece in segments(data, op.b):
             while piece:
                 for _ in range(EINTR_RETRIES):
-                    err, n = ddev.write(slot.fd, piece)
+                    err, n = write(slot.fd, piece)
                     if err != errno.EINTR:
                         break
                 if err:
-                    fault = self.fault_fired(op._replace(dev=op.a))
                     if self.trace_on:
-                        self.note(f"transfer write of {len(piece)} bytes -> {errname(err)}")
-                    if valid and not fault:
-                        self.oracle.fail("valid-stream-rejected",
-                                         "every write of a complete untouched stream succeeds",
-                                         f"{errname(err)} after {len(dst.resume)} bytes")
-                    dst.resume_kind = "mixed"
+                        self.note(f"transfer write of {len(piece)} bytes -> {model.errname(err)}")
+                    oracle.transfer_failed(dst, data, err, self.fault_fired(op.a), complete)
                     return err
-                if n <= 0:  # a writer looping on it would spin forever (QEMU's load thread does)
-                    self.oracle.fail("stream-protocol", f"write of {len(piece)} bytes makes progress",
-                                     f"returned {n}")
-                dst.resume += piece[:n]
+                oracle.on_transfer_write(dst, piece, n)
                 piece = piece[n:]
         if self.trace_on:
-            self.note(f"transferred {len(data)} bytes{' (a complete stream)' if valid else ''}")
+            self.note(f"transferred {len(data)} bytes{' (a complete stream)' if complete else ''}")
         return 0
 
     def v2_set(self, op, view, dev):
@@ -247,10 +224,10 @@ class Executor:
         self._arc(view, "set", new)
         err, fd = dev.set_state(new)
         gerr, got = dev.get_state()
-        fault = self.fault_fired(op)
+        fault = self.fault_fired(op.dev)
         if self.trace_on:
-            self.note(f"SET {v2_name(new)} -> {errname(err)}, data_fd {fd}; GET {v2_name(got)}")
-        self.oracle.on_set(view, cur, new, err, fd, got, gerr, fault, dev, self.load_digests[op.dev])
+            self.note(f"SET {model.v2_name(new)} -> {model.errname(err)}, data_fd {fd}; GET {model.v2_name(got)}")
+        self.oracle.on_set(view, cur, new, err, fd, got, gerr, fault, self.load_digests[op.dev])
         if err or fd >= 0 or view.state != cur:  # sessions may have opened or ended
             self.oracle.check_files(view, dev.live_files())
         return err
@@ -259,133 +236,116 @@ class Executor:
         self._arc(view, "get")
         err, got = dev.get_state()
         if self.trace_on:
-            self.note(f"GET -> {errname(err)} {v2_name(got)}")
-        if err:
-            self.oracle.fail("rejected-valid", "GET succeeds", errname(err))
-        if got != view.state:
-            self.oracle.fail("state-mismatch", v2_name(view.state), v2_name(got))
+            self.note(f"GET -> {model.errname(err)} {model.v2_name(got)}")
+        self.oracle.on_get(view, err, got)
         return 0
 
     def v2_read(self, op, view, dev):
         slot = view.slot(op.a)
         if slot is None:
-            return 255
+            return OUTCOME_SKIPPED
         self._arc(view, "read")
         err, data = dev.read(slot.fd, op.b)
         if self.trace_on:
-            self.note(f"read fd {slot.fd} n={op.b} -> {errname(err)}, {len(data)} bytes")
-        self.oracle.on_read(view, slot, op.b, err, data, self.fault_fired(op), self.source_digests[op.dev])
-        if self.has_digest and self._stopped(view):
-            self.oracle.check_frozen(view, dev.digest())
-        return err if err else (0 if data else 64)
+            self.note(f"read fd {slot.fd} n={op.b} -> {model.errname(err)}, {len(data)} bytes")
+        self.oracle.on_read(view, slot, op.b, err, data, self.fault_fired(op.dev), self.source_digests[op.dev])
+        self._check_frozen(view, dev)
+        return err if err else (0 if data else OUTCOME_EMPTY)
 
     def v2_drain(self, op, view, dev):
         slot = view.slot(op.a)
         if slot is None:
-            return 255
+            return OUTCOME_SKIPPED
         self._arc(view, "drain")
-        oracle = self.oracle
-        total = 0
-        for _ in range(DRAIN_LIMIT):
-            err, data = dev.read(slot.fd, DRAIN_CHUNK)
-            if err == errno.EINTR and self.fault_fired(op):
-                continue
-            total += len(data)
-            if oracle.on_read(view, slot, DRAIN_CHUNK, err, data, self.fault_fired(op), self.source_digests[op.dev]):
-                if self.trace_on:
-                    self.note(f"drain fd {slot.fd} -> {total} bytes, then {errname(err) if err else 'end'}")
-                return err
-        oracle.fail("hang", "the stream ends", f"still sending after {total} bytes")
+        on_read = self.oracle.on_read
+        digest = self.source_digests[op.dev]
+        last = [0, 0]  # errno of the read that ended it, bytes read
+
+        def judge(err, data):
+            last[1] += len(data)
+            if err == errno.EINTR and self.fault_fired(op.dev):
+                return False
+            last[0] = err
+            return on_read(view, slot, DRAIN_CHUNK, err, data, self.fault_fired(op.dev), digest)
+
+        ended = read_to_end(dev, slot.fd, judge)
+        if self.trace_on:
+            self.note(f"drain fd {slot.fd} -> {last[1]} bytes, then "
+                      f"{model.errname(last[0]) if last[0] else 'end' if ended else 'no end'}")
+        self.oracle.drained(view, ended, f"still sending after {DRAIN_LIMIT} reads")
+        return last[0]
 
     def v2_write(self, op, view, dev):
         slot = view.slot(op.a)
         if slot is None:
-            return 255
+            return OUTCOME_SKIPPED
         self._arc(view, "write")
         err, n = dev.write(slot.fd, op.data)
         if self.trace_on:
-            self.note(f"write fd {slot.fd} {len(op.data)} bytes -> {errname(err)}, {n}")
+            self.note(f"write fd {slot.fd} {len(op.data)} bytes -> {model.errname(err)}, {n}")
         self.oracle.on_write(view, slot, err, n, op.data)
-        if self.has_digest and self._stopped(view):
-            self.oracle.check_frozen(view, dev.digest())
+        self._check_frozen(view, dev)
         return err
 
     def v2_close(self, op, view, dev):
         slot = view.slot(op.a)
         if slot is None:
-            return 255
+            return OUTCOME_SKIPPED
         self._arc(view, "close")
         err = dev.close(slot.fd)
         if self.trace_on:
-            self.note(f"close fd {slot.fd} -> {errname(err)}")
+            self.note(f"close fd {slot.fd} -> {model.errname(err)}")
         self.oracle.on_close(view, slot, err)
         return err
 
     def v2_seek(self, op, view, dev):
         slot = view.slot(op.a)
         if slot is None:
-            return 255
+            return OUTCOME_SKIPPED
         self._arc(view, "seek")
         err = dev.seek(slot.fd)
         if self.trace_on:
-            self.note(f"lseek fd {slot.fd} -> {errname(err)}")
+            self.note(f"lseek fd {slot.fd} -> {model.errname(err)}")
         self.oracle.on_seek(slot, err)
         return err
 
     def v2_precopy(self, op, view, dev):
         slot = view.slot(op.a)
         if slot is None:
-            return 255
+            return OUTCOME_SKIPPED
         self._arc(view, "precopy")
         err, initial, dirty = dev.precopy_info(slot.fd)
         if self.trace_on:
-            self.note(f"PRECOPY_INFO fd {slot.fd} -> {errname(err)}, initial {initial}, dirty {dirty}")
-        self.oracle.on_precopy(view, slot, err, initial, dirty, self.fault_fired(op))
+            self.note(f"PRECOPY_INFO fd {slot.fd} -> {model.errname(err)}, initial {initial}, dirty {dirty}")
+        self.oracle.on_precopy(view, slot, err, initial, dirty, self.fault_fired(op.dev))
         return err
 
     def v2_datasize(self, op, view, dev):
         self._arc(view, "datasize")
         err, size = dev.data_size()
         if self.trace_on:
-            self.note(f"MIG_DATA_SIZE -> {errname(err)}, {size}")
-        if err:
-            self.oracle.fail("rejected-valid", "MIG_DATA_SIZE succeeds in every state", errname(err))
+            self.note(f"MIG_DATA_SIZE -> {model.errname(err)}, {size}")
+        self.oracle.on_datasize(err)
         return 0
 
     def v2_feature(self, op, view, dev):
         self._arc(view, "feature")
-        expect = model.feature_errno(op.b, op.a, self.target.flags, view.state)
         # A SET carries the current state, so a framing test never moves the device.
         payload = model.MIG_STATE_PAYLOAD.pack(view.state, -1)
         err, _out = dev.feature(op.b, payload, op.a)
         if self.trace_on:
-            self.note(f"FEATURE flags {op.b:#x} argsz {op.a} -> {errname(err)}"
-                      f" (expected {'any' if expect is None else errname(expect)})")
-        if expect is None:
-            return err
-        if err and not expect:
-            self.oracle.fail("rejected-valid", "success", errname(err))
-        if expect and not err:
-            self.oracle.fail("accepted-invalid", errname(expect), "success")
+            self.note(f"FEATURE flags {op.b:#x} argsz {op.a} -> {model.errname(err)}")
+        self.oracle.on_feature(view, op.b, op.a, err)
         return err
 
     # -- v1 ---------------------------------------------------------------------
 
-    def _v1_read_field(self, dev, name: str) -> tuple[int, int | None]:
-        off, size = V1_FIELDS[name]
-        err, raw = dev.region_read(off, size)
-        return err, (int.from_bytes(raw, "little") if not err and len(raw) == size else None)
-
-    def _v1_write_field(self, dev, name: str, value: int) -> int:
-        off, size = V1_FIELDS[name]
-        return dev.region_write(off, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))[0]
-
     def v1_reset(self, op, view, dev):
         self._arc(view, "reset")
         err = dev.reset()
-        _, got = self._v1_read_field(dev, "device_state")
+        _, got = v1_read_field(dev, *_DEVICE_STATE)
         if self.trace_on:
-            self.note(f"reset -> {errname(err)}; device_state {v1_name(got)}")
+            self.note(f"reset -> {model.errname(err)}; device_state {model.v1_name(got)}")
         self.oracle.on_reset(view, err, got, dev.live_files())
         return err
 
@@ -396,92 +356,51 @@ class Executor:
     def v1_set(self, op, view, dev):
         cur, value = view.state, op.b
         self._arc(view, "set", value)
-        err = self._v1_write_field(dev, "device_state", value)
-        _, got = self._v1_read_field(dev, "device_state")
-        fault = self.fault_fired(op)
+        err = v1_write_field(dev, *_DEVICE_STATE, value)
+        _, got = v1_read_field(dev, *_DEVICE_STATE)
+        fault = self.fault_fired(op.dev)
         if self.trace_on:
-            self.note(f"device_state := {value:#x} -> {errname(err)}; reads {v1_name(got)}")
+            self.note(f"device_state := {value:#x} -> {model.errname(err)}; reads {model.v1_name(got)}")
         self.oracle.on_set(view, cur, value, err, got, fault, self.load_digests[op.dev])
         self.oracle.check_files(view, dev.live_files())
         return err
 
     def v1_get(self, op, view, dev):
         self._arc(view, "get")
-        err, got = self._v1_read_field(dev, "device_state")
+        err, got = v1_read_field(dev, *_DEVICE_STATE)
         if self.trace_on:
-            self.note(f"device_state -> {errname(err)} {v1_name(got)}")
+            self.note(f"device_state -> {model.errname(err)} {model.v1_name(got)}")
         self.oracle.on_get(view, err, got)
         return 0
 
     def v1_rd(self, op, view, dev):
         name = V1_FIELD_NAMES[op.a]
-        access = model.V1_FIELD_ACCESS[name]
         self._arc(view, f"rd:{name}")
-        err, value = self._v1_read_field(dev, name)
+        err, value = v1_read_field(dev, *V1_FIELDS[name])
         if self.trace_on:
-            self.note(f"{name} -> {errname(err)} {value}")
-        if access == "rw":
-            self.oracle.on_get(view, err, value)
-        elif access == "zero" and not err and value:
-            self.oracle.fail("accepted-invalid", f"{name} reads 0", hex(value))
-        if name in model.V1_READ_SIDE_EFFECTS and model.v1_saving(view.state):
-            view.capture_tainted = True  # the read moved the saving iteration outside `save`
-        elif name == "data_offset" and value is not None and not err:
-            self.oracle.check_window(value, 0)
+            self.note(f"{name} -> {model.errname(err)} {value}")
+        self.oracle.on_field_read(view, name, err, value)
         return err
 
     def v1_wr(self, op, view, dev):
         name = V1_FIELD_NAMES[op.a]
-        access = model.V1_FIELD_ACCESS[name]
-        if access == "rw":
+        if model.V1_FIELD_ACCESS[name] == "rw":
             return self.v1_set(op._replace(b=op.b & 0xFFFFFFFF), view, dev)
         self._arc(view, f"wr:{name}")
-        err = self._v1_write_field(dev, name, op.b)
+        err = v1_write_field(dev, *V1_FIELDS[name], op.b)
         if self.trace_on:
-            self.note(f"{name} := {op.b:#x} -> {errname(err)}")
-        if model.v1_saving(view.state):
-            view.capture_tainted = True  # a stray write may disturb the saving iteration
-        if access == "data":
-            view.resume_kind = "mixed"
-            if not err and view.state == model.V1_RESUMING_STATE:
-                view.resume_opaque = True  # the device consumed window bytes we did not write
-        elif access == "zero":
-            rerr, value = self._v1_read_field(dev, name)
-            if not rerr and value:
-                self.oracle.fail("accepted-invalid", f"writes to {name} are ignored", f"reads {value:#x}")
-        # "ro" fields cannot be read back without moving the stream (V1_READ_SIDE_EFFECTS): unjudged
+            self.note(f"{name} := {op.b:#x} -> {model.errname(err)}")
+        readback = None
+        if model.V1_FIELD_ACCESS[name] == "zero":
+            rerr, value = v1_read_field(dev, *V1_FIELDS[name])
+            readback = value if not rerr else None
+        self.oracle.on_field_write(view, name, err, readback)
         return err
 
     def _v1_save_iteration(self, op, view, dev) -> bool:
-        """One §1.5 iteration; returns True when pending_bytes is 0."""
-        oracle = self.oracle
-        err, pending = self._v1_read_field(dev, "pending_bytes")
-        if err:
-            if not self.fault_fired(op):
-                oracle.fail("rejected-valid", "pending_bytes can be read", errname(err))
-            return True
-        if not model.v1_saving(view.state):
-            return True
-        if pending == 0:
-            if view.state == V1_SAVING:
-                oracle.stream_complete(view, self.source_digests[op.dev]())
-            return True
-        err, offset = self._v1_read_field(dev, "data_offset")
-        if err:
-            if not self.fault_fired(op):
-                oracle.fail("rejected-valid", "data_offset can be read while saving", errname(err))
-            return True
-        err, size = self._v1_read_field(dev, "data_size")
-        if err:
-            oracle.fail("rejected-valid", "data_size can be read while saving", errname(err))
-        oracle.check_window(offset, size)
-        if size == 0:
-            return False
-        err, data = dev.region_read(offset, size)
-        if err:
-            oracle.fail("rejected-valid", "the staged chunk can be read", errname(err))
-        oracle.stream_data(view, data)
-        return False
+        """One §1.5 iteration; returns True when it ends (pending_bytes 0, or an error)."""
+        answer = v1_save_iteration(dev, V1_FIELDS, model.v1_saving(view.state))
+        return self.oracle.on_save_iteration(view, answer, self.fault_fired(op.dev), self.source_digests[op.dev])
 
     def v1_save(self, op, view, dev):
         self._arc(view, "save")
@@ -492,81 +411,68 @@ class Executor:
 
     def v1_drain(self, op, view, dev):
         self._arc(view, "drain")
+        ended = False
         for _ in range(DRAIN_LIMIT):
             if self._v1_save_iteration(op, view, dev):
-                if self.trace_on:
-                    self.note(f"drain: captured {len(view.capture)} bytes")
-                return 0
-        self.oracle.fail("hang", "pending_bytes reaches 0",
-                         f"still pending after {DRAIN_LIMIT} iterations ({len(view.capture)} bytes)")
+                ended = True
+                break
+        if self.trace_on:
+            self.note(f"drain: captured {len(view.capture)} bytes")
+        self.oracle.drained(view, ended, f"pending_bytes still non-zero after {DRAIN_LIMIT} iterations")
+        return 0
 
     def v1_rdwin(self, op, view, dev):
         self._arc(view, "rdwin")
-        err, offset = self._v1_read_field(dev, "data_offset")
-        if model.v1_saving(view.state):
-            view.capture_tainted = True  # reading data_offset staged a chunk the capture misses
+        err, offset = v1_read_field(dev, *V1_FIELDS["data_offset"])
+        self.oracle.on_window_access(view, None, err)
         if err or offset is None:
-            return err or 255
+            return err or OUTCOME_SKIPPED
         err, data = dev.region_read(offset, op.b)
         if self.trace_on:
-            self.note(f"window read {op.b} bytes -> {errname(err)}")
+            self.note(f"window read {op.b} bytes -> {model.errname(err)}")
         return err
 
     def v1_wrwin(self, op, view, dev):
         self._arc(view, "wrwin")
-        err, offset = self._v1_read_field(dev, "data_offset")
-        if model.v1_saving(view.state):
-            view.capture_tainted = True  # reading data_offset staged a chunk the capture misses
+        err, offset = v1_read_field(dev, *V1_FIELDS["data_offset"])
         if err or offset is None:
-            return err or 255
+            self.oracle.on_window_access(view, None, err)
+            return err or OUTCOME_SKIPPED
         err, _ = dev.region_write(offset, op.data)
         if not err:
-            err = self._v1_write_field(dev, "data_size", len(op.data))
-            if not err and view.state == model.V1_RESUMING_STATE:
-                view.resume += op.data
-        view.resume_kind = "mixed"
+            err = v1_write_field(dev, *V1_FIELDS["data_size"], len(op.data))
+        self.oracle.on_window_access(view, op.data, err)
         if self.trace_on:
-            self.note(f"window write {len(op.data)} bytes + data_size -> {errname(err)}")
-        if self.has_digest and self._stopped(view):
-            self.oracle.check_frozen(view, dev.digest())
+            self.note(f"window write {len(op.data)} bytes + data_size -> {model.errname(err)}")
+        self._check_frozen(view, dev)
         return err
 
     def v1_transfer(self, op, view, dev):
         dst = self.views[op.a]
         if dst.state != model.V1_RESUMING_STATE:
-            return 255
-        data = self._resume_source(view, dst)
+            return OUTCOME_SKIPPED
+        oracle = self.oracle
+        data = oracle.transfer_source(view, dst)
         if data is None:
-            return 255
+            return OUTCOME_SKIPPED
         self._arc(dst, "transfer")
         ddev = self.devices[op.a]
-        oracle = self.oracle
-        valid = data in oracle.known
-        window = self.target.region_size
+        complete = data in oracle.known
         for piece in segments(data, op.b):
             while piece:
-                err, offset = self._v1_read_field(ddev, "data_offset")
-                if not err:
-                    oracle.check_window(offset, 1)  # room for at least one byte
-                    room = window - offset
-                    chunk = piece[:room]
-                    err, _ = ddev.region_write(offset, chunk)
-                    if not err:
-                        err = self._v1_write_field(ddev, "data_size", len(chunk))
-                if err == errno.EINTR and self.fault_fired(op._replace(dev=op.a)):
+                err, offset, taken = v1_write_chunk(ddev, V1_FIELDS, piece, V1_HEADER_SIZE)
+                if err == errno.EINTR and self.fault_fired(op.a):
                     continue
                 if err:
-                    if valid and not self.fault_fired(op._replace(dev=op.a)):
-                        oracle.fail("valid-stream-rejected",
-                                    "every chunk of a complete untouched stream is accepted",
-                                    f"{errname(err)} after {len(dst.resume)} bytes")
-                    dst.resume_kind = "mixed"
+                    oracle.transfer_failed(dst, data, err, self.fault_fired(op.a), complete)
                     return err
-                dst.resume += chunk
-                piece = piece[len(chunk):]
+                oracle.on_transfer_chunk(dst, piece, offset, taken)
+                piece = piece[taken:]
                 if self.has_digest:
                     oracle.check_frozen(dst, ddev.digest())
         if self.trace_on:
-            self.note(f"transferred {len(data)} bytes{' (a complete stream)' if valid else ''}")
+            self.note(f"transferred {len(data)} bytes{' (a complete stream)' if complete else ''}")
         return 0
 
+
+__all__ = ["OUTCOME_EMPTY", "OUTCOME_SKIPPED", "V1_DONE", "V1_MORE", "Executor"]

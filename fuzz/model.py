@@ -13,6 +13,7 @@ import errno as _errno
 from collections import deque
 from typing import NamedTuple
 
+from harness.runtime import errname  # noqa: F401  (the protocol's names live here for the fuzzer)
 from harness.uapi import (
     FEATURE_GET,
     FEATURE_MASK,
@@ -22,12 +23,18 @@ from harness.uapi import (
     FEATURE_PROBE,
     FEATURE_SET,
     V1_ERROR,
+    V1_HEADER_SIZE,
     V1_MASK,
     V1_RESUMING,
     V1_RUNNING,
     V1_SAVING,
+    V1_SAVING_STATES,
+    V1_STATE_NAMES,
+    V1_STOPPED_STATES,
+    V2_RUNNING_STATES,
+    V2_STATE_NAMES,
+    V2_STOPPED_STATES,
     MigFlag,
-    MigState,
     packer,
     vfio_device_feature_mig_state,
 )
@@ -37,7 +44,7 @@ from harness.uapi import (
 # ---------------------------------------------------------------------------
 
 ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P = range(8)
-STATE_NAMES = tuple(s.name for s in MigState)
+STATE_NAMES = V2_STATE_NAMES
 SC, P2P, PRE = int(MigFlag.STOP_COPY), int(MigFlag.P2P), int(MigFlag.PRE_COPY)
 FLAG_SETS = (SC, SC | P2P, SC | PRE, SC | P2P | PRE)
 
@@ -49,8 +56,11 @@ STATE_NEEDS = {
 
 # The states that share one saving data session.
 SAVING_GROUP = frozenset({PRE_COPY, PRE_COPY_P2P, STOP_COPY})
-# States in which the device runs and its internal state may change.
-RUNNING_STATES = frozenset({RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P})
+# States in which the device runs and its internal state may change, and those in which it must not.
+RUNNING_STATES = V2_RUNNING_STATES
+STOPPED_STATES = V2_STOPPED_STATES
+# States with an open data session (a saving or a resuming data_fd).
+SESSION_STATES = SAVING_GROUP | {RESUMING}
 
 # The arcs a driver implements (§2.4): (flags that must be set, flags that
 # must be clear) -> arcs.
@@ -263,8 +273,6 @@ V1_INVALID = frozenset({0b101, 0b111})
 V1_KIND = {v: ("valid" if v in V1_VALID else "error" if v == V1_ERROR else "invalid") for v in range(8)}
 V1_RESET_STATE = V1_RUNNING
 V1_RESUMING_STATE = V1_RESUMING
-V1_SAVING_STATES = frozenset({V1_SAVING, V1_SAVING | V1_RUNNING})
-V1_STOPPED_STATES = frozenset({0b000, 0b010, 0b100, V1_ERROR})
 
 
 def v1_write_allowed(cur: int, value: int) -> bool:
@@ -310,4 +318,24 @@ V1_READ_SIDE_EFFECTS = {
     "pending_bytes": "acknowledges the staged chunk",
     "data_offset": "stages the next chunk",
 }
-V1_HEADER_SIZE = 32
+
+
+# ---------------------------------------------------------------------------
+# names, for people
+# ---------------------------------------------------------------------------
+
+
+def v2_name(state: int | None) -> str:
+    return STATE_NAMES[state] if state is not None and 0 <= state < 8 else str(state)
+
+
+def v1_name(state: int | None) -> str:
+    return V1_STATE_NAMES.get(state & V1_MASK, "?") if state is not None else "?"
+
+
+def v1_value(value: int) -> str:
+    return f"{value:#05b}" if 0 <= value < 8 else hex(value)
+
+
+def flag_names(flags: int) -> str:
+    return "|".join(f.name for f in MigFlag if flags & f) or "0"

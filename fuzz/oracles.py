@@ -1,91 +1,36 @@
-"""Oracles: judge each step a device takes against the reference model.
+"""Oracles: the sole judge. Every verdict on a device's answers is made here.
 
-The executor calls one ``on_*`` method per op with what the device answered;
-the oracle compares it with what ``fuzz.model`` allows, keeps the protocol-side
-view of each device (``DeviceView``: expected state, data_fd slots, captured
-stream, what was written into a resume session), and raises
-:class:`FindingRaised` on the first violation.
+The executor calls the device and hands each raw answer to one ``on_*`` method; the
+oracle compares it with what ``fuzz.model`` allows, keeps the protocol-side view of each
+device (:class:`DeviceView`: expected state, data_fd slots, captured stream, what was
+written into a resume session) and raises :class:`FindingRaised` at the first violation.
+Nothing else writes to a view.
 
-Finding kinds (each its own class of defect):
-
-=========================  =====================================================
-accepted-invalid           an invalid state, value, arc or request accepted
-rejected-valid             a valid arc or request refused
-bad-state-after-failure    after a failed request, a state the protocol forbids
-state-mismatch             the state read back is not the one the protocol says
-fd-misuse-accepted         a data_fd used wrongly (after its session ended or a
-                           reset, wrong direction, seek) and it worked
-fd-mismatch                a data_fd returned when none is due, or none when due
-stream-protocol            stream framing rules broken: ENOMSG in STOP_COPY,
-                           data after end of stream, pre-copy sizes under-reported
-valid-stream-rejected      a complete, untouched stream refused on resume
-resume-corrupted           state after resume differs from the source's state
-damaged-stream-accepted    a truncated/extended/flipped/reordered stream loaded
-state-changed-while-stopped  device state changed while it was not running
-resource-leak              the driver still holds a migration file it must not
-region-layout              v1: data window outside the region
-hang                       a call that never returns / a stream that never ends
-target-exception           an exception escaped from the target
-kernel-splat               the kernel logged a WARN, BUG, oops or lockup report
-                           while the program ran (real devices)
-=========================  =====================================================
+Every verdict names its finding kind (``fuzz.findings.KINDS``) and its claim as data
+(:class:`~fuzz.findings.Check`): what the device answered at this step that shows the
+defect. The ``expected``/``observed`` strings only render that claim for people.
 """
 from __future__ import annotations
 
 import errno
-from typing import NamedTuple
 
-from harness.uapi import V1_ERROR, V1_MASK, V1_RUNNING, V1_STATE_NAMES
+from harness.runtime import V1_DATA, V1_DONE, V1_MORE, V1_OFFSET, V1_PENDING
+from harness.runtime import mangle as transport_mangle
+from harness.uapi import V1_ERROR, V1_MASK, V1_RUNNING, V1_SAVING
 
-from . import model, transport
+from . import model
+from .findings import UNCHECKABLE, Check, Finding
+from .model import errname, v1_name, v1_value, v2_name
 
-FINDING_KINDS = (
-    "accepted-invalid", "rejected-valid", "bad-state-after-failure", "state-mismatch",
-    "fd-misuse-accepted", "fd-mismatch", "stream-protocol", "valid-stream-rejected",
-    "resume-corrupted", "damaged-stream-accepted", "state-changed-while-stopped",
-    "resource-leak", "region-layout", "hang", "target-exception", "kernel-splat",
-)
-
-V2_STOPPED = frozenset({model.STOP, model.STOP_COPY, model.RESUMING})
-V2_SESSION_STATES = model.SAVING_GROUP | {model.RESUMING}
-
-
-class Finding(NamedTuple):
-    kind: str
-    step: int  # index of the op in the program
-    expected: str
-    observed: str
-    arc: str  # protocol arc, e.g. "STOP_COPY -set-> PRE_COPY"
-    op: str = ""  # the op as text (filled in by the executor)
-    detail: str = ""  # traceback for target exceptions
-
-    def signature(self) -> str:
-        """The dedup key (kind|arc|op[|frames]); defined once, in fuzz.triage."""
-        from .triage import signature
-
-        return signature(self)
+OK = Check("ok")
+FAILED = Check("failed")
+GET_FAILED = Check("get_failed")
 
 
 class FindingRaised(Exception):
     def __init__(self, finding: Finding):
         super().__init__(finding.kind)
         self.finding = finding
-
-
-def v2_name(state: int) -> str:
-    return model.STATE_NAMES[state] if 0 <= state < 8 else str(state)
-
-
-def v1_name(state: int | None) -> str:
-    return V1_STATE_NAMES.get(state & V1_MASK, "?") if state is not None else "?"
-
-
-def v1_value(value: int) -> str:
-    return f"{value:#05b}" if 0 <= value < 8 else hex(value)
-
-
-def errname(err: int) -> str:
-    return errno.errorcode.get(err, str(err)) if err else "success"
 
 
 class Slot:
@@ -100,7 +45,7 @@ class Slot:
 
 
 class DeviceView:
-    """The protocol-side view of one device during a program."""
+    """The protocol-side view of one device during a program (written by the oracle only)."""
 
     __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled", "original",
                  "resume", "resume_kind", "resume_opaque", "frozen", "pc_expect", "pc_initial")
@@ -114,7 +59,7 @@ class DeviceView:
         self.mangled = False  # a transport fault changed the capture after it was complete
         self.original: bytes | None = None  # the complete stream as the device sent it
         self.resume = bytearray()  # bytes written into the current resume session
-        self.resume_kind = ""  # "", "derived" (one transfer of a capture), "mixed"
+        self.resume_kind = ""  # "", "derived" (one transfer of a capture), "derived-damaged", "mixed"
         self.resume_opaque = False  # the device took bytes the executor cannot know
         self.frozen: bytes | None = None  # digest when the device last stopped
         self.pc_expect = -1  # pre-copy bytes still announced by PRECOPY_INFO
@@ -137,17 +82,24 @@ class DeviceView:
 
 
 class Oracle:
-    """Shared judgement: streams, resume fidelity, frozen state, leaks."""
+    """Shared judgement: streams, resume fidelity, frozen state, leaks, faults, hangs."""
+
+    initial_state = 0
 
     def __init__(self, target):
         self.has_digest = target.has_digest
         self.validates_stream = target.validates_stream
+        self.ndevices = len(target.devices)
+        self.views: list[DeviceView] = []
         self.known: dict[bytes, bytes | None] = {}  # complete untouched streams -> source digest
         # (state before, op name, requested value or None): formatted only for a finding
         self.arc_at: tuple = (0, "", None)
 
-    def begin(self) -> None:
+    def begin(self) -> list[DeviceView]:
+        """A fresh view of every device (all in the power-on state) for a new program."""
         self.known.clear()
+        self.views = [DeviceView(self.initial_state) for _ in range(self.ndevices)]
+        return self.views
 
     @property
     def arc(self) -> str:
@@ -155,8 +107,40 @@ class Oracle:
         text = f"{self.state_name(state)} -{name}->"
         return text if to is None else f"{text} {self.value_name(to)}"
 
-    def fail(self, kind: str, expected: str, observed: str) -> None:
-        raise FindingRaised(Finding(kind, -1, expected, observed, self.arc))  # the executor sets the step
+    def fail(self, kind: str, expected: str, observed: str, check: Check = UNCHECKABLE, detail: str = "") -> None:
+        raise FindingRaised(Finding(kind, -1, expected, observed, self.arc, detail=detail,
+                                    check=check))  # the executor sets the step and the op
+
+    # -- what the executor cannot call an answer -----------------------------------
+
+    def hang(self, what: str) -> Finding:
+        """A device call that did not return (the simulator's watchdog)."""
+        return Finding("hang", -1, "the call returns", f"no return: {what}", self.arc, check=Check("hang"))
+
+    def exception(self, exc: BaseException, tb: str) -> Finding:
+        """An exception escaped from the target."""
+        return Finding("target-exception", -1, "no exception", f"{type(exc).__name__}: {exc}", self.arc,
+                       detail=tb, check=Check("exception"))
+
+    def on_splats(self, lines: list[str]) -> None:
+        """Kernel reports logged while the program ran (real devices)."""
+        if lines:
+            self.fail("kernel-splat", "no kernel WARN, BUG, oops or lockup report", lines[0],
+                      detail="\n".join(lines))
+
+    def on_fault_fired(self, view: DeviceView, got: int, error: int) -> None:
+        """An injected fault fired during an op; ``got`` is the state the device reports now.
+
+        Any internal step can fail (the data path too), and a hardware error may put the
+        device in its error state; any other change of state is a finding."""
+        if got == error and view.state != error:
+            view.state = error
+            for s in view.slots:
+                s.live = None
+            view.frozen = None
+        elif got != view.state:
+            self.fail("bad-state-after-failure", f"{self.state_name(view.state)} or the error state",
+                      self.state_name(got))
 
     # -- streams ----------------------------------------------------------------
 
@@ -168,9 +152,14 @@ class Oracle:
 
     def stream_data(self, view: DeviceView, data: bytes) -> None:
         if view.capture_done:
-            self.fail("stream-protocol", "no data after the end of the stream",
-                      f"{len(data)} more bytes")
+            self.fail("stream-protocol", "no data after the end of the stream", f"{len(data)} more bytes",
+                      Check("data_after_end"))
         view.capture += data
+
+    def drained(self, view: DeviceView, ended: bool, what: str) -> None:
+        """The end of a drain: a stream that never ended is a hang."""
+        if not ended:
+            self.fail("hang", "the stream ends", f"{what} after {len(view.capture)} bytes", Check("hang"))
 
     def resume_verdict(self, view: DeviceView) -> tuple[str, bytes | None]:
         """('valid', digest) / ('damaged', None) / ('unknown', None) for what was written."""
@@ -191,31 +180,35 @@ class Oracle:
                 self.fail("resume-corrupted", "destination state == source state at end of stream",
                           "state differs after a successful resume")
             if verdict == "damaged" and self.validates_stream:
-                self.fail("damaged-stream-accepted", "a damaged stream is refused",
-                          "load succeeded")
+                self.fail("damaged-stream-accepted", "a damaged stream is refused", "load succeeded", OK)
         elif verdict == "valid" and not fault:
-            self.fail("valid-stream-rejected", "a complete untouched stream loads",
-                      "load refused")
+            self.fail("valid-stream-rejected", "a complete untouched stream loads", "load refused", FAILED)
 
     def check_frozen(self, view: DeviceView, digest: bytes | None) -> None:
         if view.frozen is not None and digest != view.frozen:
-            self.fail("state-changed-while-stopped", "device state unchanged while stopped",
-                      "digest changed")
+            self.fail("state-changed-while-stopped", "device state unchanged while stopped", "digest changed")
 
     def check_leak(self, expected: int, live: int | None) -> None:
         if live is not None and live != expected:
             self.fail("resource-leak", f"{expected} migration file(s) held by the driver", f"{live}")
 
+    def stopped(self, view: DeviceView) -> bool:
+        return view.state in self.stopped_states
+
+    def on_activity(self, view: DeviceView, digest: bytes | None) -> None:
+        view.pc_expect = -1
+        if digest is not None and view.state in self.stopped_states:
+            self.check_frozen(view, digest)
+
     # -- transport -----------------------------------------------------------------
 
-    @staticmethod
-    def mangle(view: DeviceView, kind: str, arg: int) -> bool:
+    def on_mangle(self, view: DeviceView, kind: str, arg: int) -> bool:
         """Apply a transport fault to the capture; True if the bytes changed."""
         cap = view.capture
         if not cap:
             return False
         before = bytes(cap)
-        transport.mangle(cap, kind, arg)
+        transport_mangle(cap, kind, arg)
         after = bytes(cap)
         if view.capture_done:
             # damaged: a complete stream the device sent, no longer byte for byte what it sent
@@ -224,10 +217,30 @@ class Oracle:
             view.capture_tainted = True  # no longer what the device sent: never "complete"
         return after != before
 
+    def transfer_source(self, src: DeviceView, dst: DeviceView) -> bytes | None:
+        """The bytes a transfer writes (the source's capture) and the provenance they give the
+        destination's resume session; None when there is nothing to transfer."""
+        data = bytes(src.capture)
+        if not data:
+            return None
+        dst.resume_kind = "mixed" if dst.resume or dst.resume_kind else (
+            "derived-damaged" if src.mangled else "derived")
+        return data
+
+    def transfer_failed(self, dst: DeviceView, data: bytes, err: int, fault: bool, complete: bool) -> None:
+        """A write of a transfer failed after ``dst.resume`` was accepted."""
+        if complete and not fault:
+            self.fail("valid-stream-rejected", "every write of a complete untouched stream succeeds",
+                      f"{errname(err)} after {len(dst.resume)} bytes", FAILED)
+        dst.resume_kind = "mixed"
+
 
 class V2Oracle(Oracle):
     """Judgement for protocol v2 (VFIO_DEVICE_FEATURE + data_fd)."""
 
+    initial_state = model.RUNNING
+    error_state = model.ERROR
+    stopped_states = model.STOPPED_STATES
     state_name = value_name = staticmethod(v2_name)
 
     def __init__(self, target):
@@ -235,25 +248,26 @@ class V2Oracle(Oracle):
         self.flags = target.flags
 
     def on_set(self, view: DeviceView, cur: int, new: int, err: int, fd: int, got: int,
-               gerr: int, fault: bool, dev, digest_fn) -> None:
+               gerr: int, fault: bool, digest_fn) -> None:
         flags = self.flags
         plan = model.plan(flags, cur, new)
         if gerr:
-            self.fail("rejected-valid", "GET MIG_DEVICE_STATE succeeds", errname(gerr))
+            self.fail("rejected-valid", "GET MIG_DEVICE_STATE succeeds", errname(gerr), GET_FAILED)
         if err == 0:
             if plan is None:
-                self.fail("accepted-invalid", "EINVAL", f"success, state {v2_name(got)}")
+                self.fail("accepted-invalid", "EINVAL", f"success, state {v2_name(got)}", OK)
             if got != new:
-                self.fail("state-mismatch", v2_name(new), v2_name(got))
+                self.fail("state-mismatch", v2_name(new), v2_name(got), Check("state_not", new))
             if plan.fd != (fd >= 0):
-                self.fail("fd-mismatch", "a new data_fd" if plan.fd else "data_fd -1", str(fd))
+                self.fail("fd-mismatch", "a new data_fd" if plan.fd else "data_fd -1", str(fd),
+                          Check("no_fd" if plan.fd else "fd"))
             self.completed(view, cur, plan, fd, fault, digest_fn)
             return
         if fd >= 0:
-            self.fail("fd-mismatch", "data_fd -1 on failure", str(fd))
+            self.fail("fd-mismatch", "data_fd -1 on failure", str(fd), Check("fd"))
         if plan is None:
             if got != cur:
-                self.fail("bad-state-after-failure", v2_name(cur), v2_name(got))
+                self.fail("bad-state-after-failure", v2_name(cur), v2_name(got), Check("state_not_in", (cur,)))
             return
         self.failed(view, cur, new, plan, err, got, fault, digest_fn)
 
@@ -263,7 +277,7 @@ class V2Oracle(Oracle):
             for s in view.slots:
                 if s.live:
                     s.live = False
-        stopped_before = cur in V2_STOPPED
+        stopped_before = cur in model.STOPPED_STATES
         if plan.load:
             digest = digest_fn()
             self.loaded(view, True, digest, fault)
@@ -279,7 +293,7 @@ class V2Oracle(Oracle):
         new = plan.hops[-1] if plan.hops else cur
         view.state = new
         view.pc_expect = -1
-        if new in V2_STOPPED:
+        if new in model.STOPPED_STATES:
             if self.has_digest:
                 digest = digest_fn()
                 if stopped_before and not plan.runs:
@@ -295,14 +309,15 @@ class V2Oracle(Oracle):
         flags = self.flags
         allowed = model.allowed_after_failure(flags, cur, new)
         if got not in allowed:
-            self.fail("bad-state-after-failure", " or ".join(v2_name(s) for s in sorted(allowed)), v2_name(got))
+            self.fail("bad-state-after-failure", " or ".join(v2_name(s) for s in sorted(allowed)), v2_name(got),
+                      Check("state_not_in", tuple(sorted(allowed))))
         if got == model.ERROR:
             view.state = model.ERROR
             for s in view.slots:
                 s.live = None
             view.frozen = None
             if not fault:
-                self.fail("rejected-valid", "success", f"{errname(err)}, device in ERROR")
+                self.fail("rejected-valid", "success", f"{errname(err)}, device in ERROR", FAILED)
             return
         hops = plan.hops
         reached = hops.index(got) + 1 if got in hops else 0
@@ -314,7 +329,13 @@ class V2Oracle(Oracle):
             if self.has_digest and view.frozen is not None:
                 self.check_frozen(view, digest_fn())  # never half-loaded
         elif not fault:
-            self.fail("rejected-valid", "success", f"{errname(err)}, state {v2_name(got)}")
+            self.fail("rejected-valid", "success", f"{errname(err)}, state {v2_name(got)}", FAILED)
+
+    def on_get(self, view: DeviceView, err: int, got: int) -> None:
+        if err:
+            self.fail("rejected-valid", "GET succeeds", errname(err), FAILED)
+        if got != view.state:
+            self.fail("state-mismatch", v2_name(view.state), v2_name(got), Check("state_not", view.state))
 
     def on_read(self, view: DeviceView, slot: Slot, n: int, err: int, data: bytes, fault: bool,
                 digest_fn) -> bool:
@@ -324,19 +345,20 @@ class V2Oracle(Oracle):
         if not slot.live or not slot.saving:
             if err == 0:
                 why = "after its session ended" if not slot.live else "on a resuming data_fd"
-                self.fail("fd-misuse-accepted", f"read {why} fails", f"returned {len(data)} bytes")
+                self.fail("fd-misuse-accepted", f"read {why} fails", f"returned {len(data)} bytes", OK)
             return True
         state = view.state
         if err:
             if err == errno.ENOMSG:
                 if state == model.STOP_COPY:
-                    self.fail("stream-protocol", "read in STOP_COPY never fails with ENOMSG", "ENOMSG")
+                    self.fail("stream-protocol", "read in STOP_COPY never fails with ENOMSG", "ENOMSG",
+                              Check("errno", errno.ENOMSG))
                 return True
             if not fault:
-                self.fail("rejected-valid", "read on a live saving data_fd succeeds", errname(err))
+                self.fail("rejected-valid", "read on a live saving data_fd succeeds", errname(err), FAILED)
             return True
         if len(data) > n:
-            self.fail("stream-protocol", f"at most {n} bytes", f"{len(data)} bytes")
+            self.fail("stream-protocol", f"at most {n} bytes", f"{len(data)} bytes", Check("longer_than", n))
         if not data:
             if state == model.STOP_COPY and n > 0:  # read(fd, buf, 0) returning 0 is not end of stream
                 self.stream_complete(view, digest_fn())
@@ -346,7 +368,7 @@ class V2Oracle(Oracle):
             view.pc_expect -= len(data)
             if view.pc_expect < 0:
                 self.fail("stream-protocol", "PRECOPY_INFO initial+dirty bytes cover what is readable",
-                          f"{-view.pc_expect} bytes more than announced")
+                          f"{-view.pc_expect} bytes more than announced", Check("precopy_overrun"))
         return False
 
     def on_write(self, view: DeviceView, slot: Slot, err: int, written: int, data: bytes) -> None:
@@ -355,19 +377,26 @@ class V2Oracle(Oracle):
         if not slot.live or slot.saving:
             if err == 0:
                 why = "after its session ended" if not slot.live else "on a saving data_fd"
-                self.fail("fd-misuse-accepted", f"write {why} fails", f"wrote {written} bytes")
+                self.fail("fd-misuse-accepted", f"write {why} fails", f"wrote {written} bytes", OK)
             return
         if err == 0:
             view.resume += data[:written]
         view.resume_kind = "mixed"
 
+    def on_transfer_write(self, dst: DeviceView, piece: bytes, n: int) -> None:
+        """One successful write of a transfer took ``n`` bytes of ``piece``."""
+        if n <= 0:  # a writer looping on it would spin forever (QEMU's load thread does)
+            self.fail("stream-protocol", f"write of {len(piece)} bytes makes progress", f"returned {n}",
+                      Check("stalled"))
+        dst.resume += piece[:n]
+
     def on_seek(self, slot: Slot, err: int) -> None:
         if err == 0:
-            self.fail("fd-misuse-accepted", "lseek on a data_fd fails (ESPIPE)", "success")
+            self.fail("fd-misuse-accepted", "lseek on a data_fd fails (ESPIPE)", "success", OK)
 
     def on_close(self, view: DeviceView, slot: Slot, err: int) -> None:
         if err:
-            self.fail("rejected-valid", "close of a data_fd succeeds", errname(err))
+            self.fail("rejected-valid", "close of a data_fd succeeds", errname(err), FAILED)
         view.slots.remove(slot)
 
     def on_precopy(self, view: DeviceView, slot: Slot, err: int, initial: int, dirty: int,
@@ -379,22 +408,38 @@ class V2Oracle(Oracle):
             if err == 0:
                 self.fail("accepted-invalid",
                           "PRECOPY_INFO fails outside PRE_COPY/PRE_COPY_P2P or on a dead/resuming fd",
-                          f"success in {v2_name(view.state)}")
+                          f"success in {v2_name(view.state)}", OK)
             return
         if err:
             if not fault:
-                self.fail("rejected-valid", "PRECOPY_INFO succeeds in a pre-copy state", errname(err))
+                self.fail("rejected-valid", "PRECOPY_INFO succeeds in a pre-copy state", errname(err), FAILED)
             return
         if 0 <= view.pc_initial < initial:
-            self.fail("stream-protocol", f"initial_bytes <= {view.pc_initial}", str(initial))
+            self.fail("stream-protocol", f"initial_bytes <= {view.pc_initial}", str(initial), Check("initial_grew"))
         view.pc_initial = initial
         view.pc_expect = initial + dirty
 
+    def on_datasize(self, err: int) -> None:
+        if err:
+            self.fail("rejected-valid", "MIG_DATA_SIZE succeeds in every state", errname(err), FAILED)
+
+    def on_feature(self, view: DeviceView, flags: int, argsz: int, err: int) -> None:
+        """Raw VFIO_DEVICE_FEATURE framing; a SET carries the current state (a no-op request)."""
+        expect = model.feature_errno(flags, argsz, self.flags, view.state)
+        if expect is None:
+            return  # features other than migration's are the driver's business
+        if err and not expect:
+            self.fail("rejected-valid", "success", errname(err), FAILED)
+        if expect and not err:
+            self.fail("accepted-invalid", errname(expect), "success", OK)
+
     def on_reset(self, view: DeviceView, err: int, got: int, gerr: int, live: int | None) -> None:
         if err:
-            self.fail("rejected-valid", "VFIO_DEVICE_RESET succeeds", errname(err))
-        if gerr or got != model.RUNNING:
-            self.fail("state-mismatch", "RUNNING after reset", v2_name(got) if not gerr else errname(gerr))
+            self.fail("rejected-valid", "VFIO_DEVICE_RESET succeeds", errname(err), FAILED)
+        if gerr:
+            self.fail("state-mismatch", "RUNNING after reset", errname(gerr), GET_FAILED)
+        if got != model.RUNNING:
+            self.fail("state-mismatch", "RUNNING after reset", v2_name(got), Check("state_not", model.RUNNING))
         for s in view.slots:
             s.live = False
         view.state = model.RUNNING
@@ -405,12 +450,15 @@ class V2Oracle(Oracle):
 
     def check_files(self, view: DeviceView, live: int | None) -> None:
         if view.state != model.ERROR:
-            self.check_leak(int(view.state in V2_SESSION_STATES), live)
+            self.check_leak(int(view.state in model.SESSION_STATES), live)
 
 
 class V1Oracle(Oracle):
     """Judgement for protocol v1 (the migration region)."""
 
+    initial_state = model.V1_RESET_STATE
+    error_state = V1_ERROR
+    stopped_states = model.V1_STOPPED_STATES
     state_name = staticmethod(v1_name)
     value_name = staticmethod(v1_value)
 
@@ -424,29 +472,31 @@ class V1Oracle(Oracle):
         reserved = value & ~V1_MASK
         allowed = model.v1_write_allowed(cur, value)
         if got is None:
-            self.fail("rejected-valid", "device_state can be read back", "read failed")
+            self.fail("rejected-valid", "device_state can be read back", "read failed", GET_FAILED)
         got &= V1_MASK
         if err == 0:
             if not allowed:
                 self.fail("accepted-invalid", f"write of {value:#05b} refused in {v1_name(cur)}",
-                          f"accepted, state {v1_name(got)}")
+                          f"accepted, state {v1_name(got)}", OK)
             if got != new:
-                self.fail("state-mismatch", v1_name(new), v1_name(got))
+                self.fail("state-mismatch", v1_name(new), v1_name(got), Check("state_not", new))
             self.apply(view, cur, new, digest_fn, fault)
             return
-        if got not in model.v1_states_after_failure(cur):
-            self.fail("bad-state-after-failure", f"{v1_name(cur)} or ERROR", v1_name(got))
+        after = model.v1_states_after_failure(cur)
+        if got not in after:
+            self.fail("bad-state-after-failure", f"{v1_name(cur)} or ERROR", v1_name(got),
+                      Check("state_not_in", tuple(sorted(after))))
         load = model.v1_is_load(cur, new)
         if got == V1_ERROR:
             view.state = V1_ERROR
             view.frozen = None
             if allowed and not fault and not reserved:
-                self.fail("rejected-valid", "success", f"{errname(err)}, device in ERROR (110b)")
+                self.fail("rejected-valid", "success", f"{errname(err)}, device in ERROR (110b)", FAILED)
             return
         if load and allowed and not reserved:
             self.loaded(view, False, None, fault)
         elif allowed and not fault and not reserved and not load:
-            self.fail("rejected-valid", f"{v1_name(cur)} -> {v1_name(new)} succeeds", errname(err))
+            self.fail("rejected-valid", f"{v1_name(cur)} -> {v1_name(new)} succeeds", errname(err), FAILED)
         if self.has_digest and cur in model.V1_STOPPED_STATES:
             self.check_frozen(view, digest_fn())
 
@@ -472,21 +522,89 @@ class V1Oracle(Oracle):
 
     def on_get(self, view: DeviceView, err: int, got: int | None) -> None:
         if err or got is None:
-            self.fail("rejected-valid", "device_state read succeeds", errname(err))
+            self.fail("rejected-valid", "device_state read succeeds", errname(err), FAILED)
         if got != view.state:
-            self.fail("state-mismatch", v1_name(view.state), f"{got:#x}")
+            self.fail("state-mismatch", v1_name(view.state), f"{got:#x}", Check("state_not", view.state))
+
+    def on_field_read(self, view: DeviceView, name: str, err: int, value: int | None) -> None:
+        """A bare read of a region field (outside the §1.5 sequence)."""
+        access = model.V1_FIELD_ACCESS[name]
+        if access == "rw":
+            self.on_get(view, err, value)
+        elif access == "zero" and not err and value:
+            self.fail("accepted-invalid", f"{name} reads 0", hex(value), Check("value_nonzero"))
+        if name in model.V1_READ_SIDE_EFFECTS and model.v1_saving(view.state):
+            view.capture_tainted = True  # the read moved the saving iteration outside `save`
+        elif name == "data_offset" and value is not None and not err:
+            self.check_window(value, 0)
+
+    def on_field_write(self, view: DeviceView, name: str, err: int, readback: int | None) -> None:
+        """A bare write of a region field other than device_state; ``readback`` for "zero" fields."""
+        access = model.V1_FIELD_ACCESS[name]
+        if model.v1_saving(view.state):
+            view.capture_tainted = True  # a stray write may disturb the saving iteration
+        if access == "data":
+            view.resume_kind = "mixed"
+            if not err and view.state == model.V1_RESUMING_STATE:
+                view.resume_opaque = True  # the device consumed window bytes we did not write
+        elif access == "zero" and readback:
+            self.fail("accepted-invalid", f"writes to {name} are ignored", f"reads {readback:#x}",
+                      Check("value_nonzero"))
+        # "ro" fields cannot be read back without moving the stream (V1_READ_SIDE_EFFECTS): unjudged
+
+    def on_window_access(self, view: DeviceView, wrote: bytes | None, err: int) -> None:
+        """rdwin/wrwin: data_offset was read outside the sequence (and, for a write, bytes given)."""
+        if model.v1_saving(view.state):
+            view.capture_tainted = True  # reading data_offset staged a chunk the capture misses
+        if wrote is not None:
+            if not err and view.state == model.V1_RESUMING_STATE:
+                view.resume += wrote
+            view.resume_kind = "mixed"
+
+    def on_save_iteration(self, view: DeviceView, answer: tuple, fault: bool, digest_fn) -> bool:
+        """One §1.5 iteration's raw answers (``harness.runtime.v1_save_iteration``); True when done."""
+        stage, err, pending, offset, size, data = answer
+        if stage == V1_PENDING:
+            if not fault:
+                self.fail("rejected-valid", "pending_bytes can be read", errname(err), FAILED)
+            return True
+        if stage == V1_DONE:
+            if pending == 0 and view.state == V1_SAVING:
+                self.stream_complete(view, digest_fn())
+            return True
+        if stage == V1_OFFSET:
+            if not fault:
+                self.fail("rejected-valid", "data_offset can be read while saving", errname(err), FAILED)
+            return True
+        if stage == V1_MORE or stage == V1_DATA:
+            self.check_window(offset, size)
+        if stage != V1_MORE:
+            what = "data_size can be read while saving" if size is None else "the staged chunk can be read"
+            self.fail("rejected-valid", what, errname(err), FAILED)
+        if data:
+            self.stream_data(view, data)
+        return False
 
     def check_window(self, offset: int, size: int) -> None:
         if offset < model.V1_HEADER_SIZE or offset + size > self.region_size:
             self.fail("region-layout",
                       f"data window inside the region [{model.V1_HEADER_SIZE}, {self.region_size})",
-                      f"data_offset {offset:#x} data_size {size}")
+                      f"data_offset {offset:#x} data_size {size}", Check("window_outside"))
+
+    def on_transfer_chunk(self, dst: DeviceView, chunk: bytes, offset: int | None, taken: int) -> None:
+        """One §1.6 step of a transfer succeeded: data_offset was ``offset``, ``taken`` bytes went in."""
+        if offset is not None:
+            self.check_window(offset, 1)  # room for at least one byte
+        dst.resume += chunk[:taken]
 
     def on_reset(self, view: DeviceView, err: int, got: int | None, live: int | None) -> None:
         if err:
-            self.fail("rejected-valid", "VFIO_DEVICE_RESET succeeds", errname(err))
-        if got is None or got & V1_MASK != model.V1_RESET_STATE:
-            self.fail("state-mismatch", "RUNNING (001b) after reset", v1_name(got))
+            self.fail("rejected-valid", "VFIO_DEVICE_RESET succeeds", errname(err), FAILED)
+        if got is None:
+            self.fail("state-mismatch", "RUNNING (001b) after reset", "?", GET_FAILED)
+        if got & V1_MASK != model.V1_RESET_STATE:
+            self.fail("state-mismatch", "RUNNING (001b) after reset", v1_name(got),
+                      Check("state_not", model.V1_RESET_STATE))
         view.state = model.V1_RESET_STATE
         view.frozen = None
         view.new_resume()

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from harness.runtime import MANGLE_KINDS, SEG_RANDOM
+from harness.sim.core import FAULT_KINDS
 from harness.uapi import V1_FIELD_NAMES, MigState
-
-from .transport import MANGLE_CHUNK, MANGLE_KINDS  # noqa: F401  (part of the op vocabulary)
 
 TEXT_MAGIC = "migfuzz-program"
 TEXT_VERSION = 1
 NDEVICES = 2
-MAX_OPS = 48
-MAX_PAYLOAD = 4096
+MAX_OPS = 48          # ops in one program
+MAX_PAYLOAD = 4096    # payload bytes (write data) in one program, all ops together
+SLOT_RANGE = {"a": 1 << 16, "b": 1 << 32}  # the record's a (u16) and b (u32) slots
 FD_SLOTS = 4  # fd=0 is the newest data_fd of a device, fd=1 the one before, ...
-
-FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr", "short")
 
 
 class Op(NamedTuple):
@@ -72,7 +71,7 @@ COMMON_OPS = (
     OpSpec("mangle", F_MANGLE, "damage this device's captured stream in transport"),
     OpSpec("transfer", (F_DST, F_SEG),
            "write this device's captured stream into dst's resume session, in pieces of seg bytes "
-           "(0: one write; >= 1024: random splits seeded by seg)"),
+           f"(0: one write; >= {SEG_RANDOM}: random splits seeded by seg)"),
 )
 
 V2_OPS = COMMON_OPS + (
@@ -201,8 +200,16 @@ def parse_op(proto: str, line: str) -> Op:
         if not eq or name not in by_name:
             raise ProgramError(f"{words[0]}: unexpected argument {word!r} (takes {', '.join(by_name) or 'none'})")
         f = by_name[name]
-        values[f.slot] = _parse_value(f, text)
-    return normalize(proto, Op(code, int(words[1]), values["a"], values["b"], values["data"]))
+        value = _parse_value(f, text)
+        if f.slot == "data":
+            if len(value) > MAX_PAYLOAD:
+                raise ProgramError(f"{words[0]}: {name} is {len(value)} bytes; at most {MAX_PAYLOAD}")
+        else:
+            top = (f.limit or SLOT_RANGE[f.slot]) - 1
+            if not 0 <= value <= top:
+                raise ProgramError(f"{words[0]}: {name}={text} is out of range (0..{top})")
+        values[f.slot] = value
+    return Op(code, int(words[1]), values["a"], values["b"], values["data"])
 
 
 def parse_program(text: str) -> Program:
@@ -210,14 +217,15 @@ def parse_program(text: str) -> Program:
     lines = [(n, ln) for n, ln in lines if ln]
     if not lines:
         raise ProgramError("empty program")
-    head = lines[0][1].split()
+    n, first = lines[0]
+    head = first.split()
     if len(head) != 3 or head[0] != TEXT_MAGIC:
-        raise ProgramError(f"missing header line '{TEXT_MAGIC} {TEXT_VERSION} v1|v2'")
+        raise ProgramError(f"line {n}: expected the header '{TEXT_MAGIC} {TEXT_VERSION} v1|v2', found {first[:60]!r}")
     if head[1] != str(TEXT_VERSION):
-        raise ProgramError(f"unsupported program version {head[1]}")
+        raise ProgramError(f"line {n}: unsupported program version {head[1]} (this migfuzz reads {TEXT_VERSION})")
     proto = head[2]
     if proto not in OPS:
-        raise ProgramError(f"unknown protocol {proto!r} (v1 or v2)")
+        raise ProgramError(f"line {n}: unknown protocol {proto!r} (v1 or v2)")
     ops = []
     for n, line in lines[1:]:
         try:
@@ -226,14 +234,7 @@ def parse_program(text: str) -> Program:
             raise ProgramError(f"line {n}: {e}") from None
     if len(ops) > MAX_OPS:
         raise ProgramError(f"{len(ops)} ops; at most {MAX_OPS}")
+    payload = sum(len(op.data) for op in ops)
+    if payload > MAX_PAYLOAD:
+        raise ProgramError(f"the ops carry {payload} payload bytes in all; at most {MAX_PAYLOAD}")
     return Program(proto, tuple(ops))
-
-
-def is_text(data: bytes) -> bool:
-    """Whether a file holds a program in text form rather than the binary form:
-    its first line that is neither blank nor a ``#`` comment names the format."""
-    for raw in data.splitlines():
-        line = raw.strip()
-        if line and not line.startswith(b"#"):
-            return line.startswith(TEXT_MAGIC.encode())
-    return False

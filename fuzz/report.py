@@ -15,8 +15,12 @@ JSON-lines file, a report directory, or a crashes directory (from the headers
 of the crash .txt files) - e.g. after a campaign was interrupted before it
 could write them.
 
-Only the standard library is imported at module load (the CLI imports this
-module before the engine instruments the simulator).
+``--jobs N`` writes one report directory per job (``job0``, ``job1``, ...);
+:func:`merge_job_reports` merges them into one ``migfuzz.jsonl`` with SARIF and JUnit
+at the top, and ``migfuzz report DIR`` does the same for such a directory.
+
+Rule descriptions come from ``fuzz.findings.KINDS``; nothing here reads the
+``expected``/``observed`` text to decide anything (they are shown as messages).
 """
 from __future__ import annotations
 
@@ -26,7 +30,14 @@ import json
 import os
 import sys
 import xml.etree.ElementTree as ET
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from harness.runtime import EXIT_OK
+
+from . import crashfile
+from .errors import UsageError
+from .findings import DESCRIPTIONS, FINDING_KINDS, signature
 
 JSONL_NAME = "migfuzz.jsonl"
 SARIF_NAME = "migfuzz.sarif"
@@ -99,43 +110,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def records_from_crashes(directory: Path, target: str | None = None) -> list[dict]:
-    """Finding records from the headers of a crash directory's .txt files (no replay)."""
-    from .triage import crash_files, read_meta
-
+    """Finding records from the data lines of a crash directory's files (no replay)."""
     out = []
-    for path in crash_files(directory):
-        meta = read_meta(path)
-        if not meta.kind:
+    for path in crashfile.crash_files(directory):
+        meta = crashfile.read_meta(path)
+        if meta.finding is None:
             continue
-        out.append({"type": "finding", "kind": meta.kind, "step": meta.step, "op": meta.op, "arc": meta.arc,
-                    "expected": meta.expected, "observed": meta.observed, "signature": meta.our_signature(),
-                    "file": str(path), "target": target or meta.target})
+        out.append(dict(meta.finding.data(), type="finding", signature=signature(meta.finding), file=str(path),
+                        target=target or meta.target))
     return out
-
-
-# ----------------------------------------------------------------------------- findings
-
-
-def kind_descriptions() -> dict:
-    """Finding kind -> one-line description, from the table in fuzz.oracles' docstring."""
-    from . import oracles
-
-    desc: dict = {}
-    current = None
-    for line in (oracles.__doc__ or "").splitlines():
-        if not line.strip() or line.startswith("="):
-            current = None
-            continue
-        if not line[0].isspace():
-            word, _, rest = line.partition(" ")
-            if word in oracles.FINDING_KINDS:
-                current = word
-                desc[word] = rest.strip()
-                continue
-            current = None
-        elif current:
-            desc[current] += " " + line.strip()
-    return {k: desc.get(k, k) for k in oracles.FINDING_KINDS}
 
 
 def group_findings(records: list[dict]) -> list[dict]:
@@ -178,10 +161,8 @@ def _rule_name(kind: str) -> str:
 
 
 def sarif_report(records: list[dict]) -> dict:
-    from . import oracles
-
-    descriptions = kind_descriptions()
-    kinds = list(oracles.FINDING_KINDS)
+    descriptions = DESCRIPTIONS
+    kinds = list(FINDING_KINDS)
     groups = group_findings(records)
     for g in groups:
         if g.get("kind") not in kinds:
@@ -224,15 +205,13 @@ def sarif_report(records: list[dict]) -> dict:
 
 
 def junit_report(records: list[dict]) -> ET.ElementTree:
-    from . import oracles
-
     groups = group_findings(records)
     stats = last_stats(records)
     targets = sorted({str(r.get("target")) for r in records if r.get("target")})
     by_kind: dict = {}
     for g in groups:
         by_kind.setdefault(g.get("kind"), []).append(g)
-    kinds = list(oracles.FINDING_KINDS) + sorted(k for k in by_kind if k not in oracles.FINDING_KINDS)
+    kinds = list(FINDING_KINDS) + sorted(k for k in by_kind if k not in FINDING_KINDS)
     failures = sum(1 for k in kinds if by_kind.get(k))
     elapsed = str(stats.get("elapsed_s", 0))
     suites = ET.Element("testsuites", name="migfuzz", tests=str(len(kinds)), failures=str(failures), errors="0",
@@ -242,7 +221,7 @@ def junit_report(records: list[dict]) -> ET.ElementTree:
     props = ET.SubElement(suite, "properties")
     for key, value in [("target", ", ".join(targets))] + sorted((k, v) for k, v in stats.items() if k != "target"):
         ET.SubElement(props, "property", name=str(key), value=str(value))
-    descriptions = kind_descriptions()
+    descriptions = DESCRIPTIONS
     classname = "migfuzz." + (targets[0] if len(targets) == 1 else "campaign")
     for kind in kinds:
         case = ET.SubElement(suite, "testcase", classname=classname, name=kind, time="0")
@@ -269,42 +248,55 @@ def write_reports(records: list[dict], sarif: Path | None, junit: Path | None) -
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    crashfile.write_durably(path, text.encode())
 
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("vfio-migfuzz")
-    except Exception:  # noqa: BLE001 - not installed
+    except PackageNotFoundError:
         return "0"
+
+
+def job_dirs(directory: Path) -> list[Path]:
+    """The per-job report directories ``--jobs N`` wrote (job0, job1, ...)."""
+    return sorted((p for p in directory.glob("job*") if (p / JSONL_NAME).is_file()),
+                  key=lambda p: (len(p.name), p.name))
+
+
+def merge_job_reports(directory: Path) -> list[dict]:
+    """Merge ``job*/migfuzz.jsonl`` into ``directory/migfuzz.jsonl`` (ordered by time) and write
+    the campaign's SARIF and JUnit next to it; returns the merged records."""
+    records = []
+    for job in job_dirs(directory):
+        for rec in read_jsonl(job / JSONL_NAME):
+            records.append(dict(rec, job=job.name))
+    records.sort(key=lambda r: str(r.get("time", "")))
+    text = "".join(json.dumps(r, default=str) + "\n" for r in records)
+    _atomic_write(directory / JSONL_NAME, text)
+    write_reports(records, directory / SARIF_NAME, directory / JUNIT_NAME)
+    return records
 
 
 # ----------------------------------------------------------------------------- command
 
 
 def load_records(source: Path, target: str | None = None) -> tuple[list[dict], Path]:
-    """(records, default output directory) for a JSON-lines file, a report dir or a crash dir."""
+    """(records, default output directory) for a JSON-lines file, a report dir (or one with
+    job*/ subdirectories), or a crash dir."""
     if source.is_file():
         return read_jsonl(source), source.parent
+    if job_dirs(source):
+        return merge_job_reports(source), source
     if (source / JSONL_NAME).is_file():
         return read_jsonl(source / JSONL_NAME), source
     return records_from_crashes(source, target), source
 
 
 def cmd_report(args) -> int:
-    from .cli import EXIT_OK, EXIT_USAGE
-
     source = Path(args.source)
     if not source.exists():
-        print(f"migfuzz: {source}: no such file or directory", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"{source}: no such file or directory")
     records, outdir = load_records(source, args.target)
     sarif = Path(args.sarif) if args.sarif else None
     junit = Path(args.junit) if args.junit else None
@@ -316,15 +308,3 @@ def cmd_report(args) -> int:
     print(f"migfuzz: {len(groups)} distinct finding(s) ({', '.join(kinds) or 'none'}) -> "
           + ", ".join(str(p) for p in (sarif, junit) if p is not None), file=sys.stderr)
     return EXIT_OK
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="build SARIF and JUnit reports from a campaign's JSON lines or crash files",
-                       description="Rebuild migfuzz.sarif (SARIF 2.1.0) and junit.xml from a migfuzz.jsonl file, a "
-                                   "--report-dir directory, or a crashes directory (read from the crash .txt "
-                                   "headers). Without --sarif/--junit both are written next to the input.")
-    p.add_argument("source", metavar="DIR_OR_JSONL")
-    p.add_argument("--sarif", metavar="OUT", help="SARIF output file")
-    p.add_argument("--junit", metavar="OUT", help="JUnit XML output file")
-    p.add_argument("--target", help="target to record for crash files without a '# target:' line")
-    p.set_defaults(func=cmd_report)

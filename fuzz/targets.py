@@ -12,20 +12,18 @@ Syntax: ``KIND[:key=value,...]``.
   Fuzzing a kernel device also needs ``--i-know-this-resets-the-device``.
 * ``mtty`` — inside the rig guest: the mtty instances the rig created.
 
-This module imports no harness code at load time, so the fuzzing engine can
-import the simulator inside atheris' instrumentation.
+Errors: ``TargetError`` (a bad spec: usage, exit 2) and ``TargetUnavailable`` (well
+specified but cannot be opened here: exit 3), both from ``harness.base``.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from harness.base import TargetError, TargetUnavailable
+from harness.kernel.target import open_kernel_target
+from harness.sim import BUGS, SimTarget
 
-class TargetError(ValueError):
-    """A target specification that cannot be used (usage error, exit 2)."""
-
-
-class TargetUnavailable(RuntimeError):
-    """The target exists in the spec but cannot be opened (exit 3)."""
+__all__ = ["TargetError", "TargetSpec", "TargetUnavailable", "open_target", "parse_target", "require_opt_in"]
 
 
 class TargetSpec(NamedTuple):
@@ -69,8 +67,11 @@ def parse_target(text: str) -> TargetSpec:
         proto = options.pop("proto", "v2")
         if proto not in ("v1", "v2"):
             raise TargetError(f"proto must be v1 or v2, not {proto!r}")
+        flags_text = options.pop("flags", None)
+        if proto == "v1" and flags_text is not None:
+            raise TargetError("flags= is a v2 option (VFIO_MIGRATION_* flags); protocol v1 has none")
         try:
-            flags = int(options.pop("flags", "0x7"), 0)
+            flags = int(flags_text or "0x7", 0)
             seed = int(options.pop("seed", "0"), 0)
         except ValueError as e:
             raise TargetError(f"bad number in target: {e}") from None
@@ -96,14 +97,21 @@ def open_target(spec: TargetSpec | str):
     if isinstance(spec, str):
         spec = parse_target(spec)
     if spec.kind == "sim":
-        from harness.sim import BUGS, SimTarget
-
         bug = BUGS.get(spec.bug) if spec.bug else None
         if spec.bug and bug is None:
             raise TargetError(f"unknown bug variant {spec.bug!r}; `migfuzz targets` lists them")
         if bug is not None and bug.proto != spec.proto:
             raise TargetError(f"bug {spec.bug!r} is a {bug.proto} variant; add proto={bug.proto}")
         return SimTarget(spec.proto, spec.flags, spec.bug, spec.options.get("seed", 0))
-    from harness.kernel.target import open_kernel_target
-
     return open_kernel_target(spec)
+
+
+OPT_IN_FLAG = "--i-know-this-resets-the-device"
+
+
+def require_opt_in(spec: TargetSpec, confirmed: bool, why: str = "") -> None:
+    """Every command that touches a real device needs the user's explicit opt-in (it resets
+    the device, again and again); raises TargetError (usage) without it."""
+    if spec.kind != "sim" and not confirmed:
+        raise TargetError(f"{spec.text()} is a real device{': ' + why if why else ''}, and it gets reset; "
+                          f"add {OPT_IN_FLAG} to confirm")

@@ -6,11 +6,26 @@ expected protocol answer; a Python exception escaping one of them is itself a
 finding ("exception inside the target").
 
 Backends: ``harness.sim`` (in-process simulator) and ``harness.kernel`` (a real
-VFIO device through ioctl/pread/pwrite).
+VFIO device through ioctl/pread/pwrite, :class:`harness.runtime.VfioDevice`).
+
+Also here: the errors every layer shares (a bad target, an unavailable one, a hang).
 """
 from __future__ import annotations
 
 from typing import Protocol
+
+
+class TargetError(ValueError):
+    """A target specification that cannot be used: a usage error (exit 2)."""
+
+
+class TargetUnavailable(RuntimeError):
+    """The target is well specified but cannot be opened here: no device, no permission,
+    no migration support (exit 3)."""
+
+
+class DeviceHang(Exception):
+    """A device call did not return: the simulator's step budget ran out (its watchdog)."""
 
 
 class Device(Protocol):

@@ -38,6 +38,9 @@ V1_STATE_NAMES = {
     0: "STOP", 1: "RUNNING", 2: "SAVING", 3: "SAVING|RUNNING", 4: "RESUMING",
     5: "RESUMING|RUNNING", 6: "ERROR", 7: "RESUMING|SAVING|RUNNING",
 }
+# States by what the device does in them (v1 header comment, §1.3).
+V1_SAVING_STATES = frozenset({V1_SAVING, V1_SAVING | V1_RUNNING})
+V1_STOPPED_STATES = frozenset({V1_STOP, V1_SAVING, V1_RESUMING, V1_ERROR})
 
 # struct vfio_device_migration_info, at offset 0 of the region (32 bytes)
 vfio_device_migration_info = Struct(
@@ -57,6 +60,7 @@ V1_FIELDS = {
     "data_size": (24, 8),
 }
 V1_FIELD_NAMES = tuple(V1_FIELDS)
+V1_HEADER_SIZE = vfio_device_migration_info.sizeof()
 
 VFIO_REGION_TYPE_MIGRATION = 3  # renamed _DEPRECATED in 5.18
 VFIO_REGION_SUBTYPE_MIGRATION = 1
@@ -138,6 +142,12 @@ class MigState(enum.IntEnum):
 
 
 VFIO_DEVICE_STATE_NR = 8
+V2_STATE_NAMES = tuple(s.name for s in MigState)
+
+# States by what the device does in them (enum vfio_device_mig_state comment): it runs (its
+# internal state may change), or it is stopped (it must not change).
+V2_RUNNING_STATES = frozenset({MigState.RUNNING, MigState.RUNNING_P2P, MigState.PRE_COPY, MigState.PRE_COPY_P2P})
+V2_STOPPED_STATES = frozenset({MigState.STOP, MigState.STOP_COPY, MigState.RESUMING})
 
 
 class MigFlag(enum.IntFlag):
@@ -353,3 +363,44 @@ def packer(con) -> struct.Struct:
     return packed
 
 
+
+
+# --------------------------------------------------------------------------
+# The layouts and constants harness/runtime.py (and the reproducers) work with
+# --------------------------------------------------------------------------
+
+# The structs the runtime packs, by their name here.
+RUNTIME_STRUCTS = ("vfio_device_feature", "vfio_device_feature_migration", "vfio_device_feature_mig_state",
+                   "vfio_precopy_info", "vfio_region_info", "vfio_info_cap_header", "vfio_region_info_cap_type",
+                   "vfio_device_info", "vfio_group_status", "vfio_device_bind_iommufd")
+RUNTIME_IOCTLS = ("VFIO_GET_API_VERSION", "VFIO_SET_IOMMU", "VFIO_GROUP_GET_STATUS", "VFIO_GROUP_SET_CONTAINER",
+                  "VFIO_GROUP_GET_DEVICE_FD", "VFIO_DEVICE_GET_INFO", "VFIO_DEVICE_GET_REGION_INFO",
+                  "VFIO_DEVICE_RESET", "VFIO_DEVICE_FEATURE", "VFIO_DEVICE_BIND_IOMMUFD", "VFIO_MIG_GET_PRECOPY_INFO")
+
+
+def runtime_abi() -> dict:
+    """Everything harness.runtime.Abi needs, as plain data (it is also written into reproducers)."""
+    g = globals()
+    return {
+        "ioctls": {family: {name: vfio_ioctl(VFIO_IOCTL_INDEX[name], arch) for name in RUNTIME_IOCTLS}
+                   for family, arch in (("generic", "generic"), ("three_bit_dir", "powerpc"))},
+        "structs": {name: packer(g[name]).format for name in RUNTIME_STRUCTS},
+        "consts": {
+            "FEATURE_GET": FEATURE_GET, "FEATURE_SET": FEATURE_SET, "FEATURE_PROBE": FEATURE_PROBE,
+            "FEATURE_MIGRATION": FEATURE_MIGRATION, "FEATURE_MIG_DEVICE_STATE": FEATURE_MIG_DEVICE_STATE,
+            "FEATURE_MIG_DATA_SIZE": FEATURE_MIG_DATA_SIZE,
+            "VFIO_API_VERSION": VFIO_API_VERSION, "VFIO_TYPE1_IOMMU": VFIO_TYPE1_IOMMU,
+            "VFIO_TYPE1v2_IOMMU": VFIO_TYPE1v2_IOMMU, "GROUP_FLAGS_VIABLE": VFIO_GROUP_FLAGS_VIABLE,
+            "REGION_INFO_FLAG_CAPS": VFIO_REGION_INFO_FLAG_CAPS, "REGION_INFO_CAP_TYPE": VFIO_REGION_INFO_CAP_TYPE,
+            "REGION_TYPE_MIGRATION": VFIO_REGION_TYPE_MIGRATION,
+            "REGION_SUBTYPE_MIGRATION": VFIO_REGION_SUBTYPE_MIGRATION, "PCI_NUM_REGIONS": VFIO_PCI_NUM_REGIONS,
+            "V2_RUNNING": int(MigState.RUNNING), "V2_STOP_COPY": int(MigState.STOP_COPY),
+            "V2_RESUMING": int(MigState.RESUMING), "V1_RUNNING": V1_RUNNING, "V1_SAVING": V1_SAVING,
+            "V1_RESUMING": V1_RESUMING, "V1_HEADER_SIZE": V1_HEADER_SIZE,
+            "v2_state_names": list(V2_STATE_NAMES),
+            "v1_state_names": [V1_STATE_NAMES[i] for i in range(8)],
+            "v2_running_states": sorted(int(s) for s in V2_RUNNING_STATES),
+            "v1_saving_states": sorted(V1_SAVING_STATES),
+            "v1_fields": {name: list(v) for name, v in V1_FIELDS.items()},
+        },
+    }

@@ -24,7 +24,7 @@ command, cwd = the project root, seen at the same path as on the host) with:
 
 ``MIGFUZZ_QEMU_CPU`` overrides the TCG CPU model (default ``max``).
 
-CLI: ``python -m harness.kernel.rig prepare|status|run [--timeout S] [--instances N] -- CMD``.
+The command line is ``migfuzz vm prepare|status|run|...`` (``fuzz.vm``).
 """
 from __future__ import annotations
 
@@ -460,46 +460,3 @@ def run_guest(command: str, timeout: float = 120, instances: int = 2,
         result = _boot(rig, "tcg", command, timeout, instances, results_dir)
     result.setup_seconds = round(setup_seconds, 1)
     return result
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.kernel.rig", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("prepare", help="fill the cache (host packages, kernel, mtty.ko, initramfs)")
-    sub.add_parser("status", help="show what the cache holds")
-    run = sub.add_parser("run", help="boot the guest and run a shell command in it")
-    run.add_argument("--timeout", type=float, default=120)
-    run.add_argument("--instances", type=int, default=2)
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
-    args = parser.parse_args(argv)
-
-    if args.action == "status":
-        rig = load()
-        print(json.dumps({"cache": str(cache_dir()), "prepared": rig is not None,
-                          **(rig.__dict__ if rig else {}), "kvm": _kvm_usable()}, indent=1))
-        return 0 if rig else 1
-    if args.action == "prepare":
-        rig, seconds = prepare()
-        print(f"prepared {rig.kernel_version} in {seconds:.1f} s (cold setup took {rig.setup_seconds:.1f} s)")
-        return 0
-    words = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not words:
-        parser.error("run needs a command after --")
-    command = words[0] if len(words) == 1 else shlex.join(words)
-    result = run_guest(command, timeout=args.timeout, instances=args.instances)
-    sys.stdout.write(result.output)
-    print(f"[rig] accel={result.accel} setup={result.setup_seconds}s boot={result.boot_seconds}s "
-          f"command={result.command_seconds}s exit={result.exit_status} timed_out={result.timed_out} "
-          f"results={result.results_dir}", file=sys.stderr)
-    for line in ([result.setup_failure] if result.setup_failure else []) + result.splats:
-        print(f"[rig] {line}", file=sys.stderr)
-    if result.exit_status is None:
-        print("\n".join(result.console.splitlines()[-40:]), file=sys.stderr)
-    return result.exit_status if result.exit_status is not None else 125
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from harness.kernel.kmsg import KmsgWatch
-from harness.kernel.vfio import KernelDevice, Watchdog, mtty_targets
+from harness.kernel.vfio import Watchdog, mtty_targets
+from harness.runtime import VfioDevice, errname, read_stream
 from harness.uapi import MigState as S
 
 RESULT_FILE = "selfcheck.json"
@@ -27,20 +28,16 @@ MATRIX_STATES = [S.STOP, S.RUNNING, S.STOP_COPY, S.RESUMING, S.RUNNING_P2P, S.PR
 
 
 def name(err: int) -> str:
-    return "OK" if err == 0 else errno.errorcode.get(err, str(err))
+    return "OK" if err == 0 else errname(err)
 
 
-def drain(dev: KernelDevice, fd: int) -> tuple[int, bytes]:
+def drain(dev: VfioDevice, fd: int) -> tuple[int, bytes]:
     """Read a saving fd until end of stream (read returns 0 bytes)."""
-    data = b""
-    while True:
-        err, chunk = dev.read(fd, 4096)
-        if err or not chunk:
-            return err, data
-        data += chunk
+    err, data, _ended = read_stream(dev, fd)
+    return err, data
 
 
-def save_stop_copy(dev: KernelDevice) -> bytes:
+def save_stop_copy(dev: VfioDevice) -> bytes:
     """Whole stream of `dev` through RUNNING -> STOP_COPY, then back to STOP."""
     err, fd = dev.set_state(S.STOP_COPY)
     assert not err and fd >= 0, f"SET STOP_COPY: {name(err)} fd {fd}"
@@ -51,7 +48,7 @@ def save_stop_copy(dev: KernelDevice) -> bytes:
     return data
 
 
-def set_latency(dev: KernelDevice, rounds: int = 300) -> dict:
+def set_latency(dev: VfioDevice, rounds: int = 300) -> dict:
     """Microseconds per SET: a cheap arc pair without fds (RUNNING <-> RUNNING_P2P),
     and a session arc pair (RUNNING -> PRE_COPY creates a data_fd, -> RUNNING ends it)."""
     def timed(target: int) -> tuple[float, int]:
@@ -73,7 +70,7 @@ def set_latency(dev: KernelDevice, rounds: int = 300) -> dict:
             "max_us": round(max(no_fd + with_fd), 1), "rounds": rounds}
 
 
-def transition_matrix(dev: KernelDevice, valid_stream: bytes) -> list[dict]:
+def transition_matrix(dev: VfioDevice, valid_stream: bytes) -> list[dict]:
     """Every (cur, new) pair from a fresh reset: reach cur, SET new, GET the result.
 
     RESUMING is reached with a full valid stream written, so that leaving it
@@ -100,7 +97,7 @@ def transition_matrix(dev: KernelDevice, valid_stream: bytes) -> list[dict]:
     return rows
 
 
-def round_trip(src: KernelDevice, dst: KernelDevice) -> dict:
+def round_trip(src: VfioDevice, dst: VfioDevice) -> dict:
     """Live-migration sequence from src into dst, then dst saved again."""
     out: dict = {}
     src.reset()
@@ -142,7 +139,7 @@ def round_trip(src: KernelDevice, dst: KernelDevice) -> dict:
     return out
 
 
-def data_fd_rules(dev: KernelDevice, valid_stream: bytes) -> dict:
+def data_fd_rules(dev: VfioDevice, valid_stream: bytes) -> dict:
     """Errnos of data_fd misuse and invalid requests (RIG.md's measured table)."""
     out: dict = {}
     dev.reset()

@@ -1,7 +1,7 @@
 """Real VFIO devices as a fuzzing target (``--target kernel:...`` and ``--target mtty``).
 
 ``open_kernel_target(spec)`` returns a :class:`KernelTargetSet`, which has the
-shape of ``harness.sim.SimTarget`` (what ``fuzz.executor`` drives):
+shape of ``harness.sim.SimTarget`` (what the fuzzer's executor drives):
 
 * ``kernel:dev=NAME,dev2=NAME[,group=N,group2=N]`` - two devices named
   explicitly (mdev UUID or PCI address), opened through the legacy
@@ -14,10 +14,10 @@ shape of ``harness.sim.SimTarget`` (what ``fuzz.executor`` drives):
   instances of ``$MIGFUZZ_MTTY``.
 
 Anything missing (device, group, /dev/vfio, permission, migration support)
-raises ``fuzz.targets.TargetUnavailable`` with a one-line reason.
+raises ``harness.base.TargetUnavailable`` with a one-line reason.
 
 **Two devices, always.** Programs name device 0 (a source) and device 1 (a
-destination) (``fuzz.program.NDEVICES``); mapping device 1 onto device 0 would
+destination); mapping device 1 onto device 0 would
 make the model track two views of one device and report mismatches the device
 did not cause. So a target with fewer than two devices is unavailable. Both
 must be of the same kind (same protocol, flags and stream format), or a
@@ -49,9 +49,9 @@ current input and exits 1 - or, with no callback installed, prints the hang
 and exits 1.
 
 Kernel splats: after every program the target reads ``/dev/kmsg`` (when
-readable, e.g. as root in the guest) and a new WARN/BUG/oops/lockdep/soft
-lockup line becomes a ``kernel-splat`` finding for that program
-(``after_program``). A WARN or oops under the rig's ``panic_on_warn=1
+readable, e.g. as root in the guest) and returns the new WARN/BUG/oops/lockdep/soft
+lockup lines (``after_program``); the fuzzer's oracle makes them a ``kernel-splat``
+finding for that program. A WARN or oops under the rig's ``panic_on_warn=1
 oops=panic`` ends the guest instead; then the host reports it from the console
 log and the flight recorder (``harness.kernel.vm``).
 """
@@ -64,8 +64,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.uapi import MigState
+from harness.base import TargetError, TargetUnavailable
+from harness.runtime import read_stream
+from harness.uapi import MIG_FLAG_SETS, MigState
 
+from .flight import FlightRecorder
 from .kmsg import KmsgWatch
 from .vfio import KernelTarget, OpenError, Watchdog, mtty_targets
 
@@ -73,24 +76,16 @@ CALL_DEADLINE = float(os.environ.get("MIGFUZZ_CALL_DEADLINE", "10"))  # seconds 
 SYSFS_BUSES = ("/sys/bus/mdev/devices", "/sys/bus/pci/devices")
 NDEVICES = 2
 RESAVE_FROM = frozenset({MigState.STOP, MigState.RUNNING, MigState.RUNNING_P2P})
-RESAVE_READS = 256           # reads of 64 KiB before "the re-save never ends"
 _KNOWN_FLAGS = 0x7           # STOP_COPY | P2P | PRE_COPY
 _GROUP_NAME = re.compile(r"^\d+$")
 
 
 def _unavailable(reason: str) -> Exception:
-    from fuzz.targets import TargetUnavailable
-
     return TargetUnavailable(reason)
 
 
 def _usage(reason: str) -> Exception:
-    from fuzz.targets import TargetError
-
     return TargetError(reason)
-
-
-# ---------------------------------------------------------------------------- spec -> devices
 
 
 def iommu_group(name: str, sysfs: tuple[str, ...] = SYSFS_BUSES) -> int:
@@ -163,7 +158,8 @@ def _spec_targets(spec) -> list[KernelTarget]:
 
 
 def open_kernel_target(spec) -> KernelTargetSet:
-    """Open the two devices ``spec`` names (a ``fuzz.targets.TargetSpec`` of kind kernel or mtty)."""
+    """Open the two devices ``spec`` names (a target spec of kind kernel or mtty: ``.kind``,
+    ``.options``, ``.text()``)."""
     targets = _spec_targets(spec)
     canonical = spec.kind == "mtty" or all(t.group is not None and is_mtty(t.name) for t in targets)
     target = KernelTargetSet(spec.kind, spec.text(), canonical_streams=canonical)
@@ -232,10 +228,8 @@ class KernelTargetSet:
                                    f"into the other")
         self.proto = f"v{first.protocol}"
         if first.protocol == 2:
-            from fuzz import model
-
             self.flags = first.flags & _KNOWN_FLAGS
-            if self.flags not in model.FLAG_SETS:
+            if self.flags not in MIG_FLAG_SETS:
                 raise _unavailable(f"{first.name}: migration flags {first.flags:#x} lack STOP_COPY")
         self.region_size = first.region_size
 
@@ -245,8 +239,6 @@ class KernelTargetSet:
             self.kmsg = KmsgWatch()
         except OSError:
             self.kmsg = None  # not root / no /dev/kmsg: splats are then only seen on a console
-        from .flight import FlightRecorder
-
         self.flight = FlightRecorder.open(self.proto, self.name)
 
     # -- the SimTarget shape
@@ -268,17 +260,9 @@ class KernelTargetSet:
     def clear_fault(self, dev: int) -> None:
         pass
 
-    def after_program(self, oracle) -> None:
-        """A splat the kernel logged while the program ran -> a ``kernel-splat`` finding."""
-        if self.kmsg is None:
-            return
-        splats = self.kmsg.new_splats()
-        if splats:
-            from fuzz.oracles import Finding, FindingRaised
-
-            # The executor fills in the step (the program's last op).
-            raise FindingRaised(Finding("kernel-splat", -1, "no kernel WARN, BUG, oops or lockup report",
-                                        splats[0], oracle.arc, detail="\n".join(splats)))
+    def after_program(self) -> list[str]:
+        """The WARN/BUG/oops/lockup lines the kernel logged while the program ran (none if unreadable)."""
+        return self.kmsg.new_splats() if self.kmsg is not None else []
 
     def close(self) -> None:
         """Close every data_fd, reset and close both devices; stop watching."""
@@ -309,53 +293,31 @@ class KernelTargetSet:
         """Device ``index``'s state as a freshly saved stream, or None if that cannot be had
         without disturbing what the executor tracks.
 
-        Only from STOP, RUNNING or RUNNING_P2P (no session open): walk to STOP
-        along the model's path, SET STOP_COPY, read to the end, SET STOP and
-        walk back to the original state. A device in any other state, protocol
-        v1, or a driver without canonical streams gives None ("cannot judge")."""
+        Only from STOP, RUNNING or RUNNING_P2P (no session open): SET STOP (the kernel walks
+        the path), SET STOP_COPY, read to the end, SET STOP and SET the original state again.
+        A device in any other state, protocol v1, or a driver without canonical streams gives
+        None ("cannot judge")."""
         if self.proto != "v2" or not self.canonical_streams:
             return None
         dev = self.devices[index]
         err, state = dev.get_state()
         if err or state not in RESAVE_FROM:
             return None
-        from fuzz import model
-
-        to_stop = model.path(self.flags, state, MigState.STOP) or ()
-        back = model.path(self.flags, MigState.STOP, state) or ()
-        for hop in to_stop:
-            if dev.set_state(hop)[0]:
-                return None
+        if dev.set_state(MigState.STOP)[0]:
+            return None
         err, fd = dev.set_state(MigState.STOP_COPY)
         if err or fd < 0:
             if fd >= 0:
                 dev.close(fd)
-            self._return(dev, back)
+            dev.set_state(state)
             return None
-        stream = bytearray()
-        complete = False
         try:
-            for _ in range(RESAVE_READS):
-                err, chunk = dev.read(fd, 1 << 16)
-                if err == errno.EINTR:
-                    continue
-                if err:
-                    break
-                if not chunk:
-                    complete = True
-                    break
-                stream += chunk
+            err, stream, ended = read_stream(dev, fd, chunk=1 << 16)
         finally:
             dev.set_state(MigState.STOP)
             dev.close(fd)
-            self._return(dev, back)
-        if not complete:
+            dev.set_state(state)
+        if err or not ended:
             return None
         self.resaves += 1
-        return bytes(stream)
-
-    @staticmethod
-    def _return(dev, hops: tuple) -> None:
-        for hop in hops:
-            if dev.set_state(hop)[0]:
-                return
+        return stream

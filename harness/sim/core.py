@@ -15,15 +15,13 @@ import errno
 import random
 import struct
 
+from harness.base import DeviceHang
+
 NREGS = 4
 NPAGES = 8
 PAGE_SIZE = 16
 MEM_SIZE = NPAGES * PAGE_SIZE
 _REGS_PACK = struct.Struct(f"<{NREGS}I").pack
-
-
-class DeviceHang(Exception):
-    """A device call exceeded its step budget (the simulated watchdog fired)."""
 
 
 # Fault kinds an armed fault can inject, with the errno the failing step returns.

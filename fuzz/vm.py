@@ -48,9 +48,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.base import TargetUnavailable
 from harness.kernel import flight, rig
+from harness.runtime import EXIT_FINDING, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
-EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+from .codec import decode
+from .crashfile import save_finding
+from .errors import UsageError
+from .findings import Finding
 SUMMARY_FILE = "vm-summary.json"
 GUEST_RESULTS = "$MIGFUZZ_RESULTS"
 BOOT_ALLOWANCE = 180.0     # boot + Python/atheris start-up under TCG + shutdown, on a loaded host
@@ -58,8 +63,10 @@ STATS = re.compile(r"migfuzz: stats: ([\d.]+)s execs (\d+) \([^)]*\) protocol ar
 EXCERPT_BEFORE, EXCERPT_AFTER = 5, 60
 
 
-class RigUnavailable(Exception):
+class RigUnavailable(TargetUnavailable):
     """The rig cannot be prepared here (exit 3)."""
+
+    what = "vm: rig unavailable"
 
 
 def say(text: str) -> None:
@@ -182,16 +189,15 @@ def parse_output(output: str) -> dict:
 def write_guest_finding(crashes: Path, kind: str, data: bytes, proto: str, observed: str, detail: str,
                         notes: list[str]) -> Path:
     """A crash file for a finding the guest could not write itself (it died)."""
-    from fuzz.codec import decode
-    from fuzz.engine import save_finding
-    from fuzz.oracles import Finding
-
     prog = decode(data, proto or "v2")
     expected = ("no kernel WARN, BUG, oops or lockup report" if kind == "kernel-splat"
                 else "the guest keeps running programs")
     finding = Finding(kind, -1, expected, observed, "unknown (the guest died in this program)",
                       op="unknown: the guest kernel stopped while this program ran", detail=detail)
-    return save_finding(crashes, data, prog, finding, [(-1, note) for note in notes], "mtty")
+    path, warning = save_finding(crashes, data, prog, finding, [(-1, note) for note in notes], "mtty")
+    if warning:
+        say(warning)
+    return path
 
 
 def _flight_finding(result: rig.GuestResult, crashes: Path, kind: str, observed: str,
@@ -221,7 +227,7 @@ def _confirm(args, crash: Path) -> str:
 
 
 def cmd_fuzz(args) -> int:
-    report = (rig.PROJECT_ROOT / "fuzz" / "report.py").exists()
+    report = True
     if args.max_time is None and args.runs is None:
         args.max_time = 60.0
     timeout = args.timeout or (args.max_time + BOOT_ALLOWANCE if args.max_time is not None else 900)
@@ -340,8 +346,6 @@ def cmd_prepare(args) -> int:
 def cmd_run(args) -> int:
     words = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not words:
-        from fuzz.cli import UsageError
-
         raise UsageError("vm run needs a command after --")
     command = words[0] if len(words) == 1 else shlex.join(words)
     return _run_simple(args, command, args.timeout or 300)[0]
@@ -367,9 +371,6 @@ def cmd_selfcheck(args) -> int:
 
 
 def cmd_conform(args) -> int:
-    if not (rig.PROJECT_ROOT / "fuzz" / "conform.py").exists():
-        say("conform: skipped (this checkout has no fuzz/conform.py)")
-        return EXIT_OK
     extra = args.conform_args[1:] if args.conform_args[:1] == ["--"] else args.conform_args
     command = ('"$MIGFUZZ_PYTHON" -m fuzz.cli conform --target mtty --i-know-this-resets-the-device '
                f'--format {shlex.quote(args.format)}')
@@ -384,76 +385,20 @@ def cmd_conform(args) -> int:
     return code
 
 
-# ---------------------------------------------------------------------------- parser
+# ---------------------------------------------------------------------------- dispatch
 
 
-def add_parser(subparsers) -> None:
-    doc = __doc__.split("\n\n")
-    p = subparsers.add_parser(
-        "vm", help="fuzz the real mtty driver in a QEMU guest (prepare, fuzz, selfcheck, conform, run)",
-        description=doc[0] + " The guest is a Debian 6.12 kernel under QEMU with the mtty sample driver; "
-                             "the first use downloads and builds it (cached).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc[-1])
-    sub = p.add_subparsers(dest="vm_action", metavar="ACTION")
-    sub.required = True
-
-    def common(q) -> None:
-        q.add_argument("--results", help="host directory shared with the guest (default: new, under the rig cache)")
-        q.add_argument("--timeout", type=float, help="bound on the whole guest run, seconds")
-        q.add_argument("--instances", type=int, default=2, help="mtty instances to create (default 2)")
-
-    q = sub.add_parser("prepare", help="fill the rig cache (apt packages, kernel, mtty.ko, initramfs)")
-    q.set_defaults(func=_guarded(cmd_prepare))
-
-    q = sub.add_parser("fuzz", help="run a campaign against mtty in the guest, bring findings back")
-    q.add_argument("--max-time", type=float, help="campaign length in seconds (default 60 unless --runs)")
-    q.add_argument("--runs", type=int, help="stop after this many programs")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--crashes", default="crashes", help="host directory for crash files (default: crashes)")
-    q.add_argument("--corpus", help="host corpus directory: copied into the guest, new inputs copied back")
-    q.add_argument("--report-dir", help="host directory for the campaign's reports (if fuzz/report.py exists)")
-    q.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
-    q.add_argument("--no-instrument", action="store_true", help="protocol-arc feedback only")
-    q.add_argument("--no-confirm", action="store_true", help="after a kernel panic, do not replay the program")
-    q.add_argument("libfuzzer_args", nargs="*", metavar="-- LIBFUZZER_FLAGS")
-    common(q)
-    q.set_defaults(func=_guarded(cmd_fuzz))
-
-    q = sub.add_parser("selfcheck", help="record what the mtty driver answers (harness.kernel.selfcheck)")
-    common(q)
-    q.set_defaults(func=_guarded(cmd_selfcheck))
-
-    q = sub.add_parser("conform", help="run `migfuzz conform --target mtty` in the guest (skipped if absent)")
-    q.add_argument("--format", default="table", help="report format (table, json, md, html; see `migfuzz conform`)")
-    q.add_argument("--out", help="host file for the report (default: stdout)")
-    q.add_argument("conform_args", nargs=argparse.REMAINDER, metavar="-- ARGS")
-    common(q)
-    q.set_defaults(func=_guarded(cmd_conform))
-
-    q = sub.add_parser("run", help="run a shell command in the guest")
-    q.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD")
-    common(q)
-    q.set_defaults(func=_guarded(cmd_run))
+def cmd_status(args) -> int:
+    prepared = rig.load()
+    print(json.dumps({"cache": str(rig.cache_dir()), "prepared": prepared is not None,
+                      **(prepared.__dict__ if prepared else {})}, indent=1))
+    return EXIT_OK if prepared else EXIT_UNAVAILABLE
 
 
-
-def _guarded(func):
-    """An action whose RigUnavailable becomes one line on stderr and exit 3."""
-    def run(args) -> int:
-        try:
-            return func(args)
-        except RigUnavailable as e:
-            print(f"migfuzz vm: rig unavailable: {e}", file=sys.stderr, flush=True)
-            return EXIT_UNAVAILABLE
-    return run
+ACTIONS = {"prepare": cmd_prepare, "status": cmd_status, "fuzz": cmd_fuzz, "selfcheck": cmd_selfcheck,
+           "conform": cmd_conform, "run": cmd_run}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m harness.kernel.vm ACTION ...`` (the same as ``migfuzz vm ACTION ...``)."""
-    from fuzz.cli import main as cli_main
-
-    return cli_main(["vm", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def cmd_vm(args) -> int:
+    """``migfuzz vm ACTION``: the action's function (arguments are declared in ``fuzz.cli``)."""
+    return ACTIONS[args.vm_action](args)
