@@ -40,10 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fuzz.engine import crash_report  # noqa: E402  (no atheris import at load time)
+from fuzz.crashfile import program_text  # noqa: E402
 from fuzz.executor import Executor  # noqa: E402
 from fuzz.mutator import READ_SIZES, SEGMENTS, random_program  # noqa: E402
+from fuzz.mutator import mutate  # noqa: E402
 from fuzz.program import FAULT_KINDS, MANGLE_KINDS, OPS, Op, Program, normalize  # noqa: E402
+from fuzz.program import seed_programs as shipped_seeds  # noqa: E402
 from fuzz.targets import open_target, parse_target  # noqa: E402
 
 SEARCHERS = ("random", "hypothesis", "seeded")
@@ -58,7 +60,7 @@ def _result(searcher: str, spec_text: str, seed: int, t0: float, execs: int, fin
         tracer = Executor(target, trace=True)  # what the campaign writes to its crash file, same format
         again = tracer.run(prog)
         out["kind"] = finding.kind
-        out["crash"] = crash_report(prog, again or finding, tracer.trace, parse_target(spec_text).text())
+        out["crash"] = program_text(prog, parse_target(spec_text).text(), again or finding, tracer.trace)
         out["replayed"] = again is not None and again.kind == finding.kind
     out.update(extra)
     return out
@@ -100,18 +102,13 @@ def run_random(spec_text: str, seed: int, deadline: float, max_ops: int = 24) ->
 
 
 def seed_programs(proto: str) -> list:
-    from fuzz.engine import seed_dir
-    from fuzz.program import parse_program
-
-    return [parse_program(p.read_text()) for p in sorted(seed_dir(proto).glob("*.txt"))]
+    return [prog for _name, prog in shipped_seeds(proto)]
 
 
 def run_seeded(spec_text: str, seed: int, deadline: float) -> dict:
     """Blind mutation of the seed corpus (no coverage, no corpus growth): each seed once, then a random
     seed with 1-4 op-level mutations (fuzz.mutator.mutate, donors from the seeds).  Not one of the
     three searchers of the benchmark: it tells how much of the campaign's lead comes from its seeds."""
-    from fuzz.mutator import mutate
-
     t0 = time.monotonic()
     target = open_target(spec_text)
     executor = Executor(target)

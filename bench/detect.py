@@ -48,13 +48,9 @@ if str(ROOT) not in sys.path:
 
 SEARCHERS = ("migfuzz", "random", "hypothesis")
 # Ablations (opt-in with --searchers): how much of the campaign's lead is its seed corpus?
-#   migfuzz-noseeds  the same campaign with no seed programs (fuzz.engine.seed_dir patched to an empty
-#                    directory in the child; the CLI has no switch for it)
+#   migfuzz-noseeds  the same campaign with no seed programs (`migfuzz fuzz --no-seeds`)
 #   seeded           blind op-level mutation of the seed programs, no coverage (bench/baselines.py)
 ABLATIONS = ("migfuzz-noseeds", "seeded")
-NOSEEDS = ("import sys; from pathlib import Path; import fuzz.engine as e; "
-           "e.seed_dir = lambda proto: Path('/nonexistent/migfuzz-no-seeds'); "
-           "from fuzz.cli import main; sys.exit(main(sys.argv[1:]))")
 CORRECT = ("sim", "sim:flags=0x1", "sim:flags=0x3", "sim:flags=0x5", "sim:proto=v1")
 GRACE = 30.0  # seconds past the budget before a run is killed (it should have stopped itself)
 POLL = 0.005
@@ -142,9 +138,10 @@ def run_one(searcher: str, variant: dict, seed: int, budget: float, hyp_check: s
     with tempfile.TemporaryDirectory(prefix="migfuzz-detect-") as tmp:
         campaign = searcher.startswith("migfuzz")
         if campaign:
-            cmd = [sys.executable] + (["-c", NOSEEDS] if searcher == "migfuzz-noseeds" else ["-m", "fuzz.cli"])
-            cmd += ["fuzz", "--target", variant["target"], "--max-time", str(budget), "--seed", str(seed),
-                    "--corpus", f"{tmp}/corpus", "--crashes", f"{tmp}/crashes"]
+            cmd = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", variant["target"], "--max-time",
+                   str(budget), "--seed", str(seed), "--corpus", f"{tmp}/corpus", "--crashes", f"{tmp}/crashes"]
+            if searcher == "migfuzz-noseeds":
+                cmd.append("--no-seeds")
         else:
             cmd = [sys.executable, str(ROOT / "bench" / "baselines.py"), searcher, "--target", variant["target"],
                    "--seed", str(seed), "--deadline", "DEADLINE"]

@@ -5,8 +5,8 @@ Prints programs/s for a fixed, reproducible workload (the seed corpus plus
 programs from the structured generator, seeded), in three configurations:
 
   plain         executor + oracles + simulator, no instrumentation
-  instrumented  the simulator imported under atheris.instrument_imports (the
-                default `--instrument target`), arc feedback on, no libFuzzer loop
+  instrumented  the simulator instrumented (the default `--instrument target`),
+                arc feedback on, no libFuzzer loop
   instr-all     the same with the executor and oracles instrumented too
   campaign      a real `migfuzz fuzz` run for --seconds (libFuzzer loop,
                 mutator, arc feedback), programs/s from its final stats line
@@ -31,12 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def workload(proto: str, n: int = 1500) -> list:
+    """A fixed, reproducible list of inputs: the seeds, then mutated seeds and random programs."""
     from fuzz.codec import encode
     from fuzz.mutator import mutate, random_program
-    from fuzz.program import parse_program
+    from fuzz.program import seed_programs
 
     rng = random.Random(1234)
-    seeds = [parse_program(p.read_text()) for p in sorted((ROOT / "corpus" / "seeds" / proto).glob("*.txt"))]
+    seeds = [prog for _name, prog in seed_programs(proto)]
     progs = list(seeds)
     while len(progs) < n:
         base = rng.choice(seeds) if rng.random() < 0.6 else random_program(proto, rng, 16)
@@ -46,34 +47,31 @@ def workload(proto: str, n: int = 1500) -> list:
     return [encode(p) for p in progs]
 
 
-def measure(spec_text: str, instrument: bool, seconds: float) -> dict:
-    """Run in a fresh interpreter so instrumentation applies to fresh imports."""
-    code = f"""
-import sys, time, json
-sys.path.insert(0, {str(ROOT)!r})
-sys.argv = ['bench']
-from fuzz.targets import parse_target
-from fuzz.engine import Campaign
-from pathlib import Path
-spec = parse_target({spec_text!r})
-camp = Campaign(spec, Path('/tmp'), None, None, False, 0)
-camp.load_target({instrument!r})
-if {instrument!r} != "none":
-    camp.enable_arc_feedback()
-sys.path.insert(0, {str(ROOT / 'bench')!r})
-from throughput import workload
-inputs = workload(camp.proto)
-run = camp.test_one_input
-n = 0
-t0 = time.process_time()  # CPU time: other processes on the machine do not count
-while time.process_time() - t0 < {seconds!r}:
-    for data in inputs:
-        run(data)
-    n += len(inputs)
-dt = time.process_time() - t0
-print(json.dumps({{"programs_per_s": round(n / dt), "programs": n, "findings": camp.findings}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+def measure_here(spec_text: str, scope: str, seconds: float) -> dict:
+    """Programs per CPU second of the campaign's own input path, in this process."""
+    from fuzz.engine import Campaign
+    from fuzz.targets import parse_target
+
+    camp = Campaign(parse_target(spec_text), Path(tempfile.gettempdir()), None, None, False, 0)
+    camp.load_target(scope)
+    if scope != "none":
+        camp.enable_arc_feedback()
+    inputs = workload(camp.proto)
+    run = camp.test_one_input
+    n = 0
+    t0 = time.process_time()  # CPU time: other processes on the machine do not count
+    while time.process_time() - t0 < seconds:
+        for data in inputs:
+            run(data)
+        n += len(inputs)
+    dt = time.process_time() - t0
+    return {"programs_per_s": round(n / dt), "programs": n, "findings": len(camp.findings)}
+
+
+def measure(spec_text: str, scope: str, seconds: float) -> dict:
+    """``measure_here`` in a fresh interpreter (instrumentation patches the loaded functions for good)."""
+    out = subprocess.run([sys.executable, __file__, "--measure", spec_text, scope, str(seconds)],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -97,7 +95,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--no-campaign", action="store_true")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--measure", nargs=3, metavar=("SPEC", "SCOPE", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.measure:
+        spec, scope, seconds = args.measure
+        print(json.dumps(measure_here(spec, scope, float(seconds))))
+        return
     targets = args.target or ["sim", "sim:proto=v1"]
     results = {}
     for spec in targets:
@@ -123,4 +126,5 @@ def main() -> None:
 if __name__ == "__main__":
     t0 = time.time()
     main()
-    print(f"({time.time() - t0:.0f} s)")
+    if "--measure" not in sys.argv:
+        print(f"({time.time() - t0:.0f} s)")

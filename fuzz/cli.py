@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 nothing found, 1 finding, 2 usage/input error, 3 target unavailable",
     )
     parser.add_argument("--version", action="version", version=f"migfuzz {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _fuzz_parser(sub)
     _program_parsers(sub)
@@ -264,7 +264,7 @@ def main(argv: list | None = None) -> int:
     except UsageError as e:
         return _fail(str(e), EXIT_USAGE)
     try:
-        return load_command(args.command)(args)
+        return load_command(args.subcommand)(args)
     except (UsageError, TargetError, ProgramError) as e:
         return _fail(str(e), EXIT_USAGE)
     except TargetUnavailable as e:

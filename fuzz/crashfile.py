@@ -13,8 +13,11 @@ Three forms of a program file:
   ``crash-<sha1>`` artifacts). Its protocol comes from the companion ``<name>.txt``
   migfuzz writes next to every crash, else from the caller (``--proto``/``--target``).
 
-A file that is text (UTF-8, printable) is always read as a text program, so a damaged
-header is an error naming the line, never a binary program run by accident.
+A file that is text (UTF-8, printable) is read as a text program, so a damaged header is
+an error naming the line, never a binary program run by accident; the exception is a file
+named the way libFuzzer names its inputs (``crash-<sha1>`` and the other artifact prefixes
+without a ``.txt`` suffix, or a bare 40-digit sha1 in a corpus), whose bytes are the raw
+binary form even when they happen to be printable.
 
 Crash files are written durably (:func:`save_finding`): the ``.txt`` first (it alone
 holds the target and the whole program), then the raw binary, each through a unique
@@ -29,6 +32,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
+
+from harness.runtime import CHECKS
 
 from .codec import decode
 from .findings import Finding, signature
@@ -64,6 +69,14 @@ def looks_like_text(data: bytes) -> bool:
     return all(c.isprintable() or c in "\t\r\n\ufeff" for c in text)
 
 
+def is_libfuzzer_input(path: Path) -> bool:
+    """Named like a libFuzzer input or artifact: its bytes are the raw binary form."""
+    name = path.name
+    if name.endswith(".txt") or name.endswith(".tmp"):
+        return False
+    return name.startswith(ARTIFACT_PREFIXES) or (len(name) == 40 and all(c in "0123456789abcdef" for c in name))
+
+
 def parse_meta(text: str) -> Meta:
     """The ``# migfuzz-data:`` line of a text file (Meta() if it has none or it is damaged)."""
     for line in text.splitlines():
@@ -97,7 +110,7 @@ def read_meta(path: Path) -> Meta:
     if data.startswith(BINARY_MAGIC.encode()):
         head = data.split(b"\n", 1)[0].decode("utf-8", "replace").split(None, 3)
         return Meta(head[3] if len(head) > 3 else "", head[2] if len(head) > 2 else "")
-    if looks_like_text(data):
+    if looks_like_text(data) and not is_libfuzzer_input(path):
         return parse_meta(data.decode("utf-8"))
     txt = companion_txt(path)
     if txt is not None and txt != path:
@@ -127,8 +140,13 @@ def read_program(path: Path, proto: str | None = None) -> tuple[Program, Meta]:
             raise ProgramError(f"{path}: line 1: expected '{BINARY_MAGIC} {BINARY_VERSION} v1|v2 [TARGET]'")
         meta = Meta(words[3] if len(words) > 3 else "", words[2])
         prog = decode(body, words[2])
-    elif looks_like_text(data):
-        text = data.decode("utf-8").lstrip("\ufeff")
+    elif (looks_like_text(data) or data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(TEXT_MAGIC.encode())) \
+            and not is_libfuzzer_input(path):
+        try:
+            text = data.decode("utf-8").lstrip("\ufeff")
+        except UnicodeDecodeError as e:
+            line = data[:e.start].count(b"\n") + 1
+            raise ProgramError(f"{path}: line {line}: not UTF-8 text (byte {e.start})") from None
         try:
             prog = parse_program(text)
         except ProgramError as e:
@@ -187,8 +205,6 @@ def program_text(prog: Program, target: str, finding: Finding | None = None, tra
 
 
 def claim_text(finding: Finding) -> str:
-    from harness.runtime import CHECKS
-
     test, arg = finding.check
     if test is None:
         return "not checkable from user space"

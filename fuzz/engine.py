@@ -25,9 +25,9 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 import types
-from importlib import resources
 from pathlib import Path
 
 import atheris
@@ -38,7 +38,7 @@ from . import crashfile, mutator
 from .codec import decode, encode
 from .executor import Executor
 from .findings import Finding, signature
-from .program import Program, ProgramError, format_op, parse_program
+from .program import Program, format_op, seed_programs
 from .targets import TargetSpec, open_target, parse_target
 
 ARC_COUNTERS = 1 << 14
@@ -56,20 +56,6 @@ INSTRUMENT_SCOPES = {
 
 
 # ----------------------------------------------------------------------------- seeds
-
-
-def seed_programs(proto: str) -> list[tuple[str, Program]]:
-    """The shipped seed programs of a protocol (package data ``fuzz.seeds``, i.e. corpus/seeds)."""
-    out = []
-    folder = resources.files("fuzz.seeds") / proto
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".txt"):
-            continue
-        try:
-            out.append((entry.name, parse_program(entry.read_text())))
-        except ProgramError as e:
-            raise ProgramError(f"seed {proto}/{entry.name}: {e}") from None
-    return out
 
 
 def prepare_corpus(corpus: Path, proto: str) -> int:
@@ -159,6 +145,9 @@ class Campaign:
         self.arc_unbound = False
         self.arc_base = 0
         self.finished = False
+        self.scratch_log: Path | None = None  # libFuzzer's output, removed if nothing was found
+        # libFuzzer's byte mutation; atheris.Fuzz() rebinds atheris.Mutate, so look it up per call
+        self.byte_mutate = lambda data, max_size: atheris.Mutate(data, max_size)
 
     # -- setup ------------------------------------------------------------------
 
@@ -197,7 +186,7 @@ class Campaign:
         self.execs += 1
         if finding is not None:
             self.on_finding(data, prog, finding)
-        if not self.execs & 255:
+        if not self.execs & 255 or self.execs == self.runs:
             self.tick()
 
     def on_finding(self, data: bytes, prog: Program, finding: Finding) -> None:
@@ -246,10 +235,10 @@ class Campaign:
 
     def tick(self) -> None:
         now = time.monotonic()
+        if (self.deadline is not None and now >= self.deadline) or (self.runs is not None and self.execs >= self.runs):
+            self.finish()  # prints the final stats line itself
         if now - self.last_stats >= STATS_EVERY:
             self.stats_line(now)
-        if (self.deadline is not None and now >= self.deadline) or (self.runs is not None and self.execs >= self.runs):
-            self.finish()
 
     def arcs(self) -> int:
         """Distinct protocol arcs seen (as counter slots)."""
@@ -288,6 +277,12 @@ class Campaign:
             self.say(f"  {finding.kind}: {finding.arc} ({finding.op}) -> {path}")
         if self.report is not None and hasattr(self.report, "close"):
             self.report.close(self.stats())
+        if self.scratch_log is not None:
+            if self.findings:
+                self.say(f"libFuzzer's output: {self.scratch_log}")
+            else:
+                with contextlib.suppress(OSError):
+                    self.scratch_log.unlink()
         if self.target is not None:
             try:
                 self.target.close()
@@ -303,7 +298,7 @@ class Campaign:
         rng = self.rng
         rng.seed(seed)
         if rng.random() < BYTE_MUTATION:
-            return atheris.Mutate(data, max_size)  # arguments and payload bytes
+            return self.byte_mutate(data, max_size)  # arguments and payload bytes
         out = data
         for _ in range(1 + (rng.random() < 0.3)):
             out = mutator.mutate_bytes(self.proto, out, rng)
@@ -355,22 +350,25 @@ def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float 
                  report=None, label: str = "", seeds: bool = True, verbose: bool = False) -> None:
     """Fuzz until the time or run budget is spent or a finding is made; never returns.
 
-    libFuzzer's own output goes to ``libfuzzer.log`` in the report directory (else the crash
-    directory) unless ``verbose``."""
+    libFuzzer's own output (its ``#N NEW`` lines and start-up warnings) goes to
+    ``libfuzzer.log`` in the report directory, else to a file in the temporary directory that
+    is removed when the campaign ends without a finding, unless ``verbose``."""
     crashes.mkdir(parents=True, exist_ok=True)
-    out = sys.stderr
+    camp = Campaign(spec, crashes, max_time, runs, keep_going, seed, report=report, label=label,
+                    known=known_signatures(crashes))
+    camp.load_target(instrument_scope)  # before libFuzzer's output is diverted: setup errors stay visible
     log = None
     if not verbose:
-        log = (Path(report.dir) if report is not None else crashes) / f"libfuzzer{'.' + label if label else ''}.log"
-        out = divert_libfuzzer_output(log)
-    camp = Campaign(spec, crashes, max_time, runs, keep_going, seed, report=report, label=label,
-                    known=known_signatures(crashes), out=out)
+        name = f"libfuzzer{'.' + label if label else ''}.log"
+        log = Path(report.dir) / name if report is not None else \
+            Path(tempfile.gettempdir()) / f"migfuzz-{os.getpid()}-{name}"
+        camp.out = divert_libfuzzer_output(log)
+    camp.scratch_log = log if report is None else None
     # Ctrl-C / SIGTERM end the campaign like its time budget does: final stats,
     # reports closed, target released, exit 1 if anything was found.  (Python's
     # handlers take precedence over libFuzzer's, which would exit 72.)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: camp.finish())
-    camp.load_target(instrument_scope)
     camp.enable_arc_feedback()
     nseeds = prepare_corpus(corpus, camp.proto) if seeds else 0
     corpus.mkdir(parents=True, exist_ok=True)

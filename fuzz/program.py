@@ -17,6 +17,7 @@ Text form (one op per line, ``#`` comments, a version header)::
 """
 from __future__ import annotations
 
+from importlib import resources
 from typing import NamedTuple
 
 from harness.runtime import MANGLE_KINDS, SEG_RANDOM
@@ -238,3 +239,17 @@ def parse_program(text: str) -> Program:
     if payload > MAX_PAYLOAD:
         raise ProgramError(f"the ops carry {payload} payload bytes in all; at most {MAX_PAYLOAD}")
     return Program(proto, tuple(ops))
+
+
+def seed_programs(proto: str) -> list[tuple[str, Program]]:
+    """The shipped seed programs of a protocol, (file name, program) (package data ``fuzz.seeds``,
+    i.e. ``corpus/seeds/<proto>/*.txt`` in the source tree)."""
+    out = []
+    folder = resources.files("fuzz.seeds") / proto
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".txt"):
+            try:
+                out.append((entry.name, parse_program(entry.read_text())))
+            except ProgramError as e:
+                raise ProgramError(f"seed {proto}/{entry.name}: {e}") from None
+    return out

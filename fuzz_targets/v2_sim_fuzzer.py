@@ -8,9 +8,12 @@ A finding raises an exception: libFuzzer saves the input as crash-<sha1>
 (`migfuzz triage . --target sim` groups and minimizes them).
 """
 import sys
+from pathlib import Path
 
-import atheris  # noqa: F401  (PyInstaller: the engine)
-from migfuzz_entry import EntryPoint
+if not getattr(sys, "frozen", False):  # run from a checkout: use that checkout's migfuzz
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fuzz.engine import EntryPoint  # noqa: E402  (the engine `migfuzz fuzz` runs, in libFuzzer entry mode)
 
 ENTRY = EntryPoint("sim:proto=v2,flags=0x7")
 

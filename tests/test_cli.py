@@ -268,16 +268,23 @@ def test_compile_and_show(seed, capsys, tmp_path, monkeypatch):
     rc, _out, _err = run_main(["compile", seed, "-o", out_path], capsys)
     assert rc == 0
     data = out_path.read_bytes()
-    assert data == codec.encode(prog)
-    assert codec.decode(data, prog.proto) == prog
-    rc, out, _err = run_main(["show", out_path, "--proto", prog.proto], capsys)
+    header = f"#migfuzz-binary 1 {prog.proto} \n".encode()  # self-describing: no --proto needed to read it
+    assert data == header + codec.encode(prog)
+    rc, out, _err = run_main(["show", out_path], capsys)
     assert rc == 0
     assert parse_program(out) == prog
+    raw_path = tmp_path / "raw.bin"
+    rc, _out, _err = run_main(["compile", seed, "--raw", "-o", raw_path], capsys)
+    assert rc == 0 and raw_path.read_bytes() == codec.encode(prog)
+    rc, out, err = run_main(["show", raw_path], capsys)
+    assert rc == 2 and "--proto" in err  # a raw binary records no protocol
+    rc, out, _err = run_main(["show", raw_path, "--proto", prog.proto], capsys)
+    assert rc == 0 and parse_program(out) == prog
 
 
 def test_compile_to_stdout(capsysbinary, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc = cli.main(["compile", str(SEEDS_V2[0])])
+    rc = cli.main(["compile", "--raw", str(SEEDS_V2[0])])
     out, _err = capsysbinary.readouterr()
     assert rc == 0
     assert out == codec.encode(parse_program(SEEDS_V2[0].read_text()))

@@ -20,7 +20,6 @@ from fuzz.program import (
     Program,
     ProgramError,
     format_program,
-    is_text,
     normalize,
     parse_program,
 )
@@ -164,7 +163,8 @@ def test_normalize_reduces_values_into_range():
     read_code = OPCODES["v2"]["read"]
     assert normalize("v2", Op(read_code, 3, 7, 5000)) == Op(read_code, 1, 3, 5000 % 4097)
     assert normalize("v2", Op(set_code, 0, 99, 1 << 40)) == Op(set_code, 0, 0, 0)
-    assert parse_program("migfuzz-program 1 v2\nread 0 fd=5 n=1\n").ops[0].a == 1
+    with pytest.raises(ProgramError, match="out of range"):  # the text form refuses what decode would wrap
+        parse_program("migfuzz-program 1 v2\nread 0 fd=5 n=1\n")
 
 
 BAD_PROGRAMS = [
@@ -224,17 +224,52 @@ def test_max_ops_accepted():
     assert len(parse_program("migfuzz-program 1 v2\n" + "get 0\n" * MAX_OPS).ops) == MAX_OPS
 
 
-def test_is_text():
-    assert is_text(b"migfuzz-program 1 v2\n")
-    assert is_text(b"\n  migfuzz-program 1 v1\n")
-    assert not is_text(b"\x03\x00\x01")
-    assert not is_text(b"")
+def test_text_is_never_read_as_binary():
+    from fuzz.crashfile import looks_like_text
+
+    assert looks_like_text(b"migfuzz-program 1 v2\n")
+    assert looks_like_text(b"\n  migfuzz-program 1 v1\n")
+    assert looks_like_text(b"hello world\n")
+    assert looks_like_text("\ufeffmigfuzz-program 1 v2\n".encode())
+    assert not looks_like_text(b"\x03\x00\x01")
+    assert not looks_like_text(b"")
 
 
-def test_is_text_with_leading_comments():
+def test_leading_comments_are_allowed():
     text = "# migfuzz finding: x\n#\nmigfuzz-program 1 v2\nget 0\n"
-    parse_program(text)  # valid text
-    assert is_text(text.encode())
+    assert parse_program(text).ops
+
+
+@pytest.mark.parametrize("line,limit", [
+    ("read 0 fd=0 n=4294967295", "0..4096"),
+    ("read 0 fd=0 n=-1", "0..4096"),
+    ("read 0 fd=4 n=1", "0..3"),
+    ("transfer 0 dst=2 seg=0", "0..1"),
+    ("transfer 0 dst=1 seg=65536", "0..65535"),
+    ("fault 0 nth=4294967295 kind=nomem", "0..15"),
+    ("fault 0 nth=16 kind=nomem", "0..15"),
+    ("mangle 0 kind=flip arg=65536", "0..65535"),
+    ("feature 0 argsz=65536 flags=0x1", "0..65535"),
+    ("set 0 state=4294967296", "0..4294967295"),
+])
+def test_out_of_range_values_are_errors_naming_the_limit(line, limit):
+    with pytest.raises(ProgramError, match=r"^line 2: .*out of range \(" + limit.replace(".", r"\.") + r"\)"):
+        parse_program("migfuzz-program 1 v2\n" + line + "\n")
+
+
+def test_payload_limit_is_an_error():
+    big = "00" * (MAX_PAYLOAD + 1)
+    with pytest.raises(ProgramError, match=f"at most {MAX_PAYLOAD}"):
+        parse_program(f"migfuzz-program 1 v2\nwrite 0 fd=0 data={big}\n")
+    half = "00" * (MAX_PAYLOAD // 2 + 1)
+    with pytest.raises(ProgramError, match=f"at most {MAX_PAYLOAD}"):
+        parse_program(f"migfuzz-program 1 v2\nwrite 0 fd=0 data={half}\nwrite 0 fd=0 data={half}\n")
+
+
+def test_bad_header_names_the_line():
+    for text in ("Migfuzz-Program 1 v2\nget 0\n", "hello world\n", "# c\nmigfuzz-program 2 v2\n"):
+        with pytest.raises(ProgramError, match=r"^line \d+: "):
+            parse_program(text)
 
 
 # ---------------------------------------------------------------------------

@@ -15,11 +15,12 @@ import pytest
 
 from fuzz import cli
 from fuzz.codec import decode, encode
-from fuzz.engine import save_finding, seed_dir
+from fuzz.crashfile import save_finding
+from fuzz.program import seed_programs
 from fuzz.executor import Executor
-from fuzz.oracles import FINDING_KINDS
+from fuzz.findings import DESCRIPTIONS, FINDING_KINDS, KINDS
 from fuzz.program import parse_program
-from fuzz.report import JsonlReporter, kind_descriptions, read_jsonl, sarif_report
+from fuzz.report import JsonlReporter, read_jsonl, sarif_report
 from fuzz.targets import open_target, parse_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,11 +63,11 @@ def check_junit(path: Path) -> ET.Element:
     return suite
 
 
-def test_kind_descriptions_come_from_the_oracles_table():
-    desc = kind_descriptions()
-    assert set(desc) == set(FINDING_KINDS)
-    assert desc["accepted-invalid"] == "an invalid state, value, arc or request accepted"
-    assert desc["fd-misuse-accepted"].endswith("seek) and it worked")  # continuation line joined
+def test_rule_descriptions_come_from_the_kinds_table():
+    doc = sarif_report([finding_record()])
+    rules = {r["id"]: r["shortDescription"]["text"] for r in doc["runs"][0]["tool"]["driver"]["rules"]}
+    assert rules == {k.name: k.description for k in KINDS}
+    assert set(DESCRIPTIONS) == set(FINDING_KINDS)
 
 
 def test_jsonl_reporter_writes_each_line_at_once_and_reports_on_close(tmp_path):
@@ -146,7 +147,7 @@ def _count_files(directory: Path) -> int:
 @pytest.mark.slow
 def test_campaign_killed_with_sigkill_loses_nothing_and_resumes_from_its_corpus(tmp_path):
     corpus, crashes, report = tmp_path / "C", tmp_path / "K", tmp_path / "R"
-    nseeds = len(list(seed_dir("v2").glob("*.txt")))
+    nseeds = len(seed_programs("v2"))
     cmd = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", "sim:bug=v2-error-requestable", "--keep-going",
            "--max-time", "30", "--corpus", str(corpus), "--crashes", str(crashes), "--report-dir", str(report)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -197,7 +198,8 @@ def test_campaign_killed_with_sigkill_loses_nothing_and_resumes_from_its_corpus(
     # Restarted on the same corpus: libFuzzer loads more than the seeds.
     in_corpus = _count_files(corpus)
     assert in_corpus > nseeds
-    again = subprocess.run(cmd[:-6] + ["--max-time", "2", "--corpus", str(corpus), "--crashes", str(crashes)],
+    again = subprocess.run(cmd[:-6] + ["--max-time", "2", "--corpus", str(corpus), "--crashes", str(crashes),
+                                       "--verbose"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     m = re.search(r"INFO: seed corpus: files: (\d+)", again.stdout + again.stderr)
     assert m, (again.stdout + again.stderr)[-3000:]

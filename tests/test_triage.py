@@ -6,22 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import cli
+from fuzz import cli, crashfile
 from fuzz.codec import decode, encode
-from fuzz.engine import save_finding
 from fuzz.executor import Executor
+from fuzz.findings import Finding, coarse_arc, harness_frames, signature
+from fuzz.minimize import minimize_program
 from fuzz.mutator import random_op
-from fuzz.oracles import Finding
 from fuzz.program import Program, parse_program
 from fuzz.targets import open_target, parse_target
-from fuzz.triage import (
-    Minimizer,
-    coarse_arc,
-    harness_frames,
-    parse_crash_header,
-    signature,
-    triage_dir,
-)
+from fuzz.triage import triage_dir
 from harness.sim.bugs import BUGS
 
 # A short hand-written trigger for every variant of the bug zoo.
@@ -74,7 +67,7 @@ def plant(prog: Program, target, seed: int, extra: int = 14) -> tuple[Program, s
     """The trigger with noise ops inserted anywhere, as long as the finding's signature stays."""
     rng = random.Random(seed)
     ex = Executor(target)
-    want = signature(ex.run(prog), prog)
+    want = signature(ex.run(prog))
     ops = list(prog.ops)
     for _ in range(600):
         if len(ops) >= len(prog.ops) + extra:
@@ -83,7 +76,7 @@ def plant(prog: Program, target, seed: int, extra: int = 14) -> tuple[Program, s
         cand.insert(rng.randint(0, len(cand)), random_op(prog.proto, rng))
         cprog = Program(prog.proto, tuple(cand))
         got = ex.run(cprog)
-        if got is not None and signature(got, cprog) == want:
+        if got is not None and signature(got) == want:
             ops = cand
     return Program(prog.proto, tuple(ops)), want
 
@@ -117,15 +110,14 @@ def test_harness_frames_keeps_the_innermost_three_without_line_numbers():
 def test_signature_is_kind_arc_op_and_frames_for_exceptions():
     prog = parse_program("migfuzz-program 1 v2\nreset 0\nset 0 state=ERROR\n")
     f = Finding("accepted-invalid", 1, "EINVAL", "success", "RUNNING -set-> ERROR", op="set 0 state=ERROR")
-    assert signature(f, prog) == "accepted-invalid|RUNNING -set-> ERROR|set"
-    assert signature(f) == "accepted-invalid|RUNNING -set-> ERROR|set"  # op name from Finding.op
-    assert signature(f, prog, coarse=True) == "accepted-invalid|-set-> ERROR|set"
+    assert signature(f) == "accepted-invalid|RUNNING -set-> ERROR|set"
+    assert signature(f, coarse=True) == "accepted-invalid|-set-> ERROR|set"
     exc = Finding("target-exception", 1, "no exception", "ValueError: boom", "RUNNING -set-> PRE_COPY",
                   op="set 0 state=PRE_COPY", detail=TRACEBACK)
-    assert signature(exc, prog) == ("target-exception|RUNNING -set-> PRE_COPY|set|harness/sim/v2.py:step,"
+    assert signature(exc) == ("target-exception|RUNNING -set-> PRE_COPY|set|harness/sim/v2.py:step,"
                                     "harness/sim/v2.py:arc_open_precopy,harness/sim/stream.py:__init__")
     moved = exc._replace(detail=TRACEBACK.replace("line 214", "line 999"))
-    assert signature(moved, prog) == signature(exc, prog)
+    assert signature(moved) == signature(exc)
     assert coarse_arc("STOP_COPY -transfer->") == "-transfer->"
 
 
@@ -134,13 +126,12 @@ def test_crash_header_round_trip(tmp_path):
     target = open_target(parse_target(bug_target("v2-errptr-on-alloc-failure")))
     ex = Executor(target, trace=True)
     finding = ex.run(prog)
-    path = save_finding(tmp_path, encode(prog), prog, finding, ex.trace, "sim:bug=v2-errptr-on-alloc-failure")
-    meta = parse_crash_header(path.with_suffix(".txt").read_text())
-    assert (meta.kind, meta.step, meta.arc, meta.expected) == (finding.kind, finding.step, finding.arc,
-                                                               finding.expected)
+    path, _ = crashfile.save_finding(tmp_path, encode(prog), prog, finding, ex.trace,
+                                     "sim:bug=v2-errptr-on-alloc-failure")
+    meta = crashfile.read_meta(path)
+    assert meta.finding == finding
     assert meta.target == "sim:bug=v2-errptr-on-alloc-failure"
-    assert meta.trace and meta.trace[-1][0] == finding.step
-    assert meta.our_signature() == signature(finding, prog)
+    assert meta.signature == signature(finding)
 
 
 # ----------------------------------------------------------------------------- the minimizer
@@ -160,10 +151,10 @@ def test_minimizing_a_planted_crash_gets_back_to_the_trigger(name):
     target = open_target(parse_target(bug_target(name)))
     planted, want = plant(prog, target, seed=len(name))
     assert len(planted.ops) >= len(prog.ops) + 8
-    result = Minimizer(target, want).minimize(planted)
-    assert signature(result.finding, result.program) == want
+    result = minimize_program(target, planted, want)
+    assert signature(result.finding) == want
     assert len(result.program.ops) <= len(prog.ops) + 2, result.program.text()
-    again = Minimizer(open_target(parse_target(bug_target(name))), want).minimize(planted)
+    again = minimize_program(open_target(parse_target(bug_target(name))), planted, want)
     assert again.program == result.program  # deterministic
 
 
@@ -171,10 +162,11 @@ def test_minimizer_simplifies_arguments():
     target = open_target(parse_target(bug_target("v2-fd-after-reset")))
     prog = parse_program("migfuzz-program 1 v2\nset 1 state=STOP_COPY\nreset 1\nread 1 fd=0 n=4096\n"
                          "write 1 fd=2 data=00112233445566778899\n")
-    want = signature(Executor(target).run(prog), prog)
-    result = Minimizer(target, want).minimize(prog)
+    want = signature(Executor(target).run(prog))
+    result = minimize_program(target, prog, want)
+    # the read that shows the defect keeps its evidence: at least one byte asked for, not n=0
     assert result.program.text() == ("migfuzz-program 1 v2\nset 0 state=STOP_COPY\nreset 0\n"
-                                     "read 0 fd=0 n=0\n")
+                                     "read 0 fd=0 n=1\n")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -185,7 +177,7 @@ def write_crash(directory: Path, prog: Program, target_text: str) -> Path:
     ex = Executor(target, trace=True)
     finding = ex.run(prog)
     assert finding is not None
-    return save_finding(directory, encode(prog), prog, finding, ex.trace, target.name)
+    return crashfile.save_finding(directory, encode(prog), prog, finding, ex.trace, target.name)[0]
 
 
 def test_minimize_command(tmp_path, capsys):
@@ -201,7 +193,7 @@ def test_minimize_command(tmp_path, capsys):
     assert f"# signature: {want}" in printed
     binary = tmp_path / "min.bin"
     assert cli.main(["minimize", str(out), "--target", bug_target(name), "-o", str(binary)]) == 1
-    assert decode(binary.read_bytes(), "v2") == prog
+    assert crashfile.read_program(binary)[0] == prog
     capsys.readouterr()
     assert cli.main(["minimize", str(crash), "--target", "sim"]) == 0  # the correct device: nothing to do
     assert "does not reproduce" in capsys.readouterr().err
@@ -239,9 +231,9 @@ def test_triage_groups_many_crashes_of_one_bug_into_one_folder(tmp_path, capsys)
     assert sorted((swap_dir / "crashes").read_text().split()) == sorted(names)
     repro = parse_program((swap_dir / "repro.txt").read_text())
     assert len(repro.ops) <= len(TRIGGERS[swap].splitlines()) + 2
-    assert decode((swap_dir / "repro.bin").read_bytes(), "v2") == repro
+    assert crashfile.read_program(swap_dir / "repro.bin")[0] == repro
     again = Executor(open_target(parse_target(swap_target))).run(repro)
-    assert signature(again, repro) == want_swap
+    assert signature(again) == want_swap
     assert "FINDING resume-corrupted" in (swap_dir / "trace.txt").read_text()
     assert "not reproduced: " + fixed.name in table
     assert "skipped: libfuzzer-crash-0001" in table  # no target for it
@@ -258,7 +250,7 @@ def test_triage_coarse_merges_the_arc_start_states(tmp_path):
     target = bug_target("v2-error-requestable")
     for start in ("", "set 0 state=STOP\n", "set 0 state=STOP_COPY\n", "set 0 state=PRE_COPY\n"):
         write_crash(crashes, parse_program(f"migfuzz-program 1 v2\n{start}get 0\nset 0 state=ERROR\n"), target)
-    strict = triage_dir(crashes, tmp_path / "strict")
+    strict = triage_dir(crashes, tmp_path / "strict", coarse=False)
     assert len(strict.groups) == 4
     coarse = triage_dir(crashes, tmp_path / "coarse", coarse=True)
     assert len(coarse.groups) == 1 and len(coarse.groups[0].members) == 4

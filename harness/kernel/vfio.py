@@ -29,7 +29,6 @@ from harness import runtime, uapi
 from harness.runtime import MAX_READ, OpenError, RegionInfo, VfioDevice  # noqa: F401  (this module's API)
 
 ABI = runtime.Abi(uapi.runtime_abi())
-KernelDevice = VfioDevice
 
 
 def parse_region_info(buf: bytes) -> RegionInfo:

@@ -91,12 +91,12 @@ def test_a_migration_is_judged_by_resaving_the_destination(target: KernelTargetS
 
 def test_seed_programs(target: KernelTargetSet):
     """The seeds against the real driver; any finding is printed (a result, not a failure)."""
-    from fuzz.engine import seed_dir
+    from fuzz.program import seed_programs
 
     ex = Executor(target)
-    for seed in sorted(seed_dir("v2").glob("*.txt")):
-        finding = ex.run(parse_program(seed.read_text()))
-        print(f"seed {seed.name}: {finding.kind + ' at step ' + str(finding.step) if finding else 'clean'}")
+    for seed_name, seed_prog in seed_programs("v2"):
+        finding = ex.run(seed_prog)
+        print(f"seed {seed_name}: {finding.kind + ' at step ' + str(finding.step) if finding else 'clean'}")
     assert target.resaves >= 1
 
 

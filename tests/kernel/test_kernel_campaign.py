@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.kernel import flight, rig, vm
+from fuzz import vm
+from harness.kernel import flight, rig
 
 pytestmark = [pytest.mark.rig,
               pytest.mark.skipif(os.environ.get("MIGFUZZ_RIG") != "1", reason="set MIGFUZZ_RIG=1 to boot the rig")]

@@ -4,7 +4,8 @@ import os
 import threading
 
 from harness import uapi
-from harness.kernel.vfio import KernelDevice, KernelTarget, Watchdog, mtty_targets, parse_region_info
+from harness.kernel.vfio import ABI, KernelTarget, Watchdog, mtty_targets, parse_region_info
+from harness.runtime import VfioDevice
 
 MIGRATION_TYPE = (uapi.VFIO_REGION_TYPE_MIGRATION, uapi.VFIO_REGION_SUBTYPE_MIGRATION)
 
@@ -61,7 +62,7 @@ def test_device_never_touches_fds_it_did_not_hand_out():
     """On a non-VFIO fd every ioctl fails: the device opens as protocol 0, and a
     program naming the harness's own fds gets EBADF while those fds stay open."""
     null = os.open(os.devnull, os.O_RDWR)
-    dev = KernelDevice("null", null, [])
+    dev = VfioDevice(ABI, "null", null, [])
     try:
         assert dev.protocol == 0 and dev.flags == 0
         assert dev.get_state()[0] == errno.ENOTTY

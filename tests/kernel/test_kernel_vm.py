@@ -15,7 +15,8 @@ import pytest
 from fuzz.cli import main
 from fuzz.codec import encode
 from fuzz.program import parse_program
-from harness.kernel import flight, rig, vm
+from fuzz import vm
+from harness.kernel import flight, rig
 
 PROGRAM = parse_program("migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\nset 0 state=STOP\n")
 OUTPUT = """migfuzz: fuzzing mtty (protocol v2); corpus /run/migfuzz-results/corpus (8 seeds)
@@ -230,9 +231,3 @@ def test_usage_errors_are_exit_2(capsys):
     assert main(["vm", "fuzz", "--max-time", "soon"]) == 2
     assert main(["vm", "run"]) == 2  # no command: refused before anything boots
     capsys.readouterr()
-
-
-def test_conform_is_skipped_without_fuzz_conform(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(rig, "PROJECT_ROOT", tmp_path)
-    assert main(["vm", "conform"]) == 0
-    assert "skipped" in capsys.readouterr().out
