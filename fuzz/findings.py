@@ -85,17 +85,21 @@ class Finding(NamedTuple):
     op: str = ""  # the op as text (filled in by the executor)
     detail: str = ""  # traceback of a target exception, whole kernel report of a splat
     check: Check = UNCHECKABLE  # the claim, as data
+    cause: str = ""  # the defect whatever op showed it (e.g. a data_fd used "after reset"), if the oracle knows
 
     def data(self) -> dict:
         """The finding as JSON-ready data (the crash-file header and the reports carry this)."""
-        return {"kind": self.kind, "step": self.step, "op": self.op, "arc": self.arc, "expected": self.expected,
-                "observed": self.observed, "check": self.check.data(), "detail": self.detail}
+        out = {"kind": self.kind, "step": self.step, "op": self.op, "arc": self.arc, "expected": self.expected,
+               "observed": self.observed, "check": self.check.data(), "detail": self.detail}
+        if self.cause:
+            out["cause"] = self.cause
+        return out
 
     @classmethod
     def from_data(cls, data: dict) -> Finding:
         return cls(str(data["kind"]), int(data["step"]), str(data.get("expected", "")),
                    str(data.get("observed", "")), str(data.get("arc", "")), str(data.get("op", "")),
-                   str(data.get("detail", "")), Check.from_data(data.get("check")))
+                   str(data.get("detail", "")), Check.from_data(data.get("check")), str(data.get("cause", "")))
 
 
 # ----------------------------------------------------------------------------- signatures
@@ -137,7 +141,11 @@ def signature(finding: Finding, coarse: bool = False) -> str:
     The op is its name only (arguments vary between crashes of one defect); a target
     exception adds its innermost harness frames (file:function, no line numbers, so edits
     elsewhere in a file keep the signature). ``coarse`` drops the state the arc started
-    from, so one defect reachable from several states is one signature."""
+    from, so one defect reachable from several states is one signature; where the oracle
+    named the finding's cause (a data_fd used after reset, whichever call used it), the
+    coarse signature is kind|cause: one defect, one signature."""
+    if coarse and finding.cause:
+        return f"{finding.kind}|{finding.cause}"
     parts = [finding.kind, coarse_arc(finding.arc) if coarse else finding.arc, op_name(finding)]
     if finding.kind == "target-exception":
         parts.append(",".join(harness_frames(finding.detail)) or "no-harness-frame")

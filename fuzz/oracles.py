@@ -36,12 +36,18 @@ class FindingRaised(Exception):
 class Slot:
     """One data_fd a device returned, as the protocol sees it."""
 
-    __slots__ = ("fd", "saving", "live")
+    __slots__ = ("fd", "saving", "live", "ended_by")
 
     def __init__(self, fd: int, saving: bool):
         self.fd = fd
         self.saving = saving
         self.live = True  # False: its session ended; None: unknown (after ERROR)
+        self.ended_by = ""  # what ended it: "reset" or "session end"
+
+    def end(self, why: str) -> None:
+        if self.live:
+            self.live = False
+            self.ended_by = why
 
 
 class DeviceView:
@@ -107,9 +113,10 @@ class Oracle:
         text = f"{self.state_name(state)} -{name}->"
         return text if to is None else f"{text} {self.value_name(to)}"
 
-    def fail(self, kind: str, expected: str, observed: str, check: Check = UNCHECKABLE, detail: str = "") -> None:
+    def fail(self, kind: str, expected: str, observed: str, check: Check = UNCHECKABLE, detail: str = "",
+             cause: str = "") -> None:
         raise FindingRaised(Finding(kind, -1, expected, observed, self.arc, detail=detail,
-                                    check=check))  # the executor sets the step and the op
+                                    check=check, cause=cause))  # the executor sets the step and the op
 
     # -- what the executor cannot call an answer -----------------------------------
 
@@ -275,8 +282,7 @@ class V2Oracle(Oracle):
         """A SET succeeded: sessions ended/opened, load judged, frozen state tracked."""
         if plan.ends:
             for s in view.slots:
-                if s.live:
-                    s.live = False
+                s.end("session end")
         stopped_before = cur in model.STOPPED_STATES
         if plan.load:
             digest = digest_fn()
@@ -344,8 +350,8 @@ class V2Oracle(Oracle):
             return True
         if not slot.live or not slot.saving:
             if err == 0:
-                why = "after its session ended" if not slot.live else "on a resuming data_fd"
-                self.fail("fd-misuse-accepted", f"read {why} fails", f"returned {len(data)} bytes", OK)
+                why = self.misuse(slot, "read")
+                self.fail("fd-misuse-accepted", f"read {why} fails", f"returned {len(data)} bytes", OK, cause=why)
             return True
         state = view.state
         if err:
@@ -376,8 +382,8 @@ class V2Oracle(Oracle):
             return
         if not slot.live or slot.saving:
             if err == 0:
-                why = "after its session ended" if not slot.live else "on a saving data_fd"
-                self.fail("fd-misuse-accepted", f"write {why} fails", f"wrote {written} bytes", OK)
+                why = self.misuse(slot, "write")
+                self.fail("fd-misuse-accepted", f"write {why} fails", f"wrote {written} bytes", OK, cause=why)
             return
         if err == 0:
             view.resume += data[:written]
@@ -390,9 +396,16 @@ class V2Oracle(Oracle):
                       Check("stalled"))
         dst.resume += piece[:n]
 
+    @staticmethod
+    def misuse(slot: Slot, call: str) -> str:
+        """What is wrong with using ``slot`` for ``call``: the cause of an fd-misuse finding."""
+        if not slot.live:
+            return "after reset" if slot.ended_by == "reset" else "after its session ended"
+        return "on a resuming data_fd" if slot.saving is False and call != "write" else "on a saving data_fd"
+
     def on_seek(self, slot: Slot, err: int) -> None:
         if err == 0:
-            self.fail("fd-misuse-accepted", "lseek on a data_fd fails (ESPIPE)", "success", OK)
+            self.fail("fd-misuse-accepted", "lseek on a data_fd fails (ESPIPE)", "success", OK, cause="lseek")
 
     def on_close(self, view: DeviceView, slot: Slot, err: int) -> None:
         if err:
@@ -403,11 +416,15 @@ class V2Oracle(Oracle):
                    fault: bool) -> None:
         if slot.live is None:
             return
-        valid = slot.live and slot.saving and view.state in model.PRECOPY_INFO_STATES
-        if not valid:
+        if not slot.live or not slot.saving:
             if err == 0:
-                self.fail("accepted-invalid",
-                          "PRECOPY_INFO fails outside PRE_COPY/PRE_COPY_P2P or on a dead/resuming fd",
+                why = self.misuse(slot, "PRECOPY_INFO")
+                self.fail("fd-misuse-accepted", f"PRECOPY_INFO {why} fails", f"success in {v2_name(view.state)}",
+                          OK, cause=why)
+            return
+        if view.state not in model.PRECOPY_INFO_STATES:
+            if err == 0:
+                self.fail("accepted-invalid", "PRECOPY_INFO fails outside PRE_COPY/PRE_COPY_P2P",
                           f"success in {v2_name(view.state)}", OK)
             return
         if err:
@@ -441,7 +458,7 @@ class V2Oracle(Oracle):
         if got != model.RUNNING:
             self.fail("state-mismatch", "RUNNING after reset", v2_name(got), Check("state_not", model.RUNNING))
         for s in view.slots:
-            s.live = False
+            s.end("reset")
         view.state = model.RUNNING
         view.frozen = None
         view.new_resume()

@@ -261,3 +261,26 @@ def test_triage_bad_input(tmp_path):
     assert cli.main(["triage", str(tmp_path / "nope")]) == 2
     assert cli.main(["triage", str(tmp_path), "--target", "bogus"]) == 2
     assert cli.main(["triage", str(tmp_path)]) == 0  # nothing to triage
+
+
+def test_one_defect_one_folder_whatever_op_shows_it(tmp_path):
+    """v2-fd-after-reset shows through read, drain and write on the stale data_fd, after pre-copy,
+    stop-copy or resume: the oracle names the cause (a data_fd used after reset), so triage makes
+    one folder, not one per op and state."""
+    crashes = tmp_path / "crashes"
+    target = bug_target("v2-fd-after-reset")
+    for state, tail in (("PRE_COPY", "read 0 fd=0 n=16"), ("STOP_COPY", "drain 0 fd=0"),
+                        ("STOP_COPY", "read 0 fd=0 n=7")):
+        write_crash(crashes, parse_program(f"migfuzz-program 1 v2\nset 0 state={state}\nreset 0\n{tail}\n"), target)
+    write_crash(crashes, parse_program("migfuzz-program 1 v2\nset 1 state=RESUMING\nreset 1\n"
+                                       "write 1 fd=0 data=00\n"), target)
+    first = triage_dir(crashes, tmp_path / "triage")
+    assert len(first.groups) == 1 and len(first.groups[0].members) == 4
+    assert first.groups[0].signature == "fd-misuse-accepted|after reset"
+    # a second triage into the same folder replaces the first, it does not add to it
+    (crashes / sorted(p.name for p in crashes.iterdir() if not p.name.endswith(".txt"))[0]).unlink()
+    second = triage_dir(crashes, tmp_path / "triage")
+    folders = [p for p in (tmp_path / "triage").iterdir() if p.is_dir()]
+    assert len(second.groups) == 1 and len(folders) == 1
+    # --strict keeps them apart
+    assert len(triage_dir(crashes, tmp_path / "strict", coarse=False).groups) >= 3
