@@ -42,8 +42,12 @@ if str(ROOT) not in sys.path:
 
 from fuzz.crashfile import program_text  # noqa: E402
 from fuzz.executor import Executor  # noqa: E402
-from fuzz.mutator import READ_SIZES, SEGMENTS, random_program  # noqa: E402
-from fuzz.mutator import mutate  # noqa: E402
+from fuzz.mutator import (  # noqa: E402
+    READ_SIZES,
+    SEGMENTS,
+    mutate,  # noqa: E402
+    random_program,
+)
 from fuzz.program import FAULT_KINDS, MANGLE_KINDS, OPS, Op, Program, normalize  # noqa: E402
 from fuzz.program import seed_programs as shipped_seeds  # noqa: E402
 from fuzz.targets import open_target, parse_target  # noqa: E402

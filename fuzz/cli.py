@@ -15,6 +15,13 @@ here as one line (:func:`main`): ``UsageError``, ``TargetError``, ``ProgramError
 """
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":  # `python -m fuzz.cli`: a Ctrl-C while the modules below load ends quietly
+    from fuzz import interrupted_while_loading
+
+    signal.signal(signal.SIGINT, interrupted_while_loading)
+
 import argparse
 import importlib
 import os
@@ -24,6 +31,7 @@ from importlib.metadata import PackageNotFoundError, version
 from harness.base import TargetError, TargetUnavailable
 from harness.runtime import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
+from . import interrupted_while_loading
 from .errors import UsageError
 from .program import ProgramError
 
@@ -255,6 +263,8 @@ def _fail(text: str, code: int) -> int:
 
 
 def main(argv: list | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is interrupted_while_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: a Ctrl-C now ends like any error
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

@@ -14,7 +14,7 @@ from collections import deque
 from typing import NamedTuple
 
 from harness.runtime import errname  # noqa: F401  (the protocol's names live here for the fuzzer)
-from harness.uapi import (
+from harness.uapi import (  # noqa: F401  (V1_HEADER_SIZE, V1_SAVING, V1_STOPPED_STATES: part of the model)
     FEATURE_GET,
     FEATURE_MASK,
     FEATURE_MIG_DATA_SIZE,

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.base import TargetError, TargetUnavailable
-
 from harness.runtime import EXIT_FINDING, EXIT_OK
 
 from . import crashfile

@@ -38,7 +38,6 @@ message says which.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -56,6 +55,7 @@ from .codec import decode
 from .crashfile import save_finding
 from .errors import UsageError
 from .findings import Finding
+
 SUMMARY_FILE = "vm-summary.json"
 GUEST_RESULTS = "$MIGFUZZ_RESULTS"
 BOOT_ALLOWANCE = 180.0     # boot + Python/atheris start-up under TCG + shutdown, on a loaded host
@@ -76,23 +76,49 @@ def say(text: str) -> None:
 # ---------------------------------------------------------------------------- preparing
 
 
+# What apt prints when it cannot reach its registry (network down, no DNS, proxy refused).
+UNREACHABLE = ("Temporary failure resolving", "Could not resolve", "Failed to fetch", "Could not connect",
+               "Connection failed", "Network is unreachable", "Connection timed out", "No route to host")
+
+
+class RigBroken(Exception):
+    """The rig could not be prepared for a reason other than an unreachable registry (exit 1)."""
+
+
+def registry_unreachable() -> str | None:
+    """Why the apt registry cannot be reached (`apt-get update`'s own words), or None if it can."""
+    try:
+        r = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"apt-get update: {e}"
+    text = r.stdout + r.stderr
+    for line in text.splitlines():
+        if any(marker in line for marker in UNREACHABLE):
+            return line.strip()
+    return None
+
+
 def prepare() -> tuple[rig.Rig, float]:
-    """rig.prepare(), with "cannot install or download" turned into RigUnavailable."""
+    """rig.prepare(). RigUnavailable (exit 3) only when the package registry cannot be reached;
+    any other failure is RigBroken (exit 1), with the command that failed and why."""
     try:
         return rig.prepare()
     except subprocess.CalledProcessError as e:
         words = e.cmd if isinstance(e.cmd, list) else shlex.split(str(e.cmd))
+        command = " ".join(map(str, words[:6]))
         tool = os.path.basename(str(words[0])) if words else "?"
-        if tool in ("apt-get", "apt-cache", "dpkg-query"):
-            raise RigUnavailable(f"`{' '.join(map(str, words[:6]))}` failed (exit {e.returncode}): cannot "
-                                 f"install or download the rig's packages (apt registry unreachable, "
-                                 f"package missing, or not root)") from None
-        raise
+        if tool in ("apt-get", "apt-cache"):
+            why = registry_unreachable()
+            if why:
+                raise RigUnavailable(f"`{command}` failed (exit {e.returncode}): the apt registry is "
+                                     f"unreachable ({why})") from None
+        raise RigBroken(f"`{command}` failed (exit {e.returncode})") from None
     except FileNotFoundError as e:
-        raise RigUnavailable(f"{e.filename or e}: not found (the rig needs a Debian host with apt, dpkg and "
-                             f"QEMU)") from None
-    except RuntimeError as e:  # e.g. no 6.12 kernel with headers in the apt sources
-        raise RigUnavailable(str(e)) from None
+        raise RigBroken(f"{e.filename or e}: not found (the rig needs a Debian host with apt, dpkg and "
+                        f"QEMU)") from None
+    except (RuntimeError, OSError) as e:  # e.g. no 6.12 kernel with headers in the apt sources
+        raise RigBroken(str(e)) from None
 
 
 def _boot(args, command: str, timeout: float) -> tuple[rig.GuestResult, float]:
@@ -401,4 +427,8 @@ ACTIONS = {"prepare": cmd_prepare, "status": cmd_status, "fuzz": cmd_fuzz, "self
 
 def cmd_vm(args) -> int:
     """``migfuzz vm ACTION``: the action's function (arguments are declared in ``fuzz.cli``)."""
-    return ACTIONS[args.vm_action](args)
+    try:
+        return ACTIONS[args.vm_action](args)
+    except RigBroken as e:
+        say(f"preparing the rig failed: {e}")
+        return EXIT_FINDING

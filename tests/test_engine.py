@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from fuzz import codec, engine
 from fuzz.executor import Executor
 from fuzz.oracles import Finding
-from fuzz.program import ProgramError, parse_program
+from fuzz.program import parse_program
 from fuzz.targets import parse_target
 from harness.sim import SimTarget
 

@@ -16,10 +16,9 @@ import pytest
 from fuzz import cli
 from fuzz.codec import decode, encode
 from fuzz.crashfile import save_finding
-from fuzz.program import seed_programs
 from fuzz.executor import Executor
 from fuzz.findings import DESCRIPTIONS, FINDING_KINDS, KINDS
-from fuzz.program import parse_program
+from fuzz.program import parse_program, seed_programs
 from fuzz.report import JsonlReporter, read_jsonl, sarif_report
 from fuzz.targets import open_target, parse_target
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fuzz import cli, crashfile
-from fuzz.codec import decode, encode
+from fuzz.codec import encode
 from fuzz.executor import Executor
 from fuzz.findings import Finding, coarse_arc, harness_frames, signature
 from fuzz.minimize import minimize_program
@@ -108,7 +108,6 @@ def test_harness_frames_keeps_the_innermost_three_without_line_numbers():
 
 
 def test_signature_is_kind_arc_op_and_frames_for_exceptions():
-    prog = parse_program("migfuzz-program 1 v2\nreset 0\nset 0 state=ERROR\n")
     f = Finding("accepted-invalid", 1, "EINVAL", "success", "RUNNING -set-> ERROR", op="set 0 state=ERROR")
     assert signature(f) == "accepted-invalid|RUNNING -set-> ERROR|set"
     assert signature(f, coarse=True) == "accepted-invalid|-set-> ERROR|set"

@@ -28,7 +28,6 @@ The command line is ``migfuzz vm prepare|status|run|...`` (``fuzz.vm``).
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import gzip
 import hashlib

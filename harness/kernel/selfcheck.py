@@ -8,7 +8,6 @@ in ``tests/kernel/test_rig.py``. Errnos are recorded by name ("EINVAL"), 0 as "O
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import statistics

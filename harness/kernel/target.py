@@ -57,7 +57,6 @@ log and the flight recorder (``harness.kernel.vm``).
 """
 from __future__ import annotations
 
-import errno
 import os
 import re
 import sys

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import model
 from fuzz.executor import Executor
 from fuzz.program import parse_program
 from fuzz.targets import TargetError, TargetUnavailable, open_target, parse_target

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from fuzz import vm
 from fuzz.cli import main
 from fuzz.codec import encode
 from fuzz.program import parse_program
-from fuzz import vm
 from harness.kernel import flight, rig
 
 PROGRAM = parse_program("migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\nset 0 state=STOP\n")
