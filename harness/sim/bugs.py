@@ -3,7 +3,7 @@
 Each variant is a small mixin that overrides exactly one seam of the correct
 device (``V1SimDevice`` / ``V2SimDevice``); ``device_class(proto, bug)`` puts it
 in front of the device class.  Every entry names the real defect it is modelled
-on (PROTOCOL.md §6 numbers, §1 rules) and the finding kind that should catch it.
+on (a kernel commit, a uAPI rule, a mailing-list thread) and the finding kind that should catch it.
 """
 from __future__ import annotations
 
@@ -267,81 +267,142 @@ class V2ResumeNoValidate:
 
 
 BUGS = {
-    "v1-accept-101": Bug("v1", V1Accept101, "device_state 101b (RESUMING|RUNNING) accepted",
-                         "v1 VALID() rule; Alex Williamson's 2021 clarification", "accepted-invalid"),
-    "v1-accept-111": Bug("v1", V1Accept111, "device_state 111b accepted",
-                         "v1 VALID() rule", "accepted-invalid"),
-    "v1-error-writable": Bug("v1", V1ErrorWritable, "the error state 110b accepted from the user",
-                             "v1 header: 110b is reported by the driver only; libvfio-user v1 table (§5)",
-                             "accepted-invalid"),
-    "v1-resume-no-wipe": Bug("v1", V1ResumeNoWipe, "entering RESUMING keeps old buffer bytes",
-                             "v1 rule: the driver must enter RESUMING with no preconditions (§1.9)",
-                             "valid-stream-rejected"),
-    "v1-deserialize-early": Bug("v1", V1DeserializeEarly,
-                                "loads pages on each data_size write, not when RESUMING clears",
-                                "v1 rule: data is incorporated when RESUMING is cleared (§1.4)",
-                                "state-changed-while-stopped"),
-    "v1-stop-not-frozen": Bug("v1", V1StopNotFrozen, "device state changes while not running",
-                              "v1/v2 rule: a stopped device's internal state must not change (§2.3)",
-                              "state-changed-while-stopped"),
-    "v1-pending-never-zero": Bug("v1", V1PendingNeverZero, "pending_bytes never reaches 0 in stop-and-copy",
-                                 "v1 rule: in 010b iterate until pending_bytes == 0 (§1.5)", "hang"),
-    "v1-data-offset-oob": Bug("v1", V1DataOffsetOob, "data window outside the migration region",
-                              "v1 rule: data_offset/data_size describe a window inside the region (§1.2)",
-                              "region-layout"),
-    "v1-failed-write-third-state": Bug("v1", V1FailedWriteThirdState,
-                                       "a failed write leaves neither the old state nor 110b",
-                                       "v1 rule: after a failed write, previous state or ERROR (§1.7)",
-                                       "bad-state-after-failure"),
-    "v2-precopy-arc-hang": Bug("v2", V2PrecopyArcHang, "STOP_COPY -> PRE_COPY never returns",
-                               "§6 #1 vfio_mig_get_next_state() infinite loop (fix a26b499b757c)", "hang"),
-    "v2-fd-after-reset": Bug("v2", V2FdAfterReset, "old data_fd still works after reset",
-                             "§6 #8 pds_vfio_pci migration file used after reset (fix 457f73082547)",
-                             "fd-misuse-accepted"),
-    "v2-resume-ignores-fpos": Bug("v2", V2ResumeIgnoresFpos, "multi-chunk resume overwrites at offset 0",
-                                  "§6 #5 hisi_acc resume write ignored f_pos (fix be12ad45e15b)",
-                                  "valid-stream-rejected"),
-    "v2-save-field-swap": Bug("v2", V2SaveFieldSwap, "a register saved from the wrong halves",
-                              "§6 #6 hisi_acc EQE/AEQE DMA address halves swapped (008e5e996f42)",
-                              "resume-corrupted"),
-    "v2-precopy-dirty-underreport": Bug("v2", V2PrecopyDirtyUnderreport,
-                                        "PRECOPY_INFO dirty_bytes ignores data already queued",
-                                        "§6 #13 mlx5 dirty_bytes under-reported (fix 4928f67bc911)",
-                                        "stream-protocol"),
-    "v2-reject-large-state": Bug("v2", V2RejectLargeState, "a valid stream above an arbitrary cap refused",
-                                 "§6 #14 mlx5 512 MiB resume image cap", "valid-stream-rejected"),
-    "v2-reset-not-running": Bug("v2", V2ResetNotRunning, "reset leaves the device in STOP, not RUNNING",
-                                "§2.9 reset_done must set RUNNING; §6 #21 libvfio-user divergence",
-                                "state-mismatch"),
-    "v2-failed-arc-wrong-state": Bug("v2", V2FailedArcWrongState,
-                                     "after a failed step GET reports a state off the path",
-                                     "§2.7/§8.2 failure leaves cur, a hop on the path, or ERROR",
-                                     "bad-state-after-failure"),
-    "v2-fd-leak-on-error": Bug("v2", V2FdLeakOnError, "a failed fd-creating arc leaks its file",
-                               "§6 #12 mlx5 save/resume error unwind", "resource-leak"),
-    "v2-p2p-arc-missing": Bug("v2", V2P2pArcMissing, "P2P advertised, RUNNING -> RUNNING_P2P refused",
-                              "§2.4 P2P arcs a driver must implement", "rejected-valid"),
-    "v2-stream-length-trusted": Bug("v2", V2StreamLengthTrusted,
-                                    "a length inside the stream used unchecked (trailing bytes ignored)",
-                                    "§6 #2-4 length/f_pos checks in qat/hisi resume writes",
-                                    "damaged-stream-accepted"),
-    "v2-enomsg-in-stopcopy": Bug("v2", V2EnomsgInStopCopy, "end of stream in STOP_COPY reported as ENOMSG",
-                                 "§2.8 ENOMSG must not be returned in STOP_COPY", "stream-protocol"),
-    "v2-fd-alive-after-session-end": Bug("v2", V2FdAliveAfterSessionEnd,
-                                         "the saving data_fd keeps working after STOP_COPY -> STOP",
-                                         "§2.8 session end disables the file (ENODEV); §6 #23",
-                                         "fd-misuse-accepted"),
-    "v2-precopy-info-in-stopcopy": Bug("v2", V2PrecopyInfoInStopCopy, "PRECOPY_INFO answers in STOP_COPY",
-                                       "§2.8 PRECOPY_INFO only in PRE_COPY*", "accepted-invalid"),
-    "v2-error-requestable": Bug("v2", V2ErrorRequestable, "SET ERROR accepted",
-                                "§2.5 ERROR can never be requested", "accepted-invalid"),
-    "v2-errptr-on-alloc-failure": Bug("v2", V2ErrPtrOnAllocFailure,
-                                      "an allocation failure's error pointer used as the file",
-                                      "§6 #11 pds anon_inode_getfile() IS_ERR check (fix 2d12d18f14d9)",
-                                      "target-exception"),
-    "v2-resume-no-validate": Bug("v2", V2ResumeNoValidate, "a corrupted stream half-loaded instead of refused",
-                                 "§8.12 resume of damaged streams must fail; §6 #6 stream magic",
-                                 "damaged-stream-accepted"),
+    "v1-accept-101": Bug(
+        "v1", V1Accept101,
+        "device_state 101b (RESUMING|RUNNING) accepted",
+        "VFIO_DEVICE_STATE_VALID() in include/uapi/linux/vfio.h (5.8-5.17); A. Williamson, \"vfio: Update/Clarify "
+        "migration uAPI\" RFC, Dec 2021",
+        "accepted-invalid"),
+    "v1-accept-111": Bug(
+        "v1", V1Accept111,
+        "device_state 111b accepted",
+        "VFIO_DEVICE_STATE_VALID() in include/uapi/linux/vfio.h (5.8-5.17)",
+        "accepted-invalid"),
+    "v1-error-writable": Bug(
+        "v1", V1ErrorWritable,
+        "the error state 110b accepted from the user",
+        "include/uapi/linux/vfio.h (5.8-5.17): 110b is reported by the driver only; libvfio-user's v1 table "
+        "accepted it",
+        "accepted-invalid"),
+    "v1-resume-no-wipe": Bug(
+        "v1", V1ResumeNoWipe,
+        "entering RESUMING keeps old buffer bytes",
+        "kvm@vger thread on the v1 semantics (Dec 2021): the driver enters RESUMING with no preconditions",
+        "valid-stream-rejected"),
+    "v1-deserialize-early": Bug(
+        "v1", V1DeserializeEarly,
+        "loads pages on each data_size write, not when RESUMING clears",
+        "include/uapi/linux/vfio.h (5.8-5.17) and the Dec 2021 clarification: data is loaded when RESUMING is "
+        "cleared",
+        "state-changed-while-stopped"),
+    "v1-stop-not-frozen": Bug(
+        "v1", V1StopNotFrozen,
+        "device state changes while not running",
+        "enum vfio_device_mig_state in include/uapi/linux/vfio.h: STOP means no internal state change",
+        "state-changed-while-stopped"),
+    "v1-pending-never-zero": Bug(
+        "v1", V1PendingNeverZero,
+        "pending_bytes never reaches 0 in stop-and-copy",
+        "include/uapi/linux/vfio.h (5.8-5.17): in stop-and-copy, iterate until pending_bytes is 0",
+        "hang"),
+    "v1-data-offset-oob": Bug(
+        "v1", V1DataOffsetOob,
+        "data window outside the migration region",
+        "struct vfio_device_migration_info in include/uapi/linux/vfio.h (5.8-5.17): the data window lies inside the"
+        " region",
+        "region-layout"),
+    "v1-failed-write-third-state": Bug(
+        "v1", V1FailedWriteThirdState,
+        "a failed write leaves neither the old state nor 110b",
+        "include/uapi/linux/vfio.h (5.8-5.17): after a failed write, the previous state or the error state",
+        "bad-state-after-failure"),
+    "v2-precopy-arc-hang": Bug(
+        "v2", V2PrecopyArcHang,
+        "STOP_COPY -> PRE_COPY never returns",
+        "vfio_mig_get_next_state() spins on STOP_COPY -> PRE_COPY (drivers/vfio/vfio_main.c; fix a26b499b757c)",
+        "hang"),
+    "v2-fd-after-reset": Bug(
+        "v2", V2FdAfterReset,
+        "old data_fd still works after reset",
+        "pds_vfio_pci migration file used after reset (fix 457f73082547, \"Make sure migration file isn't accessed "
+        "after reset\")",
+        "fd-misuse-accepted"),
+    "v2-resume-ignores-fpos": Bug(
+        "v2", V2ResumeIgnoresFpos,
+        "multi-chunk resume overwrites at offset 0",
+        "hisi_acc_vfio_pci resume write ignored f_pos (fix be12ad45e15b)",
+        "valid-stream-rejected"),
+    "v2-save-field-swap": Bug(
+        "v2", V2SaveFieldSwap,
+        "a register saved from the wrong halves",
+        "hisi_acc_vfio_pci EQE/AEQE DMA address halves swapped when saving (008e5e996f42; XQE fix 2025)",
+        "resume-corrupted"),
+    "v2-precopy-dirty-underreport": Bug(
+        "v2", V2PrecopyDirtyUnderreport,
+        "PRECOPY_INFO dirty_bytes ignores data already queued",
+        "mlx5_vfio_pci PRE_COPY dirty_bytes under-reported (fix 4928f67bc911)",
+        "stream-protocol"),
+    "v2-reject-large-state": Bug(
+        "v2", V2RejectLargeState,
+        "a valid stream above an arbitrary cap refused",
+        'mlx5_vfio_pci 512 MiB resume image cap ("vfio/mlx5: Allow loading of larger images than 512 MB", 6.3)',
+        "valid-stream-rejected"),
+    "v2-reset-not-running": Bug(
+        "v2", V2ResetNotRunning,
+        "reset leaves the device in STOP, not RUNNING",
+        "variant drivers' reset_done sets RUNNING (e.g. drivers/vfio/pci/mlx5/main.c); libvfio-user PR #854 diverged",
+        "state-mismatch"),
+    "v2-failed-arc-wrong-state": Bug(
+        "v2", V2FailedArcWrongState,
+        "after a failed step GET reports a state off the path",
+        "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE in include/uapi/linux/vfio.h: on failure, the original state, a state"
+        " on the path, or ERROR",
+        "bad-state-after-failure"),
+    "v2-fd-leak-on-error": Bug(
+        "v2", V2FdLeakOnError,
+        "a failed fd-creating arc leaks its file",
+        "mlx5_vfio_pci save/resume error unwind (fixed in 6.13, <20241114095318.16556-3-yishaih@nvidia.com>)",
+        "resource-leak"),
+    "v2-p2p-arc-missing": Bug(
+        "v2", V2P2pArcMissing,
+        "P2P advertised, RUNNING -> RUNNING_P2P refused",
+        "the arcs drivers implement, listed in vfio_mig_get_next_state() (drivers/vfio/vfio_main.c)",
+        "rejected-valid"),
+    "v2-stream-length-trusted": Bug(
+        "v2", V2StreamLengthTrusted,
+        "a length inside the stream used unchecked (trailing bytes ignored)",
+        "length and f_pos checks in qat/hisi resume writes (CVE-2026-74306; 9283b7392570)",
+        "damaged-stream-accepted"),
+    "v2-enomsg-in-stopcopy": Bug(
+        "v2", V2EnomsgInStopCopy,
+        "end of stream in STOP_COPY reported as ENOMSG",
+        "data_fd rules in include/uapi/linux/vfio.h: ENOMSG is the temporary end of PRE_COPY, never of STOP_COPY",
+        "stream-protocol"),
+    "v2-fd-alive-after-session-end": Bug(
+        "v2", V2FdAliveAfterSessionEnd,
+        "the saving data_fd keeps working after STOP_COPY -> STOP",
+        "drivers disable the file when the session ends (ENODEV; mtty, hisi, qat, pds); rust-vmm/vfio PR #140",
+        "fd-misuse-accepted"),
+    "v2-precopy-info-in-stopcopy": Bug(
+        "v2", V2PrecopyInfoInStopCopy,
+        "PRECOPY_INFO answers in STOP_COPY",
+        "VFIO_MIG_GET_PRECOPY_INFO in include/uapi/linux/vfio.h: only in PRE_COPY and PRE_COPY_P2P",
+        "accepted-invalid"),
+    "v2-error-requestable": Bug(
+        "v2", V2ErrorRequestable,
+        "SET ERROR accepted",
+        "vfio_mig_get_next_state() (drivers/vfio/vfio_main.c): ERROR can never be requested",
+        "accepted-invalid"),
+    "v2-errptr-on-alloc-failure": Bug(
+        "v2", V2ErrPtrOnAllocFailure,
+        "an allocation failure's error pointer used as the file",
+        "pds_vfio_pci anon_inode_getfile() IS_ERR check (fix 2d12d18f14d9)",
+        "target-exception"),
+    "v2-resume-no-validate": Bug(
+        "v2", V2ResumeNoValidate,
+        "a corrupted stream half-loaded instead of refused",
+        "RESUMING -> STOP in include/uapi/linux/vfio.h: invalid data must fail the SET; hisi's 2025 stream magic",
+        "damaged-stream-accepted"),
 }
 
 _BASE = {"v1": V1SimDevice, "v2": V2SimDevice}
