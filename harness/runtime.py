@@ -18,6 +18,7 @@ writes and damaged); procedures on any device of ``harness.base``; raw VFIO acce
 (:class:`Abi`, :class:`VfioDevice`, opening by group or cdev); the reproducer (:class:`Replay`,
 :data:`CHECKS`, :func:`main`).
 """
+# ruff: noqa: UP031 - printf-style formatting, line for line the formats of its C twin (harness/runtime.c)
 import argparse
 import errno
 import fcntl
@@ -682,6 +683,7 @@ class View:
         self.fds = []
         self.saving = {}
         self.state = state
+        self.armed = False  # a fault was armed on it (a simulated device)
         self.new_capture()
 
     def slot(self, index):
@@ -697,7 +699,12 @@ class Replay:
     """Runs a program's ops on opened devices, one answer dict per op (None: nothing to act on).
 
     The op names and arguments are those of migfuzz's text form; the device calls are the
-    executor's, through the procedures above."""
+    executor's, through the procedures above.
+
+    Injected faults (the ``fault`` op) exist only in the simulator: a device with
+    ``arm_fault(nth, kind)`` gets them, and ``clear_fault()`` after every op once armed
+    (what the fuzzer's executor does after an op in which a fault fired); on any other
+    device the op is skipped, and says so."""
 
     def __init__(self, abi, proto, devices):
         self.abi = abi
@@ -709,9 +716,21 @@ class Replay:
     def name(self, state):
         return self.abi.state_name(self.proto, state)
 
+    @staticmethod
+    def files(view):
+        """The device's count of migration files, asked where the fuzzer's executor asks it (after
+        a reset or a SET): no syscall on a real device (None), the simulator's own bookkeeping on a
+        simulated one, so a defect that breaks it shows at the same step as in the fuzzer."""
+        view.dev.live_files()
+
     def run_op(self, name, dev, args):
         handler = getattr(self, "%s_%s" % (self.proto, name), None) or getattr(self, "op_" + name)
-        return handler(self.views[dev], args)
+        try:
+            return handler(self.views[dev], args)
+        finally:
+            for view in self.views:
+                if view.armed:
+                    view.dev.clear_fault()
 
     # -- both protocols
 
@@ -725,6 +744,7 @@ class Replay:
         if arm is None:
             return {"err": 0, "text": "fault injection needs the simulator: skipped"}
         arm(a["nth"], a["kind"])
+        view.armed = hasattr(view.dev, "clear_fault")
         return {"err": 0, "text": "armed %s at internal step %d" % (a["kind"], a["nth"])}
 
     def op_mangle(self, view, a):
@@ -736,6 +756,7 @@ class Replay:
     def v2_reset(self, view, a):
         err = view.dev.reset()
         gerr, got = view.dev.get_state()
+        self.files(view)
         view.state = got if not gerr else view.state
         view.pc_expect = view.pc_initial = -1
         return {"err": err, "gerr": gerr, "state": got,
@@ -745,14 +766,16 @@ class Replay:
         new = a["state"]
         err, fd = view.dev.set_state(new)
         gerr, got = view.dev.get_state()
+        if err or fd >= 0 or got != view.state:
+            self.files(view)
         if fd >= 0:
             view.fds.append(fd)
             view.saving[fd] = new != self.abi.V2_RESUMING
             if view.saving[fd]:
                 view.new_capture()
+        if not err or (not gerr and got != view.state):
+            view.pc_expect = -1  # a SET that succeeds (or moves the device) ends what PRECOPY_INFO announced
         if not gerr:
-            if got != view.state:
-                view.pc_expect = -1
             view.state = got
         return {"err": err, "fd": fd, "gerr": gerr, "state": got,
                 "text": "SET %s -> %s, data_fd %d; GET %s" % (self.name(new), errname(err), fd, self.name(got))}
@@ -868,6 +891,7 @@ class Replay:
     def v1_reset(self, view, a):
         err = view.dev.reset()
         gerr, got = self._field(view.dev, "device_state")
+        self.files(view)
         view.state = self.abi.V1_RUNNING
         view.new_capture()
         return {"err": err, "gerr": gerr, "state": got,
@@ -878,6 +902,7 @@ class Replay:
         cur = view.state
         err = v1_write_field(view.dev, *self.fields["device_state"], value)
         gerr, got = self._field(view.dev, "device_state")
+        self.files(view)
         if not err:
             new = value & 7
             saving = self.abi.v1_saving_states
@@ -899,8 +924,8 @@ class Replay:
             return self.v1_get(view, a)
         err, value = self._field(view.dev, name)
         r = {"err": err, "value": value, "text": "%s -> %s %s" % (name, errname(err), value)}
-        if name == "data_offset" and not err and value is not None and not (
-                self.abi.V1_HEADER_SIZE <= value < view.dev.region_size):
+        if name == "data_offset" and not err and value is not None and (
+                value < self.abi.V1_HEADER_SIZE or value > view.dev.region_size):
             r["window_outside"] = True
         return r
 
@@ -924,10 +949,12 @@ class Replay:
             if pending == 0 and view.state == self.abi.V1_SAVING:
                 view.ended = True
             return True
-        if stage != V1_MORE:
+        if stage not in (V1_MORE, V1_DATA):
             return True
         if offset < self.abi.V1_HEADER_SIZE or offset + size > view.dev.region_size:
             r["window_outside"] = True
+            return True
+        if stage == V1_DATA:
             return True
         if data and view.ended:
             r["data_after_end"] = True
@@ -993,7 +1020,7 @@ def replay(abi, program, claim, devices, out=print, timeout=10.0):
     rep = Replay(abi, program["proto"], devices)
     step_now = [None, 0.0]
     stop = threading.Event()
-    check = tuple(claim["check"]) if claim.get("check") else None
+    check = tuple(claim["check"]) if claim.get("check") and claim["check"][0] is not None else None
     hang_claimed = check is not None and check[0] == "hang"
 
     def watchdog():
@@ -1001,7 +1028,7 @@ def replay(abi, program, claim, devices, out=print, timeout=10.0):
             step, since = step_now
             if step is not None and time.monotonic() - since > timeout:
                 mine = step == claim["step"] and hang_claimed
-                out("       no return after %.0f s: the call hangs" % timeout)
+                out("       no return after %g s: the call hangs" % timeout)
                 out("REPRODUCED: %s at step %d" % (claim["kind"], step) if mine
                     else "a different problem: a hang at step %d" % step)
                 sys.stdout.flush()

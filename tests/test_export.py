@@ -1,312 +1,515 @@
-"""Reproducer exports: the simulator script, the stand-alone Python and C reproducers, pytest."""
+"""Reproducer exports: the stand-alone Python and C reproducers run against every bug of the zoo
+(buggy devices: reproduced; correct ones: not), the simulator script, the pytest regression, the CLI.
+
+The C reproducers run through the MF_SHIM build of harness/runtime.c: their system calls go to a
+simulated kernel (``shim_server.py``) hosting the simulator's devices. What a reproducer must
+conclude comes from the finding's structured claim (``finding.check``) and the zoo table, never
+from the exporter.
+"""
 from __future__ import annotations
 
+import functools
 import os
+import random
 import runpy
 import shutil
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
+from shim_server import ReproDevice, run_shimmed
 
-from fuzz import cli
+from fuzz import cli, crashfile
 from fuzz.codec import encode
-from fuzz.engine import save_finding
+from fuzz.engine import seed_programs
 from fuzz.executor import Executor
-from fuzz.export import FindingInfo, c_program, finding_check, python_standalone
+from fuzz.export import (
+    Export,
+    c_header,
+    c_program,
+    pytest_regression,
+    python_sim,
+    python_standalone,
+    replay_recorded,
+)
+from fuzz.findings import KIND_CHECKS, KINDS, Check, Finding, signature
+from fuzz.mutator import mutate, random_program
 from fuzz.program import OPS, Program, parse_program
-from fuzz.targets import open_target, parse_target
+from harness import runtime, uapi
+from harness.runtime import EXIT_FINDING, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from harness.sim import SimTarget
 from harness.sim.bugs import BUGS
 
 ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_C = ROOT / "harness" / "runtime.c"
+CFLAGS = ["-Wall", "-Werror"]
+TIMEOUT = "0.5"  # seconds before a reproducer calls a device call hung
+SEARCH = 3000  # candidate programs per bug, each also tried without its fault ops
+DEVICES = ["7", "sim-dev0", "7", "sim-dev1"]  # the shim's group and device names (shim_server.GROUP)
 
-# Short triggers (the full table is in test_triage.py).
-TRIGGERS = {
-    "v1-accept-101": "set 0 value=0b101",
-    "v1-resume-no-wipe": "set 0 value=0b010\ndrain 0\nset 1 value=0b100\ntransfer 0 dst=1 seg=0\nset 1 value=0b000\n"
-                         "set 1 value=0b100\ntransfer 0 dst=1 seg=0\nset 1 value=0b000",
-    "v1-data-offset-oob": "set 0 value=0b010\nsave 0",
-    "v1-failed-write-third-state": "fault 0 nth=1 kind=nomem\nset 0 value=0b011",
-    "v1-pending-never-zero": "set 0 value=0b010\ndrain 0",
-    "v2-precopy-arc-hang": "set 0 state=STOP_COPY\nset 0 state=PRE_COPY",
-    "v2-fd-after-reset": "set 0 state=STOP_COPY\nreset 0\nread 0 fd=0 n=1",
-    "v2-resume-ignores-fpos": "set 0 state=STOP_COPY\ndrain 0 fd=0\nset 1 state=RESUMING\ntransfer 0 dst=1 seg=16\n"
-                              "set 1 state=STOP",
-    "v2-precopy-dirty-underreport": "set 0 state=PRE_COPY\ndrain 0 fd=0\nactivity 0 seed=1\nread 0 fd=0 n=1\n"
-                                    "precopy 0 fd=0\nread 0 fd=0 n=64",
-    "v2-reset-not-running": "reset 0",
-    "v2-failed-arc-wrong-state": "fault 0 nth=1 kind=nomem\nset 0 state=STOP",
-    "v2-p2p-arc-missing": "set 0 state=RUNNING_P2P",
-    "v2-stream-length-trusted": "set 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=extend arg=0\n"
-                                "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP",
-    "v2-enomsg-in-stopcopy": "set 0 state=STOP_COPY\ndrain 0 fd=0",
-    "v2-precopy-info-in-stopcopy": "set 0 state=STOP_COPY\nprecopy 0 fd=0",
-    "v2-error-requestable": "set 0 state=ERROR",
-    "v2-save-field-swap": "set 0 state=STOP_COPY\ndrain 0 fd=0\nset 1 state=RESUMING\ntransfer 0 dst=1 seg=0\n"
-                          "set 1 state=STOP",
-}
-HANGS = ("v1-pending-never-zero", "v2-precopy-arc-hang")  # the stand-alone script's watchdog exits the process
 
-# Runs a stand-alone reproducer against simulated devices: what a real device would answer.
-SIM_RUNNER = r'''
-import runpy, sys, time
-from fuzz.targets import open_target, parse_target
-from harness.sim.core import DeviceHang
+def sim(name: str | None, proto: str | None = None) -> SimTarget:
+    proto = BUGS[name].proto if name else proto
+    return SimTarget(proto, 0x7, name)
 
-class Device:
-    """A simulated device behind the reproducer's device interface; a hang blocks like a real one."""
-    def __init__(self, target, index):
-        self._target, self._index, self._dev = target, index, target.devices[index]
-    def arm_fault(self, nth, kind):
-        self._target.arm_fault(self._index, nth, kind)
-    def __getattr__(self, name):
-        attr = getattr(self._dev, name)
-        if not callable(attr):
-            return attr
-        def call(*args):
+
+def target_text(name: str) -> str:
+    return f"sim:proto={BUGS[name].proto}" + (",flags=0x7" if BUGS[name].proto == "v2" else "") + f",bug={name}"
+
+
+def expected_exits(finding: Finding) -> tuple[int, int]:
+    """(on the buggy device, on a correct one), from the claim alone."""
+    if finding.check.test is None:
+        return EXIT_INCONCLUSIVE, EXIT_INCONCLUSIVE
+    return EXIT_FINDING, EXIT_OK
+
+
+def op_names(prog: Program, upto: int | None = None) -> list[str]:
+    ops = prog.ops if upto is None else prog.ops[:upto + 1]
+    return [OPS[prog.proto][op.code].name for op in ops]
+
+
+def without_faults(prog: Program) -> Program:
+    return Program(prog.proto, tuple(op for op in prog.ops if OPS[prog.proto][op.code].name != "fault"))
+
+
+def candidates(proto: str):
+    """The seed programs, then mutated seeds and random programs (fixed seeds); each also without faults."""
+    seeds = [p for _name, p in seed_programs(proto)]
+    rng = random.Random(1)
+    progs = iter(seeds)
+    for prog in progs:
+        yield without_faults(prog)
+        yield prog
+    for i in range(SEARCH):
+        prog = mutate(rng.choice(seeds), rng, rng.choice(seeds)) if i % 2 else random_program(proto, rng)
+        yield without_faults(prog)
+        yield prog
+
+
+@functools.cache
+def zoo_case(name: str) -> tuple:
+    """((program, finding) showing the bug, (program, finding) with no fault op up to the finding or None)."""
+    bug = BUGS[name]
+    executor = Executor(sim(name))
+    first = None
+    for prog in candidates(bug.proto):
+        if not prog.ops:
+            continue
+        finding = executor.run(prog)
+        if finding is None or finding.kind != bug.finding:
+            continue
+        prog = Program(prog.proto, prog.ops[:finding.step + 1])
+        first = first or (prog, finding)
+        if "fault" not in op_names(prog):
+            return first, (prog, finding)
+    assert first is not None, f"no program in the search shows {name}"
+    return first, None
+
+
+def run_python(script: Path, target: SimTarget) -> tuple[int, str]:
+    """Run a stand-alone Python reproducer's main() on simulated devices, in a forked child (its
+    watchdog ends the process on a hang): (exit code, output)."""
+    ns = runpy.run_path(str(script), run_name="exported_reproducer")
+    devices = [ReproDevice(target, i) for i in range(len(target.devices))]
+    with tempfile.TemporaryFile("w+") as out:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 98
             try:
-                return attr(*args)
-            except DeviceHang:
-                time.sleep(600)
-        return call
-
-target = open_target(parse_target(sys.argv[2]))
-target.fresh()
-script = runpy.run_path(sys.argv[1])
-sys.exit(script["main"](["--timeout", "1"], devices=[Device(target, i) for i in range(2)]))
-'''
-
-
-def bug_target(name: str) -> str:
-    return f"sim:proto={BUGS[name].proto},bug={name}"
+                sys.stdout = sys.stderr = out
+                code = ns["main"](ns["ABI_SPEC"], ns["PROGRAM"], ns["CLAIM"], argv=["--timeout", TIMEOUT],
+                                  devices=devices)
+            except BaseException:  # noqa: BLE001 - reported through the output
+                traceback.print_exc(file=out)
+            finally:
+                out.flush()
+                os._exit(code)
+        _pid, status = os.waitpid(pid, 0)
+        out.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read()
 
 
-def trigger(name: str) -> Program:
-    return parse_program(f"migfuzz-program 1 {BUGS[name].proto}\n{TRIGGERS[name]}\n")
+def build(jobs: list[tuple[Path, list[str]]]) -> dict:
+    """Compile (source, extra flags) pairs in parallel: source -> (returncode, output)."""
+    results, running = {}, []
+    pending = list(jobs)
+    while pending or running:
+        while pending and len(running) < (os.cpu_count() or 2) + 1:
+            src, flags = pending.pop()
+            cmd = ["cc", *CFLAGS, *flags, "-o", str(src.with_suffix("")), str(src)]
+            running.append((src, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+        src, proc = running.pop(0)
+        out = proc.communicate()[0]
+        results[src] = (proc.returncode, out)
+    return results
 
 
-def info_for(name: str, prog: Program) -> FindingInfo:
-    finding = Executor(open_target(parse_target(bug_target(name)))).run(prog)
-    return FindingInfo.from_finding(finding, prog)
+@pytest.fixture(scope="module")
+def cc():
+    """The C compiler: missing is a failure, not a skip (the C reproducers must be checked)."""
+    assert shutil.which("cc"), "no C compiler `cc`: the C runtime cannot be checked"
+    return "cc"
 
 
-def write_crash(directory: Path, prog: Program, target_text: str) -> Path:
-    target = open_target(parse_target(target_text))
-    ex = Executor(target, trace=True)
-    finding = ex.run(prog)
-    return save_finding(directory, encode(prog), prog, finding, ex.trace, target.name)
+# ----------------------------------------------------------------------------- the zoo: Python
 
 
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(kw.pop("env", {}))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, **kw)
-
-
-# ----------------------------------------------------------------------------- Python, simulator
-
-
-def test_python_reproducer_for_a_sim_finding_reproduces(tmp_path):
-    crash = write_crash(tmp_path / "crashes", parse_program(
-        "migfuzz-program 1 v2\nget 0\nset 0 state=STOP_COPY\nset 0 state=ERROR\nreset 0\n"), bug_target(
-        "v2-error-requestable"))
+@pytest.mark.parametrize("name", sorted(BUGS))
+def test_python_reproducer_of_every_zoo_bug(name, tmp_path):
+    (prog, finding), _ = zoo_case(name)
+    assert finding.kind == BUGS[name].finding
+    assert finding.check.test in KIND_CHECKS[finding.kind]
     script = tmp_path / "repro.py"
-    assert cli.main(["export", str(crash), "--python", str(script)]) == 0
-    assert os.access(script, os.X_OK)
-    got = run([sys.executable, str(script), "--migfuzz", str(ROOT)], cwd=tmp_path)
-    assert got.returncode == 1, got.stdout + got.stderr
-    assert "REPRODUCED: accepted-invalid|STOP_COPY -set-> ERROR|set" in got.stdout
-    fixed = run([sys.executable, str(script), "--target", "sim"], cwd=tmp_path,
-                env={"MIGFUZZ_SRC": str(ROOT)})
-    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    assert "not reproduced" in fixed.stdout
-    missing = run([sys.executable, "-S", str(script), "--migfuzz", str(tmp_path)], cwd=tmp_path,
-                  env={"PYTHONPATH": ""})
-    assert missing.returncode in (1, 2)  # without -S site the exported-from checkout is still found
+    script.write_text(python_standalone(Export(prog, finding, target_text(name))))
+    on_bug, on_fix = expected_exits(finding)
+    code, out = run_python(script, sim(name))
+    assert code == on_bug, out
+    if code == EXIT_FINDING:
+        assert f"REPRODUCED: {finding.kind} at step {finding.step}" in out
+    code, out = run_python(script, sim(None, BUGS[name].proto))
+    assert code == on_fix, out
 
 
-# ----------------------------------------------------------------------------- Python, stand-alone
+# ----------------------------------------------------------------------------- the zoo: C
 
 
-def test_standalone_python_uses_only_the_standard_library():
-    prog = trigger("v2-fd-after-reset")
-    text = python_standalone(prog, info_for("v2-fd-after-reset", prog), bug_target("v2-fd-after-reset"))
-    imports = {line.split()[1] for line in text.splitlines() if line.startswith("import ")}
-    assert imports <= {"argparse", "errno", "fcntl", "os", "random", "struct", "sys", "threading", "time",
-                       "traceback"}
-    assert "from " not in "\n".join(line for line in text.splitlines() if line.startswith("from "))
-    assert "0x3b75" in text  # VFIO_DEVICE_FEATURE, _IO(';', 117), from harness.uapi
-    compile(text, "repro.py", "exec")
+@pytest.fixture(scope="module")
+def zoo_c(cc, tmp_path_factory):
+    """Every zoo bug's C reproducer built with -DMF_SHIM: name -> (binary, finding) or (None, cli message)."""
+    folder = tmp_path_factory.mktemp("zoo-c")
+    out, jobs = {}, []
+    for name in sorted(BUGS):
+        (prog, finding), fault_free = zoo_case(name)
+        if fault_free is None:  # only programs with a fault op show it: the exporter must refuse
+            crash = folder / f"{name}.txt"
+            crash.write_text(crashfile.program_text(prog, target_text(name), finding))
+            code, err = run_cli(["export", str(crash), "--c", str(folder / f"{name}.c")])
+            out[name] = (None, code, err, prog, finding)
+            continue
+        prog, finding = fault_free
+        src = folder / f"{name}.c"
+        src.write_text(c_program(Export(prog, finding, target_text(name))))
+        jobs.append((src, ["-DMF_SHIM"]))
+        out[name] = (src.with_suffix(""), finding)
+    for src, (code, text) in build(jobs).items():
+        assert code == 0, f"{src.name} does not build:\n{text}"
+    return out
 
 
-@pytest.mark.parametrize("name", sorted(n for n in TRIGGERS if n not in HANGS))
-def test_standalone_python_against_simulated_devices(name, tmp_path, capsys):
-    prog = trigger(name)
-    info = info_for(name, prog)
-    script = tmp_path / "repro.py"
-    script.write_text(python_standalone(prog, info, bug_target(name)))
-    test, _ = finding_check(prog.proto, info.kind, info.expected)
-    expect = (1, 0) if test is not None else (3, 3)
-    for target_text, want in zip((bug_target(name), f"sim:proto={prog.proto}"), expect, strict=True):
-        target = open_target(parse_target(target_text))
-        target.fresh()
-        devices = [_Adapter(target, i) for i in range(2)]
-        code = runpy.run_path(str(script))["main"]([], devices=devices)
-        out = capsys.readouterr().out
-        assert code == want, f"{target_text}:\n{out}"
+def run_cli(argv) -> tuple[int, str]:
+    err = tempfile.TemporaryFile("w+")
+    saved, sys.stderr = sys.stderr, err
+    try:
+        code = cli.main(argv)
+    finally:
+        sys.stderr = saved
+    err.seek(0)
+    return code, err.read()
 
 
-class _Adapter:
-    def __init__(self, target, index):
-        self._target, self._index, self._dev = target, index, target.devices[index]
-
-    def arm_fault(self, nth, kind):
-        self._target.arm_fault(self._index, nth, kind)
-
-    def __getattr__(self, name):
-        return getattr(self._dev, name)
-
-
-@pytest.mark.parametrize("name", HANGS)
-def test_standalone_python_reports_a_hang(name, tmp_path):
-    prog = trigger(name)
-    script = tmp_path / "repro.py"
-    script.write_text(python_standalone(prog, info_for(name, prog), bug_target(name)))
-    runner = tmp_path / "runner.py"
-    runner.write_text(SIM_RUNNER)
-    got = run([sys.executable, str(runner), str(script), bug_target(name)])
-    assert got.returncode == 1, got.stdout + got.stderr
-    assert "REPRODUCED: hang" in got.stdout
-    fixed = run([sys.executable, str(runner), str(script), f"sim:proto={prog.proto}"])
-    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+@pytest.mark.parametrize("name", sorted(BUGS))
+def test_c_reproducer_of_every_zoo_bug(name, zoo_c):
+    entry = zoo_c[name]
+    if entry[0] is None:  # refused: which op, and why, in one line
+        _, code, err, prog, finding = entry
+        assert code == EXIT_USAGE
+        step = op_names(prog).index("fault")
+        assert err.count("\n") == 1 and f"step {step}" in err and "fault" in err and "simulator" in err, err
+        return
+    binary, finding = entry
+    on_bug, on_fix = expected_exits(finding)
+    code, out = run_shimmed(binary, sim(name).devices, ["-t", TIMEOUT, *DEVICES])
+    assert code == on_bug, out
+    if code == EXIT_FINDING:
+        assert f"REPRODUCED: {finding.kind} at step {finding.step}" in out
+    code, out = run_shimmed(binary, sim(None, BUGS[name].proto).devices, ["-t", TIMEOUT, *DEVICES])
+    assert code == on_fix, out
 
 
-def test_standalone_python_setup_errors(tmp_path):
-    prog = trigger("v2-resume-ignores-fpos")  # two devices
-    script = tmp_path / "repro.py"
-    script.write_text(python_standalone(prog, info_for("v2-resume-ignores-fpos", prog), "kernel:dev=x"))
-    assert run([sys.executable, str(script)]).returncode == 2  # needs two devices
-    got = run([sys.executable, str(script), "987654", "nodev", "987654", "nodev2"])
-    assert got.returncode == 2 and "cannot open the device" in got.stderr
+def test_the_c_reproducers_cover_most_of_the_zoo(zoo_c):
+    """Only bugs that need an injected fault (the simulator's) are out of the C runtime's reach."""
+    refused = sorted(name for name, entry in zoo_c.items() if entry[0] is None)
+    assert len(refused) <= 4, refused
 
 
-# ----------------------------------------------------------------------------- C
+# ----------------------------------------------------------------------------- the C runtime on its own
+
+SAMPLE_V2 = ("set 0 state=PRE_COPY\nprecopy 0 fd=0\nread 0 fd=0 n=64\nactivity 0 seed=7\ndrain 0 fd=0\n"
+             "set 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=swap arg=3\nset 1 state=RESUMING\n"
+             "transfer 0 dst=1 seg=1500\nwrite 1 fd=0 data=00ff\nseek 1 fd=0\nclose 1 fd=0\ndatasize 0\n"
+             "feature 0 argsz=16 flags=0x20002\nget 1\nreset 0")
+SAMPLE_V1 = ("set 0 value=0b011\nsave 0\nrd 0 field=pending_bytes\nset 0 value=0b010\ndrain 0\nrdwin 0 n=16\n"
+             "set 1 value=0b100\ntransfer 0 dst=1 seg=7\nwrwin 1 data=0102\nwr 1 field=reserved value=0x1\n"
+             "set 1 value=0b000\nget 1\nreset 0")
+SAMPLE_ARGS = {"errno": 42, "longer_than": 64, "state_not": 2, "state_not_in": (1, 6)}
 
 
-ARG_TEXT = {"bytes": "00ff", "fault": "nomem", "mangle": "flip", "v1field": "data_size"}
+def sample(proto: str, kind: str = "accepted-invalid", test: str | None = "ok") -> Export:
+    prog = parse_program(f"migfuzz-program 1 {proto}\n" + (SAMPLE_V2 if proto == "v2" else SAMPLE_V1) + "\n")
+    step = len(prog.ops) - 1
+    finding = Finding(kind, step, 'say "expected" */', "observed \\ text", "RUNNING -reset-> RUNNING", "reset 0",
+                      check=Check(test, SAMPLE_ARGS.get(test)))
+    return Export(prog, finding, "kernel:dev=sample")
 
 
-def every_op_program(proto: str) -> Program:
-    """One op of every kind (so every generated call form is compiled)."""
-    lines = []
-    for spec in OPS[proto]:
-        args = " ".join(f"{f.name}={ARG_TEXT.get(f.kind, '1')}" for f in spec.fields)
-        lines.append(f"{spec.name} 0 {args}".strip())
-    lines.append("set 0 state=ERROR" if proto == "v2" else "set 0 value=0b101")
-    return parse_program(f"migfuzz-program 1 {proto}\n" + "\n".join(lines) + "\n")
-
-
-@pytest.mark.parametrize("proto,bug", [("v2", "v2-error-requestable"), ("v1", "v1-accept-101")])
-def test_standalone_python_runs_every_op(proto, bug, tmp_path, capsys):
-    prog = every_op_program(proto)
-    finding = Executor(open_target(parse_target(bug_target(bug)))).run(prog)
-    script = tmp_path / "repro.py"
-    script.write_text(python_standalone(prog, FindingInfo.from_finding(finding, prog), bug_target(bug)))
-    for target_text, want in ((bug_target(bug), 1), (f"sim:proto={proto}", 0)):
-        target = open_target(parse_target(target_text))
-        target.fresh()
-        code = runpy.run_path(str(script))["main"]([], devices=[_Adapter(target, i) for i in range(2)])
-        out = capsys.readouterr().out
-        assert code == want, out
-        assert out.count("\n[") == len(prog.ops) - 1  # every op ran and printed its answer
-
-
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
-@pytest.mark.parametrize("proto,bug", [("v2", "v2-error-requestable"), ("v1", "v1-accept-101")])
-def test_c_reproducer_compiles_with_wall_werror(proto, bug, tmp_path):
-    prog = every_op_program(proto)
-    finding = Executor(open_target(parse_target(bug_target(bug)))).run(prog)
-    assert finding is not None and finding.step == len(prog.ops) - 1
-    source = tmp_path / "repro.c"
-    source.write_text(c_program(prog, FindingInfo.from_finding(finding, prog), bug_target(bug)))
-    binary = tmp_path / "repro"
-    got = subprocess.run(["cc", "-Wall", "-Werror", "-o", str(binary), str(source)], capture_output=True,
-                         text=True, timeout=120)
-    assert got.returncode == 0, got.stderr
-    assert "#include <linux/" not in source.read_text()
-    usage = subprocess.run([str(binary)], capture_output=True, text=True, timeout=30)
-    assert usage.returncode == 2 and "usage" in usage.stderr
-    nodev = subprocess.run([str(binary), "987654", "nodev"], capture_output=True, text=True, timeout=30)
-    assert nodev.returncode == 2
-
-
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
-def test_c_export_command(tmp_path):
-    crash = write_crash(tmp_path / "crashes", trigger("v2-precopy-dirty-underreport"),
-                        bug_target("v2-precopy-dirty-underreport"))
-    source = tmp_path / "r.c"
-    assert cli.main(["export", str(crash), "--c", str(source)]) == 0
-    text = source.read_text()
-    assert "r.precopy_overrun" in text and "FINDING_STEP 5" in text
-    got = subprocess.run(["cc", "-Wall", "-Werror", "-fsyntax-only", str(source)], capture_output=True, text=True,
-                         timeout=120)
+def test_c_reproducers_of_every_finding_kind_build_with_warnings_as_errors(cc, tmp_path):
+    """`cc -Wall -Werror -o repro repro.c` for one reproducer of every kind (protocols alternating);
+    every other claim test of the kind, on both protocols, through the same front end (-fsyntax-only)."""
+    jobs, checks = [], []
+    for i, kind in enumerate(KINDS):
+        for j, test in enumerate(kind.checks):
+            for proto in ("v1", "v2"):
+                src = tmp_path / f"{kind.name}-{test}-{proto}.c"
+                src.write_text(c_program(sample(proto, kind.name, test)))
+                (jobs if j == 0 and proto == ("v1", "v2")[i % 2] else checks).append(src)
+    assert {src.name.split("-")[0] for src in jobs} >= {kind.name.split("-")[0] for kind in KINDS}
+    for src, (code, out) in build([(src, []) for src in jobs]).items():
+        assert code == 0, f"cc {' '.join(CFLAGS)} -o {src.stem} {src.name}:\n{out}"
+    got = subprocess.run(["cc", *CFLAGS, "-fsyntax-only", *map(str, checks)], capture_output=True, text=True)
     assert got.returncode == 0, got.stderr
 
 
-# ----------------------------------------------------------------------------- pytest
+def test_runtime_c_compiles_on_its_own_against_a_generated_header(cc, tmp_path):
+    for proto in ("v1", "v2"):
+        (tmp_path / "mf_generated.h").write_text(c_header(sample(proto)))
+        got = subprocess.run(["cc", *CFLAGS, "-I", str(tmp_path), "-o", str(tmp_path / "rt"), str(RUNTIME_C)],
+                             capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr
+        got = subprocess.run([str(tmp_path / "rt"), "--help"], capture_output=True, text=True)
+        assert got.returncode == EXIT_OK and "--cdev" in got.stdout
 
 
-def test_pytest_export_fails_on_the_bug_and_passes_when_fixed(tmp_path, monkeypatch):
-    crash = write_crash(tmp_path / "crashes", trigger("v2-fd-after-reset"), bug_target("v2-fd-after-reset"))
-    test_file = tmp_path / "regress" / "test_fd_after_reset.py"
-    assert cli.main(["export", str(crash), "--pytest", str(test_file)]) == 0
-    assert "set 0 state=STOP_COPY" in test_file.read_text()  # the program is inline
-    buggy = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)], cwd=tmp_path)
-    assert buggy.returncode == 1, buggy.stdout  # a real pytest file, failing while the bug is there
-    assert "fd-misuse-accepted" in buggy.stdout
+DRIVER = """
+#include "mf_generated.h"
+#define main mf_reproducer_main
+#include "runtime.c"
+#undef main
 
-    def outcome(path: Path) -> str:
-        tests = [f for name, f in runpy.run_path(str(path)).items() if name.startswith("test_")]
-        assert len(tests) == 1
-        try:
-            tests[0]()
-        except AssertionError:
-            return "failed"
-        return "passed"
+int main(void)
+{
+	char cmd[16], hex[8200];
+	unsigned long len, a, b, i;
 
-    assert outcome(test_file) == "failed"
-    monkeypatch.setenv("MIGFUZZ_REGRESSION_TARGET", "sim")  # the bug fixed
-    assert outcome(test_file) == "passed"
-    monkeypatch.delenv("MIGFUZZ_REGRESSION_TARGET")
-    correct = tmp_path / "regress" / "test_on_correct.py"
-    assert cli.main(["export", str(crash), "--target", "sim", "--pytest", str(correct)]) == 0
-    assert outcome(correct) == "passed"
+	while (scanf("%15s", cmd) == 1) {
+		if (!strcmp(cmd, "seg") && scanf("%lu %lu", &len, &a) == 2) {
+			struct mf_seg s;
+			size_t left = len;
+
+			mf_seg_init(&s, (uint32_t)a);
+			while (left) {
+				size_t n = mf_seg_next(&s, left);
+
+				printf("%zu ", n);
+				left -= n;
+			}
+		} else if (!strcmp(cmd, "mangle") && scanf("%lu %lu %8199s", &a, &b, hex) == 3) {
+			struct mf_buf cap = { 0 };
+
+			for (i = 0; hex[0] != '-' && hex[2 * i]; i++) {
+				unsigned int v;
+				unsigned char byte;
+
+				sscanf(hex + 2 * i, "%2x", &v);
+				byte = (unsigned char)v;
+				mf_buf_insert(&cap, cap.len, &byte, 1);
+			}
+			mf_mangle(&cap, (int)a, (uint32_t)b);
+			for (i = 0; i < cap.len; i++)
+				printf("%02x", cap.p[i]);
+			free(cap.p);
+		}
+		printf(".\\n");
+	}
+	return 0;
+}
+"""
 
 
-def test_export_usage_errors(tmp_path):
-    crash = write_crash(tmp_path / "crashes", trigger("v2-error-requestable"), bug_target("v2-error-requestable"))
-    assert cli.main(["export", str(crash)]) == 2  # no output named
-    assert cli.main(["export", str(tmp_path / "missing"), "--c", str(tmp_path / "x.c")]) == 2
-    assert cli.main(["export", str(crash), "--target", "sim", "--c", str(tmp_path / "x.c")]) == 2  # no finding
-    assert cli.main(["export", str(crash), "--minimize", "--python", str(tmp_path / "m.py")]) == 0
+def test_c_and_python_cut_and_damage_streams_identically(cc, tmp_path):
+    """The C transport is the Python one: the same pieces for random segmentations (xorshift32
+    seeded by seg), the same bytes after every kind of damage."""
+    (tmp_path / "mf_generated.h").write_text(c_header(sample("v2")))
+    (tmp_path / "driver.c").write_text(DRIVER)
+    got = subprocess.run(["cc", *CFLAGS, "-I", str(tmp_path), "-I", str(RUNTIME_C.parent), "-o",
+                          str(tmp_path / "driver"), str(tmp_path / "driver.c")], capture_output=True, text=True)
+    assert got.returncode == 0, got.stderr
+    cases, want = [], []
+    for seg in (0, 1, 16, 1023, runtime.SEG_RANDOM, 1025, 2000, 4660, 65535):
+        for length in (1, 63, 64, 65, 1000):
+            cases.append(f"seg {length} {seg}")
+            want.append("".join(f"{len(p)} " for p in runtime.segments(bytes(length), seg)) + ".")
+    rng = random.Random(5)
+    for kind_index, kind in enumerate(runtime.MANGLE_KINDS):
+        for length in (0, 1, 15, 16, 17, 40, 100):
+            for arg in (0, 1, 7, 255, rng.randrange(1 << 16)):
+                data = bytearray(rng.randbytes(length))
+                cases.append(f"mangle {kind_index} {arg} {data.hex() or '-'}")
+                runtime.mangle(data, kind, arg)
+                want.append(data.hex() + ".")
+    out = subprocess.run([str(tmp_path / "driver")], input="\n".join(cases) + "\n", capture_output=True, text=True)
+    assert out.returncode == 0
+    for case, expected, line in zip(cases, want, out.stdout.splitlines(), strict=True):
+        assert line == expected, case
+    assert [len(p) for p in runtime.segments(bytes(200), 2000)] != [64] * 3 + [8]  # random, not fixed pieces
 
 
-def test_a_real_device_crash_is_exported_from_its_header_and_never_replayed(tmp_path, capsys):
-    crash = write_crash(tmp_path / "crashes", trigger("v2-enomsg-in-stopcopy"), bug_target("v2-enomsg-in-stopcopy"))
-    txt = crash.with_suffix(".txt")
-    lines = txt.read_text().splitlines()
-    lines = ["# target: kernel:dev=0000:00:01.0,group=7" if ln.startswith("# target:") else ln for ln in lines]
-    txt.write_text("\n".join(lines) + "\n")
-    script, source = tmp_path / "repro.py", tmp_path / "repro.c"
-    assert cli.main(["export", str(crash), "--python", str(script), "--c", str(source)]) == 0
-    text = script.read_text()
-    assert "import fcntl" in text and "fuzz.executor" not in text  # stand-alone: a kernel target
-    assert "'test': 'errno', 'arg': 42" in text  # ENOMSG at the drain
-    compile(text, "repro.py", "exec")
-    assert "r.err == ENOMSG" in source.read_text()
-    capsys.readouterr()
-    assert cli.main(["minimize", str(crash)]) == 2  # would reset the device: needs confirmation
-    assert "--i-know-this-resets-the-device" in capsys.readouterr().err
-    assert cli.main(["triage", str(tmp_path / "crashes")]) == 0
-    assert "recorded on a real device" in capsys.readouterr().out
+def test_c_reproducer_exit_codes_and_device_opening(cc, tmp_path):
+    name = "v2-error-requestable"
+    _python, (prog, finding) = zoo_case(name)
+    src = tmp_path / "repro.c"
+    src.write_text(c_program(Export(prog, finding, target_text(name))))
+    assert build([(src, ["-DMF_SHIM"])])[src][0] == 0
+    binary = src.with_suffix("")
+    devices = sim(name).devices
+    assert run_shimmed(binary, devices, [])[0] == EXIT_USAGE
+    assert run_shimmed(binary, devices, ["7"])[0] == EXIT_USAGE
+    assert run_shimmed(binary, devices, ["-t", "x", *DEVICES])[0] == EXIT_USAGE
+    code, out = run_shimmed(binary, devices, ["7", "no-such-device", "7", "sim-dev1"])
+    assert code == EXIT_UNAVAILABLE and "no-such-device" in out
+    code, out = run_shimmed(binary, devices, ["8", "sim-dev0", "8", "sim-dev1"])
+    assert code == EXIT_UNAVAILABLE and "/dev/vfio/8" in out
+    assert run_shimmed(binary, sim("v1-accept-101").devices, DEVICES)[0] == EXIT_UNAVAILABLE  # a v1 device
+    code, out = run_shimmed(binary, sim(name).devices, ["--cdev", "vfio0", "--cdev", "/dev/vfio/devices/vfio1"])
+    assert code == EXIT_FINDING, out
+
+
+# ----------------------------------------------------------------------------- the Python reproducer's file
+
+
+def test_python_reproducer_is_the_runtime_plus_data(tmp_path):
+    name = "v2-failed-arc-wrong-state"
+    (prog, finding), _ = zoo_case(name)
+    text = python_standalone(Export(prog, finding, target_text(name)))
+    assert text.startswith("#!/usr/bin/env python3\n")
+    assert (ROOT / "harness" / "runtime.py").read_text() in text
+    script = tmp_path / "repro.py"
+    script.write_text(text)
+    ns = runpy.run_path(str(script), run_name="exported_reproducer")
+    assert ns["ABI_SPEC"] == uapi.runtime_abi()
+    assert ns["CLAIM"]["check"] == finding.check.data() and ns["CLAIM"]["step"] == finding.step
+    assert ns["PROGRAM"]["proto"] == prog.proto and len(ns["PROGRAM"]["ops"]) == len(prog.ops)
+    fault = next(op for op in ns["PROGRAM"]["ops"] if op[0] == "fault")
+    assert isinstance(fault[2]["kind"], str) and set(fault[2]) == {"nth", "kind"}
+    assert ns["__doc__"].startswith("migfuzz reproducer") and finding.kind in ns["__doc__"]
+    assert ns["main"](ns["ABI_SPEC"], ns["PROGRAM"], ns["CLAIM"], argv=[]) == EXIT_USAGE
+    assert ns["main"](ns["ABI_SPEC"], ns["PROGRAM"], ns["CLAIM"], argv=["999999", "x", "999999", "y"]) \
+        == EXIT_UNAVAILABLE
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def save_crash(directory: Path, prog: Program, target: str) -> tuple[Path, Finding]:
+    t = SimTarget(*_sim_args(target))
+    executor = Executor(t, trace=True)
+    finding = executor.run(prog)
+    path, _warning = crashfile.save_finding(directory, encode(prog), prog, finding, executor.trace, target)
+    return path, finding
+
+
+def _sim_args(text: str) -> tuple:
+    opts = dict(item.split("=") for item in text.split(":", 1)[1].split(","))
+    return opts["proto"], int(opts.get("flags", "0x7"), 0), opts.get("bug")
+
+
+ERROR_REQUESTABLE = "migfuzz-program 1 v2\nget 0\nset 0 state=STOP_COPY\nset 0 state=ERROR\nreset 0\n"
+
+
+def test_export_of_a_simulator_crash(tmp_path):
+    target = target_text("v2-error-requestable")
+    crash, finding = save_crash(tmp_path / "crashes", parse_program(ERROR_REQUESTABLE), target)
+    out = tmp_path / "out"
+    code, err = run_cli(["export", str(crash), "--python", str(out / "sim.py"), "--c", str(out / "repro.c"),
+                         "--pytest", str(out / "test_regression.py")])
+    assert code == EXIT_OK, err
+    assert "accepted-invalid at step 2" in err and err.count("\n") == 1
+    assert os.access(out / "sim.py", os.X_OK)
+    text = (out / "sim.py").read_text()
+    assert str(ROOT) not in text and len(text.splitlines()) < 80
+    ns = runpy.run_path(str(out / "sim.py"), run_name="exported_reproducer")
+    assert ns["main"]() == EXIT_FINDING
+    assert "#define MF_CLAIM_CHECK MF_CHECK_OK" in (out / "repro.c").read_text()
+    # the simulator reproducer's body: same finding 1, none 0, a different one 4
+    recorded = signature(finding, coarse=True)
+    assert replay_recorded(ns["PROGRAM"], target, recorded, out=lambda text: None) == EXIT_FINDING
+    assert replay_recorded(ns["PROGRAM"], "sim:proto=v2", recorded, out=lambda text: None) == EXIT_OK
+    assert replay_recorded(ns["PROGRAM"], "sim:proto=v2,bug=v2-reset-not-running", recorded,
+                           out=lambda text: None) == EXIT_INCONCLUSIVE
+    assert replay_recorded(ns["PROGRAM"], "sim:proto=v3", recorded, out=lambda text: None) == EXIT_USAGE
+
+
+def test_the_simulator_reproducer_names_a_missing_dependency(tmp_path):
+    name = "v2-error-requestable"
+    (prog, finding), _ = zoo_case(name)
+    script = tmp_path / "sim.py"
+    script.write_text(python_sim(Export(prog, finding, target_text(name))))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = "import runpy, sys; sys.modules['construct'] = None; runpy.run_path(sys.argv[1], run_name='__main__')"
+    got = subprocess.run([sys.executable, "-c", run, str(script)], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert got.returncode == EXIT_USAGE
+    assert "construct" in got.stderr and "cannot import migfuzz" not in got.stderr, got.stderr
+
+
+def test_pytest_regression_fails_while_the_bug_is_there(tmp_path, monkeypatch):
+    name = "v2-error-requestable"
+    (prog, finding), _ = zoo_case(name)
+    path = tmp_path / "test_regression.py"
+    path.write_text(pytest_regression(Export(prog, finding, target_text(name))))
+    tests = [f for n, f in runpy.run_path(str(path)).items() if n.startswith("test_")]
+    assert len(tests) == 1
+    with pytest.raises(AssertionError, match="accepted-invalid"):
+        tests[0]()
+    monkeypatch.setenv("MIGFUZZ_REGRESSION_TARGET", "sim:proto=v2")
+    tests[0]()  # fixed: passes
+    monkeypatch.setenv("MIGFUZZ_REGRESSION_TARGET", "kernel:dev=00000000-0000-0000-0000-0000000000ff")
+    with pytest.raises(pytest.skip.Exception):
+        tests[0]()
+
+
+def test_a_real_device_crash_is_exported_from_its_record_without_opening_the_device(tmp_path):
+    """The claim is the recorded check, whatever the expected/observed texts say."""
+    prog = parse_program("migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\nset 1 state=RESUMING\n")
+    finding = Finding("stream-protocol", 1, "zzz", "ENOMSG? no: ENODEV", "STOP_COPY -drain->", "drain 0 fd=0",
+                      check=Check("errno", 42))
+    crash = tmp_path / "crash.txt"
+    crash.write_text(crashfile.program_text(prog, "kernel:dev=00000000-0000-0000-0000-0000000000ff", finding))
+    code, err = run_cli(["export", str(crash), "--python", str(tmp_path / "r.py"), "--c", str(tmp_path / "r.c")])
+    assert code == EXIT_OK, err
+    ns = runpy.run_path(str(tmp_path / "r.py"), run_name="exported_reproducer")
+    assert ns["CLAIM"]["check"] == ["errno", 42]
+    assert len(ns["PROGRAM"]["ops"]) == 2 and ns["PROGRAM"]["devices"] == 1  # nothing after the finding runs
+    c_text = (tmp_path / "r.c").read_text()
+    assert "#define MF_CLAIM_CHECK MF_CHECK_ERRNO" in c_text and "#define MF_CLAIM_ARG 42LL" in c_text
+    assert "#define MF_NDEVICES 1" in c_text and "#define MF_NOPS 2" in c_text
+    assert run_cli(["export", str(crash), "--pytest", str(tmp_path / "t.py"), "--minimize"])[0] == EXIT_USAGE
+
+
+def test_no_finding_means_no_reproducer(tmp_path):
+    path = tmp_path / "prog.txt"
+    path.write_text("migfuzz-program 1 v2\nget 0\n")
+    code, err = run_cli(["export", str(path), "--python", str(tmp_path / "r.py")])
+    assert code == EXIT_USAGE and "no finding" in err
+    assert run_cli(["export", str(path), "--c", str(tmp_path / "r.c")])[0] == EXIT_USAGE
+    assert run_cli(["export", str(path)])[0] == EXIT_USAGE
+    assert run_cli(["export", str(tmp_path / "missing.txt"), "--pytest", str(tmp_path / "t.py")])[0] == EXIT_USAGE
+    assert run_cli(["export", str(path), "--pytest", str(tmp_path / "t.py")])[0] == EXIT_OK
+    tests = [f for n, f in runpy.run_path(str(tmp_path / "t.py")).items() if n.startswith("test_")]
+    tests[0]()
+    assert not (tmp_path / "r.py").exists() and not (tmp_path / "r.c").exists()
+
+
+def test_export_minimizes_on_the_simulator(tmp_path):
+    name = "v2-precopy-info-in-stopcopy"
+    prog = parse_program("migfuzz-program 1 v2\nget 0\ndatasize 0\nset 0 state=STOP_COPY\nget 1\n"
+                         "activity 1 seed=3\nprecopy 0 fd=0\n")
+    crash, finding = save_crash(tmp_path, prog, target_text(name))
+    code, err = run_cli(["export", str(crash), "--minimize", "--python", str(tmp_path / "r.py"), "--standalone"])
+    assert code == EXIT_OK, err
+    ns = runpy.run_path(str(tmp_path / "r.py"), run_name="exported_reproducer")
+    assert [op[0] for op in ns["PROGRAM"]["ops"]] == ["set", "precopy"]
+    assert ns["CLAIM"]["kind"] == finding.kind and ns["CLAIM"]["check"] == ["ok", None]

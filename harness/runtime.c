@@ -1,0 +1,1856 @@
+/*
+ * harness/runtime.c - migfuzz's device runtime in C: the body of every C reproducer.
+ *
+ * The same runtime as harness/runtime.py (the stand-alone Python reproducer), ported
+ * function by function: open VFIO devices (legacy group/container API, or an iommufd
+ * cdev), replay a migration program op by op (v1: the migration region; v2:
+ * VFIO_DEVICE_FEATURE and the data_fd), print every answer, and evaluate the finding's
+ * claim on the answer at its step. It judges nothing else.
+ *
+ * `migfuzz export --c` writes one file: a banner, `#define MF_GENERATED`, the generated
+ * part (ioctl numbers, layouts and constants from harness/uapi.py and harness/runtime.py,
+ * the program as a table of ops, the claim as a check code), then this file verbatim.
+ * Compiled on its own (the tests do), this file includes that generated part from
+ * "mf_generated.h" (fuzz.export.c_header() writes one).
+ *
+ * Every device call goes through the mf_sys_* functions below. Built with -DMF_SHIM they
+ * are forwarded over the socket whose number is in $MF_SHIM_FD to a process that answers
+ * as the kernel would (the tests host simulated devices there); otherwise they are the
+ * system calls themselves.
+ *
+ * Exit codes (harness.runtime.EXIT_*): 1 the claimed defect showed up, 0 it did not,
+ * 2 usage, 3 a device cannot be opened, 4 inconclusive (the claim cannot be judged from
+ * user space, or a different problem showed up: a hang or an exception at another step).
+ */
+#ifndef MF_GENERATED
+#include "mf_generated.h"
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------- the device layer */
+
+/* Set when a simulated device raised an exception inside a call (MF_SHIM only). */
+static int mf_raised;
+
+#ifdef MF_SHIM
+
+/*
+ * The shim protocol: one request, one reply, native byte order.
+ * request: struct mf_shim_req, then `len` bytes (a path, a buffer written or passed to an ioctl);
+ * reply:   struct mf_shim_rep, then `len` bytes (data read, or the ioctl buffer as the call left it).
+ * A reply's ret < 0 is a failed call with errno `err`; `raised` says the simulated device raised.
+ * A hanging call is a reply that never comes.
+ */
+enum {
+	MF_SHIM_OPEN = 1, MF_SHIM_IOCTL, MF_SHIM_IOCTL_VAL, MF_SHIM_READ, MF_SHIM_WRITE,
+	MF_SHIM_PREAD, MF_SHIM_PWRITE, MF_SHIM_CLOSE, MF_SHIM_LSEEK,
+};
+
+struct mf_shim_req {
+	uint32_t call;
+	int32_t fd;
+	uint64_t a;
+	uint64_t b;
+	uint32_t len;
+	uint32_t pad;
+};
+
+struct mf_shim_rep {
+	int64_t ret;
+	int32_t err;
+	uint32_t raised;
+	uint32_t len;
+	uint32_t pad;
+};
+
+_Static_assert(sizeof(struct mf_shim_req) == 32, "shim request layout");
+_Static_assert(sizeof(struct mf_shim_rep) == 24, "shim reply layout");
+
+static int mf_shim_fd = -1;
+
+static void mf_shim_lost(void)
+{
+	static const char msg[] = "shim: the connection to the simulated kernel is gone\n";
+
+	if (write(2, msg, sizeof(msg) - 1) < 0)
+		_exit(MF_EXIT_UNAVAILABLE);
+	_exit(MF_EXIT_UNAVAILABLE);
+}
+
+static void mf_shim_send(const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+
+	while (len) {
+		ssize_t n = write(mf_shim_fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			mf_shim_lost();
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+static void mf_shim_recv(void *buf, size_t len)
+{
+	unsigned char *p = buf;
+
+	while (len) {
+		ssize_t n = read(mf_shim_fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			mf_shim_lost();
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+static long long mf_shim_call(uint32_t call, int fd, uint64_t a, uint64_t b, const void *out, size_t outlen,
+			      void *in, size_t inlen)
+{
+	struct mf_shim_req req;
+	struct mf_shim_rep rep;
+
+	if (mf_shim_fd < 0) {
+		const char *env = getenv("MF_SHIM_FD");
+
+		if (!env) {
+			fprintf(stderr, "built with MF_SHIM: set MF_SHIM_FD to the simulated kernel's socket\n");
+			exit(MF_EXIT_UNAVAILABLE);
+		}
+		mf_shim_fd = atoi(env);
+	}
+	memset(&req, 0, sizeof(req));
+	req.call = call;
+	req.fd = fd;
+	req.a = a;
+	req.b = b;
+	req.len = (uint32_t)outlen;
+	mf_shim_send(&req, sizeof(req));
+	if (outlen)
+		mf_shim_send(out, outlen);
+	mf_shim_recv(&rep, sizeof(rep));
+	if (rep.len > inlen)
+		mf_shim_lost();
+	if (rep.len)
+		mf_shim_recv(in, rep.len);
+	if (rep.raised)
+		mf_raised = 1;
+	if (rep.ret < 0)
+		errno = rep.err;
+	return rep.ret;
+}
+
+static int mf_sys_open(const char *path, int flags)
+{
+	return (int)mf_shim_call(MF_SHIM_OPEN, -1, (uint64_t)flags, 0, path, strlen(path) + 1, NULL, 0);
+}
+
+/* An ioctl whose argument is a buffer of len bytes the kernel reads and may write. */
+static int mf_sys_ioctl(int fd, unsigned long request, void *arg, size_t len)
+{
+	return (int)mf_shim_call(MF_SHIM_IOCTL, fd, request, 0, arg, len, arg, len);
+}
+
+/* An ioctl whose argument is a value. */
+static int mf_sys_ioctl_val(int fd, unsigned long request, unsigned long value)
+{
+	return (int)mf_shim_call(MF_SHIM_IOCTL_VAL, fd, request, value, NULL, 0, NULL, 0);
+}
+
+static ssize_t mf_sys_read(int fd, void *buf, size_t n)
+{
+	return (ssize_t)mf_shim_call(MF_SHIM_READ, fd, n, 0, NULL, 0, buf, n);
+}
+
+static ssize_t mf_sys_write(int fd, const void *buf, size_t n)
+{
+	return (ssize_t)mf_shim_call(MF_SHIM_WRITE, fd, 0, 0, buf, n, NULL, 0);
+}
+
+static ssize_t mf_sys_pread(int fd, void *buf, size_t n, uint64_t offset)
+{
+	return (ssize_t)mf_shim_call(MF_SHIM_PREAD, fd, n, offset, NULL, 0, buf, n);
+}
+
+static ssize_t mf_sys_pwrite(int fd, const void *buf, size_t n, uint64_t offset)
+{
+	return (ssize_t)mf_shim_call(MF_SHIM_PWRITE, fd, 0, offset, buf, n, NULL, 0);
+}
+
+static int mf_sys_close(int fd)
+{
+	return (int)mf_shim_call(MF_SHIM_CLOSE, fd, 0, 0, NULL, 0, NULL, 0);
+}
+
+static long long mf_sys_lseek(int fd, long long offset, int whence)
+{
+	return mf_shim_call(MF_SHIM_LSEEK, fd, (uint64_t)offset, (uint64_t)whence, NULL, 0, NULL, 0);
+}
+
+#else /* the system calls */
+
+static int mf_sys_open(const char *path, int flags)
+{
+	return open(path, flags);
+}
+
+static int mf_sys_ioctl(int fd, unsigned long request, void *arg, size_t len)
+{
+	(void)len;
+	return ioctl(fd, request, arg);
+}
+
+static int mf_sys_ioctl_val(int fd, unsigned long request, unsigned long value)
+{
+	return ioctl(fd, request, value);
+}
+
+static ssize_t mf_sys_read(int fd, void *buf, size_t n)
+{
+	return read(fd, buf, n);
+}
+
+static ssize_t mf_sys_write(int fd, const void *buf, size_t n)
+{
+	return write(fd, buf, n);
+}
+
+static ssize_t mf_sys_pread(int fd, void *buf, size_t n, uint64_t offset)
+{
+	return pread(fd, buf, n, (off_t)offset);
+}
+
+static ssize_t mf_sys_pwrite(int fd, const void *buf, size_t n, uint64_t offset)
+{
+	return pwrite(fd, buf, n, (off_t)offset);
+}
+
+static int mf_sys_close(int fd)
+{
+	return close(fd);
+}
+
+static long long mf_sys_lseek(int fd, long long offset, int whence)
+{
+	return (long long)lseek(fd, (off_t)offset, whence);
+}
+
+#endif /* MF_SHIM */
+
+/* ------------------------------------------------------------------------- names */
+
+static const char *mf_errname(int err)
+{
+	static char buf[32];
+
+	switch (err) {
+	case 0: return "success";
+	case EPERM: return "EPERM";
+	case ENOENT: return "ENOENT";
+	case EINTR: return "EINTR";
+	case EIO: return "EIO";
+	case E2BIG: return "E2BIG";
+	case EBADF: return "EBADF";
+	case EAGAIN: return "EAGAIN";
+	case ENOMEM: return "ENOMEM";
+	case EACCES: return "EACCES";
+	case EFAULT: return "EFAULT";
+	case EBUSY: return "EBUSY";
+	case EEXIST: return "EEXIST";
+	case ENODEV: return "ENODEV";
+	case EINVAL: return "EINVAL";
+	case ENOTTY: return "ENOTTY";
+	case ENOSPC: return "ENOSPC";
+	case ESPIPE: return "ESPIPE";
+	case ERANGE: return "ERANGE";
+	case ENOMSG: return "ENOMSG";
+	case ENOSYS: return "ENOSYS";
+	case EOPNOTSUPP: return "EOPNOTSUPP";
+	case ETIMEDOUT: return "ETIMEDOUT";
+	default:
+		snprintf(buf, sizeof(buf), "%d", err);
+		return buf;
+	}
+}
+
+/* Abi.state_name: a v2 state's name, or a v1 device_state's. */
+static const char *mf_state_name(long long state)
+{
+	static char buf[4][32];
+	static int next;
+	char *out = buf[next++ & 3];
+
+	if (state < 0)
+		return "?";
+	if (MF_PROTO_V2) {
+		if (state < MF_V2_STATE_NAMES_N)
+			return mf_v2_state_names[state];
+		snprintf(out, sizeof(buf[0]), "%lld", state);
+		return out;
+	}
+	if (state < 8)
+		return mf_v1_state_names[state & 7];
+	snprintf(out, sizeof(buf[0]), "%#llx", state);
+	return out;
+}
+
+/* ------------------------------------------------------------------------- raw VFIO access */
+
+#define MF_MAX_FDS 64
+#define MF_NBARS 6		/* VFIO_PCI_BAR0..5_REGION_INDEX */
+#define MF_UART_TX 0		/* 16550 registers inside an mtty BAR: what activity writes */
+#define MF_UART_SCR 7
+#define MF_HOPS 64		/* capability chain entries walked at most */
+
+/* An open VFIO device (harness.runtime.VfioDevice). */
+struct mf_dev {
+	char name[160];
+	int fd;
+	int owned[2];		/* container and group, or iommufd: closed after the device */
+	int nowned;
+	int protocol;		/* 2: VFIO_DEVICE_FEATURE migration; 1: a v1 migration region; 0: none */
+	uint64_t flags;
+	uint64_t region_size, region_offset;
+	uint64_t bars[MF_NBARS];
+	int nbars;
+	int data_fds[MF_MAX_FDS];	/* data_fds handed out and not yet closed */
+	int ndata;
+};
+
+struct mf_region {
+	uint32_t flags;
+	uint64_t size, offset;
+	int migration;		/* capability type (REGION_TYPE_MIGRATION, REGION_SUBTYPE_MIGRATION) */
+};
+
+static int mf_ioctl(int fd, unsigned long request, void *arg, size_t len)
+{
+	return mf_sys_ioctl(fd, request, arg, len) < 0 ? errno : 0;
+}
+
+static int mf_reset(struct mf_dev *d)
+{
+	return mf_sys_ioctl_val(d->fd, MF_VFIO_DEVICE_RESET, 0) < 0 ? errno : 0;
+}
+
+static int mf_owns(const struct mf_dev *d, int fd)
+{
+	int i;
+
+	for (i = 0; i < d->ndata; i++)
+		if (d->data_fds[i] == fd)
+			return 1;
+	return 0;
+}
+
+static void mf_forget(struct mf_dev *d, int fd)
+{
+	int i, j;
+
+	for (i = j = 0; i < d->ndata; i++)
+		if (d->data_fds[i] != fd)
+			d->data_fds[j++] = d->data_fds[i];
+	d->ndata = j;
+}
+
+/*
+ * Raw VFIO_DEVICE_FEATURE. argsz < 0: the header plus the payload. The buffer is large enough
+ * for both the payload and argsz, so a large fuzzed argsz never lets the kernel go past it.
+ * The payload as the call left it is copied to out (outlen bytes at most).
+ */
+static int mf_feature(struct mf_dev *d, uint32_t flags, const void *payload, size_t plen, long long argsz,
+		      void *out, size_t outlen)
+{
+	struct mf_vfio_device_feature hdr;
+	size_t size = sizeof(hdr) + plen, want;
+	unsigned char *buf;
+	int err;
+
+	if (argsz < 0)
+		argsz = (long long)size;
+	argsz &= 0xffffffffLL;
+	want = (size_t)argsz < MF_MAX_READ ? (size_t)argsz : MF_MAX_READ;
+	if (want > size)
+		size = want;
+	buf = calloc(1, size);
+	if (!buf)
+		return ENOMEM;
+	hdr.argsz = (uint32_t)argsz;
+	hdr.flags = flags;
+	memcpy(buf, &hdr, sizeof(hdr));
+	if (plen)
+		memcpy(buf + sizeof(hdr), payload, plen);
+	err = mf_ioctl(d->fd, MF_VFIO_DEVICE_FEATURE, buf, size);
+	if (out) {
+		size_t n = size - sizeof(hdr);
+
+		memcpy(out, buf + sizeof(hdr), n < outlen ? n : outlen);
+	}
+	free(buf);
+	return err;
+}
+
+static int mf_mig_state(struct mf_dev *d, uint32_t op, uint32_t state, struct mf_vfio_device_feature_mig_state *ms)
+{
+	ms->device_state = state;
+	ms->data_fd = -1;
+	return mf_feature(d, op | MF_FEATURE_MIG_DEVICE_STATE, ms, sizeof(*ms), -1, ms, sizeof(*ms));
+}
+
+static int mf_get_state(struct mf_dev *d, long long *state)
+{
+	struct mf_vfio_device_feature_mig_state ms;
+	int err = mf_mig_state(d, MF_FEATURE_GET, 0, &ms);
+
+	*state = err ? -1 : (long long)ms.device_state;
+	return err;
+}
+
+static int mf_set_state(struct mf_dev *d, uint32_t state, int *fd)
+{
+	struct mf_vfio_device_feature_mig_state ms;
+	int err = mf_mig_state(d, MF_FEATURE_SET, state, &ms);
+
+	*fd = -1;
+	if (err)
+		return err;
+	*fd = ms.data_fd;
+	if (ms.data_fd >= 0 && d->ndata < MF_MAX_FDS)
+		d->data_fds[d->ndata++] = ms.data_fd;
+	return 0;
+}
+
+static int mf_data_size(struct mf_dev *d, long long *size)
+{
+	uint64_t length = 0;	/* struct vfio_device_feature_mig_data_size: one u64 */
+	int err = mf_feature(d, MF_FEATURE_GET | MF_FEATURE_MIG_DATA_SIZE, &length, sizeof(length), -1, &length,
+			     sizeof(length));
+
+	*size = err ? -1 : (long long)length;
+	return err;
+}
+
+/* read(2) on a data_fd this device handed out; *got bytes. */
+static int mf_read(struct mf_dev *d, int fd, unsigned char *buf, size_t n, size_t *got)
+{
+	ssize_t r;
+
+	*got = 0;
+	if (!mf_owns(d, fd))
+		return EBADF;
+	r = mf_sys_read(fd, buf, n < MF_MAX_READ ? n : MF_MAX_READ);
+	if (r < 0)
+		return errno;
+	*got = (size_t)r;
+	return 0;
+}
+
+static int mf_write(struct mf_dev *d, int fd, const unsigned char *data, size_t n, long long *done)
+{
+	ssize_t r;
+
+	*done = 0;
+	if (!mf_owns(d, fd))
+		return EBADF;
+	r = mf_sys_write(fd, data, n);
+	if (r < 0)
+		return errno;
+	*done = r;
+	return 0;
+}
+
+static int mf_seek(struct mf_dev *d, int fd)
+{
+	if (!mf_owns(d, fd))
+		return EBADF;
+	return mf_sys_lseek(fd, 0, SEEK_SET) < 0 ? errno : 0;
+}
+
+static int mf_precopy_info(struct mf_dev *d, int fd, uint64_t *initial, uint64_t *dirty)
+{
+	struct mf_vfio_precopy_info info;
+	int err;
+
+	*initial = *dirty = 0;
+	if (!mf_owns(d, fd))
+		return EBADF;
+	memset(&info, 0, sizeof(info));
+	info.argsz = sizeof(info);
+	err = mf_ioctl(fd, MF_VFIO_MIG_GET_PRECOPY_INFO, &info, sizeof(info));
+	if (err)
+		return err;
+	*initial = info.initial_bytes;
+	*dirty = info.dirty_bytes;
+	return 0;
+}
+
+static int mf_close(struct mf_dev *d, int fd)
+{
+	if (!mf_owns(d, fd))
+		return EBADF;
+	mf_forget(d, fd);
+	return mf_sys_close(fd) < 0 ? errno : 0;
+}
+
+/* pread inside the v1 migration region; a span outside it: EINVAL without a syscall. */
+static int mf_span_ok(const struct mf_dev *d, uint64_t offset, uint64_t size)
+{
+	return d->protocol == 1 && offset <= d->region_size && size <= d->region_size - offset;
+}
+
+static int mf_region_read(struct mf_dev *d, uint64_t offset, size_t size, unsigned char *buf, size_t *got)
+{
+	ssize_t r;
+
+	*got = 0;
+	if (!mf_span_ok(d, offset, size))
+		return EINVAL;
+	r = mf_sys_pread(d->fd, buf, size, d->region_offset + offset);
+	if (r < 0)
+		return errno;
+	*got = (size_t)r;
+	return 0;
+}
+
+static int mf_region_write(struct mf_dev *d, uint64_t offset, const unsigned char *data, size_t size)
+{
+	if (!mf_span_ok(d, offset, size))
+		return EINVAL;
+	return mf_sys_pwrite(d->fd, data, size, d->region_offset + offset) < 0 ? errno : 0;
+}
+
+/*
+ * Best effort, for UART-like devices such as mtty: while the device runs, write a
+ * seed-derived byte to the scratch and the transmit register of every BAR. Errors are
+ * ignored: activity is stimulus, not protocol.
+ */
+static void mf_activity(struct mf_dev *d, uint32_t seed)
+{
+	long long state;
+	int port, i, running = 0;
+
+	if (d->protocol != 2 || !d->nbars)
+		return;
+	if (mf_get_state(d, &state))
+		return;
+	for (i = 0; i < MF_V2_RUNNING_STATES_N; i++)
+		running |= state == mf_v2_running_states[i];
+	if (!running)
+		return;
+	for (port = 0; port < d->nbars; port++) {
+		unsigned char value = (unsigned char)(seed + (uint32_t)port);
+		unsigned char tx = value ^ 0x5a;
+
+		(void)mf_sys_pwrite(d->fd, &value, 1, d->bars[port] + MF_UART_SCR);
+		(void)mf_sys_pwrite(d->fd, &tx, 1, d->bars[port] + MF_UART_TX);
+	}
+}
+
+/* GET_REGION_INFO for one index, asking again with the argsz the kernel wants when the
+ * capability chain does not fit; walks the chain for the migration capability type. */
+static int mf_region_info(struct mf_dev *d, uint32_t index, struct mf_region *out)
+{
+	struct mf_vfio_region_info info;
+	uint32_t argsz = sizeof(info), at, seen[MF_HOPS];
+	unsigned char *buf = NULL;
+	int i, err, nseen = 0;
+
+	memset(out, 0, sizeof(*out));
+	for (i = 0; i < 2; i++) {
+		free(buf);
+		buf = calloc(1, argsz);
+		if (!buf)
+			return ENOMEM;
+		memset(&info, 0, sizeof(info));
+		info.argsz = argsz;
+		info.index = index;
+		memcpy(buf, &info, sizeof(info));
+		err = mf_ioctl(d->fd, MF_VFIO_DEVICE_GET_REGION_INFO, buf, argsz);
+		if (err) {
+			free(buf);
+			return err;
+		}
+		memcpy(&info, buf, sizeof(info));
+		if (info.argsz <= argsz)
+			break;
+		argsz = info.argsz;
+	}
+	out->flags = info.flags;
+	out->size = info.size;
+	out->offset = info.offset;
+	/* Offsets count from the start of vfio_region_info; outside the buffer, backwards
+	 * or already visited: the walk ends (a malformed chain must not hang the reproducer). */
+	at = info.flags & MF_REGION_INFO_FLAG_CAPS ? info.cap_offset : 0;
+	while (at && nseen < MF_HOPS && at >= sizeof(info) && at + sizeof(struct mf_vfio_info_cap_header) <= argsz) {
+		struct mf_vfio_info_cap_header head;
+
+		for (i = 0; i < nseen; i++)
+			if (seen[i] == at)
+				break;
+		if (i < nseen)
+			break;
+		seen[nseen++] = at;
+		memcpy(&head, buf + at, sizeof(head));
+		if (head.id == MF_REGION_INFO_CAP_TYPE && at + sizeof(struct mf_vfio_region_info_cap_type) <= argsz) {
+			struct mf_vfio_region_info_cap_type type;
+
+			memcpy(&type, buf + at, sizeof(type));
+			if (type.type == MF_REGION_TYPE_MIGRATION && type.subtype == MF_REGION_SUBTYPE_MIGRATION)
+				out->migration = 1;
+		}
+		at = head.next;
+	}
+	free(buf);
+	return 0;
+}
+
+/* After opening: reset, the protocol (v2 feature, else a v1 region), the BARs. */
+static void mf_probe(struct mf_dev *d)
+{
+	struct mf_vfio_device_feature_migration flags;
+	struct mf_vfio_device_info dinfo;
+	struct mf_region region;
+	uint32_t i;
+
+	mf_reset(d);
+	memset(&flags, 0, sizeof(flags));
+	if (!mf_feature(d, MF_FEATURE_GET | MF_FEATURE_MIGRATION, &flags, sizeof(flags), -1, &flags, sizeof(flags))) {
+		d->protocol = 2;
+		d->flags = flags.flags;
+	} else {
+		memset(&dinfo, 0, sizeof(dinfo));
+		dinfo.argsz = sizeof(dinfo);
+		if (!mf_ioctl(d->fd, MF_VFIO_DEVICE_GET_INFO, &dinfo, sizeof(dinfo))) {
+			for (i = MF_PCI_NUM_REGIONS; i < dinfo.num_regions; i++) {
+				if (!mf_region_info(d, i, &region) && region.migration) {
+					d->protocol = 1;
+					d->region_size = region.size;
+					d->region_offset = region.offset;
+					break;
+				}
+			}
+		}
+	}
+	for (i = 0; i < MF_NBARS; i++)
+		if (!mf_region_info(d, i, &region) && region.size)
+			d->bars[d->nbars++] = region.offset;
+}
+
+static void mf_open_failed(const char *what, int err)
+{
+	fprintf(stderr, "cannot open the device: %s: %s (%s)\n", what, strerror(err), mf_errname(err));
+}
+
+/* Two devices of one group share its container and group fds. */
+static struct {
+	int group, container, group_fd;
+} mf_groups[2];
+static int mf_ngroups;
+
+/* Legacy API: /dev/vfio/vfio + /dev/vfio/GROUP, SET_CONTAINER, SET_IOMMU (type1v2, else
+ * type1: mdev groups are emulated), GROUP_GET_DEVICE_FD with the device's name. */
+static int mf_open_group(struct mf_dev *d, int group, const char *name)
+{
+	struct mf_vfio_group_status status;
+	int container = -1, group_fd = -1, version, err, i;
+	char path[64], what[200];
+
+	snprintf(d->name, sizeof(d->name), "%s", name);
+	for (i = 0; i < mf_ngroups; i++) {
+		if (mf_groups[i].group == group) {
+			container = mf_groups[i].container;
+			group_fd = mf_groups[i].group_fd;
+		}
+	}
+	if (group_fd < 0) {
+		container = mf_sys_open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+		if (container < 0) {
+			mf_open_failed("/dev/vfio/vfio", errno);
+			return -1;
+		}
+		d->owned[d->nowned++] = container;
+		version = mf_sys_ioctl_val(container, MF_VFIO_GET_API_VERSION, 0);
+		if (version < 0) {
+			mf_open_failed("VFIO_GET_API_VERSION", errno);
+			return -1;
+		}
+		if (version != MF_VFIO_API_VERSION) {
+			fprintf(stderr, "cannot open the device: VFIO API version %d, expected %d\n", version,
+				MF_VFIO_API_VERSION);
+			return -1;
+		}
+		snprintf(path, sizeof(path), "/dev/vfio/%d", group);
+		group_fd = mf_sys_open(path, O_RDWR | O_CLOEXEC);
+		if (group_fd < 0) {
+			mf_open_failed(path, errno);
+			return -1;
+		}
+		d->owned[d->nowned++] = group_fd;
+		memset(&status, 0, sizeof(status));
+		status.argsz = sizeof(status);
+		err = mf_ioctl(group_fd, MF_VFIO_GROUP_GET_STATUS, &status, sizeof(status));
+		if (err) {
+			mf_open_failed("VFIO_GROUP_GET_STATUS", err);
+			return -1;
+		}
+		if (!(status.flags & MF_GROUP_FLAGS_VIABLE)) {
+			fprintf(stderr, "cannot open the device: group %d is not viable "
+				"(a device in it is bound to a host driver)\n", group);
+			return -1;
+		}
+		err = mf_ioctl(group_fd, MF_VFIO_GROUP_SET_CONTAINER, &container, sizeof(container));
+		if (err) {
+			mf_open_failed("VFIO_GROUP_SET_CONTAINER", err);
+			return -1;
+		}
+		err = mf_sys_ioctl_val(container, MF_VFIO_SET_IOMMU, MF_VFIO_TYPE1v2_IOMMU) < 0 ? errno : 0;
+		if (err)
+			err = mf_sys_ioctl_val(container, MF_VFIO_SET_IOMMU, MF_VFIO_TYPE1_IOMMU) < 0 ? errno : 0;
+		if (err) {
+			mf_open_failed("VFIO_SET_IOMMU", err);
+			return -1;
+		}
+		if (mf_ngroups < 2) {
+			mf_groups[mf_ngroups].group = group;
+			mf_groups[mf_ngroups].container = container;
+			mf_groups[mf_ngroups++].group_fd = group_fd;
+		}
+	}
+	d->fd = mf_sys_ioctl(group_fd, MF_VFIO_GROUP_GET_DEVICE_FD, (void *)name, strlen(name) + 1);
+	if (d->fd < 0) {
+		snprintf(what, sizeof(what), "VFIO_GROUP_GET_DEVICE_FD %s", name);
+		mf_open_failed(what, errno);
+		return -1;
+	}
+	mf_probe(d);
+	return 0;
+}
+
+/* iommufd: /dev/vfio/devices/vfioN bound to a new iommufd (no IOAS: migration does no DMA). */
+static int mf_open_cdev(struct mf_dev *d, const char *cdev)
+{
+	struct mf_vfio_device_bind_iommufd bind;
+	char path[160];
+	int fd, iommufd, err;
+
+	if (cdev[0] == '/')
+		snprintf(path, sizeof(path), "%s", cdev);
+	else
+		snprintf(path, sizeof(path), "/dev/vfio/devices/%s", cdev);
+	snprintf(d->name, sizeof(d->name), "%s", strrchr(path, '/') + 1);
+	fd = mf_sys_open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		mf_open_failed(path, errno);
+		return -1;
+	}
+	d->fd = fd;
+	iommufd = mf_sys_open("/dev/iommu", O_RDWR | O_CLOEXEC);
+	if (iommufd < 0) {
+		mf_open_failed("/dev/iommu", errno);
+		return -1;
+	}
+	d->owned[d->nowned++] = iommufd;
+	memset(&bind, 0, sizeof(bind));
+	bind.argsz = sizeof(bind);
+	bind.iommufd = iommufd;
+	err = mf_ioctl(fd, MF_VFIO_DEVICE_BIND_IOMMUFD, &bind, sizeof(bind));
+	if (err) {
+		mf_open_failed("VFIO_DEVICE_BIND_IOMMUFD", err);
+		return -1;
+	}
+	mf_probe(d);
+	return 0;
+}
+
+/* Close every data_fd, reset, close the device, then its group/container/iommufd. */
+static void mf_close_device(struct mf_dev *d)
+{
+	int i;
+
+	if (d->fd >= 0) {
+		while (d->ndata)
+			mf_close(d, d->data_fds[0]);
+		mf_reset(d);
+		mf_sys_close(d->fd);
+		d->fd = -1;
+	}
+	for (i = d->nowned - 1; i >= 0; i--)
+		mf_sys_close(d->owned[i]);
+	d->nowned = 0;
+}
+
+/* ------------------------------------------------------------------------- transport */
+
+/* How a transfer cuts a stream (harness.runtime.segments): seg 0 one write, < MF_SEG_RANDOM
+ * pieces of seg bytes, else pieces of 1..MF_SEG_RANDOM_MAX bytes from xorshift32 seeded by seg. */
+struct mf_seg {
+	uint32_t seg, x;
+};
+
+static void mf_seg_init(struct mf_seg *s, uint32_t seg)
+{
+	s->seg = seg;
+	s->x = seg * 2654435761u + 1u;
+	if (!s->x)
+		s->x = 1;
+}
+
+static size_t mf_seg_next(struct mf_seg *s, size_t left)
+{
+	size_t n;
+
+	if (s->seg == 0)
+		return left;
+	if (s->seg < MF_SEG_RANDOM) {
+		n = s->seg;
+	} else {
+		s->x ^= s->x << 13;
+		s->x ^= s->x >> 17;
+		s->x ^= s->x << 5;
+		n = 1 + s->x % MF_SEG_RANDOM_MAX;
+	}
+	return n < left ? n : left;
+}
+
+/* A growable byte buffer (the captured stream). */
+struct mf_buf {
+	unsigned char *p;
+	size_t len, size;
+};
+
+static void mf_buf_insert(struct mf_buf *b, size_t at, const unsigned char *data, size_t n)
+{
+	if (b->len + n > b->size) {
+		size_t size = b->size ? b->size : 4096;
+		unsigned char *p;
+
+		while (size < b->len + n)
+			size *= 2;
+		p = realloc(b->p, size);
+		if (!p) {
+			fprintf(stderr, "out of memory\n");
+			exit(MF_EXIT_INCONCLUSIVE);
+		}
+		b->p = p;
+		b->size = size;
+	}
+	memmove(b->p + at + n, b->p + at, b->len - at);
+	memcpy(b->p + at, data, n);
+	b->len += n;
+}
+
+static void mf_buf_delete(struct mf_buf *b, size_t at, size_t n)
+{
+	if (at >= b->len)
+		return;
+	if (n > b->len - at)
+		n = b->len - at;
+	memmove(b->p + at, b->p + at + n, b->len - at - n);
+	b->len -= n;
+}
+
+/* Damage a captured stream in place, as transport would (harness.runtime.mangle). */
+static void mf_mangle(struct mf_buf *cap, int kind, uint32_t arg)
+{
+	size_t n = cap->len, chunk = MF_MANGLE_CHUNK, nchunks, k, i;
+	unsigned char tmp[2 * MF_MANGLE_CHUNK];
+
+	if (!n)
+		return;
+	nchunks = (n + chunk - 1) / chunk;
+	k = arg % nchunks;
+	switch (kind) {
+	case MF_MANGLE_TRUNCATE:
+		cap->len = n - 1 - arg % n;
+		break;
+	case MF_MANGLE_EXTEND:
+		for (i = 0; i < 1 + arg % 16; i++) {
+			unsigned char byte = (unsigned char)((arg + i) & 0xff);
+
+			mf_buf_insert(cap, cap->len, &byte, 1);
+		}
+		break;
+	case MF_MANGLE_FLIP:
+		cap->p[(arg >> 3) % n] ^= (unsigned char)(1u << (arg & 7));
+		break;
+	case MF_MANGLE_DROP:
+		mf_buf_delete(cap, k * chunk, chunk);
+		break;
+	case MF_MANGLE_DUP: {
+		size_t len = n - k * chunk < chunk ? n - k * chunk : chunk;
+
+		memcpy(tmp, cap->p + k * chunk, len);
+		mf_buf_insert(cap, k * chunk, tmp, len);
+		break;
+	}
+	case MF_MANGLE_SWAP:
+		if (k + 1 < nchunks) {
+			size_t a = k * chunk, b = a + chunk, end = b + chunk < n ? b + chunk : n;
+
+			memcpy(tmp, cap->p + b, end - b);
+			memcpy(tmp + (end - b), cap->p + a, chunk);
+			memcpy(cap->p + a, tmp, end - a);
+		}
+		break;
+	}
+}
+
+/* ------------------------------------------------------------------------- procedures */
+
+/* The stage of a v1 saving iteration at which it stopped (harness.runtime.V1_*). */
+enum { MF_V1_DONE, MF_V1_PENDING, MF_V1_OFFSET, MF_V1_SIZE, MF_V1_DATA, MF_V1_MORE };
+
+/* One v1 region field read with its native width; *have 0 when the read came back short. */
+static int mf_v1_read_field(struct mf_dev *d, int field, uint64_t *value, int *have)
+{
+	unsigned char raw[8];
+	size_t got, size = (size_t)mf_v1_fields[field].size, i;
+	int err = mf_region_read(d, (uint64_t)mf_v1_fields[field].offset, size, raw, &got);
+
+	*value = 0;
+	*have = !err && got == size;
+	if (*have)
+		for (i = size; i-- > 0;)
+			*value = *value << 8 | raw[i];
+	return err;
+}
+
+static int mf_v1_write_field(struct mf_dev *d, int field, uint64_t value)
+{
+	unsigned char raw[8];
+	size_t size = (size_t)mf_v1_fields[field].size, i;
+
+	for (i = 0; i < size; i++)
+		raw[i] = (unsigned char)(value >> (8 * i));
+	return mf_region_write(d, (uint64_t)mf_v1_fields[field].offset, raw, size);
+}
+
+struct mf_iteration {
+	int stage, err;
+	uint64_t pending, offset, size;
+	unsigned char *data;	/* malloc'ed, size bytes read (V1_MORE) */
+	size_t len;
+};
+
+/* One iteration of the v1 saving sequence (harness.runtime.v1_save_iteration). */
+static void mf_v1_save_iteration(struct mf_dev *d, int saving, struct mf_iteration *it)
+{
+	int have;
+
+	memset(it, 0, sizeof(*it));
+	it->err = mf_v1_read_field(d, MF_V1_FIELD_PENDING_BYTES, &it->pending, &have);
+	if (it->err) {
+		it->stage = MF_V1_PENDING;
+		return;
+	}
+	if (!saving || (have && it->pending == 0)) {
+		it->stage = MF_V1_DONE;
+		return;
+	}
+	it->err = mf_v1_read_field(d, MF_V1_FIELD_DATA_OFFSET, &it->offset, &have);
+	if (it->err) {
+		it->stage = MF_V1_OFFSET;
+		return;
+	}
+	it->err = mf_v1_read_field(d, MF_V1_FIELD_DATA_SIZE, &it->size, &have);
+	if (it->err) {
+		it->stage = MF_V1_SIZE;
+		return;
+	}
+	it->stage = MF_V1_MORE;
+	if (!it->size)
+		return;
+	if (!mf_span_ok(d, it->offset, it->size)) {
+		it->stage = MF_V1_DATA;
+		it->err = EINVAL;
+		return;
+	}
+	it->data = malloc(it->size);
+	it->err = it->data ? mf_region_read(d, it->offset, it->size, it->data, &it->len) : ENOMEM;
+	if (it->err)
+		it->stage = MF_V1_DATA;
+}
+
+/* One v1 resuming step (harness.runtime.v1_write_chunk): read data_offset, write as much of
+ * the piece as the window holds, then data_size. A data_offset outside [header, region)
+ * takes nothing and writes nothing (*taken 0, no error). */
+static int mf_v1_write_chunk(struct mf_dev *d, const unsigned char *piece, size_t len, uint64_t *offset,
+			     size_t *taken)
+{
+	int have, err = mf_v1_read_field(d, MF_V1_FIELD_DATA_OFFSET, offset, &have);
+	size_t chunk;
+
+	*taken = 0;
+	if (err || !have)
+		return err ? err : EIO;
+	if (*offset < MF_V1_HEADER_SIZE || *offset >= d->region_size)
+		return 0;
+	chunk = len < d->region_size - *offset ? len : (size_t)(d->region_size - *offset);
+	err = mf_region_write(d, *offset, piece, chunk);
+	if (!err)
+		err = mf_v1_write_field(d, MF_V1_FIELD_DATA_SIZE, chunk);
+	if (!err)
+		*taken = chunk;
+	return err;
+}
+
+/* Write a stream to a resuming data_fd in the pieces of mf_seg (harness.runtime.write_all):
+ * each piece until the device took all of it, EINTR retried MF_EINTR_RETRIES times. */
+static int mf_write_all(struct mf_dev *d, int fd, const unsigned char *data, size_t len, uint32_t seg,
+			long long *done, int *stalled)
+{
+	struct mf_seg s;
+	size_t pos = 0;
+
+	*done = 0;
+	*stalled = 0;
+	mf_seg_init(&s, seg);
+	while (pos < len) {
+		size_t piece = mf_seg_next(&s, len - pos), off = 0;
+
+		while (off < piece) {
+			long long n = 0;
+			int err = 0, tries;
+
+			for (tries = 0; tries < MF_EINTR_RETRIES; tries++) {
+				err = mf_write(d, fd, data + pos + off, piece - off, &n);
+				if (err != EINTR)
+					break;
+			}
+			if (err)
+				return err;
+			if (n <= 0) {
+				*stalled = 1;
+				return 0;
+			}
+			off += (size_t)n;
+			*done += n;
+		}
+		pos += piece;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------- the replay */
+
+/* What the replay knows about one device (harness.runtime.View). */
+struct mf_view {
+	struct mf_dev *dev;
+	int fds[MF_MAX_FDS];	/* data_fds, newest last */
+	int saving[MF_MAX_FDS];
+	int nfds;
+	long long state;
+	struct mf_buf cap;	/* the captured stream */
+	int ended;
+	long long pc_expect, pc_initial;
+};
+
+/* The answer of one op: what the claim is evaluated on. */
+struct mf_answer {
+	int skipped;		/* nothing to act on */
+	int err;		/* errno of the op */
+	int gerr;		/* errno of reading the state back */
+	int fd;			/* data_fd a SET returned */
+	long long state;	/* state read back */
+	long long len;		/* bytes read or written */
+	long long total;
+	long long value;	/* a v1 field's value */
+	int hang, precopy_overrun, initial_grew, data_after_end, window_outside, stalled, exception;
+};
+
+static struct mf_view mf_views[2];
+
+static void mf_answer_init(struct mf_answer *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->fd = -1;
+	r->state = -1;
+}
+
+static int mf_slot(const struct mf_view *v, uint32_t index)
+{
+	return index < (uint32_t)v->nfds ? v->fds[v->nfds - 1 - (int)index] : -1;
+}
+
+static int mf_is_saving(const struct mf_view *v, int fd)
+{
+	int i;
+
+	for (i = v->nfds - 1; i >= 0; i--)
+		if (v->fds[i] == fd)
+			return v->saving[i];
+	return 0;
+}
+
+static void mf_new_capture(struct mf_view *v)
+{
+	v->cap.len = 0;
+	v->ended = 0;
+	v->pc_expect = v->pc_initial = -1;
+}
+
+static void mf_no_slot(struct mf_answer *r)
+{
+	r->skipped = 1;
+}
+
+/* ---- both protocols */
+
+static void mf_op_activity(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	(void)r;
+	mf_activity(v->dev, op->b);
+	v->pc_expect = -1;
+	printf("       activity seed=%u\n", op->b);
+}
+
+static void mf_op_mangle(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	(void)r;
+	mf_mangle(&v->cap, (int)op->a, op->b);
+	printf("       capture now %zu bytes\n", v->cap.len);
+}
+
+/* ---- v2 */
+
+static void mf_v2_reset(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	(void)op;
+	r->err = mf_reset(v->dev);
+	r->gerr = mf_get_state(v->dev, &r->state);
+	if (!r->gerr)
+		v->state = r->state;
+	v->pc_expect = v->pc_initial = -1;
+	printf("       reset -> %s; state %s\n", mf_errname(r->err), mf_state_name(r->state));
+}
+
+static void mf_v2_set(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	uint32_t new = op->b;
+
+	r->err = mf_set_state(v->dev, new, &r->fd);
+	r->gerr = mf_get_state(v->dev, &r->state);
+	if (r->fd >= 0 && v->nfds < MF_MAX_FDS) {
+		v->fds[v->nfds] = r->fd;
+		v->saving[v->nfds++] = new != MF_V2_RESUMING;
+		if (new != MF_V2_RESUMING)
+			mf_new_capture(v);
+	}
+	if (!r->err || (!r->gerr && r->state != v->state))
+		v->pc_expect = -1;
+	if (!r->gerr)
+		v->state = r->state;
+	printf("       SET %s -> %s, data_fd %d; GET %s\n", mf_state_name(new), mf_errname(r->err), r->fd,
+	       mf_state_name(r->state));
+}
+
+static void mf_v2_get(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	(void)op;
+	r->err = r->gerr = mf_get_state(v->dev, &r->state);
+	printf("       GET -> %s %s\n", mf_errname(r->err), mf_state_name(r->state));
+}
+
+/* Book one read's answer; 1 when it ends a drain (an error, the end, a defect seen). */
+static int mf_take(struct mf_view *v, struct mf_answer *r, size_t n, int err, const unsigned char *data, size_t got)
+{
+	r->err = err;
+	r->len = (long long)got;
+	r->total += (long long)got;
+	if (err)
+		return err != EINTR;
+	if (got) {
+		if (v->ended) {
+			r->data_after_end = 1;
+			return 1;
+		}
+		mf_buf_insert(&v->cap, v->cap.len, data, got);
+		if (v->pc_expect >= 0) {
+			v->pc_expect -= (long long)got;
+			if (v->pc_expect < 0) {
+				r->precopy_overrun = 1;
+				return 1;
+			}
+		}
+		return 0;
+	}
+	if (v->state == MF_V2_STOP_COPY && n > 0)
+		v->ended = 1;	/* read(fd, buf, 0) returning 0 is not the end of the stream */
+	return n > 0;
+}
+
+static unsigned char mf_iobuf[MF_MAX_READ];
+
+static void mf_v2_read(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int fd = mf_slot(v, op->a);
+	size_t got;
+	int err;
+
+	if (fd < 0) {
+		mf_no_slot(r);
+		return;
+	}
+	err = mf_read(v->dev, fd, mf_iobuf, op->b, &got);
+	mf_take(v, r, op->b, err, mf_iobuf, got);
+	printf("       read fd %d n=%u -> %s, %lld bytes\n", fd, op->b, mf_errname(r->err), r->len);
+}
+
+static void mf_v2_drain(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int fd = mf_slot(v, op->a), i, err;
+	size_t got;
+
+	if (fd < 0) {
+		mf_no_slot(r);
+		return;
+	}
+	for (i = 0; i < MF_DRAIN_LIMIT; i++) {
+		err = mf_read(v->dev, fd, mf_iobuf, MF_DRAIN_CHUNK, &got);
+		if (mf_take(v, r, MF_DRAIN_CHUNK, err, mf_iobuf, got))
+			break;
+	}
+	if (i == MF_DRAIN_LIMIT)
+		r->hang = 1;
+	printf("       drain fd %d -> %lld bytes, then %s%s\n", fd, r->total, r->err ? mf_errname(r->err) : "end",
+	       r->hang ? " (the stream never ended)" : "");
+}
+
+static void mf_v2_write(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int fd = mf_slot(v, op->a);
+
+	if (fd < 0) {
+		mf_no_slot(r);
+		return;
+	}
+	r->err = mf_write(v->dev, fd, op->data, op->len, &r->len);
+	printf("       write fd %d %u bytes -> %s, %lld\n", fd, op->len, mf_errname(r->err), r->len);
+}
+
+static void mf_v2_close(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int fd = mf_slot(v, op->a), i;
+
+	if (fd < 0) {
+		mf_no_slot(r);
+		return;
+	}
+	r->err = mf_close(v->dev, fd);
+	for (i = 0; i < v->nfds && v->fds[i] != fd; i++)
+		;
+	for (; i + 1 < v->nfds; i++) {
+		v->fds[i] = v->fds[i + 1];
+		v->saving[i] = v->saving[i + 1];
+	}
+	v->nfds--;
+	printf("       close fd %d -> %s\n", fd, mf_errname(r->err));
+}
+
+static void mf_v2_seek(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int fd = mf_slot(v, op->a);
+
+	if (fd < 0) {
+		mf_no_slot(r);
+		return;
+	}
+	r->err = mf_seek(v->dev, fd);
+	printf("       lseek fd %d -> %s\n", fd, mf_errname(r->err));
+}
+
+static void mf_v2_precopy(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int fd = mf_slot(v, op->a);
+	uint64_t initial, dirty;
+
+	if (fd < 0) {
+		mf_no_slot(r);
+		return;
+	}
+	r->err = mf_precopy_info(v->dev, fd, &initial, &dirty);
+	printf("       PRECOPY_INFO fd %d -> %s, initial %llu, dirty %llu\n", fd, mf_errname(r->err),
+	       (unsigned long long)initial, (unsigned long long)dirty);
+	if (!r->err) {
+		if (v->pc_initial >= 0 && (long long)initial > v->pc_initial)
+			r->initial_grew = 1;
+		v->pc_initial = (long long)initial;
+		v->pc_expect = (long long)(initial + dirty);
+	}
+}
+
+static void mf_v2_datasize(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	long long size;
+
+	(void)op;
+	r->err = mf_data_size(v->dev, &size);
+	printf("       MIG_DATA_SIZE -> %s, %lld\n", mf_errname(r->err), size);
+}
+
+static void mf_v2_feature(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	struct mf_vfio_device_feature_mig_state ms;
+
+	/* a SET carries the current state, so a framing test never moves the device */
+	ms.device_state = (uint32_t)(v->state < 0 ? 0 : v->state);
+	ms.data_fd = -1;
+	r->err = mf_feature(v->dev, op->b, &ms, sizeof(ms), (long long)op->a, NULL, 0);
+	printf("       FEATURE flags %#x argsz %u -> %s\n", op->b, op->a, mf_errname(r->err));
+}
+
+static void mf_v2_transfer(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	struct mf_view *dst = &mf_views[op->a];
+	int fd = mf_slot(dst, 0);
+
+	if (fd < 0 || mf_is_saving(dst, fd) || dst->state != MF_V2_RESUMING || !v->cap.len) {
+		mf_no_slot(r);
+		return;
+	}
+	r->err = mf_write_all(dst->dev, fd, v->cap.p, v->cap.len, op->b, &r->len, &r->stalled);
+	printf("       transfer of %zu bytes -> %s after %lld bytes%s\n", v->cap.len, mf_errname(r->err), r->len,
+	       r->stalled ? " (a write made no progress)" : "");
+}
+
+/* ---- v1 */
+
+/* device_state read back: -1 when the read failed or came back short. */
+static int mf_read_state(struct mf_view *v, long long *state)
+{
+	uint64_t raw;
+	int have, err = mf_v1_read_field(v->dev, MF_V1_FIELD_DEVICE_STATE, &raw, &have);
+
+	*state = have ? (long long)raw : -1;
+	return err;
+}
+
+static void mf_v1_reset(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	(void)op;
+	r->err = mf_reset(v->dev);
+	r->gerr = mf_read_state(v, &r->state);
+	v->state = MF_V1_RUNNING;
+	mf_new_capture(v);
+	printf("       reset -> %s; device_state %s\n", mf_errname(r->err), mf_state_name(r->state));
+}
+
+static void mf_v1_set_value(struct mf_view *v, uint32_t value, struct mf_answer *r)
+{
+	long long cur = v->state, got;
+	int saving_was = 0, saving_now = 0, i;
+
+	r->err = mf_v1_write_field(v->dev, MF_V1_FIELD_DEVICE_STATE, value);
+	r->gerr = mf_read_state(v, &got);
+	if (!r->err) {
+		long long new = value & 7;
+
+		for (i = 0; i < MF_V1_SAVING_STATES_N; i++) {
+			saving_now |= new == mf_v1_saving_states[i];
+			saving_was |= cur == mf_v1_saving_states[i];
+		}
+		if (saving_now && (!saving_was || ((new & MF_V1_RUNNING) && !(cur & MF_V1_RUNNING))))
+			mf_new_capture(v);
+	}
+	if (got >= 0)
+		v->state = got & 7;
+	if (!r->gerr && got < 0)
+		r->gerr = EIO;
+	r->state = got < 0 ? -1 : got & 7;
+	printf("       device_state := %#x -> %s; reads %s\n", value, mf_errname(r->err), mf_state_name(got));
+}
+
+static void mf_v1_set(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	mf_v1_set_value(v, op->b, r);
+}
+
+static void mf_v1_get(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	(void)op;
+	r->err = r->gerr = mf_read_state(v, &r->state);
+	printf("       device_state -> %s %s\n", mf_errname(r->err), mf_state_name(r->state));
+}
+
+static void mf_v1_rd(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int field = (int)op->a, have;
+	uint64_t value;
+
+	if (field == MF_V1_FIELD_DEVICE_STATE) {
+		mf_v1_get(v, op, r);
+		return;
+	}
+	r->err = mf_v1_read_field(v->dev, field, &value, &have);
+	r->value = have && value;
+	if (field == MF_V1_FIELD_DATA_OFFSET && !r->err && have &&
+	    (value < MF_V1_HEADER_SIZE || value > v->dev->region_size))
+		r->window_outside = 1;
+	if (have)
+		printf("       %s -> %s %llu\n", mf_v1_fields[field].name, mf_errname(r->err), (unsigned long long)value);
+	else
+		printf("       %s -> %s None\n", mf_v1_fields[field].name, mf_errname(r->err));
+}
+
+static void mf_v1_wr(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int field = (int)op->a;
+
+	if (field == MF_V1_FIELD_DEVICE_STATE) {
+		mf_v1_set_value(v, op->b, r);
+		return;
+	}
+	r->err = mf_v1_write_field(v->dev, field, op->b);
+	printf("       %s := %#x -> %s\n", mf_v1_fields[field].name, op->b, mf_errname(r->err));
+	if (field == MF_V1_FIELD_RESERVED) {
+		uint64_t value;
+		int have;
+
+		if (!mf_v1_read_field(v->dev, MF_V1_FIELD_RESERVED, &value, &have))
+			r->value = have && value;
+	}
+}
+
+/* One saving iteration; 1 when it ends the drain. */
+static int mf_iteration(struct mf_view *v, struct mf_answer *r)
+{
+	struct mf_iteration it;
+	int saving = 0, i, done = 1;
+
+	for (i = 0; i < MF_V1_SAVING_STATES_N; i++)
+		saving |= v->state == mf_v1_saving_states[i];
+	mf_v1_save_iteration(v->dev, saving, &it);
+	r->err = it.err;
+	if (it.stage == MF_V1_DONE) {
+		if (it.pending == 0 && v->state == MF_V1_SAVING)
+			v->ended = 1;
+	} else if (it.stage == MF_V1_MORE || it.stage == MF_V1_DATA) {
+		if (it.offset < MF_V1_HEADER_SIZE || it.size > v->dev->region_size ||
+		    it.offset > v->dev->region_size - it.size)
+			r->window_outside = 1;
+		else if (it.stage == MF_V1_MORE && it.len && v->ended)
+			r->data_after_end = 1;
+		else if (it.stage == MF_V1_MORE) {
+			mf_buf_insert(&v->cap, v->cap.len, it.data, it.len);
+			done = 0;
+		}
+	}
+	free(it.data);
+	return done;
+}
+
+static void mf_v1_save(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	(void)op;
+	mf_iteration(v, r);
+	printf("       save iteration -> %s: captured %zu bytes\n", mf_errname(r->err), v->cap.len);
+}
+
+static void mf_v1_drain(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	int i;
+
+	(void)op;
+	for (i = 0; i < MF_DRAIN_LIMIT; i++)
+		if (mf_iteration(v, r))
+			break;
+	if (i == MF_DRAIN_LIMIT)
+		r->hang = 1;
+	printf("       drain -> %s: captured %zu bytes%s\n", mf_errname(r->err), v->cap.len,
+	       r->hang ? " (pending_bytes never reached 0)" : "");
+}
+
+static void mf_v1_rdwin(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	uint64_t offset;
+	size_t got;
+	int have;
+
+	r->err = mf_v1_read_field(v->dev, MF_V1_FIELD_DATA_OFFSET, &offset, &have);
+	if (r->err || !have) {
+		r->err = r->err ? r->err : EIO;
+		printf("       data_offset -> %s\n", mf_errname(r->err));
+		return;
+	}
+	r->err = mf_region_read(v->dev, offset, op->b, mf_iobuf, &got);
+	r->len = (long long)got;
+	printf("       window read %u bytes -> %s\n", op->b, mf_errname(r->err));
+}
+
+static void mf_v1_wrwin(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	uint64_t offset;
+	int have;
+
+	r->err = mf_v1_read_field(v->dev, MF_V1_FIELD_DATA_OFFSET, &offset, &have);
+	if (r->err || !have) {
+		r->err = r->err ? r->err : EIO;
+		printf("       data_offset -> %s\n", mf_errname(r->err));
+		return;
+	}
+	r->err = mf_region_write(v->dev, offset, op->data, op->len);
+	if (!r->err)
+		r->err = mf_v1_write_field(v->dev, MF_V1_FIELD_DATA_SIZE, op->len);
+	printf("       window write %u bytes + data_size -> %s\n", op->len, mf_errname(r->err));
+}
+
+static void mf_v1_transfer(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	struct mf_view *dst = &mf_views[op->a];
+	struct mf_seg s;
+	size_t pos = 0;
+
+	if (dst->state != MF_V1_RESUMING || !v->cap.len) {
+		mf_no_slot(r);
+		return;
+	}
+	mf_seg_init(&s, op->b);
+	while (pos < v->cap.len) {
+		size_t piece = mf_seg_next(&s, v->cap.len - pos), off = 0;
+
+		while (off < piece) {
+			uint64_t offset;
+			size_t taken;
+
+			r->err = mf_v1_write_chunk(dst->dev, v->cap.p + pos + off, piece - off, &offset, &taken);
+			if (r->err == EINTR)
+				continue;
+			if (r->err) {
+				printf("       transfer chunk -> %s\n", mf_errname(r->err));
+				return;
+			}
+			if (!taken) {
+				r->window_outside = 1;
+				printf("       data_offset %#llx outside the region\n", (unsigned long long)offset);
+				return;
+			}
+			off += taken;
+		}
+		pos += piece;
+	}
+	printf("       transferred %zu bytes\n", v->cap.len);
+}
+
+/* Run one op; 0 when the runtime has no handler for it (the exporter refuses such programs). */
+static int mf_run_op(const struct mf_op *op, struct mf_answer *r)
+{
+	struct mf_view *v = &mf_views[op->dev];
+
+	switch (op->code) {
+	case MF_OP_RESET:
+		(MF_PROTO_V2 ? mf_v2_reset : mf_v1_reset)(v, op, r);
+		return 1;
+	case MF_OP_ACTIVITY:
+		mf_op_activity(v, op, r);
+		return 1;
+	case MF_OP_MANGLE:
+		mf_op_mangle(v, op, r);
+		return 1;
+	case MF_OP_TRANSFER:
+		(MF_PROTO_V2 ? mf_v2_transfer : mf_v1_transfer)(v, op, r);
+		return 1;
+	case MF_OP_SET:
+		(MF_PROTO_V2 ? mf_v2_set : mf_v1_set)(v, op, r);
+		return 1;
+	case MF_OP_GET:
+		(MF_PROTO_V2 ? mf_v2_get : mf_v1_get)(v, op, r);
+		return 1;
+	case MF_OP_DRAIN:
+		(MF_PROTO_V2 ? mf_v2_drain : mf_v1_drain)(v, op, r);
+		return 1;
+	case MF_OP_READ:
+		mf_v2_read(v, op, r);
+		return 1;
+	case MF_OP_WRITE:
+		mf_v2_write(v, op, r);
+		return 1;
+	case MF_OP_CLOSE:
+		mf_v2_close(v, op, r);
+		return 1;
+	case MF_OP_SEEK:
+		mf_v2_seek(v, op, r);
+		return 1;
+	case MF_OP_PRECOPY:
+		mf_v2_precopy(v, op, r);
+		return 1;
+	case MF_OP_DATASIZE:
+		mf_v2_datasize(v, op, r);
+		return 1;
+	case MF_OP_FEATURE:
+		mf_v2_feature(v, op, r);
+		return 1;
+	case MF_OP_RD:
+		mf_v1_rd(v, op, r);
+		return 1;
+	case MF_OP_WR:
+		mf_v1_wr(v, op, r);
+		return 1;
+	case MF_OP_SAVE:
+		mf_v1_save(v, op, r);
+		return 1;
+	case MF_OP_RDWIN:
+		mf_v1_rdwin(v, op, r);
+		return 1;
+	case MF_OP_WRWIN:
+		mf_v1_wrwin(v, op, r);
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* ------------------------------------------------------------------------- the claim */
+
+/* Whether the answer at the claim's step shows the claimed defect (harness.runtime.shows). */
+static int mf_shows(const struct mf_answer *r)
+{
+	int i;
+
+	if (r->skipped)
+		return 0;
+	switch (MF_CLAIM_CHECK) {
+	case MF_CHECK_OK:
+		return r->err == 0;
+	case MF_CHECK_FAILED:
+		return r->err != 0;
+	case MF_CHECK_ERRNO:
+		return r->err == MF_CLAIM_ARG;
+	case MF_CHECK_STATE_NOT:
+		return r->state != MF_CLAIM_ARG;
+	case MF_CHECK_STATE_NOT_IN:
+		if (!r->err)
+			return 0;
+		for (i = 0; i < MF_CLAIM_NSET; i++)
+			if (r->state == mf_claim_set[i])
+				return 0;
+		return 1;
+	case MF_CHECK_FD:
+		return r->fd >= 0;
+	case MF_CHECK_NO_FD:
+		return r->err == 0 && r->fd < 0;
+	case MF_CHECK_GET_FAILED:
+		return r->gerr != 0;
+	case MF_CHECK_LONGER_THAN:
+		return r->len > MF_CLAIM_ARG;
+	case MF_CHECK_VALUE_NONZERO:
+		return r->value != 0;
+	case MF_CHECK_STALLED:
+		return r->stalled;
+	case MF_CHECK_HANG:
+		return r->hang;
+	case MF_CHECK_PRECOPY_OVERRUN:
+		return r->precopy_overrun;
+	case MF_CHECK_INITIAL_GREW:
+		return r->initial_grew;
+	case MF_CHECK_DATA_AFTER_END:
+		return r->data_after_end;
+	case MF_CHECK_WINDOW_OUTSIDE:
+		return r->window_outside;
+	case MF_CHECK_EXCEPTION:
+		return r->exception;
+	default:
+		return 0;
+	}
+}
+
+/* ------------------------------------------------------------------------- the watchdog */
+
+static double mf_timeout = 10.0;
+static volatile sig_atomic_t mf_current_step = -1;
+static char mf_hang_text[256];
+static size_t mf_hang_len;
+static int mf_hang_mine;
+
+static void mf_on_alarm(int sig)
+{
+	(void)sig;
+	if (write(1, mf_hang_text, mf_hang_len) < 0)
+		_exit(MF_EXIT_INCONCLUSIVE);
+	_exit(mf_hang_mine ? MF_EXIT_FINDING : MF_EXIT_INCONCLUSIVE);
+}
+
+static void mf_begin(int step, const char *text)
+{
+	struct itimerval t;
+	int mine = step == MF_CLAIM_STEP && MF_CLAIM_CHECK == MF_CHECK_HANG;
+
+	printf("[%2d] %s\n", step, text);
+	fflush(stdout);
+	snprintf(mf_hang_text, sizeof(mf_hang_text), "       no return after %g s: the call hangs\n%s%s at step %d\n",
+		 mf_timeout, mine ? "REPRODUCED: " : "a different problem: a hang", mine ? MF_CLAIM_KIND : "", step);
+	mf_hang_len = strlen(mf_hang_text);
+	mf_hang_mine = mine;
+	mf_current_step = step;
+	memset(&t, 0, sizeof(t));
+	t.it_value.tv_sec = (time_t)mf_timeout;
+	t.it_value.tv_usec = (suseconds_t)((mf_timeout - (double)(time_t)mf_timeout) * 1e6);
+	if (!t.it_value.tv_sec && !t.it_value.tv_usec)
+		t.it_value.tv_usec = 1;
+	setitimer(ITIMER_REAL, &t, NULL);
+}
+
+static void mf_end(void)
+{
+	struct itimerval t;
+
+	memset(&t, 0, sizeof(t));
+	setitimer(ITIMER_REAL, &t, NULL);
+	mf_current_step = -1;
+	fflush(stdout);
+}
+
+/* Replay the program up to the claim's step; the exit code (harness.runtime.replay). */
+static int mf_replay(void)
+{
+	struct mf_answer r;
+	int step;
+
+	mf_answer_init(&r);
+	for (step = 0; step < MF_NOPS; step++) {
+		const struct mf_op *op = &mf_program[step];
+
+		mf_answer_init(&r);
+		mf_begin(step, op->text);
+		if (!mf_run_op(op, &r)) {
+			mf_end();
+			printf("       this runtime cannot run the op\na different problem: the reproducer is "
+			       "incomplete at step %d\n", step);
+			return MF_EXIT_INCONCLUSIVE;
+		}
+		mf_end();
+		if (r.skipped)
+			printf("       skipped (nothing to act on)\n");
+		if (mf_raised) {
+			r.exception = 1;
+			printf("       exception: the simulated device raised\n");
+			if (step == MF_CLAIM_STEP && MF_CLAIM_CHECK == MF_CHECK_EXCEPTION) {
+				printf("REPRODUCED: %s at step %d\n", MF_CLAIM_KIND, step);
+				return MF_EXIT_FINDING;
+			}
+			printf("a different problem: an exception at step %d\n", step);
+			return MF_EXIT_INCONCLUSIVE;
+		}
+		if (step == MF_CLAIM_STEP)
+			break;
+	}
+	if (MF_CLAIM_CHECK == MF_CHECK_NONE) {
+		printf("the recorded finding (%s: expected %s; observed %s) cannot be judged from user space; "
+		       "compare the output above with it\n", MF_CLAIM_KIND, MF_CLAIM_EXPECTED, MF_CLAIM_OBSERVED);
+		return MF_EXIT_INCONCLUSIVE;
+	}
+	if (mf_shows(&r)) {
+		printf("REPRODUCED: %s at step %d (%s): %s; expected %s, recorded %s\n", MF_CLAIM_KIND, MF_CLAIM_STEP,
+		       MF_CLAIM_OP, mf_check_text[MF_CLAIM_CHECK], MF_CLAIM_EXPECTED, MF_CLAIM_OBSERVED);
+		return MF_EXIT_FINDING;
+	}
+	printf("not reproduced: step %d behaved as the protocol requires (expected %s)\n", MF_CLAIM_STEP,
+	       MF_CLAIM_EXPECTED);
+	return MF_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------------- main */
+
+static void mf_usage(FILE *to, const char *argv0)
+{
+	fprintf(to, "usage: %s [-t SECONDS] GROUP DEVICE [GROUP DEVICE ...]\n"
+		"       %s [-t SECONDS] --cdev vfioN [--cdev vfioM ...]\n"
+		"GROUP is the IOMMU group number (/dev/vfio/GROUP), DEVICE the mdev UUID or PCI address\n"
+		"(legacy group/container API); --cdev opens /dev/vfio/devices/vfioN through iommufd.\n"
+		"The program uses %d device(s). -t: seconds before a call counts as hung (default 10).\n"
+		"Exit: %d reproduced, %d not reproduced, %d usage, %d a device cannot be opened, %d inconclusive.\n",
+		argv0, argv0, MF_NDEVICES, MF_EXIT_FINDING, MF_EXIT_OK, MF_EXIT_USAGE, MF_EXIT_UNAVAILABLE,
+		MF_EXIT_INCONCLUSIVE);
+}
+
+int main(int argc, char **argv)
+{
+	struct mf_dev devs[2];
+	const char *pos[2 * 2], *cdevs[2];
+	int npos = 0, ncdev = 0, ndev = 0, i, status;
+	char *end;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+			mf_usage(stdout, argv[0]);
+			return MF_EXIT_OK;
+		} else if ((!strcmp(argv[i], "-t") || !strcmp(argv[i], "--timeout")) && i + 1 < argc) {
+			mf_timeout = strtod(argv[++i], &end);
+			if (*end || mf_timeout <= 0) {
+				fprintf(stderr, "-t: a number of seconds, not %s\n", argv[i]);
+				return MF_EXIT_USAGE;
+			}
+		} else if (!strcmp(argv[i], "--cdev") && i + 1 < argc) {
+			if (ncdev == 2) {
+				fprintf(stderr, "at most 2 devices\n");
+				return MF_EXIT_USAGE;
+			}
+			cdevs[ncdev++] = argv[++i];
+		} else if (argv[i][0] != '-' && npos < 4) {
+			pos[npos++] = argv[i];
+		} else {
+			mf_usage(stderr, argv[0]);
+			return MF_EXIT_USAGE;
+		}
+	}
+	if (npos % 2) {
+		fprintf(stderr, "give a GROUP and a DEVICE for every device\n");
+		return MF_EXIT_USAGE;
+	}
+	if (npos / 2 + ncdev < MF_NDEVICES || npos / 2 + ncdev > 2) {
+		fprintf(stderr, "the program uses %d device(s); %d given\n", MF_NDEVICES, npos / 2 + ncdev);
+		return MF_EXIT_USAGE;
+	}
+	for (i = 0; i < npos; i += 2) {
+		strtol(pos[i], &end, 10);
+		if (*end || !*pos[i]) {
+			fprintf(stderr, "%s is not an IOMMU group number\n", pos[i]);
+			return MF_EXIT_USAGE;
+		}
+	}
+	memset(devs, 0, sizeof(devs));
+	devs[0].fd = devs[1].fd = -1;
+	status = MF_EXIT_OK;
+	for (i = 0; i < npos && !status; i += 2)
+		if (mf_open_group(&devs[ndev++], atoi(pos[i]), pos[i + 1]))
+			status = MF_EXIT_UNAVAILABLE;
+	for (i = 0; i < ncdev && !status; i++)
+		if (mf_open_cdev(&devs[ndev++], cdevs[i]))
+			status = MF_EXIT_UNAVAILABLE;
+	for (i = 0; i < ndev && !status; i++) {
+		if (devs[i].protocol != (MF_PROTO_V2 ? 2 : 1)) {
+			fprintf(stderr, "%s does not speak migration protocol %s\n", devs[i].name, MF_PROTO);
+			status = MF_EXIT_UNAVAILABLE;
+		}
+	}
+	if (!status) {
+		signal(SIGALRM, mf_on_alarm);
+		for (i = 0; i < ndev; i++) {
+			memset(&mf_views[i], 0, sizeof(mf_views[i]));
+			mf_views[i].dev = &devs[i];
+			mf_views[i].state = MF_PROTO_V2 ? MF_V2_RUNNING : MF_V1_RUNNING;
+			mf_new_capture(&mf_views[i]);
+		}
+		status = mf_replay();
+	}
+	for (i = 0; i < ndev; i++) {
+		mf_close_device(&devs[i]);
+		free(mf_views[i].cap.p);
+	}
+	return status;
+}
