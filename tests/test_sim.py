@@ -197,17 +197,17 @@ def test_v2_stop_copy_stream_is_the_documented_format():
     ok_set(dev, STOP)
     fd = ok_set(dev, STOP_COPY, want_fd=True)
     data = read_until_end(dev, fd)
-    assert len(data) == stream.FULL_SIZE == 12 + 8 * (3 + 2 + 16) + (3 + 16) + (3 + 12)
-    assert data == stream.full_stream(dev.core.regs, dev.core.mem)
+    assert len(data) == stream.FULL_SIZE == 12 + 8 * (3 + 2 + 16) + (3 + 16) + (3 + 30) + (3 + 12)
+    assert data == stream.full_stream(dev.core.regs, dev.core.mem, dev.core.uart.state())
     parsed = stream.Stream.parse(data)
     assert parsed.header.version == stream.VERSION and parsed.header.npages == NPAGES
     tags = [r.head.tag for r in parsed.records]
-    assert tags == [stream.TAG_PAGE] * NPAGES + [stream.TAG_REGS, stream.TAG_END]
+    assert tags == [stream.TAG_PAGE] * NPAGES + [stream.TAG_REGS, stream.TAG_UART, stream.TAG_END]
     end = stream.EndBody.parse(parsed.records[-1].body)
     assert end.length == len(data) - stream.END_RECORD_SIZE
     assert end.checksum == stream.checksum(data[:end.length])
-    regs, mem = stream.load(data)
-    assert regs == dev.core.regs and bytes(mem) == bytes(dev.core.mem)
+    regs, mem, uart_state = stream.load(data)
+    assert regs == dev.core.regs and bytes(mem) == bytes(dev.core.mem) and uart_state == dev.core.uart.state()
 
 
 def test_stream_packers_match_construct():

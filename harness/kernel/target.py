@@ -23,19 +23,11 @@ did not cause. So a target with fewer than two devices is unavailable. Both
 must be of the same kind (same protocol, flags and stream format), or a
 valid stream from one is refused by the other.
 
-What the target can judge:
-
-* ``has_digest = False``: a real device exposes no state digest. After a
-  successful load the executor asks ``resave(i)`` for the destination's state
-  as a re-saved stream and compares it with the stream the source sent. That
-  comparison needs *canonical* streams (one state, one byte sequence, however
-  it was saved): true of mtty (a fixed header plus the ports' registers),
-  not of drivers whose streams carry pre-copy chunks or metadata. So re-saving
-  is on for mtty devices (``--target mtty``, or ``kernel:`` naming mtty
-  mdevs) and ``resave`` answers None ("cannot judge") for other drivers.
-* ``validates_stream = False``: mtty accepts any 96-byte stream with a good
-  header, so a damaged stream that loads is not a finding on this target.
-* ``supports_faults = False``: no fault injection into a real driver.
+What the target can judge: ``has_digest = False`` (no state digest: after a load the
+executor compares ``resave(i)``, the destination saved again, with the source's stream;
+byte-for-byte comparison needs canonical streams, true of mtty, so ``resave`` answers None
+for other drivers); ``validates_stream = False`` (mtty accepts any stream with a good
+header); ``supports_faults = False`` (no fault injection into a real driver).
 
 Per program (``fresh()``): close every data_fd the previous program left open
 (no fd outlives its program), reset both devices, note the program in the

@@ -59,4 +59,5 @@ class SimTarget:
 
     def close(self) -> None:
         for d in self.devices:
+            d.restore_initial()  # whatever a bug variant left behind (an error pointer as a file ...)
             d.close_device()

@@ -263,7 +263,7 @@ class V2ResumeNoValidate:
                 raise
             mem = bytearray(self.core.mem)
             _apply_complete_pages(mem, data)
-            return list(self.core.regs), mem  # loads whatever pages it finds
+            return list(self.core.regs), mem, self.core.uart.state()  # loads whatever pages it finds
 
 
 BUGS = {

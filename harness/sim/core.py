@@ -17,6 +17,8 @@ import struct
 
 from harness.base import DeviceHang
 
+from . import uart
+
 NREGS = 4
 NPAGES = 8
 PAGE_SIZE = 16
@@ -35,9 +37,9 @@ STEP_BUDGET = 10_000
 
 
 class DeviceCore:
-    """The device function being migrated."""
+    """The device function being migrated: registers, paged memory, the UART register block."""
 
-    __slots__ = ("regs", "mem", "dirty", "running", "_initial")
+    __slots__ = ("regs", "mem", "dirty", "running", "uart", "_initial")
 
     def __init__(self, seed: int):
         rng = random.Random(seed)
@@ -45,6 +47,7 @@ class DeviceCore:
         self.mem = bytearray(rng.randbytes(MEM_SIZE))
         self.dirty = 0
         self.running = True
+        self.uart = uart.Uart(seed)
         self._initial = (list(self.regs), bytes(self.mem))
 
     def restore_initial(self) -> None:
@@ -54,6 +57,7 @@ class DeviceCore:
         self.mem[:] = mem
         self.dirty = 0
         self.running = True
+        self.uart.restore_initial()
 
     def activity(self, seed: int) -> None:
         """One unit of work: a register update and a memory write, dirtying a page."""
@@ -73,12 +77,42 @@ class DeviceCore:
 
     def digest(self) -> bytes:
         """The exact internal state (small enough to be its own digest)."""
-        return _REGS_PACK(*self.regs) + self.mem
+        return _REGS_PACK(*self.regs) + self.mem + self.uart.state()
 
-    def load(self, regs: list, mem: bytes | bytearray) -> None:
+    def load(self, regs: list, mem: bytes | bytearray, uart_state: bytes) -> None:
         self.regs[:] = regs
         self.mem[:] = mem
+        self.uart.restore(uart_state)
         self.dirty = 0
+
+    # -- the register regions (what rdreg/wrreg reach) ---------------------------------
+
+    def reg_read(self, region: int, off: int, size: int) -> tuple[int, bytes]:
+        """A read of ``size`` bytes at ``off`` of a device region (not the v1 migration region)."""
+        if region == uart.UART_REGION:
+            if size != 1 or not 0 <= off < uart.NREGS:
+                return errno.EINVAL, b""
+            return 0, bytes((self.uart.read(off),))
+        if region == uart.CONFIG_REGION:
+            return self.config_read(off, size)
+        return errno.EINVAL, b""
+
+    def config_read(self, off: int, size: int) -> tuple[int, bytes]:
+        if size not in (1, 2, 4) or off < 0 or off + size > len(uart.CONFIG_SPACE):
+            return errno.EINVAL, b""
+        return 0, uart.CONFIG_SPACE[off:off + size]
+
+    def reg_write(self, region: int, off: int, data: bytes) -> tuple[int, int]:
+        if region == uart.UART_REGION:
+            if len(data) != 1 or not 0 <= off < uart.NREGS:
+                return errno.EINVAL, 0
+            self.uart.write(off, data[0])
+            return 0, 1
+        if region == uart.CONFIG_REGION:
+            if len(data) not in (1, 2, 4) or off < 0 or off + len(data) > len(uart.CONFIG_SPACE):
+                return errno.EINVAL, 0
+            return 0, len(data)  # read-only identity bytes: writes are ignored
+        return errno.EINVAL, 0
 
 
 class StepCounter:

@@ -6,11 +6,12 @@ Layout (little endian)::
     record*  tag u8, length u16, body[length]
                PAGE (1): index u16, data[page_size]   (a page; later copies win)
                REGS (2): regs u32[NREGS]              (exactly once, after the pages)
+               UART (4): the register block's state   (exactly once, after REGS; uart.UartState)
     end      tag END (3), length 12, body: length u32 (bytes before this record),
              checksum 8 bytes (BLAKE2b-64 of every byte before this record)
 
 A pre-copy session first sends every page, then re-sends pages dirtied since,
-then (at STOP_COPY) the last dirty pages, the registers and the end record.
+then (at STOP_COPY) the last dirty pages, the registers, the UART and the end record.
 
 :func:`load` refuses, before touching the device, anything that is not exactly
 such a stream: truncated, extended, reordered, bit-flipped, a missing page, a
@@ -25,13 +26,14 @@ from construct import Array, Bytes, Const, GreedyRange, Int8ul, Int16ul, Int32ul
 
 from harness.uapi import packer
 
+from . import uart
 from .core import NPAGES, NREGS, PAGE_SIZE
 
 MAGIC = b"MGFZ"
 VERSION = 1
 FLAG_PRECOPY = 1 << 0
 
-TAG_PAGE, TAG_REGS, TAG_END = 1, 2, 3
+TAG_PAGE, TAG_REGS, TAG_END, TAG_UART = 1, 2, 3, 4
 ALL_PAGES = (1 << NPAGES) - 1
 
 StreamHeader = Struct(
@@ -62,8 +64,9 @@ _PAGE_HEADS = tuple(_HEAD.pack(TAG_PAGE, _PAGE.size + PAGE_SIZE) + _PAGE.pack(i)
 HEADER_SIZE = _HEADER.size
 PAGE_RECORD_SIZE = _HEAD.size + _PAGE.size + PAGE_SIZE
 REGS_RECORD_SIZE = _HEAD.size + _REGS.size
+UART_RECORD_SIZE = _HEAD.size + uart.STATE_SIZE
 END_RECORD_SIZE = _HEAD.size + _END.size
-FULL_SIZE = HEADER_SIZE + NPAGES * PAGE_RECORD_SIZE + REGS_RECORD_SIZE + END_RECORD_SIZE
+FULL_SIZE = HEADER_SIZE + NPAGES * PAGE_RECORD_SIZE + REGS_RECORD_SIZE + UART_RECORD_SIZE + END_RECORD_SIZE
 # The largest stream a resuming device accepts (far above anything a program makes).
 MAX_STREAM = 1 << 20
 
@@ -103,22 +106,28 @@ class StreamWriter:
     def regs(self, regs) -> None:
         self._emit(_HEAD.pack(TAG_REGS, _REGS.size) + _REGS.pack(*regs))
 
+    def uart(self, state: bytes) -> None:
+        self._emit(_HEAD.pack(TAG_UART, uart.STATE_SIZE) + state)
+
     def end(self) -> None:
         length = len(self.buf)
         self.buf += _HEAD.pack(TAG_END, _END.size) + _END.pack(length, self._hash.digest())
 
 
-def full_stream(regs, mem) -> bytes:
-    """The stop-and-copy stream of a device whose state is (regs, mem)."""
+def full_stream(regs, mem, uart_state: bytes) -> bytes:
+    """The stop-and-copy stream of a device whose state is (regs, mem, uart_state)."""
     w = StreamWriter()
     w.pages(ALL_PAGES, mem)
     w.regs(regs)
+    w.uart(uart_state)
     w.end()
     return bytes(w.buf)
 
 
-def load(data) -> tuple[list, bytearray]:
-    """Validate ``data`` completely and return (regs, mem) to load; raise StreamError."""
+def load(data, check_uart=uart.parse_state) -> tuple[list, bytearray, bytes]:
+    """Validate ``data`` completely and return (regs, mem, uart state) to load; raise StreamError.
+
+    ``check_uart`` validates the UART record (a loader that trusts it is a zoo variant)."""
     n = len(data)
     if n < HEADER_SIZE + END_RECORD_SIZE:
         raise StreamError("stream too short")
@@ -136,7 +145,7 @@ def load(data) -> tuple[list, bytearray]:
         raise StreamError("checksum mismatch")
     mem = bytearray(NPAGES * PAGE_SIZE)
     seen = 0
-    regs = None
+    regs = uart_state = None
     pos = HEADER_SIZE
     while pos < end_at:
         if pos + _HEAD.size > end_at:
@@ -154,9 +163,15 @@ def load(data) -> tuple[list, bytearray]:
             seen |= 1 << index
         elif tag == TAG_REGS and length == _REGS.size and regs is None:
             regs = list(_REGS.unpack_from(data, pos))
+        elif tag == TAG_UART and length == uart.STATE_SIZE and regs is not None and uart_state is None:
+            uart_state = bytes(data[pos:pos + length])
+            try:
+                check_uart(uart_state)
+            except uart.BadUartState as e:
+                raise StreamError(str(e)) from None
         else:
             raise StreamError(f"unexpected record tag {tag} length {length}")
         pos += length
-    if regs is None or seen != ALL_PAGES:
+    if regs is None or uart_state is None or seen != ALL_PAGES:
         raise StreamError("incomplete image")
-    return regs, mem
+    return regs, mem, uart_state

@@ -171,6 +171,7 @@ class V1SimDevice:
         core.dirty = 0
         if not precopy:
             w.regs(self.saved_regs())
+            w.uart(self.saved_uart())
             w.end()
         self.save, self.save_pos, self.staged = w, 0, 0
 
@@ -179,10 +180,14 @@ class V1SimDevice:
         w.pages(core.dirty, core.mem)
         core.dirty = 0
         w.regs(self.saved_regs())
+        w.uart(self.saved_uart())
         w.end()
 
     def saved_regs(self) -> list:
         return self.core.regs
+
+    def saved_uart(self) -> bytes:
+        return self.core.uart.state()
 
     def end_save(self) -> None:
         self.save, self.save_pos, self.staged = None, 0, 0

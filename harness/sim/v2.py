@@ -235,6 +235,7 @@ class V2SimDevice:
         f.writer = stream.StreamWriter()
         f.writer.pages(stream.ALL_PAGES, core.mem)
         f.writer.regs(self.saved_regs())
+        f.writer.uart(self.saved_uart())
         f.writer.end()
         f.initial_end = len(f.writer.buf)
         core.dirty = 0
@@ -248,11 +249,15 @@ class V2SimDevice:
         w.pages(core.dirty, core.mem)
         core.dirty = 0
         w.regs(self.saved_regs())
+        w.uart(self.saved_uart())
         w.end()
         return 0, None
 
     def saved_regs(self) -> list:
         return self.core.regs
+
+    def saved_uart(self) -> bytes:
+        return self.core.uart.state()
 
     def arc_end_save(self):
         if self.save_file is not None:
@@ -270,10 +275,10 @@ class V2SimDevice:
     def arc_load(self):
         f = self.resume_file
         try:
-            regs, mem = self.load_stream(f.buf)
+            image = self.load_stream(f.buf)
         except stream.StreamError as e:
             return e.errno, None  # stays RESUMING: aborting needs a reset
-        self.core.load(regs, mem)
+        self.core.load(*image)
         f.disabled = True
         self.resume_file = None
         return 0, None
