@@ -7,10 +7,20 @@ state, the read-only and reserved fields, the §1.5/§1.6 sequences and the
 error state (v1).  It answers "does this device follow the protocol at all?"
 in well under a second on the simulator.
 
-Every expectation comes from :mod:`fuzz.model`; the sweep only drives the
-device through the :mod:`harness.base` API plus the target's
-``has_digest`` / ``validates_stream`` / ``supports_faults`` flags, so a real
-device is swept exactly like the simulator.
+Who owns what:
+
+* every expectation comes from :mod:`fuzz.model` (the sweep is the second judge
+  of a device, next to the fuzzer's oracles);
+* every way of driving the device comes from :mod:`harness.runtime`: a stream is
+  read with ``read_stream``, written with ``write_all`` in the pieces ``segments``
+  cuts, damaged with ``mangle``; v1 fields are read and written with
+  ``v1_read_field``/``v1_write_field``, saved with ``v1_save_iteration`` and
+  resumed with ``v1_write_chunk``; the limits are ``DRAIN_LIMIT``/``DRAIN_CHUNK``;
+* names (states, errnos, flags) come from :mod:`fuzz.model`.
+
+The sweep only touches the device through the :mod:`harness.base` API plus the
+target's ``has_digest`` / ``validates_stream`` / ``supports_faults`` flags, so a
+real device is swept exactly like the simulator.
 
 How it is built:
 
@@ -21,7 +31,7 @@ How it is built:
   ``dev.reset()``) and drives it to its starting state one model arc at a time
   (:meth:`V2Sweep.reach`), so a case never depends on the one before;
 * a case that raises is a failed row, never a failed sweep: a simulator hang
-  (``DeviceHang``) or a ``TimeoutError`` is recorded as "hang", any other
+  (``DeviceHang``) or a ``TimeoutError`` is recorded as a hang, any other
   exception with its text; the devices are then reset (the target re-opened if
   a reset fails) and the sweep carries on.
 
@@ -31,116 +41,191 @@ observed but is not judged: a case that could not reach its starting state
 target that does not promise to validate streams, a rule that needs fault
 injection or a digest the target does not have.
 
-Also registers ``migfuzz report-html`` (campaign charts, :mod:`fuzz.htmlreport`).
-
-Nothing here imports the simulator or the executor at load time: the CLI
-imports this module on startup, and the fuzzing engine must import the
-simulator later, under instrumentation.
+Every record (one per case) carries the text for people and the same facts as data
+(:func:`expect`, :func:`outcome`); tools decide from the data only.
 """
 from __future__ import annotations
 
-import errno
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
+from harness.base import DeviceHang
+from harness.runtime import (
+    DRAIN_CHUNK,
+    DRAIN_LIMIT,
+    EXIT_FINDING,
+    EXIT_OK,
+    MANGLE_CHUNK,
+    SEG_RANDOM,
+    V1_DATA,
+    V1_DONE,
+    V1_OFFSET,
+    V1_PENDING,
+    V1_SIZE,
+    errname,
+    mangle,
+    read_stream,
+    segments,
+    v1_read_field,
+    v1_save_iteration,
+    v1_write_chunk,
+    v1_write_field,
+    write_all,
+)
 from harness.uapi import (
     FEATURE_GET,
+    FEATURE_MASK,
     FEATURE_MIG_DATA_SIZE,
     FEATURE_MIG_DEVICE_STATE,
     FEATURE_MIGRATION,
     FEATURE_PROBE,
     FEATURE_SET,
+    V1_ERROR,
     V1_FIELDS,
-    V1_STATE_NAMES,
-    MigFlag,
-    MigState,
+    V1_HEADER_SIZE,
+    V1_RESUMING,
+    V1_RUNNING,
+    V1_SAVING,
+    V1_STOP,
 )
 
 from . import model
+from .htmlreport import conform_html, output_file, write_output
+from .model import ERROR, PRE_COPY, PRE_COPY_P2P, RESUMING, RUNNING, RUNNING_P2P, STOP, STOP_COPY, v1_name, v2_name
+from .targets import open_target, parse_target, require_opt_in
 
 FORMATS = ("table", "json", "md", "html")
-DRAIN_LIMIT = 256  # reads before "the stream never ends"
-DRAIN_CHUNK = 4096
-V1_ITER_LIMIT = 256  # §1.5 iterations before "pending_bytes never reaches 0"
-OUT_OF_RANGE = (8, 0xFFFFFFFF)
-ACTIVITY_SEEDS = (0x1234, 0x5a5a5, 0x9e37)
+OUT_OF_RANGE = (8, 0xFFFFFFFF)  # device_state values beyond the enum, requested like any other
+ACTIVITY_SEEDS = (0x1234, 0x5A5A5, 0x9E37)
+PROBE_BYTES = 16  # what a single read or write of a data_fd rule asks to move
+V1_PRECOPY = V1_SAVING | V1_RUNNING
 
-ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P = range(8)
-V1_STOP, V1_RUN, V1_SAVE, V1_PRECOPY, V1_RESUME, V1_ERR = 0, 1, 2, 3, 4, 6
-
-
-def errname(err: int) -> str:
-    return errno.errorcode.get(err, str(err)) if err else "success"
+# outcome["status"]: how far a case got.
+STATUSES = (
+    "answered",       # the judged call(s) answered (the verdict judges the answer)
+    "step-failed",    # a step the check needs before or around the judged call failed (a fail)
+    "reset-failed",   # VFIO_DEVICE_RESET failed (a fail; the target is re-opened)
+    "hang",           # a device call did not return (simulator watchdog, TimeoutError, kernel watchdog)
+    "endless",        # a stream that never ends: DRAIN_LIMIT reads / saving iterations without its end
+    "exception",      # the device raised
+    "not-reached",    # the case's starting point could not be reached (info; the cause has its own row)
+    "not-run",        # the target was lost before the case (info)
+    "unsupported",    # the target cannot do what the check needs: fault injection, a digest (info)
+)
 
 
 def errnames(errs) -> str:
     return "|".join(errname(e) for e in sorted(errs))
 
 
-def v2name(state: int | None) -> str | None:
-    if state is None:
-        return None
-    if 0 <= state < 8:
-        return MigState(state).name
-    return str(state) if state < 256 else hex(state)
+def expect(ok: bool | None = None, errnos=None, states=None, fd: bool | None = None, **extra) -> dict:
+    """A record's ``expect``: what the model requires.
+
+    A record (one per case; ``--format json`` prints them) is ``check``, ``from``, ``to``,
+    ``path`` (what was checked: the check group, the state names it starts from and asks for
+    or null, the model's path as state names), ``verdict`` (pass, fail, info), ``expected`` and
+    ``observed`` (text, for people), ``expect`` (this) and ``outcome`` (:func:`outcome`).
+
+    ``ok``: the judged call must succeed (true), be refused (false), either (null: the check
+    judges something else, see its other keys); ``errnos``: the errnos a refusal may carry
+    (null = any); ``states``: the state values GET / device_state may read afterwards (null =
+    not judged); ``fd``: a SET must return a new data_fd (true), must not (false), not judged
+    (null); check-specific keys: ``noop`` (a SET of the current state), ``flags``,
+    ``live_files``, ``unchanged``, ``same``, ``value``, ``field``, ``seg``, ``damage``."""
+    out = {"ok": ok, "errnos": sorted(errnos) if errnos is not None else None,
+           "states": sorted(int(s) for s in states) if states is not None else None, "fd": fd}
+    out.update(extra)
+    return out
 
 
-def v1name(state: int | None) -> str | None:
-    return None if state is None else V1_STATE_NAMES.get(state, hex(state))
+def outcome(status: str = "answered", err: int | None = None, state: int | None = None, fd: bool | None = None,
+            **extra) -> dict:
+    """A record's ``outcome``: what the device did.
+
+    ``status``: one of :data:`STATUSES`; ``err``: errno of the judged call (0 = success, null =
+    none was made); ``accepted``: ``err == 0`` (null when no call was judged); ``state``: the
+    state value read afterwards (or null); ``fd``: a SET returned a new data_fd (or null);
+    ``exception``: the exception's type (status ``exception``); check-specific keys:
+    ``bytes``, ``live_files``, ``changed``, ``same``, ``initial``, ``dirty``, ``again``,
+    ``before``, ``after``, ``failed``, ``fired``, ``window``, ``stalled``."""
+    out = {"status": status, "err": err, "accepted": None if err is None else err == 0,
+           "state": None if state is None else int(state), "fd": fd}
+    out.update(extra)
+    return out
 
 
-def flag_names(flags: int) -> str:
-    names = [f.name for f in MigFlag if flags & f]
-    return "|".join(names) if names else "none"
+class Seen(NamedTuple):
+    """What a check saw: the text for people, the verdict (True pass, False fail, None info), the data."""
+
+    text: str
+    ok: bool | None
+    outcome: dict
+
+
+def seen(text: str, ok: bool | None, **facts) -> Seen:
+    return Seen(text, ok, outcome(**facts))
 
 
 # --------------------------------------------------------------------------- records
 
 
-class Unreached(Exception):
+class Stop(Exception):
+    """A case ends early: ``str(e)`` is the observation, ``facts`` go into its outcome."""
+
+    status = "step-failed"
+
+    def __init__(self, text: str, **facts):
+        super().__init__(text)
+        self.facts = facts
+
+
+class Unreached(Stop):
     """A case could not reach its starting point (recorded as info)."""
 
+    status = "not-reached"
 
-class Step(Exception):
+
+class Step(Stop):
     """A step of a multi-step check failed (recorded as a fail with this text)."""
+
+
+class Endless(Step):
+    """A stream that does not end within DRAIN_LIMIT reads or saving iterations (a fail)."""
+
+    status = "endless"
 
 
 class ResetFailed(Step):
     """VFIO_DEVICE_RESET failed: a fail, and the target is re-opened before the next case."""
 
+    status = "reset-failed"
+
+
+HANGS = (TimeoutError, DeviceHang)
+
 
 class Case(NamedTuple):
-    """One row of the report: what is checked and the function that checks it.
+    """One row of the report: what is checked, what the model expects, and the function that checks it.
 
-    ``run(sweep)`` returns ``(observed, ok)``; ok True/False = pass/fail,
-    None = info."""
+    ``run(sweep)`` returns a :class:`Seen`."""
 
     check: str
     frm: str | None
     to: str | None
     expected: str
     path: tuple
+    expect: dict
     run: Callable
 
 
-def record(case: Case, observed: str, verdict: str) -> dict:
+def record(case: Case, observed: str, verdict: str, facts: dict) -> dict:
     return {"check": case.check, "from": case.frm, "to": case.to, "expected": case.expected,
-            "observed": observed, "path": list(case.path), "verdict": verdict}
-
-
-def _hang_types() -> tuple:
-    types: list = [TimeoutError]
-    try:
-        from harness.sim.core import DeviceHang  # imported here, never at module load
-
-        types.append(DeviceHang)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(types)
+            "observed": observed, "path": list(case.path), "verdict": verdict,
+            "expect": case.expect, "outcome": facts}
 
 
 # --------------------------------------------------------------------------- the sweep runner
@@ -156,7 +241,6 @@ class Sweep:
         self.target = target
         self.open_fn = open_fn
         self.results: list[dict] = []
-        self.hangs = _hang_types()
         self._stream: bytes | None = None
         self._stream_error = ""
         self.lost = ""  # why the target could not be re-opened
@@ -165,6 +249,7 @@ class Sweep:
         self.on_abort = None  # callback(sweep) when a kernel hang stops the sweep
         self.reopened = 0
         self.opened: list[tuple] = []  # (device, fd) to close after the current case
+        self.flags = 0
 
     # -- devices -------------------------------------------------------------
 
@@ -192,7 +277,7 @@ class Sweep:
     def reset(self, dev) -> None:
         err = dev.reset()
         if err:
-            raise ResetFailed(f"reset failed: {errname(err)}")
+            raise ResetFailed(f"reset failed: {errname(err)}", err=err)
 
     def digest(self, dev):
         return dev.digest() if self.target.has_digest else None
@@ -210,7 +295,8 @@ class Sweep:
         self.install_hang_hook()
         for case in self.cases():
             if self.lost:
-                self.results.append(record(case, f"not run: the target was lost ({self.lost})", "info"))
+                self.results.append(record(case, f"not run: the target was lost ({self.lost})", "info",
+                                           outcome("not-run")))
                 continue
             self.current = case
             self.results.append(self.run_case(case))
@@ -227,39 +313,38 @@ class Sweep:
             return
 
         def on_hang(what: str, seconds: float) -> None:
-            import os
-
             if self.current is not None:
                 self.results.append(record(self.current, f"hang: {what} did not return within {seconds:.1f} s",
-                                           "fail"))
+                                           "fail", outcome("hang", call=what)))
             self.aborted = f"stopped after a hang in {what}: a call stuck in the kernel cannot be interrupted"
             try:
                 if self.on_abort is not None:
                     self.on_abort(self)
             finally:
-                os._exit(1)
+                os._exit(EXIT_FINDING)
 
         self.target.on_hang = on_hang
 
     def run_case(self, case: Case) -> dict:
-        self.opened: list[tuple] = []  # (device, fd) to close after the case
+        self.opened = []
         trouble = False
         try:
             self.fresh()
-            observed, ok = case.run(self)
+            observed, ok, facts = case.run(self)
             verdict = "info" if ok is None else ("pass" if ok else "fail")
         except Unreached as e:
-            observed, verdict = f"not reached: {e}", "info"
-        except ResetFailed as e:
-            observed, verdict, trouble = str(e), "fail", True
-        except Step as e:
-            observed, verdict = str(e), "fail"
-        except self.hangs as e:
+            observed, verdict, facts = f"not reached: {e}", "info", outcome(e.status, **e.facts)
+        except Stop as e:
+            observed, verdict, facts = str(e), "fail", outcome(e.status, **e.facts)
+            trouble = isinstance(e, ResetFailed)
+        except HANGS as e:
             observed, verdict, trouble = f"hang: {e}", "fail", True
+            facts = outcome("hang")
         except Exception as e:  # noqa: BLE001 - anything escaping the device is a failed check
             observed, verdict, trouble = f"exception {type(e).__name__}: {e}", "fail", True
+            facts = outcome("exception", exception=type(e).__name__)
         self.cleanup(trouble)
-        return record(case, observed, verdict)
+        return record(case, observed, verdict, facts)
 
     def close_fd(self, dev, fd: int) -> None:
         pass
@@ -301,6 +386,12 @@ class Sweep:
 
     # -- a valid stream from the source device ------------------------------------
 
+    def stop_copy_route(self) -> tuple:
+        raise NotImplementedError
+
+    def save_stream(self, dev, route: tuple, from_reset: bool = True) -> tuple[bytes, object]:
+        raise NotImplementedError
+
     def valid_stream(self) -> bytes:
         """A complete stop-and-copy stream saved from the source (cached; the "save-source" case
         takes it first, so a source that cannot save fails once and the rest is "not reached")."""
@@ -314,25 +405,75 @@ class Sweep:
         self._stream, self._stream_error = None, ""
         try:
             self._stream = self.save_stream(self.src, self.stop_copy_route())[0]
-        except self.hangs as e:
+        except HANGS as e:
             self._stream_error = f"hang: {e}"
             raise
         except Exception as e:
-            self._stream_error = str(e) if isinstance(e, (Step, Unreached)) else f"{type(e).__name__}: {e}"
+            self._stream_error = str(e) if isinstance(e, Stop) else f"{type(e).__name__}: {e}"
             raise
         finally:
             self.fresh()
         return self._stream
 
-    def check_save_source(self):
+    def check_save_source(self) -> Seen:
         data = self.capture_stream()
-        return f"{len(data)} bytes", True
+        return seen(f"{len(data)} bytes", True, err=0, bytes=len(data))
 
     def save_source_case(self, name, stop: int) -> Case:
         route = tuple(name(s) for s in self.stop_copy_route())
-        return Case("save-source", route[-1], name(stop),
-                    "a stop-and-copy save of the source completes",
-                    route + (name(stop),), lambda sw: sw.check_save_source())
+        return Case("save-source", route[-1], name(stop), "a stop-and-copy save of the source completes",
+                    route + (name(stop),), expect(True), lambda sw: sw.check_save_source())
+
+    def damaged(self, damage: Damage) -> bytes:
+        """The valid stream with ``damage`` done to it; Unreached if the damage changes nothing
+        (e.g. two equal chunks swapped), since that stream is not damaged at all."""
+        stream = self.valid_stream()
+        data = damage.apply(stream)
+        if data == stream:
+            raise Unreached(f"{damage.label} leaves this {len(stream)}-byte stream unchanged")
+        return data
+
+
+# =========================================================================== damaged streams
+
+
+class Damage(NamedTuple):
+    """A damaged stream (§8.12): ``kind`` of :data:`harness.runtime.MANGLE_KINDS` with the argument
+    ``arg(length of the stream)``, done by ``harness.runtime.mangle`` as transport would; or
+    kind "replay" (not a transport mangle, see :data:`DAMAGES`)."""
+
+    label: str
+    kind: str
+    arg: Callable[[int], int]
+
+    def apply(self, stream: bytes) -> bytes:
+        if self.kind == "replay":
+            return stream + stream
+        cap = bytearray(stream)
+        mangle(cap, self.kind, self.arg(len(stream)))
+        return bytes(cap)
+
+
+def _flip_at(byte: Callable[[int], int], bit: int) -> Callable[[int], int]:
+    return lambda n: byte(n) * 8 + bit  # mangle's flip argument: byte index << 3 | bit
+
+
+# mangle("truncate", arg) keeps n - 1 - arg % n bytes; "extend" appends 1 + arg % 16 bytes;
+# drop/dup/swap act on MANGLE_CHUNK-byte chunk number arg % chunks.
+DAMAGES = (
+    Damage("empty", "truncate", lambda n: n - 1),
+    Damage("truncated by 1 byte", "truncate", lambda n: 0),
+    Damage("truncated to half", "truncate", lambda n: n - 1 - n // 2),
+    Damage("bit flipped mid-stream", "flip", _flip_at(lambda n: n // 2, 4)),
+    Damage("bit flipped in the header", "flip", _flip_at(lambda n: 0, 0)),
+    Damage("extended by 16 bytes", "extend", lambda n: 15),
+    Damage(f"a {MANGLE_CHUNK}-byte chunk dropped mid-stream", "drop", lambda n: n // (2 * MANGLE_CHUNK)),
+    Damage(f"a {MANGLE_CHUNK}-byte chunk sent twice", "dup", lambda n: n // (2 * MANGLE_CHUNK)),
+    Damage(f"two {MANGLE_CHUNK}-byte chunks swapped", "swap", lambda n: n // (2 * MANGLE_CHUNK)),
+    # Not a transport mangle: the whole stream written twice in one session is a sender's
+    # mistake (a replayed save), which mangle's chunk-sized "dup" does not express.
+    Damage("stream sent twice", "replay", lambda n: 0),
+)
 
 
 # =========================================================================== v2
@@ -397,13 +538,19 @@ V2_FD_RULES = (
     FdRule("precopy-info", (STOP, RESUMING), None, "precopy", frozenset({model.ENOTTY})),
     FdRule("precopy-info-covers", (RUNNING, PRE_COPY), None, "precopy-cover", None),
     FdRule("precopy-info-covers", (RUNNING_P2P, PRE_COPY_P2P), None, "precopy-cover", None),
+    # initial_bytes never grows while the stream is read (§8.10)
+    FdRule("precopy-info-initial", (RUNNING, PRE_COPY), None, "precopy-initial", None),
+    FdRule("precopy-info-initial", (RUNNING_P2P, PRE_COPY_P2P), None, "precopy-initial", None),
 )
 
 IO_TEXT = {
     "read": "read", "write": "write", "seek": "lseek", "close": "close", "precopy": "PRECOPY_INFO",
     "drain": "reads end with 0, and 0 again", "drain-precopy": "reads reach a temporary end",
     "precopy-cover": "PRECOPY_INFO initial+dirty covers what is readable",
+    "precopy-initial": "PRECOPY_INFO initial_bytes never grows while reading",
 }
+# The io checks that judge a sequence, not one call that succeeds or fails.
+SEQUENCE_IO = frozenset({"drain", "drain-precopy", "precopy-cover", "precopy-initial"})
 
 # VFIO_DEVICE_FEATURE framing (§2.2): (label, flags, argsz); the expected errno is model.feature_errno.
 _G, _S, _P = FEATURE_GET, FEATURE_SET, FEATURE_PROBE
@@ -430,25 +577,21 @@ FEATURE_CASES = (
     ("GET MIG_DATA_SIZE, argsz 15", _G | _SIZE, 15),
 )
 
-# Damaged streams (§8.12): name -> function of a valid stream.
-DAMAGES = (
-    ("empty", lambda s: b""),
-    ("truncated by 1 byte", lambda s: s[:-1]),
-    ("truncated to half", lambda s: s[:len(s) // 2]),
-    ("bit flipped mid-stream", lambda s: s[:len(s) // 2] + bytes([s[len(s) // 2] ^ 0x10]) + s[len(s) // 2 + 1:]),
-    ("bit flipped in the header", lambda s: bytes([s[0] ^ 0x01]) + s[1:]),
-    ("extended by 16 bytes", lambda s: s + bytes(range(16))),
-    ("stream sent twice", lambda s: s + s),
-)
-
 # Save routes for the round trip: route[0] from reset, then one SET each.
 V2_SAVE_ROUTES = (
     ("stop-copy", (STOP, STOP_COPY)),
     ("pre-copy", (RUNNING, PRE_COPY, STOP_COPY)),
     ("pre-copy-p2p", (RUNNING_P2P, PRE_COPY_P2P, STOP_COPY)),
 )
-# How a resume writes the stream: name -> piece size (0 = one write).
-RESUME_SEGMENTS = (("one write", 0), ("7-byte writes", 7), ("1-byte writes", 1))
+# How a resume cuts the stream into writes: name -> harness.runtime.segments' seg.
+RESUME_SEGMENTS = (("one write", 0), ("7-byte writes", 7), ("1-byte writes", 1),
+                   ("random pieces", SEG_RANDOM + 7))
+
+
+def _write_text(err: int, done: int, stalled: bool) -> str:
+    if stalled:
+        return f"a write made no progress after {done} bytes"
+    return f"{errname(err)} after {done} bytes"
 
 
 class V2Sweep(Sweep):
@@ -468,13 +611,14 @@ class V2Sweep(Sweep):
         except Exception as e:  # noqa: BLE001
             err, out = -1, b""
             self.flags_note = f"GET MIGRATION raised {type(e).__name__}: {e}"
+        self.flags_err = err
         if err == 0 and len(out) >= 8:
             self.flags_read = int.from_bytes(out[:8], "little")
         else:
             self.flags_note = self.flags_note or f"GET MIGRATION failed: {errname(err)}"
             self.flags_read = None
         flags = self.flags_read if self.flags_read is not None else getattr(dev, "flags", self.target.flags)
-        return (flags & 0x7) | model.SC
+        return (flags & (model.SC | model.P2P | model.PRE)) | model.SC
 
     def close_fd(self, dev, fd) -> None:
         dev.close(fd)
@@ -485,7 +629,7 @@ class V2Sweep(Sweep):
     def get(self, dev) -> int:
         err, state = dev.get_state()
         if err:
-            raise Step(f"GET MIG_DEVICE_STATE failed: {errname(err)}")
+            raise Step(f"GET MIG_DEVICE_STATE failed: {errname(err)}", err=err)
         return state
 
     def set(self, dev, state: int) -> tuple[int, int]:
@@ -497,7 +641,7 @@ class V2Sweep(Sweep):
         cur = self.get(dev)
         err, fd = self.set(dev, state)
         if err:
-            raise Step(f"{what}SET {v2name(state)} from {v2name(cur)}: {errname(err)}")
+            raise Step(f"{what}SET {v2_name(state)} from {v2_name(cur)}: {errname(err)}", err=err, state=cur)
         return fd
 
     def reach(self, dev, state: int) -> int:
@@ -508,12 +652,12 @@ class V2Sweep(Sweep):
         cur = self.get(dev)
         hops = model.path(self.flags, cur, state)
         if hops is None:
-            raise Unreached(f"no path from {v2name(cur)} to {v2name(state)}")
+            raise Unreached(f"no path from {v2_name(cur)} to {v2_name(state)}", state=cur)
         fd = -1
         for prev, nxt in model.hop_pairs(cur, hops):
             err, new_fd = self.set(dev, nxt)
             if err:
-                raise Unreached(f"{v2name(prev)} -> {v2name(nxt)} refused ({errname(err)})")
+                raise Unreached(f"{v2_name(prev)} -> {v2_name(nxt)} refused ({errname(err)})", err=err)
             if new_fd >= 0:
                 fd = new_fd
         return fd
@@ -525,7 +669,7 @@ class V2Sweep(Sweep):
         # Any arc out of the current state will do; one that opens no session first.
         out = sorted((pair in model.OPENS_SESSION, pair[1]) for pair in model.arcs(self.flags) if pair[0] == cur)
         if not out:
-            raise Unreached(f"no arc out of {v2name(cur)}")
+            raise Unreached(f"no arc out of {v2_name(cur)}")
         self.target.arm_fault(self.devices.index(dev), 1, "hwerror")
         tried = []
         for _, nxt in out:
@@ -533,37 +677,29 @@ class V2Sweep(Sweep):
             got = self.get(dev)
             if got == ERROR:
                 return -1
-            tried.append(f"{v2name(cur)} -> {v2name(nxt)}: {errname(err)}, GET {v2name(got)}")
+            tried.append(f"{v2_name(cur)} -> {v2_name(nxt)}: {errname(err)}, GET {v2_name(got)}")
             if not err:
                 break
         raise Unreached("an injected hardware error did not lead to ERROR (" + "; ".join(tried) + ")")
 
     def drain(self, dev, fd: int) -> tuple[bytes, int]:
-        """Read until the (temporary) end of the stream: (bytes, 0 at EOF, else the errno, e.g. ENOMSG)."""
-        out = bytearray()
-        for _ in range(DRAIN_LIMIT):
-            err, data = dev.read(fd, DRAIN_CHUNK)
-            if err:
-                return bytes(out), err
-            if not data:
-                return bytes(out), 0
-            out += data
-        raise Step(f"hang: the stream does not end after {len(out)} bytes ({DRAIN_LIMIT} reads)")
+        """Read to the (temporary) end of the stream (``harness.runtime.read_stream``): (bytes, 0 at
+        the end, else the errno that ended it, e.g. ENOMSG). Endless if it never ends."""
+        err, data, ended = read_stream(dev, fd)
+        if not ended:
+            raise Endless(f"the stream does not end after {len(data)} bytes ({DRAIN_LIMIT} reads)",
+                          bytes=len(data))
+        return data, err
 
-    def write_all(self, dev, fd: int, data: bytes, piece: int = 0) -> tuple[int, int]:
-        """Write ``data`` in pieces of ``piece`` bytes (0: one write): (errno, bytes accepted)."""
-        pieces = [data] if not piece else [data[i:i + piece] for i in range(0, len(data), piece)]
-        done = 0
-        for p in pieces:
-            while p:
-                err, n = dev.write(fd, p)
-                if err:
-                    return err, done
-                if n <= 0:
-                    return errno.EIO, done
-                done += n
-                p = p[n:]
-        return 0, done
+    def write_stream(self, dev, fd: int, data: bytes, seg: int = 0) -> tuple[int, int, bool]:
+        """``harness.runtime.write_all``: (errno, bytes accepted, stalled)."""
+        return write_all(dev, fd, data, seg)
+
+    def write_valid(self, dev, fd: int, stream: bytes) -> None:
+        """Write a valid stream a case needs before its judged call; Unreached if it is refused."""
+        err, done, stalled = self.write_stream(dev, fd, stream)
+        if err or stalled:
+            raise Unreached(f"writing a valid stream failed: {_write_text(err, done, stalled)}", err=err)
 
     def stop_copy_route(self) -> tuple:
         return (STOP, STOP_COPY)
@@ -575,7 +711,7 @@ class V2Sweep(Sweep):
         if from_reset:
             fd = self.reach(dev, route[0])
         elif self.get(dev) != route[0]:
-            raise Step(f"save: device not in {v2name(route[0])}")
+            raise Step(f"save: device not in {v2_name(route[0])}")
         else:
             fd = -1
         data = bytearray()
@@ -584,33 +720,35 @@ class V2Sweep(Sweep):
             if new_fd >= 0:
                 fd = new_fd
             if fd < 0:
-                raise Step(f"save: no data_fd after SET {v2name(state)}")
-            if state in (PRE_COPY, PRE_COPY_P2P):
+                raise Step(f"save: no data_fd after SET {v2_name(state)}", fd=False)
+            if state in model.PRECOPY_INFO_STATES:
                 for seed in ACTIVITY_SEEDS:
                     chunk, err = self.drain(dev, fd)
                     data += chunk
-                    if err not in (0, model.ENOMSG):
-                        raise Step(f"save: pre-copy read failed: {errname(err)}")
+                    if err not in (0, model.PRECOPY_TEMP_EOF_ERRNO):
+                        raise Step(f"save: pre-copy read failed: {errname(err)}", err=err)
                     dev.activity(seed)
             else:
                 chunk, err = self.drain(dev, fd)
                 data += chunk
-                if err not in (0, model.ENOMSG):  # ENOMSG in STOP_COPY is judged by stop-copy-eof
-                    raise Step(f"save: read in {v2name(state)} failed: {errname(err)} after {len(data)} bytes")
+                if err not in (0, model.PRECOPY_TEMP_EOF_ERRNO):  # ENOMSG in STOP_COPY is judged by stop-copy-eof
+                    raise Step(f"save: read in {v2_name(state)} failed: {errname(err)} after {len(data)} bytes",
+                               err=err)
         digest = self.digest(dev)
         self.must_set(dev, STOP, "save: ")
         if not data:
-            raise Step("save: the stream is empty")
+            raise Step("save: the stream is empty", bytes=0)
         return bytes(data), digest
 
-    def resume(self, dev, data: bytes, piece: int = 0) -> tuple[str, int, int, int]:
-        """RESUMING, write ``data``, SET STOP: (what failed or "", errno, bytes written, GET)."""
+    def resume(self, dev, data: bytes, seg: int = 0) -> tuple[str, int, int, int]:
+        """RESUMING, write ``data`` in ``segments(data, seg)``, SET STOP: (what failed or "", errno,
+        bytes written, GET). A write that makes no progress fails as "stalled"."""
         fd = self.reach(dev, RESUMING)
         if fd < 0:
-            raise Unreached("STOP -> RESUMING returned no data_fd")
-        err, done = self.write_all(dev, fd, data, piece)
-        if err:
-            return "write", err, done, self.get(dev)
+            raise Unreached("STOP -> RESUMING returned no data_fd", fd=False)
+        err, done, stalled = self.write_stream(dev, fd, data, seg)
+        if err or stalled:
+            return ("stalled" if stalled else "write"), err, done, self.get(dev)
         err, _ = self.set(dev, STOP)
         return ("load" if err else ""), err, done, self.get(dev)
 
@@ -620,110 +758,116 @@ class V2Sweep(Sweep):
         flags = self.flags
         states = [s for s in range(1, 8) if model.supported(flags, s)]
         rows = [ERROR] + states
-        cases = [self.flags_case(), self.save_source_case(v2name, STOP)]
-        cases += [Case("reset", v2name(s), "RUNNING", "reset succeeds, GET RUNNING, no live files",
-                       (v2name(s), "RUNNING"), lambda sw, s=s: sw.check_reset(s)) for s in rows]
-        cases += [Case("reach", "RUNNING", v2name(s), f"reach {v2name(s)} from reset one arc at a time",
-                       tuple(v2name(x) for x in (RUNNING, *(model.path(flags, RUNNING, s) or ()))),
-                       lambda sw, s=s: sw.check_reach(s)) for s in states]
+        cases = [self.flags_case(), self.save_source_case(v2_name, STOP)]
+        cases += [Case("reset", v2_name(s), v2_name(RUNNING), "reset succeeds, GET RUNNING, no live files",
+                       (v2_name(s), v2_name(RUNNING)), expect(True, states=[RUNNING], live_files=0),
+                       lambda sw, s=s: sw.check_reset(s)) for s in rows]
+        cases += [Case("reach", v2_name(RUNNING), v2_name(s), f"reach {v2_name(s)} from reset one arc at a time",
+                       tuple(v2_name(x) for x in (RUNNING, *(model.path(flags, RUNNING, s) or ()))),
+                       expect(True, states=[s]), lambda sw, s=s: sw.check_reach(s)) for s in states]
         cases += [self.arc_case(f, t) for f in rows for t in (*range(8), *OUT_OF_RANGE)]
         cases += [self.fd_case(rule) for rule in V2_FD_RULES if self.supported(*rule.route)]
-        cases += [Case("data-size", v2name(s), None, "GET MIG_DATA_SIZE succeeds in every state",
-                       (v2name(s),), lambda sw, s=s: sw.check_data_size(s)) for s in states]
-        cases += [Case("feature", "RUNNING", None, f"{label} -> {self.feature_expect_text(fl, argsz)}",
-                       ("RUNNING",), lambda sw, fl=fl, a=argsz: sw.check_feature(fl, a))
-                  for label, fl, argsz in FEATURE_CASES]
-        cases += [Case("stopped-frozen", v2name(s), None, "device activity changes nothing while stopped",
-                       (v2name(s),), lambda sw, s=s: sw.check_frozen(s)) for s in (STOP, STOP_COPY, RESUMING)]
+        cases += [Case("data-size", v2_name(s), None, "GET MIG_DATA_SIZE succeeds in every state",
+                       (v2_name(s),), expect(True), lambda sw, s=s: sw.check_data_size(s)) for s in states]
+        cases += [self.feature_case(label, fl, argsz) for label, fl, argsz in FEATURE_CASES]
+        cases += [Case("stopped-frozen", v2_name(s), None, "device activity changes nothing while stopped",
+                       (v2_name(s),), expect(None, unchanged=True), lambda sw, s=s: sw.check_frozen(s))
+                  for s in sorted(model.STOPPED_STATES)]
         for name, route in V2_SAVE_ROUTES:
             if self.supported(*route):
-                path = tuple(v2name(s) for s in route) + ("STOP", "RESUMING", "STOP")  # source, then destination
-                cases.append(Case("round-trip", v2name(route[1]), "STOP",
-                                  f"{name} save, resume on the other device: same state",
-                                  path, lambda sw, r=route: sw.check_round_trip(r)))
-        cases += [Case("resume-segmented", "RESUMING", "STOP", f"a valid stream in {label} loads",
-                       ("RESUMING", "STOP"), lambda sw, p=piece: sw.check_resume(p))
-                  for label, piece in RESUME_SEGMENTS]
-        cases.append(Case("resume-twice", "RESUMING", "STOP", "two resume sessions in a row both load",
-                          ("RESUMING", "STOP", "RESUMING", "STOP"), lambda sw: sw.check_resume_twice()))
-        cases += [Case("damaged-stream", "RESUMING", "STOP",
-                       f"{label}: refused, device unchanged",
-                       ("RESUMING", "STOP"), lambda sw, fn=fn: sw.check_damaged(fn)) for label, fn in DAMAGES]
+                path = tuple(v2_name(s) for s in route) + tuple(v2_name(s) for s in (STOP, RESUMING, STOP))
+                cases.append(Case("round-trip", v2_name(route[1]), v2_name(STOP),
+                                  f"{name} save, resume on the other device: same state", path,
+                                  expect(True, states=[STOP], same=True),
+                                  lambda sw, r=route: sw.check_round_trip(r)))
+        cases += [Case("resume-segmented", v2_name(RESUMING), v2_name(STOP), f"a valid stream in {label} loads",
+                       (v2_name(RESUMING), v2_name(STOP)), expect(True, states=[STOP], seg=seg),
+                       lambda sw, p=seg: sw.check_resume(p))
+                  for label, seg in RESUME_SEGMENTS]
+        cases.append(Case("resume-twice", v2_name(RESUMING), v2_name(STOP), "two resume sessions in a row both load",
+                          tuple(v2_name(s) for s in (RESUMING, STOP, RESUMING, STOP)), expect(True, states=[STOP]),
+                          lambda sw: sw.check_resume_twice()))
+        after_load_failure = model.allowed_after_failure(flags, RESUMING, STOP)
+        cases += [Case("damaged-stream", v2_name(RESUMING), v2_name(STOP), f"{d.label}: refused, device unchanged",
+                       (v2_name(RESUMING), v2_name(STOP)),
+                       expect(False, states=after_load_failure, unchanged=True, damage=d.kind),
+                       lambda sw, d=d: sw.check_damaged(d)) for d in DAMAGES]
         cases += self.fault_cases()
         return cases
 
     def flags_case(self) -> Case:
         return Case("flags", None, None, "GET MIGRATION: a defined flag set (with STOP_COPY), as declared",
-                    (), lambda sw: sw.check_flags())
+                    (), expect(True, flags=list(model.FLAG_SETS)), lambda sw: sw.check_flags())
 
-    def check_flags(self):
+    def check_flags(self) -> Seen:
         got = self.flags_read
         if got is None:
-            return self.flags_note, False
+            return seen(self.flags_note, False, err=self.flags_err if self.flags_err >= 0 else None)
         declared = getattr(self.devices[0], "flags", None)
-        text = f"{got:#x} ({flag_names(got)})"
+        text = f"{got:#x} ({model.flag_names(got)})"
         ok = got in model.FLAG_SETS and (declared is None or declared == got)
         if declared is not None and declared != got:
             text += f"; device object says {declared:#x}"
-        return text, ok
+        return seen(text, ok, err=0, flags=got, declared=declared)
 
-    def check_reset(self, frm: int):
+    def check_reset(self, frm: int) -> Seen:
         dev = self.dst
         self.reach(dev, frm)
         err = dev.reset()
         got = self.get(dev)
         live = dev.live_files()
-        obs = f"reset {errname(err)}; GET {v2name(got)}" + (f"; {live} live files" if live else "")
-        return obs, err == 0 and got == RUNNING and not live
+        obs = f"reset {errname(err)}; GET {v2_name(got)}" + (f"; {live} live files" if live else "")
+        return seen(obs, err == 0 and got == RUNNING and not live, err=err, state=got, live_files=live)
 
-    def check_reach(self, state: int):
+    def check_reach(self, state: int) -> Seen:
         dev = self.dst
         try:
             self.reach(dev, state)
         except Unreached as e:
-            return str(e), False
+            return seen(str(e), False, **e.facts)
         got = self.get(dev)
-        return f"GET {v2name(got)}", got == state
+        return seen(f"GET {v2_name(got)}", got == state, err=0, state=got)
 
     # arc matrix ---------------------------------------------------------------
 
-    def arc_expect(self, frm: int, to: int) -> tuple[str, tuple]:
+    def arc_case(self, frm: int, to: int) -> Case:
         hops = model.path(self.flags, frm, to)
         if hops is None:
-            return f"refused, stays {v2name(frm)}", ()
-        if not hops:
-            return "ok (no-op), no fd", (v2name(frm),)
-        fd = model.opens_fd(self.flags, frm, to)
-        return f"ok -> {v2name(to)}" + (", new fd" if fd else ", no fd"), tuple(v2name(s) for s in (frm, *hops))
+            text, path = f"refused, stays {v2_name(frm)}", ()
+            exp = expect(False, states=[frm], fd=False, noop=False)
+        elif not hops:
+            text, path = "ok (no-op), no fd", (v2_name(frm),)
+            exp = expect(True, states=[frm], fd=False, noop=True)
+        else:
+            fd = model.opens_fd(self.flags, frm, to)
+            text = f"ok -> {v2_name(to)}" + (", new fd" if fd else ", no fd")
+            path = tuple(v2_name(s) for s in (frm, *hops))
+            exp = expect(True, states=[to], fd=fd, noop=False)
+        return Case("arc", v2_name(frm), v2_name(to), text, path, exp, lambda sw: sw.check_arc(frm, to))
 
-    def arc_case(self, frm: int, to: int) -> Case:
-        expected, path = self.arc_expect(frm, to)
-        return Case("arc", v2name(frm), v2name(to), expected, path, lambda sw: sw.check_arc(frm, to))
-
-    def check_arc(self, frm: int, to: int):
+    def check_arc(self, frm: int, to: int) -> Seen:
         flags = self.flags
-        hops = model.path(flags, frm, to)
-        loads = hops is not None and model.LOAD_HOP in set(model.hop_pairs(frm, hops))
-        stream = self.valid_stream() if loads else None
+        plan = model.plan(flags, frm, to)
+        stream = self.valid_stream() if plan is not None and plan.load else None
         dev = self.dst
         fd0 = self.reach(dev, frm)
         if stream is not None:
-            err, done = self.write_all(dev, fd0, stream)
-            if err:
-                raise Unreached(f"writing a valid stream failed: {errname(err)} after {done} bytes")
+            self.write_valid(dev, fd0, stream)
         err, fd = self.set(dev, to)
         got = self.get(dev)
+        new_fd = fd >= 0
         if err:
-            obs = f"{errname(err)}, GET {v2name(got)}" + (f", fd {fd}" if fd >= 0 else "")
+            obs = f"{errname(err)}, GET {v2_name(got)}" + (f", fd {fd}" if new_fd else "")
         else:
-            obs = f"ok, GET {v2name(got)}" + (", new fd" if fd >= 0 else ", no fd")
-        if hops is None:
-            return obs, bool(err) and fd < 0 and got == frm
-        if not hops:
-            return obs, not err and fd < 0 and got == frm
+            obs = f"ok, GET {v2_name(got)}" + (", new fd" if new_fd else ", no fd")
+        facts = {"err": err, "state": got, "fd": new_fd}
+        if plan is None:
+            return seen(obs, bool(err) and not new_fd and got == frm, **facts)
+        if not plan.hops:
+            return seen(obs, not err and not new_fd and got == frm, **facts)
         if err and got not in model.allowed_after_failure(flags, frm, to):
             obs += " (off the path)"
-        return obs, not err and got == to and (fd >= 0) == model.opens_fd(flags, frm, to)
+        return seen(obs, not err and got == to and new_fd == plan.fd, **facts)
 
     # data_fd rules ---------------------------------------------------------------
 
@@ -732,21 +876,22 @@ class V2Sweep(Sweep):
         if rule.then == "reset":
             when = " after reset"
         elif rule.then is not None:
-            when = f" after SET {v2name(rule.then)}"
+            when = f" after SET {v2_name(rule.then)}"
         else:
-            when = f" in {v2name(rule.route[-1])}"
+            when = f" in {v2_name(rule.route[-1])}"
         if len(rule.route) > 2:
-            when += " (via " + ", ".join(v2name(s) for s in rule.route[1:-1]) + ")"
+            when += " (via " + ", ".join(v2_name(s) for s in rule.route[1:-1]) + ")"
         if rule.expect is None:
-            expected = f"{io}{when} succeeds" if rule.io not in ("drain", "drain-precopy", "precopy-cover") \
-                else f"{io}{when}"
+            text = f"{io}{when}" if rule.io in SEQUENCE_IO else f"{io}{when} succeeds"
+            exp = expect(True)
         else:
-            expected = f"{io}{when} fails {errnames(rule.expect)}"
-        end = "RUNNING" if rule.then == "reset" else (v2name(rule.then) if rule.then is not None else None)
-        path = tuple(v2name(s) for s in rule.route) + ((end,) if end else ())
-        return Case(rule.check, v2name(rule.route[-1]), end, expected, path, lambda sw: sw.check_fd(rule))
+            text = f"{io}{when} fails {errnames(rule.expect)}"
+            exp = expect(False, errnos=rule.expect)
+        end = v2_name(RUNNING) if rule.then == "reset" else (v2_name(rule.then) if rule.then is not None else None)
+        path = tuple(v2_name(s) for s in rule.route) + ((end,) if end else ())
+        return Case(rule.check, v2_name(rule.route[-1]), end, text, path, exp, lambda sw: sw.check_fd(rule))
 
-    def check_fd(self, rule: FdRule):
+    def check_fd(self, rule: FdRule) -> Seen:
         route = rule.route
         stream = self.valid_stream() if route[-1] == RESUMING and rule.then == STOP else None
         dev = self.dst
@@ -754,125 +899,155 @@ class V2Sweep(Sweep):
         for state in route[1:]:
             err, new_fd = self.set(dev, state)
             if err:
-                raise Unreached(f"SET {v2name(state)}: {errname(err)}")
+                raise Unreached(f"SET {v2_name(state)}: {errname(err)}", err=err)
             if new_fd >= 0:
                 fd = new_fd
         if fd < 0:
-            raise Step(f"no data_fd along {' -> '.join(v2name(s) for s in route)}")
+            raise Step(f"no data_fd along {' -> '.join(v2_name(s) for s in route)}", fd=False)
         if rule.then == "reset":
-            err = dev.reset()
-            if err:
-                raise Step(f"reset failed: {errname(err)}")
+            self.reset(dev)
         elif rule.then is not None:
             if stream is not None:
-                err, _ = self.write_all(dev, fd, stream)
-                if err:
-                    raise Unreached(f"writing a valid stream failed: {errname(err)}")
+                self.write_valid(dev, fd, stream)
             err, _ = self.set(dev, rule.then)
             if err:
-                raise Unreached(f"SET {v2name(rule.then)}: {errname(err)}")
+                raise Unreached(f"SET {v2_name(rule.then)}: {errname(err)}", err=err)
         return getattr(self, "io_" + rule.io.replace("-", "_"))(dev, fd, rule.expect)
 
     @staticmethod
-    def judge(err: int, what: str, expect) -> tuple[str, bool]:
+    def judge(err: int, what: str, errnos, **facts) -> Seen:
+        """One call's answer against an FdRule's expectation (None: must succeed)."""
         obs = what if not err else errname(err)
-        if expect is None:
-            return obs, not err
-        return obs, bool(err) and err in expect
+        ok = not err if errnos is None else bool(err) and err in errnos
+        return seen(obs, ok, err=err, **facts)
 
-    def io_read(self, dev, fd, expect):
-        err, data = dev.read(fd, 16)
-        return self.judge(err, f"read {len(data)} bytes", expect)
+    def io_read(self, dev, fd, errnos) -> Seen:
+        err, data = dev.read(fd, PROBE_BYTES)
+        return self.judge(err, f"read {len(data)} bytes", errnos, bytes=len(data))
 
-    def io_write(self, dev, fd, expect):
-        err, n = dev.write(fd, bytes(16))
-        return self.judge(err, f"wrote {n} bytes", expect)
+    def io_write(self, dev, fd, errnos) -> Seen:
+        err, n = dev.write(fd, bytes(PROBE_BYTES))
+        return self.judge(err, f"wrote {n} bytes", errnos, bytes=n)
 
-    def io_seek(self, dev, fd, expect):
-        return self.judge(dev.seek(fd), "success", expect)
+    def io_seek(self, dev, fd, errnos) -> Seen:
+        return self.judge(dev.seek(fd), "success", errnos)
 
-    def io_close(self, dev, fd, expect):
+    def io_close(self, dev, fd, errnos) -> Seen:
         err = dev.close(fd)
         self.opened = [(d, f) for d, f in self.opened if f != fd or d is not dev]
-        return self.judge(err, "success", expect)
+        return self.judge(err, "success", errnos)
 
-    def io_precopy(self, dev, fd, expect):
+    def io_precopy(self, dev, fd, errnos) -> Seen:
         err, initial, dirty = dev.precopy_info(fd)
-        return self.judge(err, f"success (initial {initial}, dirty {dirty})", expect)
+        return self.judge(err, f"success (initial {initial}, dirty {dirty})", errnos, initial=initial, dirty=dirty)
 
-    def io_drain(self, dev, fd, expect):
+    def io_drain(self, dev, fd, errnos) -> Seen:
         data, err = self.drain(dev, fd)
         if err:
-            return f"{errname(err)} after {len(data)} bytes", False
+            return seen(f"{errname(err)} after {len(data)} bytes", False, err=err, bytes=len(data))
         err2, more = dev.read(fd, DRAIN_CHUNK)
         obs = f"{len(data)} bytes, then 0; again: " + (errname(err2) if err2 else f"{len(more)} bytes")
-        return obs, not err2 and not more and len(data) > 0
+        return seen(obs, not err2 and not more and len(data) > 0, err=err2, bytes=len(data), again=len(more))
 
-    def io_drain_precopy(self, dev, fd, expect):
+    def io_drain_precopy(self, dev, fd, errnos) -> Seen:
         data, err = self.drain(dev, fd)
         obs = f"{len(data)} bytes, then {'0' if not err else errname(err)}"
         ok = err in (0, model.PRECOPY_TEMP_EOF_ERRNO)
+        perr = None
         if ok:  # the session survives its temporary end
             perr, _, _ = dev.precopy_info(fd)
             if perr:
                 obs += f"; PRECOPY_INFO then {errname(perr)}"
                 ok = False
-        return obs, ok
+        return seen(obs, ok, err=err, bytes=len(data), info_err=perr)
 
-    def io_precopy_cover(self, dev, fd, expect):
-        _, err = self.drain(dev, fd)
-        if err not in (0, model.ENOMSG):
-            return f"initial read: {errname(err)}", False
+    def _pre_read(self, dev, fd, what: str) -> bytes:
+        data, err = self.drain(dev, fd)
+        if err not in (0, model.PRECOPY_TEMP_EOF_ERRNO):
+            raise Step(f"{what}: {errname(err)}", err=err)
+        return data
+
+    def io_precopy_cover(self, dev, fd, errnos) -> Seen:
+        self._pre_read(dev, fd, "initial read")
         self.activity(dev)
-        err, first = dev.read(fd, 1)  # stages what the activity dirtied, takes one byte of it
-        if err not in (0, model.ENOMSG):
-            return f"read after activity: {errname(err)}", False
+        err, _ = dev.read(fd, 1)  # stages what the activity dirtied, takes one byte of it
+        if err not in (0, model.PRECOPY_TEMP_EOF_ERRNO):
+            raise Step(f"read after activity: {errname(err)}", err=err)
         err, initial, dirty = dev.precopy_info(fd)
         if err:
-            return f"PRECOPY_INFO {errname(err)}", False
-        data, err = self.drain(dev, fd)
-        if err not in (0, model.ENOMSG):
-            return f"read: {errname(err)}", False
+            raise Step(f"PRECOPY_INFO {errname(err)}", err=err)
+        data = self._pre_read(dev, fd, "read")
         obs = f"announced {initial}+{dirty}, then read {len(data)} bytes"
-        return obs, len(data) <= initial + dirty
+        return seen(obs, len(data) <= initial + dirty, err=0, initial=initial, dirty=dirty, bytes=len(data))
+
+    def io_precopy_initial(self, dev, fd, errnos) -> Seen:
+        initials: list[int] = []
+
+        def info() -> None:
+            err, initial, _ = dev.precopy_info(fd)
+            if err:
+                raise Step(f"PRECOPY_INFO {errname(err)} (initial_bytes so far {initials})", err=err)
+            initials.append(initial)
+
+        info()
+        err, _ = dev.read(fd, PROBE_BYTES)  # part of the initial data
+        if err not in (0, model.PRECOPY_TEMP_EOF_ERRNO):
+            raise Step(f"first read: {errname(err)}", err=err)
+        info()
+        self.activity(dev)
+        info()
+        self._pre_read(dev, fd, "read")
+        info()
+        grew = any(b > a for a, b in zip(initials, initials[1:], strict=False))
+        return seen("initial_bytes " + " -> ".join(map(str, initials)), not grew, err=0, initial=initials)
 
     # other single-shot checks ----------------------------------------------------------
 
-    def check_data_size(self, state: int):
+    def check_data_size(self, state: int) -> Seen:
         dev = self.dst
         self.reach(dev, state)
         err, size = dev.data_size()
-        return (f"{size} bytes" if not err else errname(err)), not err
+        return seen(f"{size} bytes" if not err else errname(err), not err, err=err, bytes=size if not err else None)
 
-    def feature_expect_text(self, flags: int, argsz: int) -> str:
+    def feature_case(self, label: str, flags: int, argsz: int) -> Case:
         e = model.feature_errno(flags, argsz, self.flags, RUNNING)
-        return "any" if e is None else errname(e)
+        text = f"{label} -> {'any' if e is None else errname(e)}"
+        exp = expect(None if e is None else e == 0, errnos=[e] if e else None, states=[RUNNING],
+                     fd=False if flags & FEATURE_SET else None)
+        return Case("feature", v2_name(RUNNING), None, text, (v2_name(RUNNING),), exp,
+                    lambda sw: sw.check_feature(flags, argsz))
 
-    def check_feature(self, flags: int, argsz: int):
+    def check_feature(self, flags: int, argsz: int) -> Seen:
+        """The errno model.feature_errno requires, no state change, and no data_fd from a no-op SET."""
         dev = self.dst
         self.reach(dev, RUNNING)
         state = self.get(dev)
-        expect = model.feature_errno(flags, argsz, self.flags, state)
-        payload = model.MIG_STATE_PAYLOAD.pack(state, -1)
-        err, _ = dev.feature(flags, payload, argsz)
+        want = model.feature_errno(flags, argsz, self.flags, state)
+        err, payload = dev.feature(flags, model.MIG_STATE_PAYLOAD.pack(state, -1), argsz)
+        fd = -1
+        if not err and flags & FEATURE_SET and flags & FEATURE_MASK == FEATURE_MIG_DEVICE_STATE \
+                and len(payload) >= model.MIG_STATE_PAYLOAD.size:
+            fd = self.track(dev, model.MIG_STATE_PAYLOAD.unpack_from(payload)[1])
         after = self.get(dev)
-        obs = errname(err) + (f"; state moved to {v2name(after)}" if after != state else "")
-        if expect is None:
-            return obs, None
-        return obs, (err == 0) == (expect == 0) and after == state
+        obs = errname(err) + (f"; state moved to {v2_name(after)}" if after != state else "") + \
+            (f"; data_fd {fd} returned" if fd >= 0 else "")
+        facts = {"err": err, "state": after, "fd": (fd >= 0) if flags & FEATURE_SET else None}
+        if want is None:
+            return seen(obs, None, **facts)
+        return seen(obs, err == want and after == state and fd < 0, **facts)
 
-    def check_frozen(self, state: int):
+    def check_frozen(self, state: int) -> Seen:
         if not self.target.has_digest:
-            return "no digest on this target", None
+            return seen("no digest on this target", None, status="unsupported")
         stream = self.valid_stream() if state == RESUMING else None
         dev = self.dst
         fd = self.reach(dev, state)
         before = dev.digest()
         self.activity(dev)
         if stream is not None:  # writing a stream must not change the device before the load either
-            self.write_all(dev, fd, stream)
-        after = dev.digest()
-        return ("unchanged" if after == before else "digest changed"), after == before
+            self.write_stream(dev, fd, stream)
+        changed = dev.digest() != before
+        return seen("digest changed" if changed else "unchanged", not changed, changed=changed)
 
     # round trip, resume, damaged streams ---------------------------------------------
 
@@ -886,7 +1061,7 @@ class V2Sweep(Sweep):
         return ("re-saved stream identical" if same else
                 f"re-saved stream differs ({len(again)} vs {len(stream)} bytes)"), same
 
-    def check_round_trip(self, route: tuple):
+    def check_round_trip(self, route: tuple) -> Seen:
         src, dst = self.src, self.dst
         data, src_digest = self.save_stream(src, route)
         reference = data
@@ -895,141 +1070,148 @@ class V2Sweep(Sweep):
             reference, _ = self.save_stream(src, self.stop_copy_route(), from_reset=False)
         failed, err, done, got = self.resume(dst, data)
         if failed:
-            return f"{len(data)}-byte stream: {failed} {errname(err)} (GET {v2name(got)})", False
+            return seen(f"{len(data)}-byte stream: {failed} {_write_text(err, done, failed == 'stalled')} "
+                        f"(GET {v2_name(got)})", False, err=err, state=got, bytes=len(data), failed=failed)
         if got != STOP:
-            return f"load ok but GET {v2name(got)}", False
+            return seen(f"load ok but GET {v2_name(got)}", False, err=0, state=got, bytes=len(data))
         text, ok = self.compare_loaded(dst, src_digest, reference)
-        return f"{len(data)} bytes; {text}", ok
+        return seen(f"{len(data)} bytes; {text}", ok, err=0, state=got, bytes=len(data), same=ok)
 
-    def check_resume(self, piece: int):
+    def check_resume(self, seg: int) -> Seen:
         stream = self.valid_stream()
-        failed, err, done, got = self.resume(self.dst, stream, piece)
+        failed, err, done, got = self.resume(self.dst, stream, seg)
         if failed:
-            return f"{failed} {errname(err)} after {done} of {len(stream)} bytes (GET {v2name(got)})", False
-        return f"loaded {done} bytes, GET {v2name(got)}", got == STOP
+            return seen(f"{failed} {_write_text(err, done, failed == 'stalled')} of {len(stream)} "
+                        f"(GET {v2_name(got)})", False, err=err, state=got, bytes=done, failed=failed)
+        return seen(f"loaded {done} bytes, GET {v2_name(got)}", got == STOP, err=0, state=got, bytes=done)
 
-    def check_resume_twice(self):
+    def check_resume_twice(self) -> Seen:
         stream = self.valid_stream()
         dev = self.dst
         failed, err, done, got = self.resume(dev, stream)
         if failed:
-            return f"first: {failed} {errname(err)}", False
+            return seen(f"first: {failed} {errname(err)}", False, err=err, state=got, failed="first " + failed)
         fd = self.must_set(dev, RESUMING)
-        err, done = self.write_all(dev, fd, stream)
-        if err:
-            return f"second: write {errname(err)}", False
+        err, done, stalled = self.write_stream(dev, fd, stream)
+        if err or stalled:
+            return seen(f"second: write {_write_text(err, done, stalled)}", False, err=err, failed="second write")
         err, _ = self.set(dev, STOP)
-        return ("second: load " + errname(err)) if err else "both loaded", not err
+        got = self.get(dev)
+        return seen(("second: load " + errname(err)) if err else "both loaded", not err and got == STOP,
+                    err=err, state=got)
 
-    def check_damaged(self, damage):
-        stream = self.valid_stream()
-        data = damage(stream)
+    def check_damaged(self, damage: Damage) -> Seen:
+        data = self.damaged(damage)
         dev = self.dst
         fd = self.reach(dev, RESUMING)
         before = self.digest(dev)
-        err, done = self.write_all(dev, fd, data)
-        if err:
+        err, done, stalled = self.write_stream(dev, fd, data)
+        if err or stalled:
             got = self.get(dev)
-            obs, refused = f"write refused {errname(err)} after {done} bytes, GET {v2name(got)}", True
-            allowed = {RESUMING, ERROR, STOP}
+            obs = f"write refused {_write_text(err, done, stalled)}, GET {v2_name(got)}"
+            refused, allowed = True, {RESUMING, ERROR, STOP}
         else:
             err, _ = self.set(dev, STOP)
             got = self.get(dev)
-            obs = f"load {errname(err)}, GET {v2name(got)}"
-            refused = bool(err)
-            allowed = model.allowed_after_failure(self.flags, RESUMING, STOP)
+            obs = f"load {errname(err)}, GET {v2_name(got)}"
+            refused, allowed = bool(err), model.allowed_after_failure(self.flags, RESUMING, STOP)
         ok = refused and got in allowed
-        if refused and self.target.has_digest and dev.digest() != before:
+        changed = refused and self.target.has_digest and dev.digest() != before
+        if changed:
             obs += "; device state changed (half-loaded)"
             ok = False
+        facts = {"err": err if not stalled else None, "state": got, "changed": changed, "bytes": len(data),
+                 "stalled": stalled}
         if not ok and not self.target.validates_stream:
-            return obs + " (target does not promise to validate streams)", None
-        return obs, ok
+            return seen(obs + " (target does not promise to validate streams)", None, **facts)
+        return seen(obs, ok, **facts)
 
     # fault injection (§8.15) ---------------------------------------------------------------
 
     def fault_cases(self) -> list[Case]:
         out = []
         for prev, nxt in sorted(model.arcs(self.flags)):
+            allowed = model.allowed_after_failure(self.flags, prev, nxt)
             for nth in ((1, 2) if (prev, nxt) in model.OPENS_SESSION else (1,)):
                 step = "arc" if nth == 1 else "file alloc"
-                out.append(Case("fault-in-arc", v2name(prev), v2name(nxt),
-                                f"ENOMEM ({step}): fails, no fd, GET {v2name(prev)}|{v2name(nxt)}|ERROR, no leak",
-                                (v2name(prev), v2name(nxt)), lambda sw, a=prev, b=nxt, n=nth: sw.check_fault(a, b, n)))
+                out.append(Case("fault-in-arc", v2_name(prev), v2_name(nxt),
+                                f"ENOMEM ({step}): fails, no fd, GET {v2_name(prev)}|{v2_name(nxt)}|ERROR, no leak",
+                                (v2_name(prev), v2_name(nxt)), expect(False, states=allowed, fd=False),
+                                lambda sw, a=prev, b=nxt, n=nth: sw.check_fault(a, b, n)))
         return out
 
-    def check_fault(self, prev: int, nxt: int, nth: int):
+    def check_fault(self, prev: int, nxt: int, nth: int) -> Seen:
         if not self.target.supports_faults:
-            return "no fault injection on this target", None
+            return seen("no fault injection on this target", None, status="unsupported")
         stream = self.valid_stream() if (prev, nxt) == model.LOAD_HOP else None
         dev = self.dst
         fd0 = self.reach(dev, prev)
         if stream is not None:
-            err, _ = self.write_all(dev, fd0, stream)
-            if err:
-                raise Unreached(f"writing a valid stream failed: {errname(err)}")
+            self.write_valid(dev, fd0, stream)
         index = self.devices.index(dev)
         self.target.arm_fault(index, nth, "nomem")
         err, fd = self.set(dev, nxt)
         fired = self.target.fault_fired(index) if hasattr(self.target, "fault_fired") else True
         got = self.get(dev)
         live = dev.live_files()
-        obs = f"{errname(err)}, GET {v2name(got)}" + (", new fd" if fd >= 0 else "") + \
+        obs = f"{errname(err)}, GET {v2_name(got)}" + (", new fd" if fd >= 0 else "") + \
             (f", {live} live files" if live is not None else "")
+        facts = {"err": err, "state": got, "fd": fd >= 0, "live_files": live, "fired": fired}
         if not fired:
-            return obs + " (the fault was not reached)", not err and got == nxt
+            return seen(obs + " (the fault was not reached)", not err and got == nxt, **facts)
         ok = bool(err) and fd < 0 and got in model.allowed_after_failure(self.flags, prev, nxt)
         if ok and got != ERROR and live is not None:
-            ok = live == int(got in model.SAVING_GROUP or got == RESUMING)
-        return obs, ok
+            ok = live == int(got in model.SESSION_STATES)
+        return seen(obs, ok, **facts)
 
 
 # =========================================================================== v1
 
 
 V1_VALID = sorted(model.V1_VALID)
-V1_READONLY = ("pending_bytes", "data_offset")
+V1_ZERO = tuple(name for name, rule in model.V1_FIELD_ACCESS.items() if rule == "zero")
+
+
+def v1_read_only(name: str, state: int) -> bool:
+    """Whether a user write to field ``name`` must be refused or have no effect in ``state``
+    (model.V1_FIELD_ACCESS: "ro" always, "data" while saving; the oracles read it the same way)."""
+    access = model.V1_FIELD_ACCESS[name]
+    return access == "ro" or (access == "data" and model.v1_saving(state))
+V1_SAVE_ROUTES = (("stop-and-copy", (V1_SAVING,)), ("pre-copy", (V1_PRECOPY, V1_SAVING)))
+V1_RESUME_SEGMENTS = (("full windows", 0), ("7-byte chunks", 7))
 
 
 class V1Sweep(Sweep):
     proto = "v1"
 
-    def __init__(self, spec, target, open_fn=None):
-        super().__init__(spec, target, open_fn)
-        self.flags = 0
-
     # -- region helpers ------------------------------------------------------
 
     def rd(self, dev, name: str) -> tuple[int, int | None]:
-        off, size = V1_FIELDS[name]
-        err, raw = dev.region_read(off, size)
-        return err, (int.from_bytes(raw, "little") if not err and len(raw) == size else None)
+        return v1_read_field(dev, *V1_FIELDS[name])
 
     def wr(self, dev, name: str, value: int) -> int:
-        off, size = V1_FIELDS[name]
-        return dev.region_write(off, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))[0]
+        return v1_write_field(dev, *V1_FIELDS[name], value)
 
     def get(self, dev) -> int:
         err, value = self.rd(dev, "device_state")
         if err or value is None:
-            raise Step(f"device_state read failed: {errname(err)}")
+            raise Step(f"device_state read failed: {errname(err)}", err=err)
         return value
-
-    def region_size(self, dev) -> int:
-        return getattr(dev, "region_size", None) or self.target.region_size
 
     def reach(self, dev, state: int) -> None:
         self.reset(dev)
-        if state == V1_ERR:
+        if state == V1_ERROR:
             return self.enter_error(dev)
         cur = self.get(dev)
         if cur != state:
             err = self.wr(dev, "device_state", state)
             if err:
-                raise Unreached(f"{v1name(cur)} -> {v1name(state)} refused ({errname(err)})")
+                raise Unreached(f"{v1_name(cur)} -> {v1_name(state)} refused ({errname(err)})", err=err)
             got = self.get(dev)
             if got != state:
-                raise Unreached(f"{v1name(cur)} -> {v1name(state)} accepted but reads {v1name(got)}")
+                raise Unreached(f"{v1_name(cur)} -> {v1_name(state)} accepted but reads {v1_name(got)}",
+                                err=0, state=got)
+        return None
 
     def enter_error(self, dev) -> None:
         if not self.target.supports_faults:
@@ -1037,40 +1219,39 @@ class V1Sweep(Sweep):
         self.target.arm_fault(self.devices.index(dev), 1, "hwerror")
         err = self.wr(dev, "device_state", V1_STOP)
         got = self.get(dev)
-        if got != V1_ERR:
-            raise Unreached(f"an injected hardware error on RUNNING -> STOP left {v1name(got)} ({errname(err)})")
+        if got != V1_ERROR:
+            raise Unreached(f"an injected hardware error on RUNNING -> STOP left {v1_name(got)} ({errname(err)})",
+                            err=err, state=got)
 
     def stop_copy_route(self) -> tuple:
-        return (V1_SAVE,)
+        return (V1_SAVING,)
 
-    def save_iteration(self, dev, data: bytearray) -> bool:
-        """One §1.5 iteration; True when pending_bytes is 0."""
-        err, pending = self.rd(dev, "pending_bytes")
-        if err:
-            raise Step(f"save: pending_bytes read {errname(err)}")
-        if not pending:
+    def save_iteration(self, dev, data: bytearray, pendings: list | None = None) -> bool:
+        """One §1.5 iteration (``harness.runtime.v1_save_iteration``); True when pending_bytes is 0.
+        ``pendings`` collects the pending_bytes read."""
+        stage, err, pending, offset, size, chunk = v1_save_iteration(dev, V1_FIELDS, True)
+        if pendings is not None and pending is not None:
+            pendings.append(pending)
+        if stage == V1_DONE:
             return True
-        err, offset = self.rd(dev, "data_offset")
-        if err:
-            raise Step(f"save: data_offset read {errname(err)}")
-        err, size = self.rd(dev, "data_size")
-        if err:
-            raise Step(f"save: data_size read {errname(err)}")
-        limit = self.region_size(dev)
-        if offset < model.V1_HEADER_SIZE or offset + size > limit:
+        field = {V1_PENDING: "pending_bytes", V1_OFFSET: "data_offset", V1_SIZE: "data_size"}.get(stage)
+        if field is not None:
+            raise Step(f"save: {field} read {errname(err)}", err=err)
+        limit = dev.region_size
+        if offset < V1_HEADER_SIZE or offset + size > limit:
             raise Step(f"save: data window [{offset:#x}, {offset + size:#x}) outside the region "
-                       f"[{model.V1_HEADER_SIZE:#x}, {limit:#x})")
-        if size:
-            err, chunk = dev.region_read(offset, size)
-            if err:
-                raise Step(f"save: window read {errname(err)}")
-            data += chunk
+                       f"[{V1_HEADER_SIZE:#x}, {limit:#x})", window=[offset, offset + size])
+        if stage == V1_DATA:
+            raise Step(f"save: window read {errname(err)}", err=err)
+        data += chunk
         return False
 
     def save_stream(self, dev, route: tuple, from_reset: bool = True) -> tuple[bytes, object]:
         """Save along ``route`` (device_state values; the last must be 010b), then 000b.
 
-        ``from_reset`` False: start from the current state (a re-save must not reset the device)."""
+        ``from_reset`` False: start from the current state (a re-save must not reset the device).
+        ``self.pendings``: the pending_bytes read in stop-and-copy."""
+        self.pendings: list[int] = []
         if from_reset:
             self.reach(dev, route[0])
         data = bytearray()
@@ -1078,48 +1259,45 @@ class V1Sweep(Sweep):
             if i or not from_reset:
                 err = self.wr(dev, "device_state", state)
                 if err:
-                    raise Step(f"save: write {v1name(state)}: {errname(err)}")
+                    raise Step(f"save: write {v1_name(state)}: {errname(err)}", err=err)
             if state == V1_PRECOPY:
                 for seed in ACTIVITY_SEEDS:
-                    for _ in range(V1_ITER_LIMIT):
+                    for _ in range(DRAIN_LIMIT):  # pre-copy need not reach 0: the device runs
                         if self.save_iteration(dev, data):
                             break
                     dev.activity(seed)
-        for _ in range(V1_ITER_LIMIT):
-            if self.save_iteration(dev, data):
+        for _ in range(DRAIN_LIMIT):
+            if self.save_iteration(dev, data, self.pendings):
                 break
         else:
-            raise Step(f"save: hang: pending_bytes never reaches 0 in SAVING ({len(data)} bytes read)")
+            raise Endless(f"save: pending_bytes never reaches 0 in SAVING ({len(data)} bytes read, "
+                          f"{DRAIN_LIMIT} iterations)", bytes=len(data))
         digest = self.digest(dev)
         err = self.wr(dev, "device_state", V1_STOP)
         if err:
-            raise Step(f"save: SAVING -> STOP: {errname(err)}")
+            raise Step(f"save: SAVING -> STOP: {errname(err)}", err=err)
         if not data:
-            raise Step("save: the stream is empty")
+            raise Step("save: the stream is empty", bytes=0)
         return bytes(data), digest
 
-    def write_stream(self, dev, data: bytes, piece: int = 0) -> tuple[int, int]:
-        """§1.6: data_offset, chunk into the window, data_size. (errno, bytes accepted)."""
+    def write_stream(self, dev, data: bytes, seg: int = 0) -> tuple[int, int]:
+        """§1.6 for each piece of ``segments(data, seg)`` (``harness.runtime.v1_write_chunk``):
+        (errno, bytes accepted)."""
         done = 0
-        while done < len(data):
-            err, offset = self.rd(dev, "data_offset")
-            if err:
-                return err, done
-            room = self.region_size(dev) - offset
-            if offset < model.V1_HEADER_SIZE or room <= 0:
-                raise Step(f"resume: data_offset {offset:#x} outside the region")
-            n = min(room, piece or room, len(data) - done)
-            err, _ = dev.region_write(offset, data[done:done + n])
-            if not err:
-                err = self.wr(dev, "data_size", n)
-            if err:
-                return err, done
-            done += n
+        for piece in segments(data, seg):
+            while piece:
+                err, offset, taken = v1_write_chunk(dev, V1_FIELDS, piece, V1_HEADER_SIZE)
+                if err:
+                    return err, done
+                if not taken:
+                    raise Step(f"resume: data_offset {offset:#x} outside the region", window=[offset, offset])
+                done += taken
+                piece = piece[taken:]
         return 0, done
 
-    def resume(self, dev, data: bytes, piece: int = 0, end: int = V1_RUN) -> tuple[str, int, int, int]:
-        self.reach(dev, V1_RESUME)
-        err, done = self.write_stream(dev, data, piece)
+    def resume(self, dev, data: bytes, seg: int = 0, end: int = V1_RUNNING) -> tuple[str, int, int, int]:
+        self.reach(dev, V1_RESUMING)
+        err, done = self.write_stream(dev, data, seg)
         if err:
             return "write", err, done, self.get(dev)
         err = self.wr(dev, "device_state", end)
@@ -1128,67 +1306,80 @@ class V1Sweep(Sweep):
     # -- cases ----------------------------------------------------------------
 
     def cases(self) -> list[Case]:
-        rows = V1_VALID + [V1_ERR]
-        cases = [self.save_source_case(v1name, V1_STOP)]
-        cases += [Case("reset", v1name(s), "RUNNING", "reset succeeds; device_state reads RUNNING (001b)",
-                      (v1name(s), "RUNNING"), lambda sw, s=s: sw.check_reset(s)) for s in rows]
-        cases += [Case("reach", "RUNNING", v1name(s), f"write {v1name(s)} from RUNNING", ("RUNNING", v1name(s)),
-                       lambda sw, s=s: sw.check_reach(s)) for s in V1_VALID]
+        rows = V1_VALID + [V1_ERROR]
+        run = v1_name(model.V1_RESET_STATE)
+        cases = [self.save_source_case(v1_name, V1_STOP)]
+        cases += [Case("reset", v1_name(s), run, "reset succeeds; device_state reads RUNNING (001b)",
+                       (v1_name(s), run), expect(True, states=[model.V1_RESET_STATE]),
+                       lambda sw, s=s: sw.check_reset(s)) for s in rows]
+        cases += [Case("reach", run, v1_name(s), f"write {v1_name(s)} from RUNNING", (run, v1_name(s)),
+                       expect(True, states=[s]), lambda sw, s=s: sw.check_reach(s)) for s in V1_VALID]
         cases += [self.arc_case(f, t) for f in rows for t in range(8)]
-        cases += [Case("readonly-field", v1name(s), None, f"a write to {name} does not change it",
-                       (v1name(s),), lambda sw, s=s, n=name: sw.check_readonly(s, n))
-                  for s in (V1_RUN, V1_SAVE) for name in V1_READONLY]
-        cases += [Case("reserved", v1name(s), None, "reserved reads 0, also after a write",
-                       (v1name(s),), lambda sw, s=s: sw.check_reserved(s)) for s in V1_VALID]
-        cases += [Case("stopped-frozen", v1name(s), None, "device activity changes nothing while stopped",
-                       (v1name(s),), lambda sw, s=s: sw.check_frozen(s)) for s in (V1_STOP, V1_SAVE, V1_RESUME)]
-        cases += [Case("save-sequence", v1name(route[0]), "STOP",
-                       f"{label}: §1.5 loop reaches pending_bytes 0, window in region",
-                       tuple(v1name(s) for s in route) + ("STOP",), lambda sw, r=route: sw.check_save(r))
-                  for label, route in (("stop-and-copy", (V1_SAVE,)), ("pre-copy", (V1_PRECOPY, V1_SAVE)))]
-        cases += [Case("round-trip", v1name(route[0]), "RUNNING",
-                       f"{label} save, resume on the other device: same state",
-                       tuple(v1name(s) for s in route) + ("STOP", "RESUMING", "RUNNING"),
-                       lambda sw, r=route: sw.check_round_trip(r))
-                  for label, route in (("stop-and-copy", (V1_SAVE,)), ("pre-copy", (V1_PRECOPY, V1_SAVE)))]
-        cases += [Case("resume-segmented", "RESUMING", "RUNNING", f"a valid stream in {label} loads",
-                       ("RESUMING", "RUNNING"), lambda sw, p=piece: sw.check_resume(p))
-                  for label, piece in (("full windows", 0), ("7-byte chunks", 7))]
-        cases.append(Case("resume-twice", "RESUMING", "RUNNING", "two resume sessions in a row both load",
-                          ("RESUMING", "RUNNING", "RESUMING", "RUNNING"), lambda sw: sw.check_resume_twice()))
-        cases += [Case("damaged-stream", "RESUMING", "RUNNING",
-                       f"{label}: refused, device unchanged",
-                       ("RESUMING", "RUNNING"), lambda sw, fn=fn: sw.check_damaged(fn))
-                  for label, fn in DAMAGES]
-        cases.append(Case("error-state", "RUNNING", "ERROR", "injected hardware error: reads 110b",
-                          ("RUNNING", "ERROR"), lambda sw: sw.check_error_entry()))
+        cases += [Case("readonly-field", v1_name(s), None, f"a write to {name} does not change it",
+                       (v1_name(s),), expect(None, unchanged=True, field=name),
+                       lambda sw, s=s, n=name: sw.check_readonly(s, n))
+                  for s in (V1_RUNNING, V1_SAVING) for name in V1_FIELDS if v1_read_only(name, s)]
+        cases += [Case("reserved", v1_name(s), None, f"{name} reads 0, also after a write",
+                       (v1_name(s),), expect(None, value=0, field=name),
+                       lambda sw, s=s, n=name: sw.check_reserved(s, n))
+                  for s in V1_VALID for name in V1_ZERO]
+        cases += [Case("stopped-frozen", v1_name(s), None, "device activity changes nothing while stopped",
+                       (v1_name(s),), expect(None, unchanged=True), lambda sw, s=s: sw.check_frozen(s))
+                  for s in (V1_STOP, V1_SAVING, V1_RESUMING)]
+        cases += [Case("save-sequence", v1_name(route[0]), v1_name(V1_STOP),
+                       f"{label}: §1.5 loop reaches pending_bytes 0, window in region, pending_bytes never "
+                       "grows in stop-and-copy",
+                       tuple(v1_name(s) for s in (*route, V1_STOP)), expect(True), lambda sw, r=route: sw.check_save(r))
+                  for label, route in V1_SAVE_ROUTES]
+        cases += [Case("round-trip", v1_name(route[0]), run, f"{label} save, resume on the other device: same state",
+                       tuple(v1_name(s) for s in (*route, V1_STOP, V1_RESUMING, V1_RUNNING)),
+                       expect(True, states=[V1_RUNNING], same=True), lambda sw, r=route: sw.check_round_trip(r))
+                  for label, route in V1_SAVE_ROUTES]
+        cases += [Case("resume-segmented", v1_name(V1_RESUMING), run, f"a valid stream in {label} loads",
+                       (v1_name(V1_RESUMING), run), expect(True, states=[V1_RUNNING], seg=seg),
+                       lambda sw, p=seg: sw.check_resume(p))
+                  for label, seg in V1_RESUME_SEGMENTS]
+        cases.append(Case("resume-twice", v1_name(V1_RESUMING), run, "two resume sessions in a row both load",
+                          (v1_name(V1_RESUMING), run, v1_name(V1_RESUMING), run), expect(True, states=[V1_RUNNING]),
+                          lambda sw: sw.check_resume_twice()))
+        after = model.v1_states_after_failure(V1_RESUMING)
+        cases += [Case("damaged-stream", v1_name(V1_RESUMING), run, f"{d.label}: refused, device unchanged",
+                       (v1_name(V1_RESUMING), run), expect(False, states=after, unchanged=True, damage=d.kind),
+                       lambda sw, d=d: sw.check_damaged(d))
+                  for d in DAMAGES]
+        cases.append(Case("error-state", run, v1_name(V1_ERROR), "injected hardware error: reads 110b",
+                          (run, v1_name(V1_ERROR)), expect(False, states=[V1_ERROR]),
+                          lambda sw: sw.check_error_entry()))
         return cases
 
-    def check_reset(self, frm: int):
+    def check_reset(self, frm: int) -> Seen:
         dev = self.dst
         self.reach(dev, frm)
         err = dev.reset()
         got = self.get(dev)
-        return f"reset {errname(err)}; reads {v1name(got)}", err == 0 and got == model.V1_RESET_STATE
+        return seen(f"reset {errname(err)}; reads {v1_name(got)}", err == 0 and got == model.V1_RESET_STATE,
+                    err=err, state=got)
 
-    def check_reach(self, state: int):
+    def check_reach(self, state: int) -> Seen:
         dev = self.dst
         try:
             self.reach(dev, state)
         except Unreached as e:
-            return str(e), False
+            return seen(str(e), False, **e.facts)
         got = self.get(dev)
-        return f"reads {v1name(got)}", got == state
+        return seen(f"reads {v1_name(got)}", got == state, err=0, state=got)
 
     def arc_case(self, frm: int, to: int) -> Case:
         if model.v1_write_allowed(frm, to):
-            expected, path = f"ok -> {v1name(to)}", (v1name(frm), v1name(to))
+            text, path = f"ok -> {v1_name(to)}", (v1_name(frm), v1_name(to))
+            exp = expect(True, states=[to])
         else:
-            stays = " or ".join(v1name(s) for s in sorted(model.v1_states_after_failure(frm)))
-            expected, path = f"refused, reads {stays}", ()
-        return Case("arc", v1name(frm), v1name(to), expected, path, lambda sw: sw.check_arc(frm, to))
+            after = model.v1_states_after_failure(frm)
+            text, path = f"refused, reads {' or '.join(v1_name(s) for s in sorted(after))}", ()
+            exp = expect(False, states=after)
+        return Case("arc", v1_name(frm), v1_name(to), text, path, exp, lambda sw: sw.check_arc(frm, to))
 
-    def check_arc(self, frm: int, to: int):
+    def check_arc(self, frm: int, to: int) -> Seen:
         allowed = model.v1_write_allowed(frm, to)
         stream = self.valid_stream() if allowed and model.v1_is_load(frm, to) else None
         dev = self.dst
@@ -1196,53 +1387,60 @@ class V1Sweep(Sweep):
         if stream is not None:
             err, done = self.write_stream(dev, stream)
             if err:
-                raise Unreached(f"writing a valid stream failed: {errname(err)} after {done} bytes")
+                raise Unreached(f"writing a valid stream failed: {errname(err)} after {done} bytes", err=err)
         err = self.wr(dev, "device_state", to)
         got = self.get(dev)
-        obs = f"{'ok' if not err else errname(err)}, reads {v1name(got)}"
+        obs = f"{'ok' if not err else errname(err)}, reads {v1_name(got)}"
         if allowed:
-            return obs, not err and got == to
-        return obs, bool(err) and got in model.v1_states_after_failure(frm)
+            return seen(obs, not err and got == to, err=err, state=got)
+        return seen(obs, bool(err) and got in model.v1_states_after_failure(frm), err=err, state=got)
 
-    def check_readonly(self, state: int, name: str):
+    def check_readonly(self, state: int, name: str) -> Seen:
         dev = self.dst
         self.reach(dev, state)
         err, before = self.rd(dev, name)
         if err:
-            return f"read {errname(err)}", False
+            return seen(f"read {errname(err)}", False, err=err)
         werr = self.wr(dev, name, (before or 0) + 0x1000)
         err, after = self.rd(dev, name)
-        obs = f"{before:#x}, write {'accepted' if not werr else errname(werr)}, then {after:#x}" \
-            if after is not None else f"re-read {errname(err)}"
-        return obs, not err and after == before
+        if after is None:
+            return seen(f"re-read {errname(err)}", False, err=werr, read_err=err)
+        obs = f"{before:#x}, write {'accepted' if not werr else errname(werr)}, then {after:#x}"
+        return seen(obs, not err and after == before, err=werr, before=before, after=after,
+                    changed=after != before)
 
-    def check_reserved(self, state: int):
+    def check_reserved(self, state: int, name: str) -> Seen:
         dev = self.dst
         self.reach(dev, state)
-        err, first = self.rd(dev, "reserved")
-        self.wr(dev, "reserved", 0xDEADBEEF)
-        err2, second = self.rd(dev, "reserved")
+        err, first = self.rd(dev, name)
+        werr = self.wr(dev, name, 0xDEADBEEF)
+        err2, second = self.rd(dev, name)
         obs = f"{errname(err) if err else hex(first)}, after a write {errname(err2) if err2 else hex(second)}"
-        return obs, not err and not err2 and first == 0 and second == 0
+        return seen(obs, not err and not err2 and first == 0 and second == 0, err=werr, before=first, after=second)
 
-    def check_frozen(self, state: int):
+    def check_frozen(self, state: int) -> Seen:
         if not self.target.has_digest:
-            return "no digest on this target", None
-        stream = self.valid_stream() if state == V1_RESUME else None
+            return seen("no digest on this target", None, status="unsupported")
+        stream = self.valid_stream() if state == V1_RESUMING else None
         dev = self.dst
         self.reach(dev, state)
         before = dev.digest()
         self.activity(dev)
         if stream is not None:
             self.write_stream(dev, stream)
-        after = dev.digest()
-        return ("unchanged" if after == before else "digest changed"), after == before
+        changed = dev.digest() != before
+        return seen("digest changed" if changed else "unchanged", not changed, changed=changed)
 
-    def check_save(self, route: tuple):
+    def check_save(self, route: tuple) -> Seen:
         data, _ = self.save_stream(self.dst, route)
-        return f"{len(data)} bytes, pending_bytes reached 0", True
+        pendings = self.pendings
+        grew = next((f"{a:#x} -> {b:#x}" for a, b in zip(pendings, pendings[1:], strict=False) if b > a), "")
+        if grew:
+            return seen(f"{len(data)} bytes; pending_bytes grew in stop-and-copy ({grew})", False, err=0,
+                        bytes=len(data), pending=pendings)
+        return seen(f"{len(data)} bytes, pending_bytes reached 0", True, err=0, bytes=len(data), pending=pendings)
 
-    def check_round_trip(self, route: tuple):
+    def check_round_trip(self, route: tuple) -> Seen:
         src, dst = self.src, self.dst
         data, src_digest = self.save_stream(src, route)
         reference = data
@@ -1250,72 +1448,79 @@ class V1Sweep(Sweep):
             reference, _ = self.save_stream(src, self.stop_copy_route(), from_reset=False)
         failed, err, done, got = self.resume(dst, data)
         if failed:
-            return f"{len(data)}-byte stream: {failed} {errname(err)} (reads {v1name(got)})", False
-        if got != V1_RUN:
-            return f"load ok but reads {v1name(got)}", False
+            return seen(f"{len(data)}-byte stream: {failed} {errname(err)} (reads {v1_name(got)})", False,
+                        err=err, state=got, bytes=len(data), failed=failed)
+        if got != V1_RUNNING:
+            return seen(f"load ok but reads {v1_name(got)}", False, err=0, state=got, bytes=len(data))
         if self.target.has_digest:
             same = dst.digest() == src_digest
-            return f"{len(data)} bytes; " + ("same digest" if same else "digest differs from the source"), same
+            return seen(f"{len(data)} bytes; " + ("same digest" if same else "digest differs from the source"),
+                        same, err=0, state=got, bytes=len(data), same=same)
         err = self.wr(dst, "device_state", V1_STOP)  # stop before re-saving (running may change it)
         if err:
-            return f"{len(data)} bytes; RUNNING -> STOP {errname(err)}", False
+            return seen(f"{len(data)} bytes; RUNNING -> STOP {errname(err)}", False, err=err, state=got)
         again, _ = self.save_stream(dst, self.stop_copy_route(), from_reset=False)
         same = again == reference
-        return f"{len(data)} bytes; re-saved stream " + ("identical" if same else "differs"), same
+        return seen(f"{len(data)} bytes; re-saved stream " + ("identical" if same else "differs"), same,
+                    err=0, state=got, bytes=len(data), same=same)
 
-    def check_resume(self, piece: int):
+    def check_resume(self, seg: int) -> Seen:
         stream = self.valid_stream()
-        failed, err, done, got = self.resume(self.dst, stream, piece)
+        failed, err, done, got = self.resume(self.dst, stream, seg)
         if failed:
-            return f"{failed} {errname(err)} after {done} of {len(stream)} bytes (reads {v1name(got)})", False
-        return f"loaded {done} bytes, reads {v1name(got)}", got == V1_RUN
+            return seen(f"{failed} {errname(err)} after {done} of {len(stream)} bytes (reads {v1_name(got)})",
+                        False, err=err, state=got, bytes=done, failed=failed)
+        return seen(f"loaded {done} bytes, reads {v1_name(got)}", got == V1_RUNNING, err=0, state=got, bytes=done)
 
-    def check_resume_twice(self):
+    def check_resume_twice(self) -> Seen:
         stream = self.valid_stream()
         dev = self.dst
         failed, err, done, got = self.resume(dev, stream)
         if failed:
-            return f"first: {failed} {errname(err)}", False
-        err = self.wr(dev, "device_state", V1_RESUME)
+            return seen(f"first: {failed} {errname(err)}", False, err=err, state=got, failed="first " + failed)
+        err = self.wr(dev, "device_state", V1_RESUMING)
         if err:
-            return f"second: RUNNING -> RESUMING {errname(err)}", False
+            return seen(f"second: RUNNING -> RESUMING {errname(err)}", False, err=err, failed="second start")
         err, done = self.write_stream(dev, stream)
         if err:
-            return f"second: write {errname(err)}", False
-        err = self.wr(dev, "device_state", V1_RUN)
-        return ("second: load " + errname(err)) if err else "both loaded", not err
+            return seen(f"second: write {errname(err)}", False, err=err, failed="second write")
+        err = self.wr(dev, "device_state", V1_RUNNING)
+        got = self.get(dev)
+        return seen(("second: load " + errname(err)) if err else "both loaded", not err and got == V1_RUNNING,
+                    err=err, state=got)
 
-    def check_damaged(self, damage):
-        stream = self.valid_stream()
-        data = damage(stream)
+    def check_damaged(self, damage: Damage) -> Seen:
+        data = self.damaged(damage)
         dev = self.dst
-        self.reach(dev, V1_RESUME)
+        self.reach(dev, V1_RESUMING)
         before = self.digest(dev)
         err, done = self.write_stream(dev, data)
         if err:
             got = self.get(dev)
-            obs, refused = f"write refused {errname(err)} after {done} bytes, reads {v1name(got)}", True
+            obs, refused = f"write refused {errname(err)} after {done} bytes, reads {v1_name(got)}", True
         else:
-            err = self.wr(dev, "device_state", V1_RUN)
+            err = self.wr(dev, "device_state", V1_RUNNING)
             got = self.get(dev)
-            obs, refused = f"clearing RESUMING {errname(err)}, reads {v1name(got)}", bool(err)
-        ok = refused and got in model.v1_states_after_failure(V1_RESUME)
-        if refused and self.target.has_digest and dev.digest() != before:
+            obs, refused = f"clearing RESUMING {errname(err)}, reads {v1_name(got)}", bool(err)
+        ok = refused and got in model.v1_states_after_failure(V1_RESUMING)
+        changed = refused and self.target.has_digest and dev.digest() != before
+        if changed:
             obs += "; device state changed (half-loaded)"
             ok = False
+        facts = {"err": err, "state": got, "changed": changed, "bytes": len(data)}
         if not ok and not self.target.validates_stream:
-            return obs + " (target does not promise to validate streams)", None
-        return obs, ok
+            return seen(obs + " (target does not promise to validate streams)", None, **facts)
+        return seen(obs, ok, **facts)
 
-    def check_error_entry(self):
+    def check_error_entry(self) -> Seen:
         if not self.target.supports_faults:
-            return "no fault injection on this target", None
+            return seen("no fault injection on this target", None, status="unsupported")
         dev = self.dst
         self.reset(dev)
         self.target.arm_fault(self.devices.index(dev), 1, "hwerror")
         err = self.wr(dev, "device_state", V1_STOP)
         got = self.get(dev)
-        return f"write {errname(err)}, reads {v1name(got)}", bool(err) and got == V1_ERR
+        return seen(f"write {errname(err)}, reads {v1_name(got)}", bool(err) and got == V1_ERROR, err=err, state=got)
 
 
 # =========================================================================== entry points
@@ -1329,8 +1534,6 @@ def sweep(spec, target=None, open_fn=None, on_abort=None) -> dict:
     is also how a target is re-opened after a failed reset); ``on_abort(result)``:
     called with the partial result if a real device hangs in the kernel (the
     process then exits 1)."""
-    from .targets import open_target, parse_target
-
     if isinstance(spec, str):
         spec = parse_target(spec)
     open_fn = open_fn or open_target
@@ -1382,7 +1585,7 @@ def _headline(result: dict) -> str:
     n = result["summary"]
     total = len(result["checks"])
     proto = result["protocol"]
-    flags = f", flags {result['flags']:#x} ({flag_names(result['flags'])})" if proto == "v2" else ""
+    flags = f", flags {result['flags']:#x} ({model.flag_names(result['flags'])})" if proto == "v2" else ""
     verdict = "CONFORMS" if not n["fail"] else f"DOES NOT CONFORM: {n['fail']} of {total} checks fail"
     text = (f"{result['target']}  protocol {proto}{flags}\n"
             f"{verdict}  ({n['pass']} pass, {n['fail']} fail, {n['info']} info; {result['elapsed_s']:.2f} s)")
@@ -1423,7 +1626,7 @@ def format_md(result: dict) -> str:
     n = result["summary"]
     verdict = "**conforms**" if not n["fail"] else f"**does not conform** ({n['fail']} failing checks)"
     proto = result["protocol"]
-    flags = f", flags `{result['flags']:#x}` ({flag_names(result['flags'])})" if proto == "v2" else ""
+    flags = f", flags `{result['flags']:#x}` ({model.flag_names(result['flags'])})" if proto == "v2" else ""
     lines = [f"# Conformance: `{result['target']}`", "",
              f"Protocol {proto}{flags}: {verdict}; {n['pass']} pass, {n['fail']} fail, {n['info']} info.", "",
              "| verdict | check | from | to | expected | observed | path |",
@@ -1441,8 +1644,6 @@ def format_result(result: dict, fmt: str, color: bool = False) -> str:
     if fmt == "md":
         return format_md(result)
     if fmt == "html":
-        from .htmlreport import conform_html
-
         return conform_html(result)
     return format_table(result, color)
 
@@ -1451,76 +1652,23 @@ def format_result(result: dict, fmt: str, color: bool = False) -> str:
 
 
 def cmd_conform(args) -> int:
-    from .cli import EXIT_FINDING, EXIT_OK, EXIT_UNAVAILABLE, UsageError
-    from .targets import TargetError, TargetUnavailable, parse_target
-
-    try:
-        spec = parse_target(args.target)
-    except TargetError as e:
-        raise UsageError(str(e)) from None
-    if spec.kind != "sim" and not args.i_know_this_resets_the_device:
-        raise UsageError("the sweep resets a real device hundreds of times; "
-                         "add --i-know-this-resets-the-device to confirm")
-    out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise UsageError(f"{out.parent}: no such directory")
+    """``migfuzz conform`` (arguments declared in ``fuzz.cli``). A bad target spec or a missing
+    opt-in raise TargetError, a bad --out UsageError, an unavailable target TargetUnavailable:
+    the CLI turns them into exit 2, 2 and 3."""
+    spec = parse_target(args.target)
+    require_opt_in(spec, args.i_know_this_resets_the_device, "the sweep runs hundreds of cases on it")
+    out = output_file(args.out) if args.out else None
     color = args.format == "table" and out is None and sys.stdout.isatty()
 
     def emit(result: dict) -> None:
         text = format_result(result, args.format, color=color)
         if out is not None:
-            out.write_text(text)
+            write_output(out, text)
             print(_headline(result).splitlines()[1] + f"  -> {out}", file=sys.stderr)
         else:
             sys.stdout.write(text)
             sys.stdout.flush()
 
-    try:
-        result = sweep(spec, on_abort=emit)
-    except TargetError as e:
-        raise UsageError(str(e)) from None
-    except (TargetUnavailable, ImportError) as e:
-        print(f"migfuzz: target unavailable: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    result = sweep(spec, on_abort=emit)
     emit(result)
     return EXIT_FINDING if failures(result) else EXIT_OK
-
-
-def cmd_report_html(args) -> int:
-    from .cli import EXIT_OK, UsageError
-    from .htmlreport import ReportInputError, campaign_html
-
-    src = Path(args.jsonl)
-    if not src.exists():
-        raise UsageError(f"{src}: no such file or directory")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise UsageError(f"{out.parent}: no such directory")
-    try:
-        campaign_html(src, None, out)
-    except ReportInputError as e:
-        raise UsageError(f"{src}: {e}") from None
-    print(f"wrote {out}", file=sys.stderr)
-    return EXIT_OK
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "conform", help="deterministic protocol conformance sweep of one target",
-        description="Sweep every state transition, data_fd rule, round trip, damaged stream and framing "
-                    "rule once against the reference model. Exit 0 conforms, 1 something does not, "
-                    "2 bad arguments, 3 target unavailable.")
-    p.add_argument("--target", default="sim", help="target spec (default: sim); see `migfuzz targets`")
-    p.add_argument("--format", choices=FORMATS, default="table",
-                   help="table (default, failures first), json, md (markdown) or html (one self-contained page)")
-    p.add_argument("--out", help="write the report here instead of stdout")
-    p.add_argument("--i-know-this-resets-the-device", action="store_true",
-                   help="required to sweep a real device")
-    p.set_defaults(func=cmd_conform)
-
-    p = sub.add_parser("report-html", help="render a campaign's JSON-lines report as one HTML page",
-                       description="Charts of coverage, protocol arcs and findings over time from the JSON "
-                                   "lines `migfuzz fuzz --report-dir` writes.")
-    p.add_argument("--jsonl", required=True, help="the campaign's JSON-lines report")
-    p.add_argument("--out", required=True, help="the HTML file to write")
-    p.set_defaults(func=cmd_report_html)

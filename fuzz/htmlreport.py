@@ -6,26 +6,39 @@
   state diagram of the advertised flag set (single-hop arcs of
   ``fuzz.model.arcs(flags)`` as arrows, blocked arcs dashed, failing arcs red,
   arcs the device took but must not as red dashed arrows), a bar per check
-  group, and every check.
+  group, and every check. Cells and arcs are classified from each record's
+  structured ``expect`` and ``outcome`` (see :mod:`fuzz.conform`); the
+  ``expected``/``observed`` strings are only shown, never read.
 * :func:`campaign_html` — one page for a campaign's JSON-lines report
   (``{"type": "stats", ...}`` / ``{"type": "finding", ...}`` lines): line
   charts of executions, speed, protocol arcs and findings over time, and the
-  findings.
+  distinct findings (one per signature). A report appended to by a resumed
+  campaign holds several runs, each with its clock starting at 0: they are laid
+  end to end (:func:`stitch_runs`).
+* :func:`cmd_report_html` — ``migfuzz report-html`` (arguments in ``fuzz.cli``).
 
 Inline CSS and inline SVG only: no scripts, no fonts, no external references,
-so the file can be mailed, attached to CI, or opened offline.
+so the file can be mailed, attached to CI, or opened offline. Every SVG has a
+viewBox and scales down to its box (``max-width: 100%``), and long table cells
+wrap or are cut with an ellipsis, so no part of a page scrolls sideways.
 """
 from __future__ import annotations
 
 import datetime
 import json
 import math
+import os
+import re
+import sys
 from html import escape
 from pathlib import Path
 
-from harness.uapi import V1_STATE_NAMES, MigFlag, MigState
+from harness.runtime import EXIT_OK, errname
+from harness.uapi import V1_STATE_NAMES
 
 from . import model
+from .errors import UsageError
+from .report import JSONL_NAME, group_findings, job_dirs
 
 # --------------------------------------------------------------------------- shared style
 
@@ -34,14 +47,14 @@ CSS = """
         --muted:#607d8b; --line:#cfd8dc; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: var(--ink);
-       margin: 0; background: #fafafa; }
+       margin: 0; background: #fafafa; overflow-wrap: break-word; }
 main { max-width: 1320px; margin: 0 auto; padding: 24px 28px 60px; }
 h1 { font-size: 22px; margin: 0 0 4px; }
 h2 { font-size: 17px; margin: 34px 0 8px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
 p.sub { color: var(--muted); margin: 0 0 14px; }
 code, .mono { font-family: "SFMono-Regular", Menlo, Consolas, "Liberation Mono", monospace; font-size: 12.5px; }
-.banner { display: flex; align-items: center; gap: 18px; padding: 14px 18px; border-radius: 8px; margin: 14px 0 8px;
-          border: 1px solid; }
+.banner { display: flex; flex-wrap: wrap; align-items: center; gap: 8px 18px; padding: 14px 18px; border-radius: 8px;
+          margin: 14px 0 8px; border: 1px solid; }
 .banner.ok { background: var(--pass-bg); border-color: #a5d6a7; }
 .banner.bad { background: var(--fail-bg); border-color: #ef9a9a; }
 .banner .big { font-size: 24px; font-weight: 700; letter-spacing: .02em; }
@@ -56,15 +69,21 @@ th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #eceff1; v
 th { background: #f5f7f8; font-weight: 600; font-size: 12.5px; color: #455a64; position: sticky; top: 0; }
 tr.fail td { background: #fff5f5; }
 td.obs { font-weight: 600; }
+td.nowrap { white-space: nowrap; }
+td.long { overflow-wrap: anywhere; min-width: 8em; }
 tr.fail td.obs { color: var(--fail); }
-.figure { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; overflow-x: auto; }
+.figure { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; min-width: 0;
+          overflow-x: auto; }
+.figure svg { display: block; max-width: 100%; height: auto; }
 .legend { color: var(--muted); font-size: 12.5px; margin-top: 6px; }
 .legend i { display: inline-block; width: 14px; height: 14px; vertical-align: -2px; margin: 0 4px 0 12px;
             border: 1px solid #b0bec5; border-radius: 3px; }
 details { margin: 6px 0; }
 summary { cursor: pointer; font-weight: 600; }
-.grid2 { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
-@media (max-width: 1000px) { .grid2 { grid-template-columns: 1fr; } }
+.grid2 { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 16px; }
+@media (max-width: 1000px) { .grid2 { grid-template-columns: minmax(0, 1fr); } }
+@media (max-width: 700px) { main { padding: 14px 10px 40px; } th, td { padding: 4px 3px; } td.long { min-width: 0; }
+                            td.mono { overflow-wrap: anywhere; } .pill { min-width: 0; } }
 """
 
 SVG_FONT = 'font-family="-apple-system, Segoe UI, Roboto, Helvetica, Arial, sans-serif"'
@@ -85,66 +104,136 @@ def _t(x: float, y: float, text: str, size: int = 12, anchor: str = "middle", we
             f'fill="{fill}" {extra}>{escape(text)}</text>')
 
 
-def _flag_names(flags: int) -> str:
-    return "|".join(f.name for f in MigFlag if flags & f) or "none"
+CELL_LIMIT = 160  # characters of a table cell shown; the rest is in its tooltip
+TITLE_LIMIT = 2000  # characters of a tooltip
+
+
+_BREAK_AFTER = re.compile(r"([|,=/])")
+
+
+def _breakable(text: str) -> str:
+    """Escaped text with a line-break opportunity after | , = / (a list like STOP|RUNNING_P2P|ERROR
+    or an op's data=... is one long word to a browser)."""
+    return _BREAK_AFTER.sub(r"\1<wbr>", escape(text))
+
+
+def _cell(text: str, limit: int = CELL_LIMIT) -> str:
+    """Table-cell HTML for ``text``: breakable (:func:`_breakable`), and a long one (an op writing
+    kilobytes of data) cut with an ellipsis, its start kept in the tooltip."""
+    if len(text) <= limit:
+        return _breakable(text)
+    tip = text if len(text) <= TITLE_LIMIT else text[:TITLE_LIMIT - 1] + "\u2026"
+    return f'<span title="{escape(tip)}">{_breakable(text[:limit - 1])}\u2026</span>'
 
 
 # =========================================================================== conformance page
 
-V2_ABBR = {"STOP": "STOP", "RUNNING": "RUN", "STOP_COPY": "STOP_COPY", "RESUMING": "RESUMING",
-           "RUNNING_P2P": "RUN_P2P", "PRE_COPY": "PRE_COPY", "PRE_COPY_P2P": "PRE_P2P", "ERROR": "ERROR"}
-V1_BITS = {name: f"{value:03b}b" for value, name in V1_STATE_NAMES.items()}
+V2_VALUES = {name: value for value, name in enumerate(model.STATE_NAMES)}
+V1_VALUES = {name: value for value, name in V1_STATE_NAMES.items()}
+
+
+def _abbr(name: str) -> str:
+    """A v2 state name short enough for a matrix cell (RUNNING_P2P -> RUN_P2P, PRE_COPY_P2P -> PRE_P2P)."""
+    return name.replace("PRE_COPY_P2P", "PRE_P2P").replace("RUNNING", "RUN")
+
+
+def _bits(value: int) -> str:
+    return f"{value:03b}b"
 
 
 def _state_label(proto: str, name: str | None) -> tuple[str, str]:
-    """(main line, small line) for a matrix header."""
+    """(main line, small line) for a matrix header (``name``: a record's from/to)."""
     if name is None:
         return "-", ""
     if proto == "v1":
-        return V1_BITS.get(name, name), name.replace("RESUMING", "RESUME")
-    if name in V2_ABBR:
-        return name, f"= {int(MigState[name])}"
+        value = V1_VALUES.get(name)
+        return (_bits(value) if value is not None else name), name.replace("RESUMING", "RESUME")
+    if name in V2_VALUES:
+        return name, f"= {V2_VALUES[name]}"
     return name, "out of range"
 
 
-def _short_state(proto: str, text: str) -> str:
+def _short_state(proto: str, state: int | None) -> str:
+    """A state value (an outcome's ``state``) as a matrix cell shows it."""
+    if state is None:
+        return "?"
     if proto == "v1":
-        return V1_BITS.get(text, text)
-    return V2_ABBR.get(text, text)
+        return _bits(state) if 0 <= state < 8 else hex(state)
+    return _abbr(model.v2_name(state))
 
 
-def _cell_text(proto: str, check: dict) -> tuple[str, str, str, str]:
+# How a failing record departs from the protocol, decided from its structured fields only:
+# outcome.status when the judged call never answered, else expect.ok against outcome.accepted.
+DEPARTURES = {  # departure -> (matrix cell text, diagram arc label)
+    "hang": ("HANG", "HANG"),
+    "exception": ("EXCEPTION", "EXCEPTION"),
+    "endless": ("NO END", "no end!"),
+    "step-failed": ("STEP FAILED", "step failed!"),
+    "reset-failed": ("NO RESET", "reset failed!"),
+    "not-reached": ("?", "not reached"),
+    "not-run": ("?", "not run"),
+    "unsupported": ("?", "unsupported"),
+    "accepted": ("accepted", "accepted!"),
+    "refused": ("refused", "refused!"),
+    "wrong": ("wrong", "wrong!"),
+}
+
+
+def departure(c: dict) -> str:
+    """A key of :data:`DEPARTURES` for a failing record."""
+    exp, out = c["expect"], c["outcome"]
+    if out["status"] != "answered":
+        return out["status"] if out["status"] in DEPARTURES else "wrong"
+    if out["accepted"] and exp["ok"] is False:
+        return "accepted"
+    if out["accepted"] is False and exp["ok"]:
+        return "refused"
+    return "wrong"
+
+
+def _accepted_invalid(c: dict) -> bool:
+    return c["verdict"] == "fail" and departure(c) == "accepted"
+
+
+def _wrong_detail(proto: str, c: dict) -> str:
+    """What is wrong in an answer that was neither wrongly accepted nor wrongly refused."""
+    exp, out = c["expect"], c["outcome"]
+    if exp["states"] is not None and out["state"] is not None and out["state"] not in exp["states"]:
+        return f"\u2192 {_short_state(proto, out['state'])}"
+    if exp["fd"] is not None and out["fd"] is not None and out["fd"] != exp["fd"]:
+        return "+fd" if out["fd"] else "no fd"
+    return errname(out["err"]) if out["err"] else ""
+
+
+def _cell_text(proto: str, c: dict) -> tuple[str, str, str, str]:
     """(fill, text colour, main line, small line) of one matrix cell."""
-    exp, obs, verdict = check["expected"], check["observed"], check["verdict"]
+    exp, out, verdict = c["expect"], c["outcome"], c["verdict"]
     if verdict == "info":
-        return "url(#hatch)", "#78909c", "?", "not reached" if obs.startswith("not reached") else "info"
+        small = {"not-reached": "not reached", "not-run": "not run", "unsupported": "unsupported"}
+        return "url(#hatch)", "#78909c", "?", small.get(out["status"], "info")
     if verdict == "pass":
-        if exp.startswith("refused"):
+        if exp["ok"] is False:
             return PASS_REFUSED, "#78909c", "\u2715", "refused"
-        if "no-op" in exp:
+        if exp.get("noop"):
             return PASS_NOOP, "#90a4ae", "=", "no-op"
-        hops = max(len(check["path"]) - 1, 1)
-        small = ("+fd" if "new fd" in exp else "") + (f" {hops} hops" if hops > 1 else "")
+        hops = max(len(c["path"]) - 1, 1)
+        small = ("+fd" if exp["fd"] else "") + (f" {hops} hops" if hops > 1 else "")
         return PASS_OK, "#1b5e20", "ok", small.strip()
-    words = obs.split(",")[0].strip()
-    got = ""
-    for key in ("GET ", "reads "):
-        if key in obs:
-            got = obs.split(key, 1)[1].split(",")[0].split(" ")[0]
-    if obs.startswith("hang"):
-        main, small = "HANG", "no return"
-    elif obs.startswith("exception"):
-        main, small = "EXCEPTION", obs.split(":")[0].replace("exception ", "")
-    elif obs.startswith("not reached"):
-        main, small = "?", "not reached"
-    elif obs.startswith("ok") and exp.startswith("refused"):
-        main, small = "accepted", f"\u2192 {_short_state(proto, got)}" if got else ""
-    elif not obs.startswith("ok") and exp.startswith("ok"):
-        main, small = "refused", f"{words} \u2192 {_short_state(proto, got)}" if got else words
+    how = departure(c)
+    main = DEPARTURES[how][0]
+    got = f"\u2192 {_short_state(proto, out['state'])}" if out["state"] is not None else ""
+    if how == "exception":
+        small = out.get("exception") or ""
+    elif how == "hang":
+        small = "no return"
+    elif how in ("not-reached", "not-run"):
+        small = how.replace("-", " ")
+    elif how == "accepted":
+        small = got
+    elif how == "refused":
+        small = f"{errname(out['err'])} {got}".strip()
     else:
-        main, small = "wrong", (f"\u2192 {_short_state(proto, got)}" if got else words)
-        if "fd" in obs and "fd" in exp and got and _short_state(proto, got) in exp:
-            small = obs.split(",")[-1].strip()
+        small = _wrong_detail(proto, c)
     return FAIL_FILL, "#ffffff", main, small
 
 
@@ -316,20 +405,8 @@ def _cell_index(result: dict) -> dict:
 
 
 def _fail_short(c: dict) -> str:
-    obs = c["observed"]
-    if obs.startswith("hang"):
-        return "HANG"
-    if obs.startswith("exception"):
-        return "EXCEPTION"
-    if obs.startswith("ok") and c["expected"].startswith("refused"):
-        return "accepted!"
-    if c["expected"].startswith("ok") and not obs.startswith("ok"):
-        return "refused!"
-    return "wrong!"
-
-
-def _accepted_invalid(c: dict) -> bool:
-    return c["observed"].startswith("ok") and c["expected"].startswith("refused")
+    """The label of a failing arc in the state diagram."""
+    return DEPARTURES[departure(c)][1]
 
 
 def _failing_nodes(result: dict, cells: dict) -> set:
@@ -390,9 +467,8 @@ def v2_diagram_svg(result: dict) -> str:
     for c in cells.values():
         if c["verdict"] != "fail" or not _accepted_invalid(c):
             continue
-        try:
-            a, b = MigState[c["from"]], MigState[c["to"]]
-        except KeyError:
+        a, b = V2_VALUES.get(c["from"]), V2_VALUES.get(c["to"])
+        if a is None or b is None:
             continue
         if (a, b) in drawn or a == b or a not in V2_POS or b not in V2_POS:
             continue
@@ -410,7 +486,7 @@ def v2_diagram_svg(result: dict) -> str:
             kind = "fail" if name(s) in failing_from else "ok"
             sub = f"{s}" + (" \u00b7 reset state" if s == model.RUNNING else "")
         out.append(_node(x, y, name(s), sub, kind))
-    out.append(_t(16, 462, f"flags {flags:#x} ({_flag_names(flags)}): solid = arcs a driver implements (§2.4), "
+    out.append(_t(16, 462, f"flags {flags:#x} ({model.flag_names(flags)}): solid = arcs a driver implements (§2.4), "
                   "dashed = must be refused; red = the device departs here", 11, anchor="start", fill="#607d8b"))
     out.append("</svg>")
     return "\n".join(out)
@@ -431,17 +507,16 @@ def v1_diagram_svg(result: dict) -> str:
         out.append(_arrow(V1_POS[a], V1_POS[b], colour, marker, offset=7 if both else 0, width=3 if fail else 1.8,
                           label=_fail_short(c) if fail else "", label_colour=colour, tip=tip))
         drawn.add((a, b))
-    by_name = {v: k for k, v in V1_STATE_NAMES.items()}
     for c in cells.values():
         if c["verdict"] != "fail":
             continue
-        a, b = by_name.get(c["from"]), by_name.get(c["to"])
+        a, b = V1_VALUES.get(c["from"]), V1_VALUES.get(c["to"])
         if a is None or b is None or (a, b) in drawn or a == b:
             continue
-        accepted = c["observed"].startswith("ok")
+        accepted = _accepted_invalid(c)
         out.append(_arrow(V1_POS[a], V1_POS[b], "#c62828", "a-red", dashed=True, width=2, curve=-50,
                           tip=f"{c['from']} \u2192 {c['to']}\nexpected: {c['expected']}\nobserved: {c['observed']}",
-                          label="" if accepted else "refused!", label_colour="#c62828"))
+                          label="" if accepted else _fail_short(c), label_colour="#c62828"))
     out.append(_arrow(V1_POS[0b110], V1_POS[0b001], "#8d6e63", "a-brown", dashed=True, width=1.4,
                       label="reset", label_colour="#8d6e63", offset=-1))
     for value, (x, y) in V1_POS.items():
@@ -471,8 +546,9 @@ def groups_svg(result: dict) -> str:
     order = sorted(groups, key=lambda k: (-groups[k]["fail"], list(groups).index(k)))
     bar_w, row_h, left = 560, 22, 190
     height = row_h * len(order) + 10
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + bar_w + 150}" height="{height}" {SVG_FONT} '
-           f'role="img" aria-label="checks by group">']
+    width = left + bar_w + 150
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'{SVG_FONT} role="img" aria-label="checks by group">']
     most = max(sum(g.values()) for g in groups.values())
     for i, k in enumerate(order):
         g = groups[k]
@@ -501,10 +577,10 @@ def _checks_table(checks: list, with_path: bool = True) -> str:
         v = c["verdict"]
         path = ARROW.join(c["path"]) or "\u2014"
         rows.append(f'<tr class="{v}"><td><span class="pill {v}">{v.upper() if v == "fail" else v}</span></td>'
-                    f'<td class="mono">{escape(c["check"])}</td><td class="mono">{escape(c["from"] or "-")}</td>'
-                    f'<td class="mono">{escape(c["to"] or "-")}</td><td>{escape(c["expected"])}</td>'
-                    f'<td class="obs">{escape(c["observed"])}</td>'
-                    + (f'<td class="mono">{escape(path)}</td>' if with_path else "") + "</tr>")
+                    f'<td class="mono">{_cell(c["check"])}</td><td class="mono">{_cell(c["from"] or "-")}</td>'
+                    f'<td class="mono">{_cell(c["to"] or "-")}</td><td>{_cell(c["expected"])}</td>'
+                    f'<td class="obs">{_cell(c["observed"])}</td>'
+                    + (f'<td class="mono">{_cell(path)}</td>' if with_path else "") + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -515,7 +591,8 @@ def conform_html(result: dict) -> str:
                                   for v in ("pass", "fail", "info")}
     total = len(result["checks"])
     fails = [c for c in result["checks"] if c["verdict"] == "fail"]
-    flags = f" \u00b7 flags <code>{result['flags']:#x}</code> ({_flag_names(result['flags'])})" if proto == "v2" else ""
+    flags = (f" \u00b7 flags <code>{result['flags']:#x}</code> ({model.flag_names(result['flags'])})"
+             if proto == "v2" else "")
     ok = not fails
     body = [f"<h1>Conformance sweep: <code>{escape(result['target'])}</code></h1>",
             f'<p class="sub">protocol {proto}{flags} \u00b7 {total} checks'
@@ -568,27 +645,42 @@ class ReportInputError(ValueError):
     """The JSON-lines report cannot be read."""
 
 
-def load_jsonl(path) -> tuple[list[dict], list[dict]]:
-    """(stats rows, findings) from a campaign's JSON-lines report (a file, or a directory holding one)."""
+RUN_GAP_S = 2.0  # a stats line whose run started (wall clock - elapsed) this much later starts a new run
+
+
+def report_file(path) -> Path:
+    """The JSON-lines file of ``path``: the file itself, or the report directory's migfuzz.jsonl
+    (else its only ``*.jsonl`` file)."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise ReportInputError("no *.jsonl file in this directory")
-        path = files[0]
-    stats, findings = [], []
+    if not path.is_dir():
+        return path
+    if (path / JSONL_NAME).is_file():
+        return path / JSONL_NAME
+    files = sorted(path.glob("*.jsonl"))
+    if len(files) != 1:
+        hint = "; `migfuzz report DIR` merges the job*/ reports of --jobs into one" if job_dirs(path) else ""
+        raise ReportInputError((f"no {JSONL_NAME} in this directory" if not files else
+                                f"no {JSONL_NAME} and {len(files)} other *.jsonl files in this directory") + hint)
+    return files[0]
+
+
+def read_rows(path) -> list[dict]:
+    """The stats and finding lines of a campaign's JSON-lines report, in file order, each a dict
+    with its ``type``. A line cut short (a killed campaign) is skipped; a file with no JSON
+    object at all is a ReportInputError."""
+    path = report_file(path)
     try:
         text = path.read_text(errors="replace")
     except OSError as e:
-        raise ReportInputError(str(e)) from None
-    bad, good = [], 0
+        raise ReportInputError(e.strerror or str(e)) from None
+    rows, bad, good = [], [], 0
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            bad.append(f"line {number}: not JSON ({e.msg})")  # e.g. a line cut short by a kill: skipped
+            bad.append(f"line {number}: not JSON ({e.msg})")
             continue
         if not isinstance(row, dict):
             bad.append(f"line {number}: not a JSON object")
@@ -596,31 +688,125 @@ def load_jsonl(path) -> tuple[list[dict], list[dict]]:
         good += 1
         kind = row.get("type")
         body = row.get(kind) if isinstance(row.get(kind), dict) else row
-        if kind == "stats":
-            stats.append({k: v for k, v in body.items() if k != "type"})
-        elif kind == "finding":
-            findings.append({k: v for k, v in body.items() if k != "type"})
+        if kind in ("stats", "finding"):
+            rows.append(dict(body, type=kind))
     if bad and not good:
         raise ReportInputError(bad[0])
-    return stitch_runs(stats), findings
+    return rows
 
 
-def stitch_runs(stats: list[dict]) -> list[dict]:
-    """A report appended to by several runs (a resumed campaign) restarts elapsed_s, execs and
-    findings at 0: lay the runs end to end so time and the totals keep growing."""
-    out, base, last = [], {}, {}
-    for row in stats:
-        t = row.get("elapsed_s")
-        if isinstance(t, (int, float)) and isinstance(last.get("elapsed_s"), (int, float)) \
-                and t < last["elapsed_s"] - base.get("elapsed_s", 0):
-            base = {k: last[k] for k in ("elapsed_s", "execs", "findings") if isinstance(last.get(k), (int, float))}
-        row = dict(row)
-        for k, v in base.items():
-            if isinstance(row.get(k), (int, float)):
-                row[k] = row[k] + v
-        out.append(row)
+def load_jsonl(path) -> tuple[list[dict], list[dict]]:
+    """(stats rows, finding rows) of a report, runs laid end to end (:func:`stitch_runs`)."""
+    return stitch_runs(read_rows(path))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _timestamp(value) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _split_runs(rows: list[dict]) -> list[dict]:
+    """Number the runs of a report (``run`` on every stats row, file order): a run ends with its
+    ``final`` stats line, or where elapsed_s goes back, or where the run's wall-clock start
+    (time - elapsed_s) jumps. Returns per run: start (wall clock or None), end (raw elapsed)."""
+    runs: list[dict] = []
+    last = None
+    for row in rows:
+        if row["type"] != "stats" or not _number(row.get("elapsed_s")):
+            continue
+        t = row["elapsed_s"]
+        ts = _timestamp(row.get("time"))
+        start = ts - t if ts is not None else None
+        new = last is None or t < last["elapsed_s"] or bool(last.get("final")) or (
+            start is not None and runs[-1]["start"] is not None and abs(start - runs[-1]["start"]) > RUN_GAP_S)
+        if new:
+            runs.append({"start": start, "end": 0.0})
+        elif runs[-1]["start"] is None:
+            runs[-1]["start"] = start
+        row["run"] = len(runs) - 1
+        runs[-1]["end"] = max(runs[-1]["end"], t)
         last = row
-    return out
+    return runs
+
+
+def _place_findings(rows: list[dict], runs: list[dict]) -> None:
+    """Give every finding row its ``run`` and ``run_s`` (seconds into that run) where they can be
+    told: from its wall-clock ``time`` (the last run started before it), else its own elapsed
+    field (the run it appears in, or the next one if its clock is behind)."""
+    current = 0
+    last_t = -1.0
+    for row in rows:
+        if row["type"] == "stats":
+            if "run" in row:
+                current, last_t = row["run"], row["elapsed_s"]
+            continue
+        own = next((row[k] for k in ("elapsed_s", "elapsed", "time_s") if _number(row.get(k))), None)
+        ts = _timestamp(row.get("time"))
+        starts = [(i, r["start"]) for i, r in enumerate(runs) if r["start"] is not None]
+        if ts is not None and starts:
+            run, start = max(((i, st) for i, st in starts if st <= ts + RUN_GAP_S), default=starts[0],
+                             key=lambda p: p[1])
+            row["run"], row["run_s"] = run, round(max(ts - start, 0.0), 2)
+        elif own is not None:
+            run = current + 1 if own < last_t and current + 1 < len(runs) else current
+            row["run"], row["run_s"] = run, float(own)
+        if "run" in row and runs:
+            runs[row["run"]]["end"] = max(runs[row["run"]]["end"], row.get("run_s", 0.0))
+
+
+def stitch_runs(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A report appended to by several runs (a resumed campaign) restarts elapsed_s and the
+    counters at 0 in each run: lay the runs end to end so time keeps growing and execs add up.
+
+    ``rows``: stats and finding dicts in file order (``type`` "stats"/"finding"). Returns
+    (stats, findings), copies: each stats row with ``run``, ``run_start`` (stitched seconds) and
+    stitched ``elapsed_s``/``execs``/``findings``; each finding with ``run`` and ``at`` (stitched
+    seconds) where known, else the first stats row that counts it gives ``at``."""
+    rows = [dict(r) for r in rows]
+    runs = _split_runs(rows) or [{"start": None, "end": 0.0}]
+    _place_findings(rows, runs)
+    offsets, total = [], 0.0
+    for r in runs:
+        offsets.append(total)
+        total += r["end"]
+    base: dict = {}
+    bases = []
+    for i in range(len(runs)):
+        bases.append(dict(base))
+        last = next((r for r in reversed(rows) if r["type"] == "stats" and r.get("run") == i), {})
+        for k in ("execs", "findings"):
+            if _number(last.get(k)):
+                base[k] = base.get(k, 0) + last[k]
+    stats, findings = [], []
+    for row in rows:
+        run = row.get("run")
+        if row["type"] == "stats":
+            if run is not None:
+                row["elapsed_s"] = round(row["elapsed_s"] + offsets[run], 3)
+                row["run_start"] = offsets[run]
+                for k, v in bases[run].items():
+                    if _number(row.get(k)):
+                        row[k] = row[k] + v
+            stats.append(row)
+        else:
+            if run is not None and "run_s" in row:
+                row["at"] = round(offsets[run] + row["run_s"], 3)
+            findings.append(row)
+    ordered = sorted((r for r in stats if _number(r.get("elapsed_s"))), key=lambda r: r["elapsed_s"])
+    for i, row in enumerate(findings, 1):
+        if "at" not in row:  # no clock of its own: the first stats row that counts it
+            at = next((r["elapsed_s"] for r in ordered if _number(r.get("findings")) and r["findings"] >= i), None)
+            if at is not None:
+                row["at"] = at
+    return stats, findings
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
@@ -648,8 +834,9 @@ def _fmt(v: float) -> str:
 
 
 def line_chart(title: str, xs: list, ys: list, colour: str, width: int = 600, height: int = 240,
-               step: bool = False, marks: list | None = None, unit: str = "") -> str:
-    """One SVG line chart (x = elapsed seconds); ``marks`` = x positions drawn as red verticals."""
+               step: bool = False, marks: list | None = None, unit: str = "", runs: list | None = None) -> str:
+    """One SVG line chart (x = elapsed seconds); ``marks`` = x positions drawn as red verticals,
+    ``runs`` = where the second, third, ... run of a resumed campaign starts (grey verticals)."""
     left, right, top, bottom = 62, 18, 34, 36
     pw, ph = width - left - right, height - top - bottom
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
@@ -659,7 +846,8 @@ def line_chart(title: str, xs: list, ys: list, colour: str, width: int = 600, he
         out.append(_t(width / 2, height / 2, "no data", 13, fill="#90a4ae"))
         out.append("</svg>")
         return "\n".join(out)
-    x_hi = max(xs) if max(xs) > 0 else 1
+    x_hi = max([*xs, *(marks or ()), *(runs or ())])
+    x_hi = x_hi if x_hi > 0 else 1
     y_hi = max(max(ys), 1) * 1.08
     xticks = _nice_ticks(0, x_hi)
     yticks = _nice_ticks(0, y_hi, integer=all(float(y).is_integer() for y in ys))
@@ -679,6 +867,10 @@ def line_chart(title: str, xs: list, ys: list, colour: str, width: int = 600, he
     out.append(_t(left + pw / 2, height - 4, "elapsed (s)", 10.5, fill="#90a4ae"))
     out.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#90a4ae"/>')
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#90a4ae"/>')
+    for n, r in enumerate(runs or [], 2):
+        out.append(f'<line x1="{px(r):.1f}" y1="{top}" x2="{px(r):.1f}" y2="{top + ph}" stroke="#90a4ae" '
+                   f'stroke-dasharray="6 3"><title>run {n} starts at {r:g} s</title></line>')
+        out.append(_t(px(r) + 3, top + 10, f"run {n}", 10, anchor="start", fill="#90a4ae"))
     for m in marks or []:
         out.append(f'<line x1="{px(m):.1f}" y1="{top}" x2="{px(m):.1f}" y2="{top + ph}" stroke="#e57373" '
                    f'stroke-dasharray="3 3"><title>finding at {m:g} s</title></line>')
@@ -714,88 +906,123 @@ CHARTS = (  # stats key, title, colour, step
 CUMULATIVE = frozenset({"execs", "arcs", "cov", "corpus", "findings"})
 
 
-def _timestamp(value) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+# finding field -> class of its table cell ("long": may be one long token, wraps anywhere)
+FINDING_CELL = {"observed": "obs", "kind": "mono", "arc": "mono", "op": "mono long", "file": "mono long"}
 
 
-def _finding_times(stats: list[dict], findings: list[dict]) -> list[float]:
-    """When each finding happened (seconds into the campaign): its own elapsed field, else its
-    wall-clock ``time`` against the stats rows' (time - elapsed_s), else the first stats row that
-    counts it."""
-    starts = [ts - r["elapsed_s"] for r in stats
-              if (ts := _timestamp(r.get("time"))) is not None and isinstance(r.get("elapsed_s"), (int, float))]
-    start = min(starts) if starts else None
-    times = []
-    for i, f in enumerate(findings, 1):
-        t = next((f[k] for k in ("elapsed_s", "elapsed", "time_s") if isinstance(f.get(k), (int, float))), None)
-        if t is None and start is not None and (ts := _timestamp(f.get("time"))) is not None:
-            t = round(max(ts - start, 0.0), 2)
-        if t is None:
-            t = next((r["elapsed_s"] for r in stats if r.get("findings", 0) >= i and "elapsed_s" in r), None)
-        if t is not None:
-            times.append(float(t))
-    return times
+def _distinct(findings: list[dict]) -> list[dict]:
+    """One entry per finding signature (``fuzz.report.group_findings``: the first report of it,
+    with ``count``), in the order they were first made."""
+    groups = group_findings([dict(f, type="finding") for f in findings])
+    return sorted(groups, key=lambda g: g["at"] if _number(g.get("at")) else math.inf)
 
 
 def campaign_html(stats_rows, findings, out=None) -> str:
-    """The campaign page. ``stats_rows``: the stats dicts, or a path to the JSON-lines report (then
-    ``findings`` may be None and is read from it too). Writes ``out`` if given; returns the HTML."""
+    """The campaign page. ``stats_rows``: a path to the JSON-lines report or its directory (then
+    ``findings`` None reads them from it too), or the stats dicts of the report in order, with
+    ``findings`` the finding dicts. Writes ``out`` if given; returns the HTML."""
     source = ""
     if isinstance(stats_rows, (str, Path)):
         source = str(stats_rows)
-        stats_rows, file_findings = load_jsonl(stats_rows)
-        if findings is None:
-            findings = file_findings
-    stats = sorted((r for r in stitch_runs(list(stats_rows)) if isinstance(r.get("elapsed_s"), (int, float))),
-                   key=lambda r: r["elapsed_s"])
-    findings = list(findings or [])
-    marks = _finding_times(stats, findings)
-    target = next((f.get("target") for f in findings if f.get("target")), "") or \
+        rows = read_rows(stats_rows)
+        if findings is not None:
+            rows = [r for r in rows if r["type"] == "stats"] + [dict(f, type="finding") for f in findings]
+    else:
+        rows = [dict(r, type="stats") for r in stats_rows] + [dict(f, type="finding") for f in findings or ()]
+    stats, reports = stitch_runs(rows)
+    stats = sorted((r for r in stats if _number(r.get("elapsed_s"))), key=lambda r: r["elapsed_s"])
+    found = _distinct(reports)
+    marks = [f["at"] for f in found if _number(f.get("at"))]
+    nruns = 1 + max((r.get("run", 0) for r in stats), default=0)
+    run_starts = sorted({r["run_start"] for r in stats if r.get("run", 0) > 0})
+    target = next((f.get("target") for f in found if f.get("target")), "") or \
         next((r.get("target") for r in stats if r.get("target")), "")
     last = stats[-1] if stats else {}
+    n = len(found)
     summary = (f"{_fmt(last.get('elapsed_s', 0))} s \u00b7 {_fmt(last.get('execs', 0))} executions \u00b7 "
-               f"{last.get('arcs', 0)} protocol arcs \u00b7 {len(findings)} findings") if stats else "no stats rows"
+               f"{last.get('arcs', 0)} protocol arcs \u00b7 {n} distinct finding{'s' if n != 1 else ''}"
+               + (f" ({len(reports)} reports)" if len(reports) != n else "")
+               + (f" \u00b7 {nruns} runs" if nruns > 1 else "")) if stats else "no stats rows"
     body = [f"<h1>Fuzzing campaign{': <code>' + escape(target) + '</code>' if target else ''}</h1>",
             f'<p class="sub">{escape(summary)}' + (f" \u00b7 from <code>{escape(source)}</code>" if source else "")
             + "</p>",
-            f'<div class="banner {"bad" if findings else "ok"}"><div class="big">'
-            f'{str(len(findings)) + " FINDING" + ("S" if len(findings) != 1 else "") if findings else "NO FINDINGS"}'
-            f'</div><div class="counts">red dashed lines in the charts mark when each finding was made</div></div>']
+            f'<div class="banner {"bad" if found else "ok"}"><div class="big">'
+            f'{str(n) + " FINDING" + ("S" if n != 1 else "") if found else "NO FINDINGS"}'
+            f'</div><div class="counts">red dashed lines in the charts mark when each distinct finding was first made'
+            + ("; grey ones where a resumed run starts" if nruns > 1 else "") + "</div></div>"]
     charts = []
     for key, title, colour, step in CHARTS:
-        pts = [(r["elapsed_s"], r[key]) for r in stats if isinstance(r.get(key), (int, float))]
-        if key == "findings" and findings and len(marks) == len(findings):
-            # exact: one step per finding, at the time it was made
+        pts = [(r["elapsed_s"], r[key]) for r in stats if _number(r.get(key))]
+        if key == "findings" and found and len(marks) == n:
+            # exact: one step per distinct finding, at the time it was first made
             end = max([p[0] for p in pts] + marks)
-            pts = [(0.0, 0)] + [(t, i) for i, t in enumerate(sorted(marks), 1)] + [(end, len(findings))]
+            pts = [(0.0, 0)] + [(t, i) for i, t in enumerate(sorted(marks), 1)] + [(end, n)]
         elif pts and key in CUMULATIVE and pts[0][0] > 0:
             pts.insert(0, (0.0, 0))  # every total starts at 0
         if not pts and key not in ("execs", "arcs", "findings"):
             continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        charts.append(f'<div class="figure">{line_chart(title, xs, ys, colour, step=step, marks=marks)}</div>')
+        charts.append(f'<div class="figure">'
+                      f'{line_chart(title, xs, ys, colour, step=step, marks=marks, runs=run_starts)}</div>')
     body.append("<h2>Over time</h2>")
     body.append(f'<div class="grid2">{"".join(charts)}</div>')
-    body.append(f"<h2>Findings ({len(findings)})</h2>")
-    if findings:
+    body.append(f"<h2>Findings ({n})</h2>")
+    if found:
         keys = ("kind", "arc", "expected", "observed", "op", "step", "file")
-        cols = [k for k in keys if any(k in f for f in findings)]
-        head = "<tr><th>#</th><th>when</th>" + "".join(f"<th>{k}</th>" for k in cols) + "</tr>"
+        cols = [k for k in keys if any(k in f for f in found)]
+        head = "<tr><th>#</th><th>when</th>" + "".join(f"<th>{k}</th>" for k in cols) + "<th>seen</th></tr>"
         rows = []
-        for i, f in enumerate(findings):
-            when = f"{marks[i]:g} s" if i < len(marks) else "-"
-            rows.append(f'<tr class="fail"><td>{i + 1}</td><td style="white-space:nowrap">{when}</td>' + "".join(
-                f'<td class="{"obs" if k == "observed" else "mono" if k in ("kind", "arc", "op", "file") else ""}">'
-                f'{escape(str(f.get(k, "")))}</td>' for k in cols) + "</tr>")
+        for i, f in enumerate(found):
+            when = f"{f['at']:g}\u00a0s" if _number(f.get("at")) else "-"
+            if nruns > 1 and "run" in f:
+                when += f" (run\u00a0{f['run'] + 1})"
+            rows.append(f'<tr class="fail"><td>{i + 1}</td><td>{escape(when)}</td>' + "".join(
+                f'<td class="{FINDING_CELL.get(k, "")}">{_cell(str(f.get(k, "")))}</td>' for k in cols)
+                + f'<td class="nowrap">{f["count"]}\u00d7</td></tr>')
         body.append(f"<table>{head}{''.join(rows)}</table>")
     else:
         body.append("<p>None.</p>")
     html = _page(f"migfuzz campaign {target}", "\n".join(body))
     if out is not None:
-        Path(out).write_text(html)
+        write_output(Path(out), html)
     return html
+
+
+# =========================================================================== output and the command
+
+
+def output_file(text: str) -> Path:
+    """Where a report goes (``--out``), checked before any work is done: its directory exists and
+    is writable, and it is not itself a directory. Problems are UsageErrors (one line)."""
+    out = Path(text)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{out}: no such directory: {parent}")
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory; give a file name")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"{out}: not writable")
+    return out
+
+
+def write_output(out: Path, text: str) -> None:
+    """Write a report; an OSError becomes a UsageError naming the file."""
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{out}: {e.strerror or e}") from None
+
+
+def cmd_report_html(args) -> int:
+    """``migfuzz report-html --jsonl FILE_OR_DIR --out FILE`` (arguments declared in ``fuzz.cli``)."""
+    src = Path(args.jsonl)
+    if not src.exists():
+        raise UsageError(f"{src}: no such file or directory")
+    out = output_file(args.out)
+    try:
+        html = campaign_html(src, None)
+    except ReportInputError as e:
+        raise UsageError(f"{src}: {e}") from None
+    write_output(out, html)
+    print(f"wrote {out}", file=sys.stderr)
+    return EXIT_OK

@@ -1,9 +1,19 @@
-"""The self-contained HTML pictures: the conformance page and the campaign page."""
+"""The self-contained HTML pictures: the conformance page and the campaign page.
+
+The pages are classified from the conform records' structured fields only, laid out so that
+nothing scrolls sideways (checked in headless Chromium), and a report of a resumed campaign
+lays its runs end to end."""
 from __future__ import annotations
 
+import copy
+import html as htmllib
 import json
 import re
+import shutil
+import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -11,11 +21,17 @@ from fuzz import conform, htmlreport, model
 from fuzz.cli import main
 
 SVG_NS = "http://www.w3.org/2000/svg"
+SVG = f"{{{SVG_NS}}}"
 
 
 def svgs(html: str) -> list[ET.Element]:
     """Every inline <svg> parsed as XML (so each is well formed)."""
     return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", html, flags=re.S)]
+
+
+def text_of(html: str) -> str:
+    """The page's text as a reader sees it (tags, including <wbr>, removed; entities decoded)."""
+    return htmllib.unescape(re.sub(r"<[^>]+>", "", html))
 
 
 def assert_self_contained(html: str) -> None:
@@ -26,12 +42,18 @@ def assert_self_contained(html: str) -> None:
     # the only URL is the SVG namespace name, which is not fetched
     assert set(re.findall(r"https?://[^\s\"')]+", html)) <= {SVG_NS}
     assert "url(" not in lowered.replace("url(#", "")  # only references to patterns/markers inside the page
+    for svg in svgs(html):  # every picture scales down to its box
+        assert svg.get("viewBox"), svg.get("aria-label")
 
 
 @pytest.fixture(scope="module")
 def hang_page() -> tuple[dict, str]:
     result = conform.sweep("sim:flags=0x7,bug=v2-precopy-arc-hang")
     return result, htmlreport.conform_html(result)
+
+
+def cell_groups(matrix: ET.Element) -> list[ET.Element]:
+    return [g for g in matrix.iter(f"{SVG}g") if g.find(f"{SVG}title") is not None]
 
 
 def test_conform_page_is_one_self_contained_file_with_svg(hang_page):
@@ -43,14 +65,14 @@ def test_conform_page_is_one_self_contained_file_with_svg(hang_page):
 def test_failing_cells_are_red_with_expected_and_observed_in_the_tooltip(hang_page):
     _, html = hang_page
     matrix = svgs(html)[0]
-    cells = [g for g in matrix.iter(f"{{{SVG_NS}}}g") if g.find(f"{{{SVG_NS}}}title") is not None]
+    cells = cell_groups(matrix)
     assert len(cells) == 8 * 10  # 7 states + ERROR, to 8 values + 2 out-of-range
-    red = [g for g in cells if g.find(f"{{{SVG_NS}}}rect").get("fill") == htmlreport.FAIL_FILL]
-    tips = sorted(g.find(f"{{{SVG_NS}}}title").text for g in red)
+    red = [g for g in cells if g.find(f"{SVG}rect").get("fill") == htmlreport.FAIL_FILL]
+    tips = sorted(g.find(f"{SVG}title").text for g in red)
     assert len(tips) == 2
     assert tips[0].startswith("STOP_COPY \u2192 PRE_COPY  [FAIL]")
     assert "expected: refused, stays STOP_COPY" in tips[0] and "observed: hang" in tips[0]
-    texts = [t.text for g in red for t in g.iter(f"{{{SVG_NS}}}text")]
+    texts = [t.text for g in red for t in g.iter(f"{SVG}text")]
     assert "HANG" in texts
 
 
@@ -72,7 +94,7 @@ def test_state_diagram_draws_the_arcs_of_the_flag_set(flags):
     blocked = [b for b in model.BLOCKED if model.supported(flags, b[0]) and model.supported(flags, b[1])]
     assert len(solid) == len(model.arcs(flags))
     assert len(dashed) == len(blocked) + 1  # + the reset arrow out of ERROR
-    nodes = {t.text for t in diagram.iter(f"{{{SVG_NS}}}text")}
+    nodes = {t.text for t in diagram.iter(f"{SVG}text")}
     for s in range(1, 8):
         assert (model.STATE_NAMES[s] in nodes) == model.supported(flags, s)
     assert not any(e.get("stroke") == "#c62828" for e in shapes)  # nothing red on a conforming device
@@ -81,9 +103,10 @@ def test_state_diagram_draws_the_arcs_of_the_flag_set(flags):
 def test_failing_arc_is_red_in_the_diagram():
     result = conform.sweep("sim:flags=0x3,bug=v2-p2p-arc-missing")
     diagram = svgs(htmlreport.conform_html(result))[1]
-    red = [g for g in diagram.iter(f"{{{SVG_NS}}}g")
-           if any(e.get("stroke") == "#c62828" for e in g) and g.find(f"{{{SVG_NS}}}title") is not None]
-    assert any(g.find(f"{{{SVG_NS}}}title").text.startswith("RUNNING \u2192 RUNNING_P2P") for g in red)
+    red = [g for g in diagram.iter(f"{SVG}g")
+           if any(e.get("stroke") == "#c62828" for e in g) and g.find(f"{SVG}title") is not None]
+    arc = next(g for g in red if g.find(f"{SVG}title").text.startswith("RUNNING \u2192 RUNNING_P2P"))
+    assert "refused!" in [t.text for t in arc.iter(f"{SVG}text")]
 
 
 def test_v1_page():
@@ -91,8 +114,12 @@ def test_v1_page():
     html = htmlreport.conform_html(result)
     assert_self_contained(html)
     matrix, diagram = svgs(html)[:2]
-    assert sum(1 for r in matrix.iter(f"{{{SVG_NS}}}rect") if r.get("fill") == htmlreport.FAIL_FILL) == 6
-    assert "110b" in "".join(t.text or "" for t in diagram.iter(f"{{{SVG_NS}}}text"))
+    assert sum(1 for r in matrix.iter(f"{SVG}rect") if r.get("fill") == htmlreport.FAIL_FILL) == 6
+    assert "110b" in "".join(t.text or "" for t in diagram.iter(f"{SVG}text"))
+    # the accepted writes into ERROR are drawn as arcs the device took but must not
+    took = [g for g in diagram.iter(f"{SVG}g") if (g.findtext(f"{SVG}title") or "").endswith("ERROR")
+            and any(e.get("stroke-dasharray") and e.get("stroke") == "#c62828" for e in g)]
+    assert len(took) >= 5
 
 
 def test_conform_cli_writes_html(tmp_path, capsys):
@@ -102,6 +129,65 @@ def test_conform_cli_writes_html(tmp_path, capsys):
     assert_self_contained(html)
     assert "<svg" in html and "DOES NOT CONFORM" in html
     capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- decided from data, not prose
+
+
+def drawing(svg: ET.Element) -> list:
+    """What a picture shows, without its tooltips: every shape's colour and dash, every label."""
+    out = []
+    for e in svg.iter():
+        if e.tag == f"{SVG}title":
+            continue
+        out.append((e.tag, e.get("fill"), e.get("stroke"), e.get("stroke-dasharray"), (e.text or "").strip()))
+    return out
+
+
+@pytest.mark.parametrize("target", ["sim:flags=0x7,bug=v2-error-requestable", "sim:flags=0x3,bug=v2-p2p-arc-missing",
+                                    "sim:flags=0x7,bug=v2-precopy-arc-hang", "sim:proto=v1,bug=v1-accept-111",
+                                    "sim:flags=0x7,bug=v2-fd-after-reset"])
+def test_matrix_and_diagram_ignore_the_expected_and_observed_text(target):
+    result = conform.sweep(target)
+    scrambled = copy.deepcopy(result)
+    for c in scrambled["checks"]:
+        c["expected"], c["observed"] = "ok refused no-op new fd hang exception", "ok, GET ERROR, reads STOP"
+    before, after = svgs(htmlreport.conform_html(result)), svgs(htmlreport.conform_html(scrambled))
+    assert [drawing(s) for s in before] == [drawing(s) for s in after]
+
+
+def test_matrix_follows_the_structured_outcome():
+    """Change only a cell's data and its picture changes accordingly."""
+    result = conform.sweep("sim:flags=0x7")
+    cell = next(c for c in result["checks"] if (c["check"], c["from"], c["to"]) == ("arc", "STOP", "ERROR"))
+    cell["verdict"] = "fail"
+    cell["outcome"].update(err=0, accepted=True, state=model.ERROR)
+    assert htmlreport.departure(cell) == "accepted"
+    fill, _, main_text, small = htmlreport._cell_text("v2", cell)  # noqa: SLF001
+    assert (fill, main_text, small) == (htmlreport.FAIL_FILL, "accepted", "\u2192 ERROR")
+    diagram = svgs(htmlreport.conform_html(result))[1]
+    assert any((g.findtext(f"{SVG}title") or "").startswith("STOP \u2192 ERROR: accepted")
+               for g in diagram.iter(f"{SVG}g"))
+
+
+def _record(exp: dict, out: dict, path=("STOP", "RUNNING")) -> dict:
+    return {"check": "arc", "from": "STOP", "to": "RUNNING", "expected": "", "observed": "", "path": list(path),
+            "verdict": "fail", "expect": conform.expect(**exp), "outcome": conform.outcome(**out)}
+
+
+@pytest.mark.parametrize("exp, out, main_text, small", [
+    ({"ok": True, "states": [2], "fd": False}, {"err": 0, "state": 2, "fd": True}, "wrong", "+fd"),
+    ({"ok": True, "states": [3], "fd": True}, {"err": 0, "state": 3, "fd": False}, "wrong", "no fd"),
+    ({"ok": True, "states": [2], "fd": False}, {"err": 0, "state": 1, "fd": False}, "wrong", "\u2192 STOP"),
+    ({"ok": True, "states": [2], "fd": False}, {"err": 22, "state": 1, "fd": False}, "refused", "EINVAL \u2192 STOP"),
+    ({"ok": False, "states": [1], "fd": False}, {"err": 0, "state": 0, "fd": False}, "accepted", "\u2192 ERROR"),
+    ({"ok": False, "states": [1]}, {"status": "hang"}, "HANG", "no return"),
+    ({"ok": False, "states": [1]}, {"status": "exception", "exception": "KeyError"}, "EXCEPTION", "KeyError"),
+    ({"ok": True}, {"status": "endless"}, "NO END", ""),
+])
+def test_a_failing_cell_says_how_it_departs(exp, out, main_text, small):
+    fill, _, got_main, got_small = htmlreport._cell_text("v2", _record(exp, out))  # noqa: SLF001
+    assert (fill, got_main, got_small) == (htmlreport.FAIL_FILL, main_text, small)
 
 
 # --------------------------------------------------------------------------- campaign page
@@ -119,9 +205,13 @@ def campaign_lines() -> list[dict]:
     return rows
 
 
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
 def test_campaign_page_from_a_jsonl_file(tmp_path):
-    src = tmp_path / "report.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in campaign_lines()) + "\n")
+    src = write_jsonl(tmp_path / "report.jsonl", campaign_lines())
     out = tmp_path / "campaign.html"
     html = htmlreport.campaign_html(src, None, out)
     assert out.read_text() == html
@@ -130,10 +220,10 @@ def test_campaign_page_from_a_jsonl_file(tmp_path):
     titles = [c.get("aria-label") for c in charts]
     assert {"Executions (total)", "Executions per second", "Protocol arcs covered", "Findings (total)"} <= set(titles)
     for chart in charts:
-        assert chart.find(f"{{{SVG_NS}}}polyline") is not None
+        assert chart.find(f"{SVG}polyline") is not None
     # the finding is marked at the time the stats first count it
     assert "finding at 8 s" in html
-    assert "STOP_COPY -set-&gt; PRE_COPY" in html and "1 FINDING" in html
+    assert "STOP_COPY -set-> PRE_COPY" in text_of(html) and "1 FINDING" in html
 
 
 def test_campaign_page_from_rows_and_empty():
@@ -145,43 +235,212 @@ def test_campaign_page_from_rows_and_empty():
     assert "no data" in empty and len(svgs(empty)) >= 3
 
 
+def test_a_long_op_is_cut_with_its_start_in_the_tooltip(tmp_path):
+    op = "write 0 data=" + "ab" * 2000
+    rows = campaign_lines()
+    rows[7] = dict(rows[7], op=op)
+    html = htmlreport.campaign_html(write_jsonl(tmp_path / "r.jsonl", rows), None)
+    assert op not in text_of(html)
+    shown = re.search(r'<span title="(write 0 data=[ab]+\u2026)">(.*?)</span>', html)
+    assert shown and len(shown.group(1)) == htmlreport.TITLE_LIMIT
+    assert text_of(shown.group(2)).endswith("\u2026") and len(text_of(shown.group(2))) == htmlreport.CELL_LIMIT
+
+
 def test_report_html_cli(tmp_path, capsys):
-    src = tmp_path / "r.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in campaign_lines()))
+    src = write_jsonl(tmp_path / "r.jsonl", campaign_lines())
     out = tmp_path / "r.html"
     assert main(["report-html", "--jsonl", str(src), "--out", str(out)]) == 0
     assert "<svg" in out.read_text()
-    # a directory holding the report works too
-    assert main(["report-html", "--jsonl", str(tmp_path), "--out", str(out)]) == 0
+    # a report directory works too; its migfuzz.jsonl comes first
+    report_dir = tmp_path / "reports"
+    report_dir.mkdir()
+    write_jsonl(report_dir / "migfuzz.jsonl", campaign_lines())
+    write_jsonl(report_dir / "other.jsonl", ["not json"])
+    assert main(["report-html", "--jsonl", str(report_dir), "--out", str(out)]) == 0
+    assert "1 FINDING" in out.read_text()
     src.write_text('{"type": "stats"\n')
     assert main(["report-html", "--jsonl", str(src), "--out", str(out)]) == 2
     assert "not JSON" in capsys.readouterr().err
 
 
-def test_report_from_the_engine_reporter_format(tmp_path):
-    """fuzz.report.JsonlReporter lines: wall-clock "time" on every line, a final stats line, a last
-    line cut short by a kill, and a resumed campaign appending a second run."""
-    lines = [
-        '{"type": "finding", "time": "2026-01-01T00:00:02.500Z", "kind": "hang", "arc": "A", "target": "sim"}',
-        '{"type": "stats", "time": "2026-01-01T00:00:05.000Z", "execs": 500, "execs_per_s": 100.0, "arcs": 9, '
-        '"findings": 1, "elapsed_s": 5.0}',
-        '{"type": "stats", "time": "2026-01-01T00:00:10.000Z", "execs": 900, "execs_per_s": 90.0, "arcs": 12, '
-        '"findings": 1, "elapsed_s": 10.0, "final": true}',
-        '{"type": "stats", "time": "2026-01-01T01:00:05.000Z", "execs": 400, "execs_per_s": 80.0, "arcs": 12, '
-        '"findings": 0, "elapsed_s": 5.0}',
-        '{"type": "stats", "time": "2026-01-01T01:00:06.0',
-    ]
-    src = tmp_path / "migfuzz.jsonl"
-    src.write_text("\n".join(lines))
-    stats, findings = htmlreport.load_jsonl(tmp_path)
-    assert [r["elapsed_s"] for r in stats] == [5.0, 10.0, 15.0]  # the second run continues the first
-    assert [r["execs"] for r in stats] == [500, 900, 1300]
-    html = htmlreport.campaign_html(src, None)
-    assert "finding at 2.5 s" in html  # from the wall-clock time, not the first stats row
+@pytest.mark.parametrize("make_out, why", [
+    (lambda tmp: tmp / "no" / "such" / "dir" / "r.html", "no such directory"),
+    (lambda tmp: tmp, "is a directory"),
+])
+def test_report_html_output_problems_are_one_line_usage_errors(tmp_path, capsys, make_out, why):
+    src = write_jsonl(tmp_path / "r.jsonl", campaign_lines())
+    assert main(["report-html", "--jsonl", str(src), "--out", str(make_out(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert why in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_report_html_of_an_empty_directory(tmp_path, capsys):
+    assert main(["report-html", "--jsonl", str(tmp_path), "--out", str(tmp_path / "x.html")]) == 2
+    assert "no migfuzz.jsonl" in capsys.readouterr().err
 
 
 def test_a_file_without_any_json_is_an_input_error(tmp_path):
-    src = tmp_path / "x.jsonl"
-    src.write_text("not json\n")
+    src = write_jsonl(tmp_path / "x.jsonl", ["not json"])
     with pytest.raises(htmlreport.ReportInputError):
         htmlreport.load_jsonl(src)
+
+
+# --------------------------------------------------------------------------- resumed campaigns
+
+SIG_HANG = "hang|STOP_COPY -set-> PRE_COPY|set"
+SIG_FD = "fd-misuse-accepted|PRE_COPY -set-> RUNNING|read"
+
+
+def engine_lines() -> list[str]:
+    """fuzz.report.JsonlReporter lines of two runs (the second an hour later, each clock from 0):
+    the second run finds the first run's defect again and one new one; the last line is cut short."""
+    finding = '{{"type": "finding", "time": "{}", "kind": "{}", "arc": "A", "op": "set 0 X", "signature": "{}"{}}}'
+    stats = ('{{"type": "stats", "time": "{}", "execs": {}, "execs_per_s": 100.0, "arcs": {}, "findings": {}, '
+             '"elapsed_s": {}{}}}')
+    return [
+        finding.format("2026-01-01T00:00:02.500Z", "hang", SIG_HANG, ', "target": "sim"'),
+        stats.format("2026-01-01T00:00:05.000Z", 500, 9, 1, 5.0, ""),
+        stats.format("2026-01-01T00:00:10.000Z", 900, 12, 1, 10.0, ', "final": true'),
+        finding.format("2026-01-01T01:00:01.000Z", "hang", SIG_HANG, ', "known": true'),
+        finding.format("2026-01-01T01:00:03.000Z", "fd-misuse-accepted", SIG_FD, ""),
+        stats.format("2026-01-01T01:00:05.000Z", 400, 12, 2, 5.0, ""),
+        '{"type": "stats", "time": "2026-01-01T01:00:06.0',
+    ]
+
+
+def test_runs_are_laid_end_to_end(tmp_path):
+    src = write_jsonl(tmp_path / "migfuzz.jsonl", engine_lines())
+    stats, findings = htmlreport.load_jsonl(tmp_path)
+    assert [r["elapsed_s"] for r in stats] == [5.0, 10.0, 15.0]  # the second run continues the first
+    assert [r["execs"] for r in stats] == [500, 900, 1300]
+    assert [r["run"] for r in stats] == [0, 0, 1]
+    assert [(f["run"], f["at"]) for f in findings] == [(0, 2.5), (1, 11.0), (1, 13.0)]
+    html = htmlreport.campaign_html(src, None)
+    assert "finding at 2.5 s" in html  # from the wall-clock time, not the first stats row
+    assert "finding at 13 s" in html and "finding at 11 s" not in html  # the repeat is no new finding
+    assert "run 2 starts at 10 s" in html
+
+
+def test_the_banner_counts_distinct_findings(tmp_path):
+    html = htmlreport.campaign_html(write_jsonl(tmp_path / "migfuzz.jsonl", engine_lines()), None)
+    assert "2 FINDINGS" in html and "3 FINDINGS" not in html
+    assert "2 distinct findings (3 reports)" in html
+    table = html[html.index("<h2>Findings (2)</h2>"):]
+    assert table.count('<tr class="fail">') == 2 and "2\u00d7" in table
+
+
+def test_charts_never_go_back_in_time(tmp_path):
+    html = htmlreport.campaign_html(write_jsonl(tmp_path / "migfuzz.jsonl", engine_lines()), None)
+    for chart in svgs(html):
+        line = chart.find(f"{SVG}polyline")
+        if line is None:
+            continue
+        xs = [float(p.split(",")[0]) for p in line.get("points").split()]
+        assert xs == sorted(xs), chart.get("aria-label")
+        label = chart.get("aria-label")
+        if label == "Findings (total)":  # one step per distinct finding, ending at 2
+            ys = [float(p.split(",")[1]) for p in line.get("points").split()]
+            assert len(set(ys)) == 3
+
+
+def test_a_killed_run_is_told_apart_by_its_wall_clock(tmp_path):
+    """Run 1 is killed at 5 s without a final line; run 2's first line says 8 s, later than 5 s."""
+    lines = [
+        '{"type": "stats", "time": "2026-01-01T00:00:05.000Z", "execs": 500, "elapsed_s": 5.0}',
+        '{"type": "stats", "time": "2026-01-01T02:00:08.000Z", "execs": 800, "elapsed_s": 8.0}',
+    ]
+    stats, _ = htmlreport.load_jsonl(write_jsonl(tmp_path / "r.jsonl", lines))
+    assert [(r["run"], r["elapsed_s"], r["execs"]) for r in stats] == [(0, 5.0, 500), (1, 13.0, 1300)]
+
+
+def test_rows_without_wall_clock_restart_where_elapsed_goes_back():
+    rows = [{"type": "stats", "elapsed_s": t, "execs": 10 * t} for t in (1.0, 2.0, 3.0, 1.0, 2.0)]
+    stats, _ = htmlreport.stitch_runs(rows)
+    assert [r["elapsed_s"] for r in stats] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [r["execs"] for r in stats] == [10.0, 20.0, 30.0, 40.0, 50.0]
+
+
+# --------------------------------------------------------------------------- in a browser
+
+PROBE = """<script>
+window.addEventListener('load', function () {
+  const out = [];
+  for (const frame of document.querySelectorAll('iframe')) {
+    const win = frame.contentWindow, doc = frame.contentDocument, root = doc.documentElement;
+    const vw = root.clientWidth, bad = [];
+    for (const d of doc.querySelectorAll('details')) d.open = true;
+    if (root.scrollWidth > vw) bad.push('the page is ' + root.scrollWidth + ' px wide in ' + vw);
+    for (const el of doc.body.querySelectorAll('*')) {
+      const what = el.tagName + '.' + el.getAttribute('class');
+      const r = el.getBoundingClientRect(), p = el.parentElement;
+      const pr = p ? p.getBoundingClientRect() : null;
+      if (r.width && r.right > vw + 0.5 && !(pr && pr.right > vw + 0.5))
+        bad.push(what + ' ends at ' + Math.round(r.right) + ' > ' + vw);
+      if (el instanceof win.HTMLElement && el.scrollWidth > el.clientWidth + 1 &&
+          (win.getComputedStyle(el).overflowX !== 'visible' || el.tagName === 'TD' || el.tagName === 'TH'))
+        bad.push(what + ' scrolls sideways: ' + el.scrollWidth + ' > ' + el.clientWidth);
+      if (r.width && pr && p !== doc.body && el.tagName !== 'TD' && r.right > pr.right + 0.5 &&
+          (el instanceof win.HTMLElement || el instanceof win.SVGSVGElement))
+        bad.push(what + ' sticks out of ' + p.tagName + '.' + p.getAttribute('class'));
+    }
+    out.push({page: frame.getAttribute('name'), width: vw, bad: bad.slice(0, 10)});
+  }
+  document.body.setAttribute('data-probe', JSON.stringify(out));
+});
+</script>"""
+WIDTHS = (1920, 1280, 800, 640)
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("headless Chromium is needed to check the pages' layout and was not found: "
+                "install it (Debian: apt-get install -y chromium)")
+
+
+def overflow_in_chromium(pages: dict, widths=WIDTHS) -> list[dict]:
+    """Load every page in an iframe of each width (one Chromium run) and report what sticks out:
+    the page wider than its window, any element ending past the window's right edge, a box that
+    scrolls sideways, an element wider than its parent (open <details> included)."""
+    frames = "".join(f'<iframe name="{name} @ {w} px" width="{w}" height="900" '
+                     f'srcdoc="{htmllib.escape(text, quote=True)}"></iframe>' for name, text in pages.items()
+                     for w in widths)
+    with tempfile.TemporaryDirectory() as tmp:
+        host = Path(tmp) / "host.html"
+        host.write_text(f"<!DOCTYPE html><html><body>{frames}{PROBE}</body></html>")
+        proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", "--dump-dom",
+                               host.as_uri()], capture_output=True, text=True, timeout=180)
+    found = re.search(r'<body data-probe="([^"]*)"', proc.stdout)
+    assert found, f"chromium exit {proc.returncode}; no probe result\n{proc.stderr[-3000:]}"
+    return json.loads(htmllib.unescape(found.group(1)))
+
+
+def test_no_page_scrolls_sideways_in_chromium(tmp_path):
+    long_op = "write 0 data=" + "5a" * 1500
+    rows = campaign_lines()
+    rows[7] = dict(rows[7], op=long_op, file="crashes/crash-" + "0123456789abcdef" * 4)
+    campaign = htmlreport.campaign_html(write_jsonl(tmp_path / "a.jsonl", rows), None)
+    resumed = htmlreport.campaign_html(write_jsonl(tmp_path / "b.jsonl", engine_lines()), None)
+    pages = {
+        "conform v2": htmlreport.conform_html(conform.sweep("sim:flags=0x7,bug=v2-p2p-arc-missing")),
+        "conform v1": htmlreport.conform_html(conform.sweep("sim:proto=v1,bug=v1-error-writable")),
+        "campaign": campaign,
+        "resumed campaign": resumed,
+    }
+    results = overflow_in_chromium(pages)
+    assert len(results) == len(pages) * len(WIDTHS)
+    for r in results:
+        assert r["width"] > 0.9 * int(r["page"].split("@ ")[1].split()[0]) - 20, r  # the frame had its width
+    assert [r for r in results if r["bad"]] == []
+
+
+def test_the_probe_sees_a_page_that_scrolls_sideways():
+    """The check above is not blind: a 600 px picture in a narrower box and a long unbroken word are caught."""
+    page = ('<!DOCTYPE html><html><body><div style="width:598px;overflow-x:auto"><svg width="600" height="10">'
+            '</svg></div><table><tr><td>' + "x" * 400 + "</td></tr></table></body></html>")
+    (result,) = overflow_in_chromium({"bad": page}, widths=(1920,))
+    assert any("scrolls sideways" in b for b in result["bad"]) and any("ends at" in b for b in result["bad"])
