@@ -42,12 +42,7 @@ if str(ROOT) not in sys.path:
 
 from fuzz.crashfile import program_text  # noqa: E402
 from fuzz.executor import Executor  # noqa: E402
-from fuzz.mutator import (  # noqa: E402
-    READ_SIZES,
-    SEGMENTS,
-    mutate,  # noqa: E402
-    random_program,
-)
+from fuzz.mutator import READ_SIZES, REGISTER_VALUES, SEGMENTS, mutate, random_program  # noqa: E402
 from fuzz.program import FAULT_KINDS, MANGLE_KINDS, OPS, Op, Program, normalize  # noqa: E402
 from fuzz.program import seed_programs as shipped_seeds  # noqa: E402
 from fuzz.targets import open_target, parse_target  # noqa: E402
@@ -196,6 +191,15 @@ def op_strategies(proto: str) -> dict:
                 "value": _pick((6, st.sampled_from((0, 1, 2, 3, 4, 0x1000))), (1, u32))},
                lambda dev, field, value: (field, value, b"")),
     }
+    # Register ops: the same distributions as fuzz.mutator.register_access / REGISTER_VALUES.
+    region = _pick((65, st.just(0)), (20, st.just(7)), (15, st.sampled_from((1, 2, 5, 8))))
+    offset = _pick((75, st.integers(0, 7)), (15, st.integers(0, 0x3F)), (10, st.integers(0, 0x3FF)))
+    size = _pick((70, st.just(0)), (30, st.integers(0, 3)))
+    access = st.tuples(region, offset, size).map(lambda t: t[0] << 12 | t[2] << 10 | t[1])
+    value = _pick((50, st.sampled_from(REGISTER_VALUES)), (40, st.integers(0, 255)), (10, u32))
+    table["reopen"] = none
+    table["rdreg"] = ({"access": access}, lambda dev, access: (access, 0, b""))
+    table["wrreg"] = ({"access": access, "value": value}, lambda dev, access, value: (access, value, b""))
     for name in ("drain", "close", "seek", "precopy"):
         table[name] = ({"fd": slot}, lambda dev, fd: (fd, 0, b"")) if proto == "v2" else none
     missing = {spec.name for spec in OPS[proto]} - set(table)

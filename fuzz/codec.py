@@ -30,9 +30,9 @@ def _limits(proto: str) -> tuple:
             if f.slot == "data":
                 has_data = True
             elif f.slot == "a":
-                a_lim = f.limit or 1 << 16
+                a_lim = 1 << 16 if f.shift >= 0 else f.limit or 1 << 16  # packed fields fill the slot
             else:
-                b_lim = f.limit or 1 << 32
+                b_lim = 1 << 32 if f.shift >= 0 else f.limit or 1 << 32
         out.append((a_lim, b_lim, has_data))
     return tuple(out)
 

@@ -1172,15 +1172,6 @@ V1_VALID = sorted(model.V1_VALID)
 V1_ZERO = tuple(name for name, rule in model.V1_FIELD_ACCESS.items() if rule == "zero")
 
 
-def v1_read_only(name: str, state: int) -> bool:
-    """Whether a user write to field ``name`` must be refused or have no effect in ``state``
-    (model.V1_FIELD_ACCESS: "ro" always, "data" while saving; the oracles read it the same way)."""
-    access = model.V1_FIELD_ACCESS[name]
-    return access == "ro" or (access == "data" and model.v1_saving(state))
-V1_SAVE_ROUTES = (("stop-and-copy", (V1_SAVING,)), ("pre-copy", (V1_PRECOPY, V1_SAVING)))
-V1_RESUME_SEGMENTS = (("full windows", 0), ("7-byte chunks", 7))
-
-
 class V1Sweep(Sweep):
     proto = "v1"
 
@@ -1318,7 +1309,7 @@ class V1Sweep(Sweep):
         cases += [Case("readonly-field", v1_name(s), None, f"a write to {name} does not change it",
                        (v1_name(s),), expect(None, unchanged=True, field=name),
                        lambda sw, s=s, n=name: sw.check_readonly(s, n))
-                  for s in (V1_RUNNING, V1_SAVING) for name in V1_FIELDS if v1_read_only(name, s)]
+                  for s in (V1_RUNNING, V1_SAVING) for name in V1_FIELDS if model.v1_read_only(name, s)]
         cases += [Case("reserved", v1_name(s), None, f"{name} reads 0, also after a write",
                        (v1_name(s),), expect(None, value=0, field=name),
                        lambda sw, s=s, n=name: sw.check_reserved(s, n))

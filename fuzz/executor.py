@@ -32,13 +32,13 @@ from harness.runtime import (
     v1_write_chunk,
     v1_write_field,
 )
-from harness.sim.core import FAULT_KINDS
+from harness.base import FAULT_KINDS
 from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_HEADER_SIZE
 
 from . import model
 from .findings import Finding
 from .oracles import DeviceView, FindingRaised, V1Oracle, V2Oracle
-from .program import MANGLE_KINDS, OPS, Program, format_op
+from .program import MANGLE_KINDS, OPS, SIZES, Program, format_op
 
 # Outcomes of an op beyond an errno, for the arc feedback.
 OUTCOME_SKIPPED = 255  # nothing to act on: no such data_fd, nothing to transfer
@@ -57,6 +57,7 @@ class Executor:
         self.handlers = tuple(getattr(self, f"{self.proto}_{spec.name}") for spec in self.specs)
         self.has_digest = target.has_digest
         self.supports_faults = target.supports_faults
+        self.profile = target.profile
         self.trace_on = trace
         self.trace: list = []
         self.step = 0
@@ -105,6 +106,8 @@ class Executor:
                 outcome = handlers[op.code](op, view, devices[op.dev])
                 if True in armed:  # a fault is armed: resync with the device if it fired
                     self._after_faults()
+                if oracle.observe is not None:  # a stream completed or loaded: its registers, now
+                    self._observe()
                 if trace_branch is not None:
                     key = (((before * 32 + op.code) * 128 + (outcome & 127)) * 8 + (view.state & 7)) & mask
                     seen[key] = 1
@@ -146,6 +149,15 @@ class Executor:
             got = dev.get_state()[1] if self.proto == "v2" else v1_read_field(dev, *_DEVICE_STATE)[1]
             oracle.on_fault_fired(view, got, oracle.error_state)
 
+    def _observe(self) -> None:
+        """Read the profile's side-effect-free registers of the device the oracle asked about."""
+        dev = self.devices[self.oracle.observe[1]]
+        values = []
+        for region, off, _name in self.oracle.observed:
+            err, data = dev.reg_read(region, off, 1)
+            values.append(None if err else data)
+        self.oracle.on_observed(tuple(values))
+
     def _arc(self, view: DeviceView, name: str, to: int | None = None) -> None:
         self.oracle.arc_at = (view.state, name, to)
 
@@ -170,6 +182,58 @@ class Executor:
             self.note(f"capture now {len(view.capture)} bytes")
         return 0
 
+    def _common_reopen(self, op, view, dev):
+        self._arc(view, "reopen")
+        err = dev.reopen()
+        if self.proto == "v2":
+            gerr, got = dev.get_state()
+        else:
+            gerr, got = v1_read_field(dev, *_DEVICE_STATE)
+        if self.trace_on:
+            self.note(f"reopen -> {model.errname(err)}; state {self.oracle.state_name(got)}")
+        self.oracle.on_reopen(view, err, got, gerr, dev.live_files())
+        return err
+
+    def _common_rdreg(self, op, view, dev):
+        a = op.a
+        region, off, size = a >> 12, a & 0x3FF, SIZES[a >> 10 & 3]
+        profile = self.profile
+        if profile.access(region, off, size) is None or profile.read_role(region, off) == "none":
+            return OUTCOME_SKIPPED  # the profile keeps programs away from it
+        self._arc(view, "rdreg")
+        guard_ok, effects = True, False
+        for i in range(size):
+            reg = profile.register(region, off + i)
+            if reg is not None and reg.read in ("data-out", "side-effect"):
+                effects = True
+                if reg.guard is not None:  # its role depends on a mode bit (a UART's DLAB)
+                    g_off, mask, equals = reg.guard
+                    gerr, g = dev.reg_read(region, g_off, 1)
+                    guard_ok = not gerr and bool(g) and g[0] & mask == equals
+        err, data = dev.reg_read(region, off, size)
+        if self.trace_on:
+            self.note(f"region {region} +{off:#x}: read {size} -> {model.errname(err)} {data.hex()}")
+        self.oracle.on_reg_read(view, region, off, err, data, guard_ok)
+        if effects and not err:
+            self.oracle.device_touched(view, dev.digest() if self.has_digest else None)
+        return err
+
+    def _common_wrreg(self, op, view, dev):
+        a = op.a
+        region, off, size = a >> 12, a & 0x3FF, SIZES[a >> 10 & 3]
+        profile = self.profile
+        if profile.access(region, off, size) is None or profile.write_role(region, off) == "none":
+            return OUTCOME_SKIPPED
+        self._arc(view, "wrreg")
+        data = (op.b & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        err, n = dev.reg_write(region, off, data)
+        if self.trace_on:
+            self.note(f"region {region} +{off:#x}: write {data.hex()} -> {model.errname(err)}")
+        self.oracle.on_reg_write(view, region, off, data, err)
+        if not err:
+            self.oracle.device_touched(view, dev.digest() if self.has_digest else None)
+        return err
+
     def _check_frozen(self, view, dev) -> None:
         if self.has_digest and view.state in self.oracle.stopped_states:
             self.oracle.check_frozen(view, dev.digest())
@@ -188,6 +252,9 @@ class Executor:
     v2_activity = _common_activity
     v2_fault = _common_fault
     v2_mangle = _common_mangle
+    v2_reopen = _common_reopen
+    v2_rdreg = _common_rdreg
+    v2_wrreg = _common_wrreg
 
     def v2_transfer(self, op, view, dev):
         dst = self.views[op.a]
@@ -283,7 +350,7 @@ class Executor:
         err, n = dev.write(slot.fd, op.data)
         if self.trace_on:
             self.note(f"write fd {slot.fd} {len(op.data)} bytes -> {model.errname(err)}, {n}")
-        self.oracle.on_write(view, slot, err, n, op.data)
+        self.oracle.on_write(view, slot, err, n, op.data, self.fault_fired(op.dev))
         self._check_frozen(view, dev)
         return err
 
@@ -352,6 +419,9 @@ class Executor:
     v1_activity = _common_activity
     v1_fault = _common_fault
     v1_mangle = _common_mangle
+    v1_reopen = _common_reopen
+    v1_rdreg = _common_rdreg
+    v1_wrreg = _common_wrreg
 
     def v1_set(self, op, view, dev):
         cur, value = view.state, op.b
@@ -387,14 +457,16 @@ class Executor:
         if model.V1_FIELD_ACCESS[name] == "rw":
             return self.v1_set(op._replace(b=op.b & 0xFFFFFFFF), view, dev)
         self._arc(view, f"wr:{name}")
+        read_only = self.oracle.read_only(view, name)
+        before = v1_read_field(dev, *V1_FIELDS[name])[1] if read_only else None
         err = v1_write_field(dev, *V1_FIELDS[name], op.b)
         if self.trace_on:
             self.note(f"{name} := {op.b:#x} -> {model.errname(err)}")
         readback = None
-        if model.V1_FIELD_ACCESS[name] == "zero":
+        if read_only or model.V1_FIELD_ACCESS[name] == "zero":
             rerr, value = v1_read_field(dev, *V1_FIELDS[name])
             readback = value if not rerr else None
-        self.oracle.on_field_write(view, name, err, readback)
+        self.oracle.on_field_write(view, name, err, readback, before)
         return err
 
     def _v1_save_iteration(self, op, view, dev) -> bool:
@@ -441,7 +513,7 @@ class Executor:
         err, _ = dev.region_write(offset, op.data)
         if not err:
             err = v1_write_field(dev, *V1_FIELDS["data_size"], len(op.data))
-        self.oracle.on_window_access(view, op.data, err)
+        self.oracle.on_window_access(view, op.data, err, self.fault_fired(op.dev))
         if self.trace_on:
             self.note(f"window write {len(op.data)} bytes + data_size -> {model.errname(err)}")
         self._check_frozen(view, dev)

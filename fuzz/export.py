@@ -41,7 +41,7 @@ from . import crashfile
 from .errors import UsageError
 from .findings import Finding, short_hash, signature
 from .minimize import minimize_program
-from .program import FAULT_KINDS, OPS, Program, format_op, parse_program
+from .program import FAULT_KINDS, OPS, SIZES, Program, field_value, format_op, parse_program
 from .targets import open_target, parse_target
 from .triage import format_trace, replay
 
@@ -124,8 +124,10 @@ def op_args(proto: str, op) -> dict:
     mangle kinds and v1 fields, bytes for payloads): what ``harness.runtime.Replay`` takes."""
     out = {}
     for f in OPS[proto][op.code].fields:
-        value = getattr(op, f.slot)
-        if f.kind == "fault":
+        value = field_value(f, op)
+        if f.kind == "size":
+            value = SIZES[value]
+        elif f.kind == "fault":
             value = FAULT_KINDS[value]
         elif f.kind == "mangle":
             value = runtime.MANGLE_KINDS[value]

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from .executor import Executor
 from .findings import Finding, signature
-from .program import OPS, Program, normalize
+from .program import OPS, Program, field_value, normalize, with_field
 
 DEFAULT_MAX_RUNS = 20000  # predicate calls one minimization may spend
 
@@ -170,9 +170,9 @@ class Reducer:
                     changed = False
                     op = ops[i]
                     floor = _EVIDENCE.get(fld.name, 0) if i == len(ops) - 1 else 0
-                    value = getattr(op, fld.slot)
+                    value = field_value(fld, op)
                     for cand in self.candidates(fld, value, floor):
-                        new = normalize(proto, op._replace(**{fld.slot: cand}))
+                        new = normalize(proto, with_field(fld, op, cand))
                         if new == op:
                             continue
                         got = self.accept(ops[:i] + (new,) + ops[i + 1:])

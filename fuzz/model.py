@@ -312,6 +312,20 @@ V1_FIELD_ACCESS = {
     "data_offset": "ro",
     "data_size": "data",
 }
+
+
+def v1_read_only(name: str, state: int) -> bool:
+    """Whether a region field is read-only in ``state``: a write must be refused or have no effect
+    (pending_bytes and data_offset always; data_size while saving, written only while resuming)."""
+    access = V1_FIELD_ACCESS[name]
+    return access == "ro" or (access == "data" and v1_saving(state))
+
+
+def v1_pending_may_grow(state: int) -> bool:
+    """In stop-and-copy (010b) the device is stopped: pending_bytes only shrinks (§1.5)."""
+    return state != V1_SAVING
+
+
 # Reads that move the saving iteration (§1.5): a bare read outside the sequence
 # makes the user's copy of the stream miss or repeat a chunk.
 V1_READ_SIDE_EFFECTS = {
@@ -326,7 +340,9 @@ V1_READ_SIDE_EFFECTS = {
 
 
 def v2_name(state: int | None) -> str:
-    return STATE_NAMES[state] if state is not None and 0 <= state < 8 else str(state)
+    if state is None or not 0 <= state < 8:
+        return str(state) if state is None or 0 <= state < 256 else hex(state)
+    return STATE_NAMES[state]
 
 
 def v1_name(state: int | None) -> str:

@@ -70,7 +70,23 @@ def random_op(proto: str, rng: random.Random, code: int | None = None) -> Op:
     elif name in ("rd", "wr"):
         a = rng.randrange(5)
         b = rng.choice((0, 1, 2, 3, 4, 0x1000, rng.getrandbits(32)))
+    elif name in ("rdreg", "wrreg"):
+        a = register_access(rng)
+        b = rng.choice(REGISTER_VALUES) if rng.random() < 0.5 else rng.getrandbits(8 if rng.random() < 0.8 else 32)
     return normalize(proto, Op(code, dev, a, b, data))
+
+
+REGISTER_VALUES = (0x00, 0x01, 0x03, 0x07, 0x0F, 0x41, 0x80, 0x83, 0xFF)  # UART modes: DLAB, FIFO clear, ...
+
+
+def register_access(rng: random.Random) -> int:
+    """Slot a of rdreg/wrreg: mostly one byte of the first UART's registers, sometimes config
+    space, sometimes anywhere the 10-bit offset reaches (a profile keeps what it must away)."""
+    r = rng.random()
+    region = 0 if r < 0.65 else 7 if r < 0.85 else rng.choice((1, 2, 5, 8))
+    off = rng.randrange(8) if rng.random() < 0.75 else rng.choice((rng.randrange(0x40), rng.randrange(0x400)))
+    size = 0 if rng.random() < 0.7 else rng.randrange(4)
+    return region << 12 | size << 10 | off
 
 
 def random_program(proto: str, rng: random.Random, max_ops: int = 24) -> Program:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 
-from harness.runtime import V1_DATA, V1_DONE, V1_MORE, V1_OFFSET, V1_PENDING
+from harness.runtime import V1_DATA, V1_DONE, V1_MORE, V1_OFFSET, V1_PENDING, kernel_addresses
 from harness.runtime import mangle as transport_mangle
 from harness.uapi import V1_ERROR, V1_MASK, V1_RUNNING, V1_SAVING
 
@@ -54,7 +54,8 @@ class DeviceView:
     """The protocol-side view of one device during a program (written by the oracle only)."""
 
     __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled", "original",
-                 "resume", "resume_kind", "resume_opaque", "frozen", "pc_expect", "pc_initial")
+                 "resume", "resume_kind", "resume_opaque", "write_failed", "frozen", "pc_expect", "pc_initial",
+                 "entered", "pending_last")
 
     def __init__(self, state: int):
         self.state = state
@@ -67,9 +68,12 @@ class DeviceView:
         self.resume = bytearray()  # bytes written into the current resume session
         self.resume_kind = ""  # "", "derived" (one transfer of a capture), "derived-damaged", "mixed"
         self.resume_opaque = False  # the device took bytes the executor cannot know
+        self.write_failed = False  # a resume write of this session failed (no injected fault)
         self.frozen: bytes | None = None  # digest when the device last stopped
         self.pc_expect = -1  # pre-copy bytes still announced by PRECOPY_INFO
         self.pc_initial = -1
+        self.entered: set = set()  # byte values the program put into the device (data-in registers, streams)
+        self.pending_last = -1  # v1: pending_bytes last read in stop-and-copy
 
     def slot(self, index: int) -> Slot | None:
         slots = self.slots
@@ -85,6 +89,7 @@ class DeviceView:
         self.resume = bytearray()
         self.resume_kind = ""
         self.resume_opaque = False
+        self.write_failed = False
 
 
 class Oracle:
@@ -95,15 +100,24 @@ class Oracle:
     def __init__(self, target):
         self.has_digest = target.has_digest
         self.validates_stream = target.validates_stream
+        self.profile = target.profile
+        self.leak_check_stream = target.profile.leak_check_stream
+        # Device-visible state across a migration (no digest): the side-effect-free registers.
+        self.observed = () if target.has_digest else target.profile.observation_registers()
         self.ndevices = len(target.devices)
         self.views: list[DeviceView] = []
         self.known: dict[bytes, bytes | None] = {}  # complete untouched streams -> source digest
+        self.source_registers: dict[bytes, tuple] = {}  # complete streams -> the source's registers then
+        # ("source"|"dest", device index, stream): observation registers the executor must read now
+        self.observe: tuple | None = None
         # (state before, op name, requested value or None): formatted only for a finding
         self.arc_at: tuple = (0, "", None)
 
     def begin(self) -> list[DeviceView]:
         """A fresh view of every device (all in the power-on state) for a new program."""
         self.known.clear()
+        self.source_registers.clear()
+        self.observe = None
         self.views = [DeviceView(self.initial_state) for _ in range(self.ndevices)]
         return self.views
 
@@ -155,13 +169,93 @@ class Oracle:
         if not view.capture_done and not view.capture_tainted and view.capture:
             view.original = bytes(view.capture)
             self.known[view.original] = digest
+            if self.observed:
+                self.observe = ("source", self.views.index(view), view.original)
         view.capture_done = True
 
     def stream_data(self, view: DeviceView, data: bytes) -> None:
         if view.capture_done:
             self.fail("stream-protocol", "no data after the end of the stream", f"{len(data)} more bytes",
                       Check("data_after_end"))
+        if self.leak_check_stream:
+            self.check_addresses(view, bytes(view.capture[-7:]) + data, "the data_fd")
         view.capture += data
+
+    # -- what a device hands out (info leaks) ------------------------------------------
+
+    def check_addresses(self, view: DeviceView, data: bytes, where: str) -> None:
+        """Bytes a device handed out must not hold a kernel address the program did not put there."""
+        if b"\xff" in data:
+            found = kernel_addresses(data, view.entered)
+            if found:
+                at, value = found[0]
+                self.fail("info-leak", "no kernel address in what the device hands out",
+                          f"{value:#018x} from {where} (byte {at})", Check("kernel_address"), cause="kernel address")
+
+    def on_reg_read(self, view: DeviceView, region: int, off: int, err: int, data: bytes, guard_ok: bool) -> None:
+        """A register read (rdreg): kernel addresses anywhere in it; every byte of a data-out register
+        (a receive FIFO) must have entered the device through the program, or be its idle value."""
+        if err:
+            return
+        self.check_addresses(view, data, f"region {region} +{off:#x}")
+        if not guard_ok:
+            return
+        profile = self.profile
+        for i, byte in enumerate(data):
+            reg = profile.register(region, off + i)
+            if reg is not None and reg.read == "data-out" and byte not in view.entered and byte not in reg.idle:
+                self.fail("info-leak", f"{reg.name} hands out only bytes the program put into the device",
+                          f"{byte:#04x} (byte {i} of a {len(data)}-byte read at region {region} +{off:#x}), "
+                          f"never written", Check("not_entered", (i, reg.idle)), cause=f"{reg.name} data")
+
+    def on_reg_write(self, view: DeviceView, region: int, off: int, data: bytes, err: int) -> None:
+        if not err and self.profile.write_role(region, off) == "data-in":
+            view.entered.update(data)
+
+    def device_touched(self, view: DeviceView, digest: bytes | None) -> None:
+        """The program changed the device through its registers (a write, a read with side effects):
+        legal in every state, so a stopped device's new state is the one to hold; a stream being
+        saved from a stopped device may or may not carry the change."""
+        if view.state in self.stopped_states and view.state in self.saving_states:
+            view.capture_tainted = True
+        if digest is not None and view.frozen is not None:
+            view.frozen = digest
+
+    def on_observed(self, values: tuple) -> None:
+        """The observation registers the executor read for ``self.observe``."""
+        what, index, stream = self.observe
+        self.observe = None
+        if what == "source":
+            self.source_registers[stream] = values
+            return
+        source = self.source_registers.get(stream)
+        if source is None:
+            return
+        for (region, off, name), before, after in zip(self.observed, source, values, strict=True):
+            if before is not None and after is not None and before != after:
+                self.fail("resume-corrupted", f"{name} after the resume reads as on the source at capture",
+                          f"{name} (region {region} +{off:#x}) {after.hex()}, source {before.hex()}",
+                          cause=f"register {name}")
+
+    def on_reopen(self, view: DeviceView, err: int, got: int | None, gerr: int, live: int | None) -> None:
+        """The device was closed (with its data_fds) and opened again, without a reset: it must come
+        back in its initial state with no session (open_device), the old data_fds dead."""
+        if err:
+            self.fail("rejected-valid", "closing and opening the device again succeeds", errname(err), FAILED)
+        if gerr or got is None:
+            self.fail("state-mismatch", f"{self.state_name(self.initial_state)} after open", "state unreadable",
+                      GET_FAILED)
+        for s in view.slots:
+            s.end("close")
+        view.slots.clear()
+        if got != self.initial_state:
+            self.fail("state-mismatch", f"{self.state_name(self.initial_state)} after open (no session)",
+                      self.state_name(got), Check("state_not", self.initial_state), cause="state survives reopen")
+        view.state = self.initial_state
+        view.frozen = None
+        view.new_resume()
+        view.pc_expect = view.pc_initial = view.pending_last = -1
+        self.check_leak(0, live)
 
     def drained(self, view: DeviceView, ended: bool, what: str) -> None:
         """The end of a drain: a stream that never ended is a hang."""
@@ -183,6 +277,9 @@ class Oracle:
         """Judge the end of a resume session (v1: RESUMING cleared; v2: RESUMING->STOP)."""
         verdict, source = self.resume_verdict(view)
         if ok:
+            self.accepted_bytes(view)
+            if verdict == "valid" and self.observed:
+                self.observe = ("dest", self.views.index(view), bytes(view.resume))
             if verdict == "valid" and source is not None and digest is not None and digest != source:
                 self.fail("resume-corrupted", "destination state == source state at end of stream",
                           "state differs after a successful resume")
@@ -190,6 +287,26 @@ class Oracle:
                 self.fail("damaged-stream-accepted", "a damaged stream is refused", "load succeeded", OK)
         elif verdict == "valid" and not fault:
             self.fail("valid-stream-rejected", "a complete untouched stream loads", "load refused", FAILED)
+
+    def accepted_bytes(self, view: DeviceView) -> None:
+        """A load succeeded: what the device accepted must have been a whole stream. A write that
+        failed did not count (the user cannot know it did); an empty session and a strict prefix of
+        a stream are incomplete for every driver (each stream has a header and an end)."""
+        if view.resume_opaque:
+            return
+        written = bytes(view.resume)
+        if written in self.known:
+            return
+        if not written and not view.resume_kind:
+            self.fail("damaged-stream-accepted", "a session into which nothing was written does not load",
+                      "load succeeded", OK, cause="empty session")
+        if view.write_failed:
+            self.fail("damaged-stream-accepted", "a load uses only the bytes of writes that succeeded",
+                      f"load succeeded, although a write failed and the {len(written)} bytes accepted are no "
+                      f"stream", OK, cause="failed write counted")
+        if any(len(k) > len(written) and k.startswith(written) for k in self.known):
+            self.fail("damaged-stream-accepted", "a strict prefix of a stream does not load",
+                      f"load succeeded from the first {len(written)} bytes of a stream", OK, cause="partial stream")
 
     def check_frozen(self, view: DeviceView, digest: bytes | None) -> None:
         if view.frozen is not None and digest != view.frozen:
@@ -239,6 +356,8 @@ class Oracle:
         if complete and not fault:
             self.fail("valid-stream-rejected", "every write of a complete untouched stream succeeds",
                       f"{errname(err)} after {len(dst.resume)} bytes", FAILED)
+        if not fault:
+            dst.write_failed = True
         dst.resume_kind = "mixed"
 
 
@@ -248,6 +367,7 @@ class V2Oracle(Oracle):
     initial_state = model.RUNNING
     error_state = model.ERROR
     stopped_states = model.STOPPED_STATES
+    saving_states = model.SAVING_GROUP
     state_name = value_name = staticmethod(v2_name)
 
     def __init__(self, target):
@@ -377,7 +497,7 @@ class V2Oracle(Oracle):
                           f"{-view.pc_expect} bytes more than announced", Check("precopy_overrun"))
         return False
 
-    def on_write(self, view: DeviceView, slot: Slot, err: int, written: int, data: bytes) -> None:
+    def on_write(self, view: DeviceView, slot: Slot, err: int, written: int, data: bytes, fault: bool) -> None:
         if slot.live is None:
             return
         if not slot.live or slot.saving:
@@ -387,6 +507,9 @@ class V2Oracle(Oracle):
             return
         if err == 0:
             view.resume += data[:written]
+            view.entered.update(data[:written])
+        elif not fault:
+            view.write_failed = True
         view.resume_kind = "mixed"
 
     def on_transfer_write(self, dst: DeviceView, piece: bytes, n: int) -> None:
@@ -395,6 +518,7 @@ class V2Oracle(Oracle):
             self.fail("stream-protocol", f"write of {len(piece)} bytes makes progress", f"returned {n}",
                       Check("stalled"))
         dst.resume += piece[:n]
+        dst.entered.update(piece[:n])
 
     @staticmethod
     def misuse(slot: Slot, call: str) -> str:
@@ -476,6 +600,7 @@ class V1Oracle(Oracle):
     initial_state = model.V1_RESET_STATE
     error_state = V1_ERROR
     stopped_states = model.V1_STOPPED_STATES
+    saving_states = model.V1_SAVING_STATES
     state_name = staticmethod(v1_name)
     value_name = staticmethod(v1_value)
 
@@ -527,6 +652,8 @@ class V1Oracle(Oracle):
             view.new_capture()
         if model.v1_starts_resume(cur, new):
             view.new_resume()
+        if new != cur:
+            view.pending_last = -1
         view.state = new
         if new in model.V1_STOPPED_STATES and self.has_digest:
             digest = digest_fn()
@@ -548,6 +675,8 @@ class V1Oracle(Oracle):
         access = model.V1_FIELD_ACCESS[name]
         if access == "rw":
             self.on_get(view, err, value)
+        elif name == "pending_bytes" and not err:
+            self.check_pending(view, value)
         elif access == "zero" and not err and value:
             self.fail("accepted-invalid", f"{name} reads 0", hex(value), Check("value_nonzero"))
         if name in model.V1_READ_SIDE_EFFECTS and model.v1_saving(view.state):
@@ -555,9 +684,19 @@ class V1Oracle(Oracle):
         elif name == "data_offset" and value is not None and not err:
             self.check_window(value, 0)
 
-    def on_field_write(self, view: DeviceView, name: str, err: int, readback: int | None) -> None:
-        """A bare write of a region field other than device_state; ``readback`` for "zero" fields."""
+    def read_only(self, view: DeviceView, name: str) -> bool:
+        """Whether the field is read-only in the device's state (a write must be refused or ignored)."""
+        return model.v1_read_only(name, view.state)
+
+    def on_field_write(self, view: DeviceView, name: str, err: int, readback: int | None,
+                       before: int | None = None) -> None:
+        """A bare write of a region field other than device_state; ``readback`` is the field read
+        after it (for "zero" fields and read-only ones), ``before`` read before it (read-only ones)."""
         access = model.V1_FIELD_ACCESS[name]
+        if self.read_only(view, name) and not err and before is not None and readback is not None \
+                and readback != before:
+            self.fail("accepted-invalid", f"a write to read-only {name} is refused or has no effect",
+                      f"{name} {before:#x} -> {readback:#x}", Check("value_changed"), cause=f"{name} writable")
         if model.v1_saving(view.state):
             view.capture_tainted = True  # a stray write may disturb the saving iteration
         if access == "data":
@@ -569,18 +708,31 @@ class V1Oracle(Oracle):
                       Check("value_nonzero"))
         # "ro" fields cannot be read back without moving the stream (V1_READ_SIDE_EFFECTS): unjudged
 
-    def on_window_access(self, view: DeviceView, wrote: bytes | None, err: int) -> None:
+    def on_window_access(self, view: DeviceView, wrote: bytes | None, err: int, fault: bool = False) -> None:
         """rdwin/wrwin: data_offset was read outside the sequence (and, for a write, bytes given)."""
         if model.v1_saving(view.state):
             view.capture_tainted = True  # reading data_offset staged a chunk the capture misses
         if wrote is not None:
             if not err and view.state == model.V1_RESUMING_STATE:
                 view.resume += wrote
+                view.entered.update(wrote)
+            elif err and not fault and view.state == model.V1_RESUMING_STATE:
+                view.write_failed = True
             view.resume_kind = "mixed"
+
+    def check_pending(self, view: DeviceView, pending: int | None) -> None:
+        """In stop-and-copy the device is stopped: pending_bytes only ever shrinks."""
+        if pending is None or model.v1_pending_may_grow(view.state):
+            return
+        if 0 <= view.pending_last < pending:
+            self.fail("stream-protocol", f"pending_bytes never grows in stop-and-copy (was {view.pending_last})",
+                      str(pending), Check("pending_grew"))
+        view.pending_last = pending
 
     def on_save_iteration(self, view: DeviceView, answer: tuple, fault: bool, digest_fn) -> bool:
         """One §1.5 iteration's raw answers (``harness.runtime.v1_save_iteration``); True when done."""
         stage, err, pending, offset, size, data = answer
+        self.check_pending(view, pending)
         if stage == V1_PENDING:
             if not fault:
                 self.fail("rejected-valid", "pending_bytes can be read", errname(err), FAILED)
@@ -613,6 +765,7 @@ class V1Oracle(Oracle):
         if offset is not None:
             self.check_window(offset, 1)  # room for at least one byte
         dst.resume += chunk[:taken]
+        dst.entered.update(chunk[:taken])
 
     def on_reset(self, view: DeviceView, err: int, got: int | None, live: int | None) -> None:
         if err:

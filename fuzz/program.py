@@ -21,7 +21,7 @@ from importlib import resources
 from typing import NamedTuple
 
 from harness.runtime import MANGLE_KINDS, SEG_RANDOM
-from harness.sim.core import FAULT_KINDS
+from harness.base import FAULT_KINDS
 from harness.uapi import V1_FIELD_NAMES, MigState
 
 TEXT_MAGIC = "migfuzz-program"
@@ -46,8 +46,27 @@ class Field(NamedTuple):
 
     name: str
     slot: str  # "a", "b" or "data"
-    kind: str  # "int", "hex", "state", "v1state", "v1field", "fault", "mangle", "bytes"
+    kind: str  # "int", "hex", "state", "v1state", "v1field", "fault", "mangle", "bytes", "size"
     limit: int = 0  # values are taken modulo limit (0: the slot's full width)
+    shift: int = -1  # >= 0: one of several fields packed in the slot, at this bit (limit is then 1 << bits)
+
+
+def field_value(f: Field, op) -> int | bytes:
+    """The value of field ``f`` in ``op`` (a packed field is cut out of its slot)."""
+    value = getattr(op, f.slot)
+    return (value >> f.shift) % f.limit if f.shift >= 0 else value
+
+
+def with_field(f: Field, op, value):
+    """``op`` with field ``f`` set to ``value`` (the other fields packed in its slot kept)."""
+    if f.shift < 0:
+        return op._replace(**{f.slot: value})
+    slot = getattr(op, f.slot)
+    mask = (f.limit - 1) << f.shift
+    return op._replace(**{f.slot: (slot & ~mask) | (value % f.limit) << f.shift})
+
+
+SIZES = (1, 2, 4, 8)  # the widths of a register access; a "size" field holds the index
 
 
 class OpSpec(NamedTuple):
@@ -101,6 +120,19 @@ V1_OPS = COMMON_OPS + (
     OpSpec("wrwin", (F_DATA,), "write raw bytes to the data window, then data_size"),
 )
 
+# Register ops and reopen, last in both tables (the older ops keep their codes): a region index,
+# an offset and a width packed in slot a (4 + 2 + 10 bits), the value written in slot b.
+F_REGION = Field("region", "a", "int", 16, 12)
+F_OFF = Field("off", "a", "hex", 1024, 0)
+F_SIZE = Field("size", "a", "size", 4, 10)
+DEVICE_OPS = (
+    OpSpec("reopen", (), "close the device and its data_fds and open it again (no VFIO_DEVICE_RESET)"),
+    OpSpec("rdreg", (F_REGION, F_OFF, F_SIZE), "pread size bytes at off of a device region (its register)"),
+    OpSpec("wrreg", (F_REGION, F_OFF, F_SIZE, Field("value", "b", "hex")),
+           "pwrite the low size bytes of value at off of a device region"),
+)
+V2_OPS = V2_OPS + DEVICE_OPS
+V1_OPS = V1_OPS + DEVICE_OPS
 OPS = {"v1": V1_OPS, "v2": V2_OPS}
 OPCODES = {proto: {spec.name: code for code, spec in enumerate(table)} for proto, table in OPS.items()}
 
@@ -124,6 +156,9 @@ def normalize(proto: str, op: Op) -> Op:
     for f in spec.fields:
         if f.slot == "data":
             data = bytes(op.data[:MAX_PAYLOAD])
+        elif f.shift >= 0:  # packed fields fill their slot's bits exactly
+            a |= field_value(f, op) << f.shift if f.slot == "a" else 0
+            b |= field_value(f, op) << f.shift if f.slot == "b" else 0
         elif f.slot == "a":
             a = op.a % f.limit if f.limit else op.a & 0xFFFF
         else:
@@ -137,7 +172,9 @@ def normalize(proto: str, op: Op) -> Op:
 
 
 def _show(f: Field, op: Op) -> str:
-    value = getattr(op, f.slot)
+    value = field_value(f, op)
+    if f.kind == "size":
+        return str(SIZES[value])
     if f.kind == "bytes":
         return value.hex()
     if f.kind == "state":
@@ -167,6 +204,8 @@ def _parse_value(f: Field, text: str):
             return FAULT_KINDS.index(text)
         if f.kind == "mangle":
             return MANGLE_KINDS.index(text)
+        if f.kind == "size":
+            return SIZES.index(int(text, 0))
         return int(text, 0)
     except ValueError:
         raise ProgramError(f"bad value {text!r} for {f.name}") from None
@@ -209,6 +248,8 @@ def parse_op(proto: str, line: str) -> Op:
             top = (f.limit or SLOT_RANGE[f.slot]) - 1
             if not 0 <= value <= top:
                 raise ProgramError(f"{words[0]}: {name}={text} is out of range (0..{top})")
+        if f.shift >= 0:
+            value = values[f.slot] | value << f.shift
         values[f.slot] = value
     return Op(code, int(words[1]), values["a"], values["b"], values["data"])
 

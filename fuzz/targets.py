@@ -4,11 +4,14 @@ Syntax: ``KIND[:key=value,...]``.
 
 * ``sim`` — the in-process simulator. Keys: ``proto=v1|v2`` (default v2),
   ``flags=0x1|0x3|0x5|0x7`` (v2 only, default 0x7), ``bug=NAME`` (a zoo
-  variant, see ``migfuzz targets``), ``seed=N`` (device contents).
+  variant, see ``migfuzz targets``), ``seed=N`` (device contents), ``digest=0`` (judge the
+  simulator only by what a real device shows: streams and registers).
 * ``kernel`` — a real VFIO device. Keys: ``dev=NAME`` (mdev UUID or PCI
   address, required), ``dev2=NAME`` (a second device, the destination),
   ``group=N`` / ``group2=N`` (IOMMU group, found from sysfs if omitted),
-  ``cdev=/dev/vfio/devices/vfioN`` (iommufd instead of the group API).
+  ``cdev=/dev/vfio/devices/vfioN`` (iommufd instead of the group API), ``profile=NAME|PATH``
+  (the device profile: which registers programs may touch; default mtty for mtty devices,
+  else pci).
   Fuzzing a kernel device also needs ``--i-know-this-resets-the-device``.
 * ``mtty`` — inside the rig guest: the mtty instances the rig created.
 
@@ -42,13 +45,15 @@ class TargetSpec(NamedTuple):
                 parts.append(f"bug={self.bug}")
             if self.options.get("seed"):
                 parts.append(f"seed={self.options['seed']}")
+            if self.options.get("digest") == 0:
+                parts.append("digest=0")
             return "sim:" + ",".join(parts)
         opts = ",".join(f"{k}={v}" for k, v in self.options.items())
         return self.kind + (":" + opts if opts else "")
 
 
-SIM_KEYS = {"proto", "flags", "bug", "seed"}
-KERNEL_KEYS = {"dev", "dev2", "group", "group2", "cdev", "cdev2"}
+SIM_KEYS = {"proto", "flags", "bug", "seed", "digest"}
+KERNEL_KEYS = {"dev", "dev2", "group", "group2", "cdev", "cdev2", "profile"}
 
 
 def parse_target(text: str) -> TargetSpec:
@@ -80,7 +85,13 @@ def parse_target(text: str) -> TargetSpec:
         if proto == "v1":
             flags = 0
         bug = options.pop("bug", None) or None  # checked by open_target (the zoo lives in the simulator)
-        return TargetSpec("sim", proto, flags, bug, {"seed": seed} if seed else {})
+        digest = options.pop("digest", "1")
+        if digest not in ("0", "1"):
+            raise TargetError(f"digest must be 0 or 1, not {digest!r}")
+        extra = {"seed": seed} if seed else {}
+        if digest == "0":
+            extra["digest"] = 0
+        return TargetSpec("sim", proto, flags, bug, extra)
     if kind in ("kernel", "mtty"):
         unknown = set(options) - KERNEL_KEYS
         if unknown:
@@ -102,7 +113,8 @@ def open_target(spec: TargetSpec | str):
             raise TargetError(f"unknown bug variant {spec.bug!r}; `migfuzz targets` lists them")
         if bug is not None and bug.proto != spec.proto:
             raise TargetError(f"bug {spec.bug!r} is a {bug.proto} variant; add proto={bug.proto}")
-        return SimTarget(spec.proto, spec.flags, spec.bug, spec.options.get("seed", 0))
+        return SimTarget(spec.proto, spec.flags, spec.bug, spec.options.get("seed", 0),
+                         digest=spec.options.get("digest", 1) != 0)
     return open_kernel_target(spec)
 
 

@@ -15,6 +15,12 @@ from __future__ import annotations
 from typing import Protocol
 
 
+# What an injected fault does to the device step it hits (``arm_fault(dev, nth, kind)`` of a
+# target that supports faults): fail it with no memory, a hardware error (the device may go to
+# its error state), a timeout or an interrupted call, or move only part of the bytes ("short").
+FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr", "short")
+
+
 class TargetError(ValueError):
     """A target specification that cannot be used: a usage error (exit 2)."""
 
@@ -48,6 +54,17 @@ class Device(Protocol):
 
     def close_device(self) -> None:
         """Release everything (fds, buffers)."""
+
+    def reopen(self) -> int:
+        """Close the device and every data_fd it has, then open it again as QEMU does (no
+        VFIO_DEVICE_RESET). Returns errno."""
+
+    def reg_read(self, region: int, off: int, size: int) -> tuple[int, bytes]:
+        """pread ``size`` bytes at ``off`` of device region ``region`` (VFIO region index, not the v1
+        migration region) -> (errno, bytes)."""
+
+    def reg_write(self, region: int, off: int, data: bytes) -> tuple[int, int]:
+        """pwrite ``data`` at ``off`` of device region ``region`` -> (errno, bytes written)."""
 
 
 class V2Device(Device, Protocol):

@@ -224,6 +224,44 @@ def v1_write_chunk(dev, fields, piece, header_size):
     return err, offset, (0 if err else len(chunk))
 
 
+# Kernel virtual address ranges on x86-64 (Documentation/arch/x86/x86_64/mm.rst), 4- and 5-level
+# paging: what a kernel pointer handed to user space looks like. Small negative numbers (-errno,
+# -1) also start with 0xff..: they fall outside every range.
+KERNEL_RANGES = (
+    (0xFFFF888000000000, 0xFFFFC87FFFFFFFFF),  # direct map (4-level; KASLR moves it inside)
+    (0xFFFFC90000000000, 0xFFFFE8FFFFFFFFFF),  # vmalloc, ioremap (4-level)
+    (0xFFFFEA0000000000, 0xFFFFEAFFFFFFFFFF),  # vmemmap (4-level)
+    (0xFF11000000000000, 0xFF90FFFFFFFFFFFF),  # direct map (5-level)
+    (0xFFA0000000000000, 0xFFD1FFFFFFFFFFFF),  # vmalloc, ioremap (5-level)
+    (0xFFD4000000000000, 0xFFD5FFFFFFFFFFFF),  # vmemmap (5-level)
+    (0xFFFFFFFF80000000, 0xFFFFFFFF9FFFFFFF),  # kernel text
+    (0xFFFFFFFFA0000000, 0xFFFFFFFFFEFFFFFF),  # modules
+)
+
+
+def kernel_shaped(value):
+    """Whether a 64-bit value lies in a kernel address range."""
+    return any(lo <= value <= hi for lo, hi in KERNEL_RANGES)
+
+
+def kernel_addresses(data, entered=frozenset()):
+    """(offset, value) of every 8-byte window of ``data`` (little endian, any alignment) with the
+    shape of a kernel address. Every range has 0xff as its top byte, so only windows ending in one
+    are decoded; if the program itself put a 0xff byte into the device (``entered``: the byte
+    values it wrote), any such window could be its own doing, and none is reported."""
+    if 0xFF in entered:
+        return []
+    out = []
+    at = data.find(b"\xff", 7)
+    while at >= 0:
+        window = data[at - 7:at + 1]
+        value = int.from_bytes(window, "little")
+        if kernel_shaped(value):
+            out.append((at - 7, value))
+        at = data.find(b"\xff", at + 1)
+    return out
+
+
 # ----------------------------------------------------------------------------- raw VFIO access
 
 
@@ -312,8 +350,9 @@ class VfioDevice:
     UART_TX, UART_SCR = 0, 7
     NBARS = 6  # VFIO_PCI_BAR0..5_REGION_INDEX
 
-    def __init__(self, abi, name, device_fd, owned_fds, guard=None):
+    def __init__(self, abi, name, device_fd, owned_fds, guard=None, opener=None):
         self.abi = abi
+        self.opener = opener or (lambda: (errno.ENODEV, -1))  # () -> (errno, a new device fd), for reopen
         self.name = name
         self._fd = device_fd
         self._owned = list(owned_fds)       # container/group/iommufd, closed after the device
@@ -340,10 +379,13 @@ class VfioDevice:
             if region is not None:
                 self.protocol = 1
                 self.region_size, self._region_offset = region.size, region.offset
-        for index in range(self.NBARS):
-            err, bar = self.region_info(index)
-            if not err and bar.size:
-                self.bars.append(bar.offset)
+        self.regions = {}  # VFIO region index -> RegionInfo, for the PCI regions (BARs, ROM, config)
+        for index in range(abi.PCI_NUM_REGIONS):
+            err, info = self.region_info(index)
+            if not err and info.size:
+                self.regions[index] = info
+                if index < self.NBARS:
+                    self.bars.append(info.offset)
 
     # -- regions
 
@@ -408,6 +450,49 @@ class VfioDevice:
     def digest(self):
         return None  # a real device exposes no state digest
 
+    def reg_read(self, region, off, size):
+        """pread ``size`` bytes at ``off`` of PCI region ``region`` (its registers). The offset is
+        not bounded by the region's size here: what may be touched is the caller's profile."""
+        info = self.regions.get(region)
+        if info is None:
+            return errno.EINVAL, b""
+        with self._guard("reg_read"):
+            try:
+                return 0, os.pread(self._fd, size, info.offset + off)
+            except OSError as e:
+                return e.errno, b""
+
+    def reg_write(self, region, off, data):
+        info = self.regions.get(region)
+        if info is None:
+            return errno.EINVAL, 0
+        with self._guard("reg_write"):
+            try:
+                return 0, os.pwrite(self._fd, data, info.offset + off)
+            except OSError as e:
+                return e.errno, 0
+
+    def reopen(self):
+        """Close every data_fd and the device fd, and get the device fd again the way it was got
+        (group: VFIO_GROUP_GET_DEVICE_FD; cdev: open and bind), without VFIO_DEVICE_RESET."""
+        for fd in sorted(self._data_fds):
+            self._data_fds.discard(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        with self._guard("reopen"):
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            err, fd = self.opener()
+        if err:
+            self._fd = -1
+            return err
+        self._fd = fd
+        return 0
+
     def live_files(self):
         return None  # the driver's own references are not visible from user space
 
@@ -418,15 +503,17 @@ class VfioDevice:
 
     def close_device(self):
         """Close every data_fd, reset, close the device, then its group/container/iommufd."""
-        if self._fd < 0:
+        if self._fd < 0 and not self._owned:
             return
         self.close_data_fds()
-        self.reset()
+        if self._fd >= 0:
+            self.reset()
         for fd in [self._fd, *reversed(self._owned)]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self._fd = -1
         self._owned = []
 
@@ -586,7 +673,10 @@ def open_group_device(abi, name, group, guard=None, shared=None):
             _checked("VFIO_SET_IOMMU", err)
             if shared is not None:
                 shared[group] = (container, group_fd)
-        err, device_fd = _ioctl(group_fd, io["VFIO_GROUP_GET_DEVICE_FD"], bytearray(name.encode() + b"\0"))
+        def opener():
+            return _ioctl(group_fd, io["VFIO_GROUP_GET_DEVICE_FD"], bytearray(name.encode() + b"\0"))
+
+        err, device_fd = opener()
         _checked("VFIO_GROUP_GET_DEVICE_FD " + name, err)
     except (OSError, OpenError) as e:
         for fd in reversed(fds):
@@ -594,7 +684,7 @@ def open_group_device(abi, name, group, guard=None, shared=None):
         if isinstance(e, OpenError):
             raise
         raise OpenError("opening %s in group %s: %s" % (name, group, e)) from e
-    return VfioDevice(abi, name, device_fd, fds, guard)
+    return VfioDevice(abi, name, device_fd, fds, guard, opener)
 
 
 def open_cdev_device(abi, cdev, guard=None):
@@ -616,7 +706,20 @@ def open_cdev_device(abi, cdev, guard=None):
         if isinstance(e, OpenError):
             raise
         raise OpenError("opening %s: %s" % (path, e)) from e
-    return VfioDevice(abi, os.path.basename(path), device_fd, [iommufd], guard)
+    def opener():
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            return e.errno, -1
+        again = bytearray(bind.size)
+        bind.pack_into(again, 0, bind.size, 0, iommufd, 0)
+        err = _ioctl(fd, abi.ioctl["VFIO_DEVICE_BIND_IOMMUFD"], again)[0]
+        if err:
+            os.close(fd)
+            return err, -1
+        return 0, fd
+
+    return VfioDevice(abi, os.path.basename(path), device_fd, [iommufd], guard, opener)
 
 
 # ----------------------------------------------------------------------------- the reproducer
@@ -643,6 +746,10 @@ CHECKS = {
     "data_after_end": "data came after the end of the stream",
     "window_outside": "the v1 data window lies outside the region",
     "exception": "the call raised an exception (a simulated device only)",
+    "not_entered": "a byte the device handed out never entered it through the program",
+    "kernel_address": "bytes with the shape of a kernel address the program never wrote",
+    "value_changed": "a read-only field changed when it was written",
+    "pending_grew": "pending_bytes grew in stop-and-copy",
 }
 
 
@@ -672,6 +779,13 @@ def shows(check, answer):
         return answer.get("len", 0) > arg
     if test == "value_nonzero":
         return bool(answer.get("value"))
+    if test == "not_entered":
+        index, idle = arg
+        data = answer.get("data", b"")
+        return not err and index < len(data) and data[index] not in answer.get("entered", ()) \
+            and data[index] not in idle
+    if test == "kernel_address":
+        return not err and bool(kernel_addresses(answer.get("data", b""), answer.get("entered", frozenset())))
     return bool(answer.get(test))
 
 
@@ -684,6 +798,8 @@ class View:
         self.saving = {}
         self.state = state
         self.armed = False  # a fault was armed on it (a simulated device)
+        self.entered = set()  # byte values the program put into the device (registers, resume data)
+        self.pending_last = -1  # pending_bytes last read in v1 stop-and-copy
         self.new_capture()
 
     def slot(self, index):
@@ -750,6 +866,34 @@ class Replay:
     def op_mangle(self, view, a):
         mangle(view.capture, a["kind"], a["arg"])
         return {"err": 0, "text": "capture now %d bytes" % len(view.capture)}
+
+    def op_reopen(self, view, a):
+        err = view.dev.reopen()
+        if self.proto == "v2":
+            gerr, got = view.dev.get_state()
+            view.state = self.abi.V2_RUNNING
+        else:
+            gerr, got = self._field(view.dev, "device_state")
+            view.state = self.abi.V1_RUNNING
+        view.fds = []
+        view.saving = {}
+        view.pending_last = -1
+        return {"err": err, "gerr": gerr, "state": got,
+                "text": "reopen -> %s; state %s" % (errname(err), self.name(got))}
+
+    def op_rdreg(self, view, a):
+        err, data = view.dev.reg_read(a["region"], a["off"], a["size"])
+        return {"err": err, "data": data, "len": len(data), "entered": frozenset(view.entered),
+                "text": "region %d +%#x: read %d -> %s %s" % (a["region"], a["off"], a["size"], errname(err),
+                                                              data.hex())}
+
+    def op_wrreg(self, view, a):
+        data = (a["value"] & ((1 << (8 * a["size"])) - 1)).to_bytes(a["size"], "little")
+        err, n = view.dev.reg_write(a["region"], a["off"], data)
+        if not err:
+            view.entered.update(data)
+        return {"err": err, "len": n,
+                "text": "region %d +%#x: write %s -> %s" % (a["region"], a["off"], data.hex(), errname(err))}
 
     # -- v2
 
@@ -832,6 +976,8 @@ class Replay:
         if fd is None:
             return None
         err, n = view.dev.write(fd, a["data"])
+        if not err:
+            view.entered.update(a["data"][:n])
         return {"err": err, "len": n, "text": "write fd %d %d bytes -> %s, %d" % (fd, len(a["data"]), errname(err), n)}
 
     def v2_close(self, view, a):
@@ -878,6 +1024,7 @@ class Replay:
         if fd is None or dst.saving.get(fd) or dst.state != self.abi.V2_RESUMING or not data:
             return None
         err, done, stalled = write_all(dst.dev, fd, data, a["seg"])
+        dst.entered.update(data[:done])
         r = {"err": err, "len": done, "stalled": stalled}
         r["text"] = "transfer of %d bytes -> %s after %d bytes%s" % (
             len(data), errname(err), done, " (a write made no progress)" if stalled else "")
@@ -909,6 +1056,8 @@ class Replay:
             if new in saving and (cur not in saving or (new & self.abi.V1_RUNNING and not cur & self.abi.V1_RUNNING)):
                 view.new_capture()
         if got is not None:
+            if got & 7 != view.state:
+                view.pending_last = -1
             view.state = got & 7
         return {"err": err, "gerr": gerr if gerr else (errno.EIO if got is None else 0),
                 "state": None if got is None else got & 7,
@@ -933,11 +1082,17 @@ class Replay:
         name = a["field"]
         if name == "device_state":
             return self.v1_set(view, {"value": a["value"]})
+        read_only = name in ("pending_bytes", "data_offset") or (
+            name == "data_size" and view.state in self.abi.v1_saving_states)
+        before = self._field(view.dev, name)[1] if read_only else None
         err = v1_write_field(view.dev, *self.fields[name], a["value"])
         r = {"err": err, "text": "%s := %#x -> %s" % (name, a["value"], errname(err))}
         if name == "reserved":
             rerr, value = self._field(view.dev, "reserved")
             r["value"] = value if not rerr else 0
+        elif read_only:
+            rerr, after = self._field(view.dev, name)
+            r["value_changed"] = not err and not rerr and after != before
         return r
 
     def _iteration(self, view, r):
@@ -945,6 +1100,11 @@ class Replay:
         stage, err, pending, offset, size, data = v1_save_iteration(
             view.dev, self.fields, view.state in self.abi.v1_saving_states)
         r["err"] = err
+        if pending is not None and view.state == self.abi.V1_SAVING:
+            if 0 <= view.pending_last < pending:
+                r["pending_grew"] = True
+                return True
+            view.pending_last = pending
         if stage == V1_DONE:
             if pending == 0 and view.state == self.abi.V1_SAVING:
                 view.ended = True
@@ -993,6 +1153,8 @@ class Replay:
         err, _ = view.dev.region_write(offset, a["data"])
         if not err:
             err = v1_write_field(view.dev, *self.fields["data_size"], len(a["data"]))
+        if not err:
+            view.entered.update(a["data"])
         return {"err": err, "text": "window write %d bytes + data_size -> %s" % (len(a["data"]), errname(err))}
 
     def v1_transfer(self, view, a):
@@ -1009,6 +1171,7 @@ class Replay:
                     return {"err": err, "text": "transfer chunk -> %s" % errname(err)}
                 if not taken:
                     return {"err": 0, "window_outside": True, "text": "data_offset %#x outside the region" % offset}
+                dst.entered.update(piece[:taken])
                 piece = piece[taken:]
         return {"err": 0, "text": "transferred %d bytes" % len(data)}
 

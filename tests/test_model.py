@@ -419,3 +419,127 @@ def test_feature_errno_per_feature(flags):
 def test_feature_errno_larger_argsz_ok():
     assert model.feature_errno(MIG_DEVICE_STATE | GET, 4096, 0x7, RUNNING) == 0
     assert model.feature_errno(MIGRATION | GET, 1 << 31, 0x1, STOP) == 0
+
+
+# ---------------------------------------------------------------------------
+# The functions that build the tables, called directly (the tables are built once at import:
+# a defect in the search shows only in a fresh call), and flag sets outside the four
+# ---------------------------------------------------------------------------
+
+
+def _expected_search(flags, cur, new):
+    if cur == new:
+        return () if cur in SUPPORTED[flags] else None
+    entry = TABLES[flags].get((cur, new))
+    return entry[0] if entry else None
+
+
+@pytest.mark.parametrize("flags", FLAG_SETS)
+def test_search_path_called_fresh_matches_the_tables(flags):
+    for cur in range(8):
+        for new in range(8):
+            assert model._search_path(flags, cur, new) == _expected_search(flags, cur, new), (cur, new)
+    assert model._all_paths(flags) == model.PATHS[flags]
+    assert len(model._all_paths(flags)) == 8 and all(len(row) == 8 for row in model._all_paths(flags))
+
+
+ENDS = {(STOP_COPY, STOP), (PRE_COPY, RUNNING), (PRE_COPY_P2P, RUNNING_P2P), (RESUMING, STOP)}
+OPENS = {(RUNNING, PRE_COPY), (RUNNING_P2P, PRE_COPY_P2P), (STOP, STOP_COPY), (STOP, RESUMING)}
+
+
+@pytest.mark.parametrize("flags", FLAG_SETS)
+def test_plans_called_fresh(flags):
+    """Every field of a plan, from the §2.4 arc actions (written out here) and the §2.6 hops."""
+    for cur in range(8):
+        for new in range(8):
+            got = model._plan(flags, cur, new)
+            assert got == model.PLANS[flags][cur][new] == model.plan(flags, cur, new), (cur, new)
+            hops = model.path(flags, cur, new)
+            if hops is None:
+                assert got is None
+                continue
+            pairs = list(zip((cur, *hops), hops, strict=False))
+            last = pairs[-1] if pairs else None
+            assert got.hops == hops
+            assert got.fd is (last in OPENS) is model.opens_fd(flags, cur, new)
+            assert got.ends is any(p in ENDS for p in pairs)
+            assert got.load is ((RESUMING, STOP) in pairs)
+            assert got.opens == (last[1] if last in OPENS else -1)
+            assert got.runs is any(h in (RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P) for h in hops)
+
+
+def test_plan_examples():
+    # spelled out: a plan's fields for a few arcs of the full flag set
+    p = model.plan(0x7, RESUMING, PRE_COPY)
+    assert p == model.Plan((STOP, RUNNING_P2P, RUNNING, PRE_COPY), True, True, True, PRE_COPY, True)
+    assert model.plan(0x7, PRE_COPY, STOP_COPY) == model.Plan((PRE_COPY_P2P, STOP_COPY), False, False, False, -1, True)
+    assert model.plan(0x1, RUNNING, STOP) == model.Plan((STOP,), False, False, False, -1, False)
+    assert model.plan(0x1, STOP_COPY, STOP) == model.Plan((STOP,), False, True, False, -1, False)
+    assert model.plan(0x5, STOP, STOP) == model.Plan((), False, False, False, -1, False)
+
+
+@pytest.mark.parametrize("flags", FLAG_SETS)
+def test_unknown_flag_bits_change_nothing(flags):
+    # a device may set flag bits the model does not know: the paths are those of the known ones
+    for extra in (0x8, 0x80, 1 << 31):
+        assert model.arcs(flags | extra) == model.arcs(flags)
+        for cur in range(-1, 9):
+            for new in range(-1, 9):
+                assert model.path(flags | extra, cur, new) == model.path(flags, cur, new), (extra, cur, new)
+                assert model.plan(flags | extra, cur, new) == model.plan(flags, cur, new), (extra, cur, new)
+                assert model.opens_fd(flags | extra, cur, new) == model.opens_fd(flags, cur, new)
+
+
+def test_flag_sets_without_stop_copy_support_nothing():
+    # STOP_COPY is mandatory: without it no state is supported and only no-op SETs succeed
+    for flags in (0, 0x2, 0x4, 0x6):
+        assert model.arcs(flags) == frozenset()
+        for cur in range(8):
+            assert not model.supported(flags, cur)
+            for new in range(8):
+                assert model.path(flags, cur, new) == (() if cur == new else None)
+                assert model.plan(flags, cur, new) == (model.Plan((), False, False, False, -1, False)
+                                                        if cur == new else None)
+
+
+def test_plan_and_path_out_of_range():
+    for flags in (0x7, 0x1, 0x9):
+        for cur, new in ((8, STOP), (STOP, 8), (-1, STOP), (STOP, -1), (9, 9), (8, 8)):
+            assert model.path(flags, cur, new) is None
+            assert model.plan(flags, cur, new) is None
+            assert not model.opens_fd(flags, cur, new)
+        assert model.allowed_after_failure(flags, STOP, 8) == frozenset({STOP})
+
+
+def test_feature_set_of_a_state_outside_the_table():
+    # the executor's SET carries the view's state (0..7, always a no-op); a state the
+    # device cannot be in makes the SET invalid, the GET is unaffected
+    set_state = FEATURE_SET | 2
+    assert model.feature_errno(set_state, 16, 0x7, STOP) == 0
+    assert model.feature_errno(set_state, 16, 0x7, ERROR) == 0
+    assert model.feature_errno(set_state, 16, 0x7, 8) == EINVAL
+    assert model.feature_errno(FEATURE_GET | 2, 16, 0x7, 8) == 0
+    assert model.feature_errno(FEATURE_PROBE | FEATURE_SET | 2, 8, 0x7, 8) == 0
+
+
+def test_v1_predicates_truth_tables():
+    for cur in range(8):
+        for new in range(8):
+            assert model.v1_is_load(cur, new) is (bool(cur & 4) and not new & 4), (cur, new)
+            assert model.v1_starts_resume(cur, new) is (bool(new & 4) and not cur & 4), (cur, new)
+        assert model.v1_saving(cur) is (cur in (0b010, 0b011))
+        assert model.v1_saving(cur | 0x10) is (cur in (0b010, 0b011))  # reserved bits ignored
+        assert model.v1_states_after_failure(cur | 0x8) == {cur, 0b110}
+
+
+def test_names_for_people():
+    assert [model.v2_name(s) for s in range(8)] == ["ERROR", "STOP", "RUNNING", "STOP_COPY", "RESUMING",
+                                                    "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P"]
+    assert model.v2_name(8) == "8" and model.v2_name(None) == "None"
+    assert model.v1_name(0b011) == "SAVING|RUNNING" and model.v1_name(0b110) == "ERROR"
+    assert model.v1_name(0x9) == "RUNNING" and model.v1_name(0) == "STOP" and model.v1_name(None) == "?"
+    assert model.v1_value(0) == "0b000" and model.v1_value(5) == "0b101" and model.v1_value(7) == "0b111"
+    assert model.v1_value(8) == "0x8" and model.v1_value(0xFFFFFFFF) == "0xffffffff"
+    assert model.flag_names(0x7) == "STOP_COPY|P2P|PRE_COPY"
+    assert model.flag_names(0x5) == "STOP_COPY|PRE_COPY" and model.flag_names(0x1) == "STOP_COPY"
+    assert model.flag_names(0) == "0" and model.flag_names(0x8) == "0"

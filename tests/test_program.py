@@ -64,6 +64,11 @@ precopy 0 fd=0
 datasize 1
 feature 0 argsz=16 flags=0x10001
 feature 1 argsz=0 flags=0x0
+reopen 1
+rdreg 0 region=0 off=0x0 size=1
+rdreg 1 region=7 off=0x3ff size=8
+wrreg 0 region=0 off=0x3 size=1 value=0x80
+wrreg 1 region=15 off=0x10 size=4 value=0xffffffff
 """,
     "v1": """migfuzz-program 1 v1
 reset 1
@@ -93,6 +98,11 @@ save 0
 drain 1
 rdwin 0 n=64
 wrwin 1 data=deadbeef
+reopen 1
+rdreg 0 region=0 off=0x0 size=1
+rdreg 1 region=7 off=0x3ff size=8
+wrreg 0 region=0 off=0x3 size=1 value=0x80
+wrreg 1 region=15 off=0x10 size=4 value=0xffffffff
 """,
 }
 

@@ -1058,6 +1058,34 @@ BUG_PROGRAMS = {
         set 1 state=RESUMING
         transfer 0 dst=1 seg=0
         set 1 state=STOP""", 5),
+    "v1-readonly-field-writable": (0, """
+        set 0 value=0b010
+        wr 0 field=data_size value=0x5""", 1),
+    "v1-pending-grows": (0, """
+        set 0 value=0b010
+        drain 0""", 1),
+    "v2-state-survives-reopen": (0x7, """
+        set 0 state=STOP
+        reopen 0""", 1),
+    "v2-rx-uninitialized": (0x7, "rdreg 0 region=0 off=0x0 size=1", 0),
+    "v2-config-oob-read": (0x7, "rdreg 0 region=7 off=0x40 size=8", 0),
+    "v2-register-not-migrated": (0x7, """
+        wrreg 0 region=0 off=0x7 size=1 value=0x5a
+        set 0 state=STOP_COPY
+        drain 0 fd=0
+        set 1 state=RESUMING
+        transfer 0 dst=1 seg=0
+        set 1 state=STOP""", 5),
+    "v2-failed-write-counted": (0x7, """
+        set 0 state=STOP_COPY
+        drain 0 fd=0
+        mangle 0 kind=flip arg=8
+        set 1 state=RESUMING
+        transfer 0 dst=1 seg=0
+        set 1 state=STOP""", 5),
+    "v2-empty-session-loads": (0x7, """
+        set 1 state=RESUMING
+        set 1 state=STOP""", 1),
 }
 
 

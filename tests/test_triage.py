@@ -52,6 +52,16 @@ TRIGGERS = {
     "v2-errptr-on-alloc-failure": "fault 0 nth=2 kind=nomem\nset 0 state=PRE_COPY",
     "v2-resume-no-validate": "set 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=flip arg=100\n"
                              "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP",
+    "v1-readonly-field-writable": "set 0 value=0b010\nwr 0 field=data_size value=0x5",
+    "v1-pending-grows": "set 0 value=0b010\ndrain 0",
+    "v2-state-survives-reopen": "set 0 state=STOP\nreopen 0",
+    "v2-rx-uninitialized": "rdreg 0 region=0 off=0x0 size=1",
+    "v2-config-oob-read": "rdreg 0 region=7 off=0x40 size=8",
+    "v2-register-not-migrated": "wrreg 0 region=0 off=0x7 size=1 value=0x5a\nset 0 state=STOP_COPY\ndrain 0 fd=0\n"
+                                "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP",
+    "v2-failed-write-counted": "set 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=flip arg=8\n"
+                               "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP",
+    "v2-empty-session-loads": "set 1 state=RESUMING\nset 1 state=STOP",
 }
 
 

@@ -56,6 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.base import TargetError, TargetUnavailable
+from harness.profile import load_profile
 from harness.runtime import read_stream
 from harness.uapi import MIG_FLAG_SETS, MigState
 
@@ -153,7 +154,8 @@ def open_kernel_target(spec) -> KernelTargetSet:
     ``.options``, ``.text()``)."""
     targets = _spec_targets(spec)
     canonical = spec.kind == "mtty" or all(t.group is not None and is_mtty(t.name) for t in targets)
-    target = KernelTargetSet(spec.kind, spec.text(), canonical_streams=canonical)
+    profile = load_profile(spec.options.get("profile") or ("mtty" if canonical else "pci"))
+    target = KernelTargetSet(spec.kind, spec.text(), canonical_streams=canonical, profile=profile)
     try:
         for t in targets:
             try:
@@ -181,9 +183,10 @@ class KernelTargetSet:
     supports_faults = False
 
     def __init__(self, kind: str, name: str, devices: list | None = None,
-                 deadline: float = CALL_DEADLINE, canonical_streams: bool = False) -> None:
+                 deadline: float = CALL_DEADLINE, canonical_streams: bool = False, profile=None) -> None:
         self.kind = kind
         self.name = name
+        self.profile = profile or load_profile("pci")  # which registers programs may touch
         self.canonical_streams = canonical_streams  # a re-saved stream can be compared byte for byte
         self.devices: list = []
         self.proto = ""
@@ -223,6 +226,10 @@ class KernelTargetSet:
             if self.flags not in MIG_FLAG_SETS:
                 raise _unavailable(f"{first.name}: migration flags {first.flags:#x} lack STOP_COPY")
         self.region_size = first.region_size
+        present = set(first.regions) if hasattr(first, "regions") else set(self.profile.regions)
+        for dev in self.devices[1:]:
+            present &= set(getattr(dev, "regions", present))
+        self.profile = self.profile.only(present)  # a region a device lacks is never touched
 
     def start(self) -> None:
         """Begin watching the kernel log and recording programs (after the devices opened)."""
@@ -238,9 +245,12 @@ class KernelTargetSet:
         """Between programs: close the previous program's data_fds, reset both devices."""
         if self.flight is not None and self.current_input is not None:
             self.flight.record(self.current_input())
+        init = self.profile.init
         for dev in self.devices:
             dev.close_data_fds()
             dev.reset()
+            for region, off, value in init:  # start its registers from a known state, as power-on does
+                dev.reg_write(region, off, bytes((value,)))
 
     def arm_fault(self, dev: int, nth: int, kind: str) -> None:
         pass  # no fault injection into a real driver (supports_faults = False)

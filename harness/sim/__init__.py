@@ -3,9 +3,13 @@
 ``SimTarget`` holds two devices (a source and a destination, seeded
 differently so a resume has something to change) and brings them back to
 power-on state between programs; ``bug=NAME`` swaps in one behaviour from the
-bug zoo (``bugs.py``) through the devices' seams.
+bug zoo (``bugs.py``) through the devices' seams; ``digest=False`` hides the
+device's state digest, so it is judged only by what a real device shows (its
+streams and its registers, through the ``sim`` profile).
 """
 from __future__ import annotations
+
+from harness.profile import load_profile
 
 from .bugs import BUGS, device_class
 from .core import DeviceHang
@@ -22,8 +26,12 @@ class SimTarget:
     validates_stream = True  # the stream carries lengths and a checksum
     supports_faults = True
 
-    def __init__(self, proto: str = "v2", flags: int = 0x7, bug: str | None = None, seed: int = 0):
+    def __init__(self, proto: str = "v2", flags: int = 0x7, bug: str | None = None, seed: int = 0,
+                 digest: bool = True):
         cls = device_class(proto, bug)
+        self.profile = load_profile("sim")
+        # digest=False: judge the device only by what a real one shows (streams, registers)
+        self.has_digest = digest
         self.proto = proto
         self.flags = flags if proto == "v2" else 0
         self.bug = bug
@@ -40,6 +48,8 @@ class SimTarget:
             parts.append(f"flags={self.flags:#x}")
         if self.bug:
             parts.append(f"bug={self.bug}")
+        if not self.has_digest:
+            parts.append("digest=0")
         return "sim:" + ",".join(parts)
 
     def fresh(self) -> None:

@@ -12,10 +12,30 @@ from typing import NamedTuple
 
 from harness.uapi import V1_ERROR, V1_SAVING
 
-from . import stream
+from . import stream, uart
 from .core import NPAGES, PAGE_SIZE
-from .v1 import REGION_SIZE, V1SimDevice
-from .v2 import ERROR, FSM_NEXT, RESUMING, RUNNING, RUNNING_P2P, STATE_FLAGS, STOP, STOP_COPY, MigFile, V2SimDevice
+from .v1 import REGION_SIZE, WINDOW, V1SimDevice
+from .v2 import (
+    ERROR,
+    FSM_NEXT,
+    PRE_COPY,
+    PRE_COPY_P2P,
+    RESUMING,
+    RUNNING,
+    RUNNING_P2P,
+    STATE_FLAGS,
+    STOP,
+    STOP_COPY,
+    MigFile,
+    V2SimDevice,
+)
+
+# What lies next to the device's buffers in its memory: kernel pointers (direct map, text, a
+# list head pointing at itself), the way a kmalloc neighbour or a stack frame would look. A
+# correct device never hands any of it out.
+DEVICE_INTERNAL = b"".join(v.to_bytes(8, "little") for v in (
+    0xFFFF888003A5C140, 0xFFFF888003A5C140, 0xFFFFFFFF81A2B3C4, 0x0000000000000001,
+    0xFFFF88800412E600, 0xFFFFFFFFC0A81F20, 0xFFFF888003A5C180, 0x00000000DEADBEEF))
 
 
 class Bug(NamedTuple):
@@ -266,6 +286,77 @@ class V2ResumeNoValidate:
             return list(self.core.regs), mem, self.core.uart.state()  # loads whatever pages it finds
 
 
+class V1ReadOnlyFieldWritable:
+    def region_write(self, offset, data):
+        if offset == 24 and len(data) == 8 and self.state & V1_SAVING and self.save is not None:
+            self.staged = int.from_bytes(data, "little")  # data_size while saving: taken, not refused
+            return 0, 8
+        return super().region_write(offset, data)
+
+
+class V1PendingGrows:
+    def pending(self):
+        left = super().pending()
+        tail = stream.REGS_RECORD_SIZE + stream.UART_RECORD_SIZE + stream.END_RECORD_SIZE + WINDOW
+        if self.state == V1_SAVING and left > tail:
+            return left - tail  # the estimate leaves the trailing records out until it reaches them
+        return left
+
+
+class V2StateSurvivesReopen:
+    def reopen(self):
+        state = self.state
+        self.close_device()  # the files are disabled ...
+        self.state = state  # ... but the migration state stays where the last user left it
+        self.core.running = state in (RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P)
+        return 0
+
+
+class UninitializedRx(uart.Uart):
+    def empty_read(self):
+        # The value the read handler never set: whatever the buffer held before.
+        return DEVICE_INTERNAL[(self.head * 5 + self.regs[uart.SCR]) % len(DEVICE_INTERNAL)]
+
+
+class V2RxUninitialized:
+    uart_class = UninitializedRx
+
+
+class V2ConfigOobRead:
+    def reg_read(self, region, off, size):
+        if region == uart.CONFIG_REGION and size in (1, 2, 4, 8) and off >= len(uart.CONFIG_SPACE):
+            at = off - len(uart.CONFIG_SPACE)  # no bound on the offset: the memory after the config space
+            return 0, (DEVICE_INTERNAL * 16)[at:at + size]
+        return super().reg_read(region, off, size)
+
+
+class V2RegisterNotMigrated:
+    def saved_uart(self):
+        state = bytearray(super().saved_uart())
+        state[uart.SCR] = 0  # the scratch register is not part of the saved state
+        return bytes(state)
+
+
+class V2FailedWriteCounted:
+    def write_file(self, f, data):
+        start = f.pos
+        err, n = super().write_file(f, data)
+        if not err and start < stream.HEADER_SIZE <= f.pos and not stream.header_ok(f.buf):
+            return errno.EFAULT, 0  # the header is refused, but its bytes stay and f_pos moved on
+        return err, n
+
+    def load_stream(self, data):
+        return stream.load(data, check_header=False)  # "magic and version already tested by the write"
+
+
+class V2EmptySessionLoads:
+    def load_stream(self, data):
+        if not data:
+            core = self.core
+            return list(core.regs), bytearray(core.mem), core.uart.state()  # nothing to load: "success"
+        return super().load_stream(data)
+
+
 BUGS = {
     "v1-accept-101": Bug(
         "v1", V1Accept101,
@@ -402,6 +493,48 @@ BUGS = {
         "v2", V2ResumeNoValidate,
         "a corrupted stream half-loaded instead of refused",
         "RESUMING -> STOP in include/uapi/linux/vfio.h: invalid data must fail the SET; hisi's 2025 stream magic",
+        "damaged-stream-accepted"),
+    "v1-readonly-field-writable": Bug(
+        "v1", V1ReadOnlyFieldWritable,
+        "data_size written while saving is taken instead of refused",
+        "struct vfio_device_migration_info in include/uapi/linux/vfio.h (5.8-5.17): data_size is written only "
+        "while resuming",
+        "accepted-invalid"),
+    "v1-pending-grows": Bug(
+        "v1", V1PendingGrows,
+        "pending_bytes grows in stop-and-copy (the first estimate leaves a record out)",
+        "include/uapi/linux/vfio.h (5.8-5.17) saving sequence; mlx5_vfio_pci under-reported pending data "
+        "(fix 4928f67bc911)",
+        "stream-protocol"),
+    "v2-state-survives-reopen": Bug(
+        "v2", V2StateSurvivesReopen,
+        "closing the device keeps its migration state: the next open finds it where the last user left it",
+        "mtty_close() (samples/vfio-mdev/mtty.c) disables the files but not the state; libvfio-user issue #458",
+        "state-mismatch"),
+    "v2-rx-uninitialized": Bug(
+        "v2", V2RxUninitialized,
+        "RX read with an empty FIFO hands out a byte the device never set",
+        "mtty_read() (samples/vfio-mdev/mtty.c) copies its u8 val when handle_bar_read() did not set it",
+        "info-leak"),
+    "v2-config-oob-read": Bug(
+        "v2", V2ConfigOobRead,
+        "config-space reads past its end return the memory next to it",
+        "mdev_access() (samples/vfio-mdev/mtty.c) memcpy()s from vconfig + offset without bounding the offset",
+        "info-leak"),
+    "v2-register-not-migrated": Bug(
+        "v2", V2RegisterNotMigrated,
+        "a device register is left out of the saved state",
+        "hisi_acc_vfio_pci register state missing from the stream (EQE/AEQE fixes 008e5e996f42, 2025 series)",
+        "resume-corrupted"),
+    "v2-failed-write-counted": Bug(
+        "v2", V2FailedWriteCounted,
+        "a resume write refused for its header still counts, and the load trusts the header",
+        "mtty_resume_write() (samples/vfio-mdev/mtty.c) fails a bad header with EFAULT after advancing f_pos",
+        "damaged-stream-accepted"),
+    "v2-empty-session-loads": Bug(
+        "v2", V2EmptySessionLoads,
+        "RESUMING -> STOP with nothing written succeeds",
+        "RESUMING -> STOP in include/uapi/linux/vfio.h: incomplete data must make the SET fail",
         "damaged-stream-accepted"),
 }
 

@@ -15,7 +15,7 @@ import errno
 import random
 import struct
 
-from harness.base import DeviceHang
+from harness.base import FAULT_KINDS, DeviceHang
 
 from . import uart
 
@@ -23,13 +23,13 @@ NREGS = 4
 NPAGES = 8
 PAGE_SIZE = 16
 MEM_SIZE = NPAGES * PAGE_SIZE
+BYTES_7BIT = 0x7F7F7F7F  # a register value whose every byte has its top bit clear
 _REGS_PACK = struct.Struct(f"<{NREGS}I").pack
 
 
-# Fault kinds an armed fault can inject, with the errno the failing step returns.
+# The errno the failing step returns for each fault kind (harness.base.FAULT_KINDS).
 # "short" is no failure: the data_fd call it hits moves only part of the bytes
 # (a legal answer every reader and writer must cope with).
-FAULT_KINDS = ("nomem", "hwerror", "timeout", "eintr", "short")
 FAULT_ERRNO = {"nomem": errno.ENOMEM, "hwerror": errno.EIO, "timeout": errno.ETIMEDOUT,
                "eintr": errno.EINTR, "short": 0}
 # Steps per device call before the watchdog fires (a correct call takes < 50).
@@ -41,13 +41,15 @@ class DeviceCore:
 
     __slots__ = ("regs", "mem", "dirty", "running", "uart", "_initial")
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, uart_class=uart.Uart):
         rng = random.Random(seed)
-        self.regs = [rng.getrandbits(32) for _ in range(NREGS)]
-        self.mem = bytearray(rng.randbytes(MEM_SIZE))
+        # Register and memory bytes keep their top bit clear, so device state never has the shape
+        # of a kernel address (what the info-leak oracle looks for in what a device hands out).
+        self.regs = [rng.getrandbits(32) & BYTES_7BIT for _ in range(NREGS)]
+        self.mem = bytearray(b & 0x7F for b in rng.randbytes(MEM_SIZE))
         self.dirty = 0
         self.running = True
-        self.uart = uart.Uart(seed)
+        self.uart = uart_class(seed)
         self._initial = (list(self.regs), bytes(self.mem))
 
     def restore_initial(self) -> None:
@@ -69,10 +71,10 @@ class DeviceCore:
         # Separate from activity() so a bug variant can do work while stopped.
         regs = self.regs
         r = seed % NREGS
-        regs[r] = (regs[r] * 0x9E3779B1 + seed + 1) & 0xFFFFFFFF
+        regs[r] = (regs[r] * 0x9E3779B1 + seed + 1) & BYTES_7BIT
         page = (seed >> 2) % NPAGES
         off = page * PAGE_SIZE + (seed >> 5) % PAGE_SIZE
-        self.mem[off] = (self.mem[off] + (seed >> 9) + 1) & 0xFF
+        self.mem[off] = (self.mem[off] + (seed >> 9) + 1) & 0x7F
         self.dirty |= 1 << page
 
     def digest(self) -> bytes:

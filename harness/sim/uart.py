@@ -68,7 +68,7 @@ class Uart:
 
     def __init__(self, seed: int):
         self.regs = bytearray(NREGS)
-        self.regs[SCR] = seed & 0xFF  # each device starts distinguishable
+        self.regs[SCR] = seed & 0x7F  # each device starts distinguishable (no byte of device state is >= 0x80)
         self.fifo = bytearray(FIFO_SIZE)
         self.head = self.tail = self.count = 0
         self.dlab = self.overrun = False

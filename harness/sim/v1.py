@@ -21,6 +21,7 @@ from harness.uapi import V1_ERROR, V1_FIELDS, V1_MASK, V1_RESUMING, V1_RUNNING, 
 
 from . import stream
 from .core import DeviceCore, StepCounter
+from .uart import Uart
 
 DATA_OFFSET = 0x1000
 WINDOW = 0x40
@@ -34,10 +35,12 @@ FIELDS = {(off, size): name for name, (off, size) in V1_FIELDS.items()}
 class V1SimDevice:
     """A migratable device speaking protocol v1 (implements harness.base.V1Device)."""
 
+    uart_class = Uart  # the register block (a bug variant may bring its own)
+
     region_size = REGION_SIZE
 
     def __init__(self, seed: int = 0):
-        self.core = DeviceCore(seed)
+        self.core = DeviceCore(seed, self.uart_class)
         self.counter = StepCounter()
         self.window = bytearray(WINDOW)
         self.restore_initial()
@@ -272,3 +275,14 @@ class V1SimDevice:
 
     def close_device(self) -> None:
         self.reset()
+
+    def reopen(self) -> int:
+        """close(2) and open(2) of the device without a reset: sessions dropped, RUNNING (001b)."""
+        self.close_device()
+        return 0
+
+    def reg_read(self, region: int, off: int, size: int) -> tuple[int, bytes]:
+        return self.core.reg_read(region, off, size)
+
+    def reg_write(self, region: int, off: int, data: bytes) -> tuple[int, int]:
+        return self.core.reg_write(region, off, data)

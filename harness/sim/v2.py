@@ -37,6 +37,7 @@ from harness.uapi import (
 
 from . import stream
 from .core import DeviceCore, StepCounter
+from .uart import Uart
 
 ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P = (int(s) for s in MigState)
 SC, P2P, PRE = int(MigFlag.STOP_COPY), int(MigFlag.P2P), int(MigFlag.PRE_COPY)
@@ -112,9 +113,11 @@ class MigFile:
 class V2SimDevice:
     """A migratable device speaking protocol v2 (implements harness.base.V2Device)."""
 
+    uart_class = Uart  # the register block (a bug variant may bring its own)
+
     def __init__(self, flags: int = SC | P2P | PRE, seed: int = 0):
         self.flags = flags
-        self.core = DeviceCore(seed)
+        self.core = DeviceCore(seed, self.uart_class)
         self.counter = StepCounter()
         self.state = RUNNING
         self.save_file: MigFile | None = None
@@ -395,6 +398,20 @@ class V2SimDevice:
     def close_device(self) -> None:
         self.disable_files()
         self.fds.clear()
+
+    def reopen(self) -> int:
+        """close(2) the device (and its data_fds) and open it again, without a reset: opening
+        puts the migration state back to RUNNING (open_device); the device function keeps its state."""
+        self.close_device()
+        self.state = RUNNING
+        self.core.running = True
+        return 0
+
+    def reg_read(self, region: int, off: int, size: int) -> tuple[int, bytes]:
+        return self.core.reg_read(region, off, size)
+
+    def reg_write(self, region: int, off: int, data: bytes) -> tuple[int, int]:
+        return self.core.reg_write(region, off, data)
 
     def feature(self, flags: int, payload: bytes, argsz: int | None = None) -> tuple[int, bytes]:
         """VFIO_DEVICE_FEATURE as the core (vfio_ioctl_device_feature) frames it."""

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""False-positive benchmark: the correct simulator must never produce a finding.
+
+Runs the executor and oracles on the correct simulator (no bug variant) for every v2 flag
+set (0x1, 0x3, 0x5, 0x7) and for v1, on programs from the fuzzer's own generators: fresh
+``fuzz.mutator.random_program`` programs, and the shipped seed programs
+(``fuzz.program.seed_programs``) put through chains of ``mutate`` and ``crossover``. The
+generators emit ``fault`` ops, so injected faults (every kind) are part of the workload.
+
+Prints, per configuration, the programs run, how many armed a fault, the time, programs/s
+and the findings (which must be 0). On a finding it prints the program's text and the
+finding and exits 1.
+
+Usage: python bench/fp.py [--programs 1000000] [--seed 1] [--jobs 2] [--config v2:0x7 ...]
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fuzz.executor import Executor  # noqa: E402
+from fuzz.mutator import crossover, mutate, random_program  # noqa: E402
+from fuzz.program import OPCODES, seed_programs  # noqa: E402
+from harness.sim import SimTarget  # noqa: E402
+
+CONFIGS = (("v2", 0x1), ("v2", 0x3), ("v2", 0x5), ("v2", 0x7), ("v1", 0))
+
+
+def config_name(proto: str, flags: int) -> str:
+    return f"{proto}:{flags:#x}" if proto == "v2" else proto
+
+
+def programs(proto: str, count: int, seed: int):
+    """``count`` programs, reproducibly: 1/2 random, 1/2 seeds mutated 1-8 times (some crossed over)."""
+    rng = random.Random(f"{seed}/{proto}")
+    seeds = [prog for _name, prog in seed_programs(proto)]
+    yield from seeds[:count]
+    for _ in range(count - min(count, len(seeds))):
+        if rng.random() < 0.5:
+            yield random_program(proto, rng)
+            continue
+        prog = rng.choice(seeds)
+        if rng.random() < 0.2:
+            prog = crossover(prog, rng.choice(seeds) if rng.random() < 0.5 else random_program(proto, rng), rng)
+        for _ in range(rng.randint(1, 8)):
+            prog = mutate(prog, rng, rng.choice(seeds))
+        yield prog
+
+
+def run_config(proto: str, flags: int, count: int, seed: int = 1) -> dict:
+    """Run ``count`` programs on the correct simulator; stops at the first finding."""
+    executor = Executor(SimTarget(proto, flags))
+    fault = OPCODES[proto]["fault"]
+    stats = {"config": config_name(proto, flags), "programs": 0, "with_faults": 0, "ops": 0, "findings": 0,
+             "seconds": 0.0, "program": None, "finding": None}
+    start = time.perf_counter()
+    for prog in programs(proto, count, seed):
+        stats["programs"] += 1
+        stats["ops"] += len(prog.ops)
+        stats["with_faults"] += any(op.code == fault for op in prog.ops)
+        finding = executor.run(prog)
+        if finding is not None:
+            stats["findings"] += 1
+            stats["program"] = prog.text()
+            stats["finding"] = finding
+            break
+    stats["seconds"] = time.perf_counter() - start
+    return stats
+
+
+def _run(args: tuple) -> dict:
+    return run_config(*args)
+
+
+def report(stats: dict, out=print) -> None:
+    rate = stats["programs"] / stats["seconds"] if stats["seconds"] else 0.0
+    out(f"{stats['config']:8} programs {stats['programs']:>9}  with faults {stats['with_faults']:>9}  "
+        f"ops {stats['ops']:>10}  {stats['seconds']:8.1f} s  {rate:8.0f} programs/s  findings {stats['findings']}")
+    if stats["finding"] is not None:
+        f = stats["finding"]
+        out(f"FALSE POSITIVE on the correct simulator ({stats['config']}): {f.kind} at step {f.step} ({f.op}): "
+            f"expected {f.expected}; observed {f.observed}")
+        out(stats["program"].rstrip("\n"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--programs", type=int, default=1_000_000, help="programs per configuration")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1, help="configurations run in parallel processes")
+    ap.add_argument("--config", action="append", choices=[config_name(*c) for c in CONFIGS],
+                    help="only these configurations (default: all)")
+    args = ap.parse_args(argv)
+    configs = [c for c in CONFIGS if not args.config or config_name(*c) in args.config]
+    work = [(proto, flags, args.programs, args.seed) for proto, flags in configs]
+    start = time.perf_counter()
+    if args.jobs > 1:
+        from multiprocessing import Pool
+        with Pool(args.jobs) as pool:
+            results = []
+            for stats in pool.imap(_run, work):
+                report(stats)
+                results.append(stats)
+    else:
+        results = []
+        for item in work:
+            stats = _run(item)
+            report(stats)
+            results.append(stats)
+    total = sum(s["programs"] for s in results)
+    findings = sum(s["findings"] for s in results)
+    print(f"total    programs {total:>9}  {time.perf_counter() - start:.1f} s wall  findings {findings}")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Device profiles as data (``harness.profile`` reads them): sim, mtty, pci."""
