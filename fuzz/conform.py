@@ -1172,6 +1172,10 @@ V1_VALID = sorted(model.V1_VALID)
 V1_ZERO = tuple(name for name, rule in model.V1_FIELD_ACCESS.items() if rule == "zero")
 
 
+V1_SAVE_ROUTES = (("stop-and-copy", (V1_SAVING,)), ("pre-copy", (V1_PRECOPY, V1_SAVING)))
+V1_RESUME_SEGMENTS = (("full windows", 0), ("7-byte chunks", 7))
+
+
 class V1Sweep(Sweep):
     proto = "v1"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import traceback
 
-from harness.base import DeviceHang
+from harness.base import FAULT_KINDS, DeviceHang
 from harness.runtime import (
     DRAIN_CHUNK,
     DRAIN_LIMIT,
@@ -32,7 +32,6 @@ from harness.runtime import (
     v1_write_chunk,
     v1_write_field,
 )
-from harness.base import FAULT_KINDS
 from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_HEADER_SIZE
 
 from . import model

@@ -20,8 +20,8 @@ from __future__ import annotations
 from importlib import resources
 from typing import NamedTuple
 
-from harness.runtime import MANGLE_KINDS, SEG_RANDOM
 from harness.base import FAULT_KINDS
+from harness.runtime import MANGLE_KINDS, SEG_RANDOM
 from harness.uapi import V1_FIELD_NAMES, MigState
 
 TEXT_MAGIC = "migfuzz-program"

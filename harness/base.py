@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-
 # What an injected fault does to the device step it hits (``arm_fault(dev, nth, kind)`` of a
 # target that supports faults): fail it with no memory, a hardware error (the device may go to
 # its error state), a timeout or an interrupted call, or move only part of the bytes ("short").

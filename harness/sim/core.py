@@ -15,7 +15,7 @@ import errno
 import random
 import struct
 
-from harness.base import FAULT_KINDS, DeviceHang
+from harness.base import DeviceHang
 
 from . import uart
 
