@@ -452,8 +452,31 @@ def c_unsupported(ex: Export) -> str | None:
     test, arg = f.check
     if test is not None and _c_ident(test) not in c_handles("CHECK"):
         return f"the claim ({test}): harness/runtime.c cannot evaluate it"
-    if not (arg is None or isinstance(arg, int) or (isinstance(arg, tuple) and all(isinstance(a, int) for a in arg))):
-        return f"the claim's argument {arg!r}: not a number or a set of numbers"
+    if c_claim_arg(arg) is None:
+        return f"the claim's argument {arg!r}: not a number, a set of numbers or a number and a set of numbers"
+    return None
+
+
+def _ints(values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def c_claim_arg(arg) -> tuple[int, list[int]] | None:
+    """A claim's argument as harness/runtime.c takes it: (``MF_CLAIM_ARG``, ``mf_claim_set``) for a
+    number (``errno``), a set of numbers (``state_not_in``: states) or a number and a set of numbers
+    (``not_entered``: a byte index and the register's idle values); None for anything else."""
+    if arg is None:
+        return 0, []
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return arg, []
+    if not isinstance(arg, (tuple, list, set, frozenset)):
+        return None
+    values = sorted(arg) if isinstance(arg, (set, frozenset)) else list(arg)
+    if _ints(values):
+        return 0, values
+    if len(values) == 2 and _ints(values[:1]) and isinstance(values[1], (tuple, list, set, frozenset)) \
+            and _ints(values[1]):
+        return values[0], sorted(values[1]) if isinstance(values[1], (set, frozenset)) else list(values[1])
     return None
 
 
@@ -528,10 +551,16 @@ def _c_runtime_consts() -> list[str]:
     out += ["enum mf_check {", "\tMF_CHECK_NONE,"] + [f"\tMF_CHECK_{_c_ident(k)}," for k in runtime.CHECKS] + ["};"]
     out += _c_array("char *const", "mf_check_text",
                     [c_string("not checkable from user space")] + [c_string(t) for t in runtime.CHECKS.values()])
+    out += ["/* kernel virtual address ranges, lowest and highest (harness.runtime.KERNEL_RANGES) */",
+            f"static const uint64_t mf_kernel_ranges[][2] {MF_UNUSED} = {{",
+            *(f"\t{{ {lo:#x}ULL, {hi:#x}ULL }}," for lo, hi in runtime.KERNEL_RANGES), "};",
+            f"#define MF_KERNEL_RANGES_N {len(runtime.KERNEL_RANGES)}"]
     out += ["enum mf_opcode {"] + [f"\tMF_OP_{_c_ident(name)}," for name in c_op_names()] + ["};"]
-    out += ["", "/* One op of the program: what a and b mean is the op's (fuzz/program.py). */",
+    out += ["", "/* One op of the program: what a and b mean is the op's (fuzz/program.py); a register op's",
+            " * fields packed in a come unpacked in region, off and size (bytes). */",
             "struct mf_op {", "\tint code;", "\tint dev;", "\tuint32_t a;", "\tuint32_t b;",
-            "\tconst unsigned char *data;", "\tuint32_t len;", "\tconst char *text;", "};"]
+            "\tconst unsigned char *data;", "\tuint32_t len;", "\tuint32_t region;", "\tuint32_t off;",
+            "\tuint32_t size;", "\tconst char *text;", "};"]
     return out
 
 
@@ -549,11 +578,13 @@ def _c_program(ex: Export) -> list[str]:
             data = f"mf_data_{step}"
             out.append(f"static const unsigned char {data}[] = {{ " + ", ".join(f"0x{b:02x}" for b in op.data) + " };")
         name = _c_ident(OPS[prog.proto][op.code].name)
-        rows.append(f"\t{{ MF_OP_{name}, {op.dev}, {op.a}u, {op.b:#x}u, {data}, {len(op.data)}u, "
+        args = op_args(prog.proto, op)
+        reg = ", ".join(f"{args.get(field, 0)}u" for field in ("region", "off", "size"))
+        rows.append(f"\t{{ MF_OP_{name}, {op.dev}, {op.a}u, {op.b:#x}u, {data}, {len(op.data)}u, {reg}, "
                     f"{c_string(format_op(prog.proto, op))} }},")
     out += ["static const struct mf_op mf_program[] = {", *rows, "};", ""]
     test, arg = f.check
-    values = list(arg) if isinstance(arg, tuple) else []
+    number, values = c_claim_arg(arg)
     out += [
         f"#define MF_CLAIM_STEP {f.step}",
         f"#define MF_CLAIM_KIND {c_string(f.kind)}",
@@ -562,7 +593,7 @@ def _c_program(ex: Export) -> list[str]:
         f"#define MF_CLAIM_EXPECTED {c_string(f.expected)}",
         f"#define MF_CLAIM_OBSERVED {c_string(f.observed)}",
         f"#define MF_CLAIM_CHECK MF_CHECK_{_c_ident(test) if test is not None else 'NONE'}",
-        f"#define MF_CLAIM_ARG {arg if isinstance(arg, int) else 0}LL",
+        f"#define MF_CLAIM_ARG {number}LL",
         f"static const long long mf_claim_set[] {MF_UNUSED} = {{ " + ", ".join(str(v) for v in values or [0]) + " };",
         f"#define MF_CLAIM_NSET {len(values)}",
     ]

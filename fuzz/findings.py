@@ -49,7 +49,8 @@ class Kind(NamedTuple):
 
 
 KINDS = (
-    Kind("accepted-invalid", "an invalid state, value, arc or request accepted", ("ok", "value_nonzero")),
+    Kind("accepted-invalid", "an invalid state, value, arc or request accepted, or a read-only field "
+                             "that took a write", ("ok", "value_nonzero", "value_changed")),
     Kind("rejected-valid", "a valid arc or request refused", ("failed", "get_failed")),
     Kind("bad-state-after-failure", "after a failed request, a state the protocol forbids", ("state_not_in", None)),
     Kind("state-mismatch", "the state read back is not the one the protocol says", ("state_not", "get_failed")),
@@ -57,12 +58,15 @@ KINDS = (
                                "seek) and it worked", ("ok",)),
     Kind("fd-mismatch", "a data_fd returned when none is due, or none when one is due", ("fd", "no_fd")),
     Kind("stream-protocol", "stream framing rules broken: ENOMSG in STOP_COPY, data after the end of the stream, "
-                            "pre-copy sizes under-reported, a write that makes no progress",
-         ("errno", "longer_than", "data_after_end", "precopy_overrun", "initial_grew", "stalled")),
+                            "pre-copy sizes under-reported, a write that makes no progress, v1 pending_bytes growing while "
+                            "stopped",
+         ("errno", "longer_than", "data_after_end", "precopy_overrun", "initial_grew", "stalled", "pending_grew")),
     Kind("valid-stream-rejected", "a complete, untouched stream refused on resume", ("failed",)),
     Kind("resume-corrupted", "the state after a resume differs from the source's state", (None,)),
     Kind("damaged-stream-accepted", "a truncated, extended, flipped or reordered stream loaded", ("ok",)),
     Kind("state-changed-while-stopped", "the device's state changed while it was not running", (None,)),
+    Kind("info-leak", "the device handed out a kernel address, or data-out bytes that never entered it "
+                      "(uninitialized or out-of-bounds memory)", ("kernel_address", "not_entered")),
     Kind("resource-leak", "the driver still holds a migration file it must have released", (None,)),
     Kind("region-layout", "v1: the data window lies outside the migration region", ("window_outside",)),
     Kind("hang", "a call that never returns, or a stream that never ends", ("hang",)),

@@ -6,7 +6,9 @@
   state diagram of the advertised flag set (single-hop arcs of
   ``fuzz.model.arcs(flags)`` as arrows, blocked arcs dashed, failing arcs red,
   arcs the device took but must not as red dashed arrows), a bar per check
-  group, and every check. Cells and arcs are classified from each record's
+  group, grids for the device's lifecycle (reset, reopen) and its registers
+  (per register and per access width), and every check. Cells and arcs are
+  classified from each record's
   structured ``expect`` and ``outcome`` (see :mod:`fuzz.conform`); the
   ``expected``/``observed`` strings are only shown, never read.
 * :func:`campaign_html` — one page for a campaign's JSON-lines report
@@ -411,13 +413,14 @@ def _fail_short(c: dict) -> str:
 
 def _failing_nodes(result: dict, cells: dict) -> set:
     """States to draw red: wrongly entered (an invalid request accepted into them), or misbehaving
-    themselves (a failing request from them other than an accepted invalid one, a failing reset/reach)."""
+    themselves (a failing request from them other than an accepted invalid one, a failing
+    reset/reopen from them, a failing reach into them)."""
     out = set()
     for c in cells.values():
         if c["verdict"] == "fail":
             out.add(c["to"] if _accepted_invalid(c) else c["from"])
     for c in result["checks"]:
-        if c["verdict"] == "fail" and c["check"] == "reset":
+        if c["verdict"] == "fail" and c["check"] in ("reset", "reopen"):
             out.add(c["from"])
         if c["verdict"] == "fail" and c["check"] == "reach":
             out.add(c["to"])
@@ -536,6 +539,215 @@ def v1_diagram_svg(result: dict) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- lifecycle and registers
+
+LIFECYCLE_CHECKS = ("reset", "reopen", "reopen-round-trip")
+VERDICT_FILL = {"pass": PASS_OK, "fail": FAIL_FILL, "info": INFO_FILL}
+_WORST = {"fail": 0, "info": 1, "pass": 2}
+NOT_EQUAL = "\u2260"
+
+
+def _grid_cell(x: float, y: float, w: float, h: float, verdict: str, main: str, small: str, tip: str) -> str:
+    """One cell of a verdict grid (green pass, red fail, grey info) with its tooltip."""
+    fail = verdict == "fail"
+    ink = "#ffffff" if fail else ("#1b5e20" if verdict == "pass" else "#78909c")
+    stroke = 'stroke="#7f0000" stroke-width="2.5"' if fail else 'stroke="#ffffff" stroke-width="2"'
+    out = (f'<g><title>{escape(tip)}</title><rect x="{x + 1.5:.1f}" y="{y + 1.5:.1f}" width="{w - 3:.1f}" '
+           f'height="{h - 3:.1f}" rx="4" fill="{VERDICT_FILL[verdict]}" {stroke}/>'
+           + _t(x + w / 2, y + h / 2 + (-1 if small else 4), main, 12, weight="700" if fail else "600", fill=ink))
+    if small:
+        out += _t(x + w / 2, y + h / 2 + 13, small[:20], 10, fill=ink)
+    return out + "</g>"
+
+
+def _tip(c: dict, head: str) -> str:
+    return f"{head}  [{c['verdict'].upper()}]\nexpected: {c['expected']}\nobserved: {c['observed']}"
+
+
+def _lifecycle_text(proto: str, c: dict) -> tuple[str, str]:
+    """(main, small) of a reset/reopen/reopen-round-trip cell, from the record's structured fields."""
+    out, verdict = c["outcome"], c["verdict"]
+    if verdict == "info":
+        return "?", out["status"].replace("-", " ")
+    if out["status"] != "answered":
+        return DEPARTURES.get(out["status"], ("wrong",))[0], ""
+    notes = []
+    if out.get("live_files"):
+        notes.append(f"{out['live_files']} live")
+    if any(e == 0 for e in out.get("old_fd_err") or ()):
+        notes.append("old fd live")
+    if out.get("same") is False:
+        notes.append("differs")
+    if out.get("failed"):
+        notes.append(f"{out['failed']} {errname(out['err'])}" if out["err"] else out["failed"])
+    got = f"\u2192 {_short_state(proto, out['state'])}" if out["state"] is not None else ""
+    if verdict == "pass":
+        return "ok", got
+    return "wrong", ", ".join(notes) or got
+
+
+def lifecycle_svg(result: dict) -> str:
+    """Reset, close-and-reopen and the round trip after a reopen, one row each, per starting state."""
+    proto = result["protocol"]
+    recs = [c for c in result["checks"] if c["check"] in LIFECYCLE_CHECKS]
+    rows = [g for g in LIFECYCLE_CHECKS if any(c["check"] == g for c in recs)]
+    cols: list = []
+    for c in recs:
+        if c["from"] not in cols:
+            cols.append(c["from"])
+    cells = {(c["check"], c["from"]): c for c in recs}
+    cw, ch, left, top = 100, 44, 150, 46
+    width, height = left + cw * len(cols) + 10, top + ch * len(rows) + 8
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'{SVG_FONT} role="img" aria-label="device lifecycle">']
+    for j, col in enumerate(cols):
+        main, small = _state_label(proto, col)
+        x = left + cw * j + cw / 2
+        out.append(_t(x, top - 24, main, 11.5 if len(main) < 12 else 10, weight="600"))
+        out.append(_t(x, top - 9, small, 10, fill="#78909c"))
+    for i, row in enumerate(rows):
+        y = top + ch * i
+        bad = any(c["verdict"] == "fail" for c in recs if c["check"] == row)
+        out.append(_t(left - 10, y + ch / 2 + 4, row, 12, anchor="end", weight="600",
+                      fill="#c62828" if bad else "#212121"))
+        for j, col in enumerate(cols):
+            c = cells.get((row, col))
+            x = left + cw * j
+            if c is None:
+                out.append(f'<rect x="{x + 1}" y="{y + 1}" width="{cw - 2}" height="{ch - 2}" fill="#fff" '
+                           f'stroke="#eceff1"/>')
+                continue
+            main, small = _lifecycle_text(proto, c)
+            out.append(_grid_cell(x, y, cw, ch, c["verdict"], main, small, _tip(c, f"{row} from {col}")))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _worst(records: list) -> dict:
+    return min(records, key=lambda c: _WORST[c["verdict"]])
+
+
+def registers_svg(result: dict) -> str:
+    """One row per device register the profile declares; columns: reads the same twice
+    (reg-observe), hands out only what went in (reg-data-out), and each migration of the
+    registers (reg-migrated, reg-while-stopped) compared register by register."""
+    checks = result["checks"]
+    observe = [c for c in checks if c["check"] == "reg-observe"]
+    dataout = [c for c in checks if c["check"] == "reg-data-out"]
+    migs = [c for c in checks if c["check"] in ("reg-migrated", "reg-while-stopped")]
+    regs: dict = {}  # (region, offset) -> name
+    for c in observe + dataout:
+        regs.setdefault((c["expect"]["region"], c["expect"]["offset"]), c["expect"]["register"])
+    for c in migs:
+        for r in c["outcome"].get("registers") or ():
+            regs.setdefault((r["region"], r["offset"]), r["register"])
+    cols = [("reads twice", None)] * bool(observe) + [("data out", None)] * bool(dataout) + \
+        [(f"written in {c['expect'].get('written', '?')}", c) for c in migs]
+    cw, ch, left, top = 118, 40, 170, 44
+    keys = sorted(regs)
+    width, height = left + cw * len(cols) + 10, top + ch * len(keys) + 8
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'{SVG_FONT} role="img" aria-label="device registers">']
+    for j, (label, _) in enumerate(cols):
+        x = left + cw * j + cw / 2
+        first, _, rest = label.partition(" in ")
+        out.append(_t(x, top - 22 if rest else top - 14, first, 11.5, weight="600"))
+        if rest:
+            out.append(_t(x, top - 8, "in " + rest, 10, fill="#78909c"))
+    for i, key in enumerate(keys):
+        region, off = key
+        y = top + ch * i
+        name = regs[key]
+        cells = []
+        for label, mig in cols:
+            if mig is None:
+                group = observe if label == "reads twice" else dataout
+                mine = [c for c in group if (c["expect"]["region"], c["expect"]["offset"]) == key]
+                if not mine:
+                    cells.append(None)
+                    continue
+                c = _worst(mine)
+                out_ = c["outcome"]
+                if c["verdict"] == "pass":
+                    small = "same" if label == "reads twice" else f"{len(mine)} checks"
+                    main = "ok"
+                elif c["verdict"] == "info":
+                    main, small = "?", out_["status"].replace("-", " ")
+                elif out_["status"] != "answered":
+                    main, small = DEPARTURES.get(out_["status"], ("wrong",))[0], ""
+                elif label == "reads twice":
+                    main, small = "changes", f"{out_.get('first')} \u2192 {out_.get('second')}"
+                else:
+                    stray = out_.get("stray") or []
+                    main, small = "wrong", (f"{len(set(stray))} stray byte(s)" if stray else "out of order")
+                cells.append((c["verdict"], main, small, _tip(c, f"{name}: {label}")))
+                continue
+            rows = {(r["region"], r["offset"]): r for r in mig["outcome"].get("registers") or ()}
+            r = rows.get(key)
+            if r is None:
+                if rows:  # compared, but this register is not an observation register
+                    cells.append(None)
+                    continue
+                verdict = mig["verdict"]
+                main = "?" if verdict == "info" else ("ok" if verdict == "pass" else
+                                                      DEPARTURES.get(mig["outcome"]["status"], ("wrong",))[0])
+                cells.append((verdict, main, "", _tip(mig, f"{name}: {label}")))
+                continue
+            same = r["dest"] is not None and r["dest"] in r["source"]
+            src = "/".join(str(v) for v in r["source"])
+            cells.append(("pass" if same else "fail", "ok" if same else "differs",
+                          f"{r['dest']} {'=' if same else NOT_EQUAL} {src}", _tip(mig, f"{name}: {label}")))
+        bad = any(cell is not None and cell[0] == "fail" for cell in cells)
+        out.append(_t(left - 10, y + ch / 2 - 1, name, 12, anchor="end", weight="600",
+                      fill="#c62828" if bad else "#212121"))
+        out.append(_t(left - 10, y + ch / 2 + 12, f"region {region} +{off:#x}", 10, anchor="end", fill="#78909c"))
+        for j, cell in enumerate(cells):
+            x = left + cw * j
+            if cell is None:
+                out.append(f'<rect x="{x + 1}" y="{y + 1}" width="{cw - 2}" height="{ch - 2}" fill="#fff" '
+                           f'stroke="#eceff1"/>')
+            else:
+                out.append(_grid_cell(x, y, cw, ch, *cell))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def leaks_svg(result: dict) -> str:
+    """Every allowed read of every region, per access width: kernel-address shapes found (reg-leak)."""
+    recs = [c for c in result["checks"] if c["check"] == "reg-leak"]
+    regions = sorted({c["expect"]["region"] for c in recs})
+    widths = sorted({c["expect"]["width"] for c in recs})
+    cells = {(c["expect"]["region"], c["expect"]["width"]): c for c in recs}
+    cw, ch, left, top = 110, 40, 170, 30
+    width, height = left + cw * len(widths) + 10, top + ch * len(regions) + 8
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           f'{SVG_FONT} role="img" aria-label="register reads and kernel addresses">']
+    for j, w in enumerate(widths):
+        out.append(_t(left + cw * j + cw / 2, top - 10, f"{w}-byte reads", 11.5, weight="600"))
+    for i, region in enumerate(regions):
+        y = top + ch * i
+        bad = any(c["verdict"] == "fail" for c in recs if c["expect"]["region"] == region)
+        out.append(_t(left - 10, y + ch / 2 + 4, f"region {region}", 12, anchor="end", weight="600",
+                      fill="#c62828" if bad else "#212121"))
+        for j, w in enumerate(widths):
+            c = cells.get((region, w))
+            x = left + cw * j
+            if c is None:
+                out.append(f'<rect x="{x + 1}" y="{y + 1}" width="{cw - 2}" height="{ch - 2}" fill="#fff" '
+                           f'stroke="#eceff1"/>')
+                continue
+            o = c["outcome"]
+            if c["verdict"] == "info" or o["status"] != "answered":
+                main, small = ("?" if c["verdict"] == "info" else DEPARTURES.get(o["status"], ("wrong",))[0]), ""
+            elif o.get("addresses"):
+                main, small = f"{o['addresses']} addr", o["found"][0]["value"] if o.get("found") else ""
+            else:
+                main, small = "clean", f"{o.get('refused', 0)}/{o.get('reads', 0)} refused"
+            out.append(_grid_cell(x, y, cw, ch, c["verdict"], main, small, _tip(c, f"region {region}, {w}-byte reads")))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------- check groups
 
 def groups_svg(result: dict) -> str:
@@ -621,6 +833,24 @@ def conform_html(result: dict) -> str:
                 f'not reached (hover for why; the cause has its own row)</div></div>')
     body.append("<h2>State diagram</h2>")
     body.append(f'<div class="figure">{v2_diagram_svg(result) if proto == "v2" else v1_diagram_svg(result)}</div>')
+    if any(c["check"] in ("reopen", "reopen-round-trip") for c in result["checks"]):
+        body.append("<h2>Device lifecycle</h2>")
+        body.append('<p class="sub">From every state: VFIO_DEVICE_RESET, and closing and opening the device again '
+                    "(as QEMU does, no reset): it must come back in its initial state with no session and its old "
+                    "data_fds dead; after a reopen in the middle of a session a save and a resume still work.</p>")
+        body.append(f'<div class="figure">{lifecycle_svg(result)}</div>')
+    if any(c["check"].startswith("reg-") for c in result["checks"]):
+        body.append("<h2>Device registers</h2>")
+        body.append('<p class="sub">The registers the target\'s device profile declares: side-effect-free reads '
+                    "read the same twice, a receive FIFO hands out only the bytes that went in (or its idle value), "
+                    "and a migration carries every observation register (destination = source, written while "
+                    "running, while stopped, and in the middle of the stop-and-copy stream).</p>")
+        if any(c["check"] != "reg-leak" and c["check"].startswith("reg-") for c in result["checks"]):
+            body.append(f'<div class="figure">{registers_svg(result)}</div>')
+        if any(c["check"] == "reg-leak" for c in result["checks"]):
+            body.append('<p class="sub">Every allowed offset read at every allowed width, the reads laid end to end: '
+                        "no 8 bytes may have the shape of a kernel address.</p>")
+            body.append(f'<div class="figure">{leaks_svg(result)}</div>')
     body.append("<h2>Checks by group</h2>")
     body.append(f'<div class="figure">{groups_svg(result)}</div>')
     body.append("<h2>Every check</h2>")

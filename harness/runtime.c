@@ -328,8 +328,14 @@ struct mf_dev {
 	uint64_t region_size, region_offset;
 	uint64_t bars[MF_NBARS];
 	int nbars;
+	int regions[MF_PCI_NUM_REGIONS];	/* the PCI regions (BARs, ROM, config) with a size */
+	uint64_t reg_offset[MF_PCI_NUM_REGIONS];
 	int data_fds[MF_MAX_FDS];	/* data_fds handed out and not yet closed */
 	int ndata;
+	/* how the device fd is got again (reopen): VFIO_GROUP_GET_DEVICE_FD with the name on
+	 * group_fd, or open(path) and VFIO_DEVICE_BIND_IOMMUFD to iommufd */
+	int group_fd, iommufd;
+	char path[160];
 };
 
 struct mf_region {
@@ -534,6 +540,37 @@ static int mf_region_write(struct mf_dev *d, uint64_t offset, const unsigned cha
 	return mf_sys_pwrite(d->fd, data, size, d->region_offset + offset) < 0 ? errno : 0;
 }
 
+/* pread size bytes at off of PCI region `region` (its registers); the offset is not bounded by
+ * the region's size (harness.runtime.VfioDevice.reg_read). *got bytes. */
+static int mf_reg_read(struct mf_dev *d, uint32_t region, uint64_t off, size_t size, unsigned char *buf, size_t *got)
+{
+	ssize_t r;
+
+	*got = 0;
+	if (region >= MF_PCI_NUM_REGIONS || !d->regions[region])
+		return EINVAL;
+	r = mf_sys_pread(d->fd, buf, size, d->reg_offset[region] + off);
+	if (r < 0)
+		return errno;
+	*got = (size_t)r;
+	return 0;
+}
+
+static int mf_reg_write(struct mf_dev *d, uint32_t region, uint64_t off, const unsigned char *data, size_t size,
+			long long *n)
+{
+	ssize_t r;
+
+	*n = 0;
+	if (region >= MF_PCI_NUM_REGIONS || !d->regions[region])
+		return EINVAL;
+	r = mf_sys_pwrite(d->fd, data, size, d->reg_offset[region] + off);
+	if (r < 0)
+		return errno;
+	*n = r;
+	return 0;
+}
+
 /*
  * Best effort, for UART-like devices such as mtty: while the device runs, write a
  * seed-derived byte to the scratch and the transmit register of every BAR. Errors are
@@ -619,7 +656,7 @@ static int mf_region_info(struct mf_dev *d, uint32_t index, struct mf_region *ou
 	return 0;
 }
 
-/* After opening: reset, the protocol (v2 feature, else a v1 region), the BARs. */
+/* After opening: reset, the protocol (v2 feature, else a v1 region), the PCI regions (BARs too). */
 static void mf_probe(struct mf_dev *d)
 {
 	struct mf_vfio_device_feature_migration flags;
@@ -646,9 +683,14 @@ static void mf_probe(struct mf_dev *d)
 			}
 		}
 	}
-	for (i = 0; i < MF_NBARS; i++)
-		if (!mf_region_info(d, i, &region) && region.size)
-			d->bars[d->nbars++] = region.offset;
+	for (i = 0; i < MF_PCI_NUM_REGIONS; i++) {
+		if (!mf_region_info(d, i, &region) && region.size) {
+			d->regions[i] = 1;
+			d->reg_offset[i] = region.offset;
+			if (i < MF_NBARS)
+				d->bars[d->nbars++] = region.offset;
+		}
+	}
 }
 
 static void mf_open_failed(const char *what, int err)
@@ -731,6 +773,7 @@ static int mf_open_group(struct mf_dev *d, int group, const char *name)
 			mf_groups[mf_ngroups++].group_fd = group_fd;
 		}
 	}
+	d->group_fd = group_fd;
 	d->fd = mf_sys_ioctl(group_fd, MF_VFIO_GROUP_GET_DEVICE_FD, (void *)name, strlen(name) + 1);
 	if (d->fd < 0) {
 		snprintf(what, sizeof(what), "VFIO_GROUP_GET_DEVICE_FD %s", name);
@@ -741,21 +784,29 @@ static int mf_open_group(struct mf_dev *d, int group, const char *name)
 	return 0;
 }
 
+static int mf_bind(int fd, int iommufd)
+{
+	struct mf_vfio_device_bind_iommufd bind;
+
+	memset(&bind, 0, sizeof(bind));
+	bind.argsz = sizeof(bind);
+	bind.iommufd = iommufd;
+	return mf_ioctl(fd, MF_VFIO_DEVICE_BIND_IOMMUFD, &bind, sizeof(bind));
+}
+
 /* iommufd: /dev/vfio/devices/vfioN bound to a new iommufd (no IOAS: migration does no DMA). */
 static int mf_open_cdev(struct mf_dev *d, const char *cdev)
 {
-	struct mf_vfio_device_bind_iommufd bind;
-	char path[160];
 	int fd, iommufd, err;
 
 	if (cdev[0] == '/')
-		snprintf(path, sizeof(path), "%s", cdev);
+		snprintf(d->path, sizeof(d->path), "%s", cdev);
 	else
-		snprintf(path, sizeof(path), "/dev/vfio/devices/%s", cdev);
-	snprintf(d->name, sizeof(d->name), "%s", strrchr(path, '/') + 1);
-	fd = mf_sys_open(path, O_RDWR | O_CLOEXEC);
+		snprintf(d->path, sizeof(d->path), "/dev/vfio/devices/%s", cdev);
+	snprintf(d->name, sizeof(d->name), "%s", strrchr(d->path, '/') + 1);
+	fd = mf_sys_open(d->path, O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
-		mf_open_failed(path, errno);
+		mf_open_failed(d->path, errno);
 		return -1;
 	}
 	d->fd = fd;
@@ -765,16 +816,60 @@ static int mf_open_cdev(struct mf_dev *d, const char *cdev)
 		return -1;
 	}
 	d->owned[d->nowned++] = iommufd;
-	memset(&bind, 0, sizeof(bind));
-	bind.argsz = sizeof(bind);
-	bind.iommufd = iommufd;
-	err = mf_ioctl(fd, MF_VFIO_DEVICE_BIND_IOMMUFD, &bind, sizeof(bind));
+	d->iommufd = iommufd;
+	err = mf_bind(fd, iommufd);
 	if (err) {
 		mf_open_failed("VFIO_DEVICE_BIND_IOMMUFD", err);
 		return -1;
 	}
 	mf_probe(d);
 	return 0;
+}
+
+/* The device fd got again the way it was got (the opener of harness.runtime): errno, *fd. */
+static int mf_get_device_fd(struct mf_dev *d, int *fd)
+{
+	int err;
+
+	if (d->group_fd >= 0) {
+		*fd = mf_sys_ioctl(d->group_fd, MF_VFIO_GROUP_GET_DEVICE_FD, d->name, strlen(d->name) + 1);
+		return *fd < 0 ? errno : 0;
+	}
+	if (d->iommufd < 0) {
+		*fd = -1;
+		return ENODEV;
+	}
+	*fd = mf_sys_open(d->path, O_RDWR | O_CLOEXEC);
+	if (*fd < 0)
+		return errno;
+	err = mf_bind(*fd, d->iommufd);
+	if (err) {
+		mf_sys_close(*fd);
+		*fd = -1;
+	}
+	return err;
+}
+
+/* Close every data_fd and the device fd, and get the device fd again the way it was got,
+ * without VFIO_DEVICE_RESET (harness.runtime.VfioDevice.reopen). */
+static int mf_reopen(struct mf_dev *d)
+{
+	int i, j, fd, err;
+
+	for (i = 1; i < d->ndata; i++)	/* in the order of their numbers, as the Python runtime */
+		for (j = i; j > 0 && d->data_fds[j - 1] > d->data_fds[j]; j--) {
+			fd = d->data_fds[j];
+			d->data_fds[j] = d->data_fds[j - 1];
+			d->data_fds[j - 1] = fd;
+		}
+	for (i = 0; i < d->ndata; i++)
+		mf_sys_close(d->data_fds[i]);
+	d->ndata = 0;
+	if (d->fd >= 0)
+		mf_sys_close(d->fd);
+	err = mf_get_device_fd(d, &fd);
+	d->fd = err ? -1 : fd;
+	return err;
 }
 
 /* Close every data_fd, reset, close the device, then its group/container/iommufd. */
@@ -942,6 +1037,7 @@ static int mf_v1_write_field(struct mf_dev *d, int field, uint64_t value)
 
 struct mf_iteration {
 	int stage, err;
+	int have_pending;	/* pending_bytes was read whole */
 	uint64_t pending, offset, size;
 	unsigned char *data;	/* malloc'ed, size bytes read (V1_MORE) */
 	size_t len;
@@ -958,6 +1054,7 @@ static void mf_v1_save_iteration(struct mf_dev *d, int saving, struct mf_iterati
 		it->stage = MF_V1_PENDING;
 		return;
 	}
+	it->have_pending = have;
 	if (!saving || (have && it->pending == 0)) {
 		it->stage = MF_V1_DONE;
 		return;
@@ -1048,6 +1145,22 @@ static int mf_write_all(struct mf_dev *d, int fd, const unsigned char *data, siz
 
 /* ------------------------------------------------------------------------- the replay */
 
+/* A set of byte values: bit b of byte b / 8. */
+typedef unsigned char mf_byteset[32];
+
+static int mf_has(const mf_byteset set, unsigned char b)
+{
+	return set[b >> 3] >> (b & 7) & 1;
+}
+
+static void mf_add(mf_byteset set, const unsigned char *data, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		set[data[i] >> 3] |= (unsigned char)(1u << (data[i] & 7));
+}
+
 /* What the replay knows about one device (harness.runtime.View). */
 struct mf_view {
 	struct mf_dev *dev;
@@ -1058,7 +1171,12 @@ struct mf_view {
 	struct mf_buf cap;	/* the captured stream */
 	int ended;
 	long long pc_expect, pc_initial;
+	mf_byteset entered;	/* byte values the program put into the device (registers, resume data) */
+	int pending_seen;	/* pending_last holds the pending_bytes last read in v1 stop-and-copy */
+	uint64_t pending_last;
 };
+
+#define MF_MAX_REG 8		/* the widest register access (fuzz.program.SIZES) */
 
 /* The answer of one op: what the claim is evaluated on. */
 struct mf_answer {
@@ -1070,7 +1188,11 @@ struct mf_answer {
 	long long len;		/* bytes read or written */
 	long long total;
 	long long value;	/* a v1 field's value */
+	unsigned char data[MF_MAX_REG];	/* bytes a register read handed out (dlen of them) */
+	size_t dlen;
+	mf_byteset entered;	/* the device's entered set when it handed them out */
 	int hang, precopy_overrun, initial_grew, data_after_end, window_outside, stalled, exception;
+	int value_changed, pending_grew;
 };
 
 static struct mf_view mf_views[2];
@@ -1104,6 +1226,30 @@ static void mf_new_capture(struct mf_view *v)
 	v->pc_expect = v->pc_initial = -1;
 }
 
+static int mf_in(long long value, const long long *set, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (value == set[i])
+			return 1;
+	return 0;
+}
+
+/* Book a pending_bytes read (in a saving iteration or bare); 1 when it grew in stop-and-copy. */
+static int mf_pending(struct mf_view *v, uint64_t pending, struct mf_answer *r)
+{
+	if (v->state != MF_V1_SAVING)
+		return 0;
+	if (v->pending_seen && v->pending_last < pending) {
+		r->pending_grew = 1;
+		return 1;
+	}
+	v->pending_seen = 1;
+	v->pending_last = pending;
+	return 0;
+}
+
 static void mf_no_slot(struct mf_answer *r)
 {
 	r->skipped = 1;
@@ -1124,6 +1270,61 @@ static void mf_op_mangle(struct mf_view *v, const struct mf_op *op, struct mf_an
 	(void)r;
 	mf_mangle(&v->cap, (int)op->a, op->b);
 	printf("       capture now %zu bytes\n", v->cap.len);
+}
+
+static int mf_read_state(struct mf_view *v, long long *state);
+
+static void mf_op_reopen(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	(void)op;
+	r->err = mf_reopen(v->dev);
+	if (MF_PROTO_V2) {
+		r->gerr = mf_get_state(v->dev, &r->state);
+		v->state = MF_V2_RUNNING;
+	} else {
+		r->gerr = mf_read_state(v, &r->state);
+		v->state = MF_V1_RUNNING;
+	}
+	v->nfds = 0;
+	v->pending_seen = 0;
+	v->pc_expect = v->pc_initial = -1;
+	printf("       reopen -> %s; state %s\n", mf_errname(r->err), mf_state_name(r->state));
+}
+
+static void mf_print_hex(const unsigned char *data, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		printf("%02x", data[i]);
+}
+
+static void mf_op_rdreg(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	size_t got;
+
+	r->err = mf_reg_read(v->dev, op->region, op->off, op->size, r->data, &got);
+	r->dlen = got;
+	r->len = (long long)got;
+	memcpy(r->entered, v->entered, sizeof(r->entered));
+	printf("       region %u +0x%x: read %u -> %s ", op->region, op->off, op->size, mf_errname(r->err));
+	mf_print_hex(r->data, r->dlen);
+	printf("\n");
+}
+
+static void mf_op_wrreg(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	unsigned char data[MF_MAX_REG];
+	uint32_t i;
+
+	for (i = 0; i < op->size; i++)	/* the low size bytes of the value, little endian */
+		data[i] = (unsigned char)(i < 4 ? op->b >> (8 * i) : 0);
+	r->err = mf_reg_write(v->dev, op->region, op->off, data, op->size, &r->len);
+	if (!r->err)
+		mf_add(v->entered, data, op->size);
+	printf("       region %u +0x%x: write ", op->region, op->off);
+	mf_print_hex(data, op->size);
+	printf(" -> %s\n", mf_errname(r->err));
 }
 
 /* ---- v2 */
@@ -1240,6 +1441,8 @@ static void mf_v2_write(struct mf_view *v, const struct mf_op *op, struct mf_ans
 		return;
 	}
 	r->err = mf_write(v->dev, fd, op->data, op->len, &r->len);
+	if (!r->err && r->len > 0)
+		mf_add(v->entered, op->data, (size_t)r->len < op->len ? (size_t)r->len : op->len);
 	printf("       write fd %d %u bytes -> %s, %lld\n", fd, op->len, mf_errname(r->err), r->len);
 }
 
@@ -1324,6 +1527,7 @@ static void mf_v2_transfer(struct mf_view *v, const struct mf_op *op, struct mf_
 		return;
 	}
 	r->err = mf_write_all(dst->dev, fd, v->cap.p, v->cap.len, op->b, &r->len, &r->stalled);
+	mf_add(dst->entered, v->cap.p, (size_t)r->len < v->cap.len ? (size_t)r->len : v->cap.len);
 	printf("       transfer of %zu bytes -> %s after %lld bytes%s\n", v->cap.len, mf_errname(r->err), r->len,
 	       r->stalled ? " (a write made no progress)" : "");
 }
@@ -1367,8 +1571,11 @@ static void mf_v1_set_value(struct mf_view *v, uint32_t value, struct mf_answer 
 		if (saving_now && (!saving_was || ((new & MF_V1_RUNNING) && !(cur & MF_V1_RUNNING))))
 			mf_new_capture(v);
 	}
-	if (got >= 0)
+	if (got >= 0) {
+		if ((got & 7) != v->state)
+			v->pending_seen = 0;
 		v->state = got & 7;
+	}
 	if (!r->gerr && got < 0)
 		r->gerr = EIO;
 	r->state = got < 0 ? -1 : got & 7;
@@ -1401,6 +1608,8 @@ static void mf_v1_rd(struct mf_view *v, const struct mf_op *op, struct mf_answer
 	if (field == MF_V1_FIELD_DATA_OFFSET && !r->err && have &&
 	    (value < MF_V1_HEADER_SIZE || value > v->dev->region_size))
 		r->window_outside = 1;
+	if (field == MF_V1_FIELD_PENDING_BYTES && !r->err && have)
+		mf_pending(v, value, r);
 	if (have)
 		printf("       %s -> %s %llu\n", mf_v1_fields[field].name, mf_errname(r->err), (unsigned long long)value);
 	else
@@ -1409,12 +1618,18 @@ static void mf_v1_rd(struct mf_view *v, const struct mf_op *op, struct mf_answer
 
 static void mf_v1_wr(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
 {
-	int field = (int)op->a;
+	int field = (int)op->a, read_only, have_before = 0, have_after;
+	uint64_t before = 0, after;
 
 	if (field == MF_V1_FIELD_DEVICE_STATE) {
 		mf_v1_set_value(v, op->b, r);
 		return;
 	}
+	/* pending_bytes and data_offset are read-only; data_size while saving (written only while resuming) */
+	read_only = field == MF_V1_FIELD_PENDING_BYTES || field == MF_V1_FIELD_DATA_OFFSET ||
+		    (field == MF_V1_FIELD_DATA_SIZE && mf_in(v->state, mf_v1_saving_states, MF_V1_SAVING_STATES_N));
+	if (read_only)
+		mf_v1_read_field(v->dev, field, &before, &have_before);
 	r->err = mf_v1_write_field(v->dev, field, op->b);
 	printf("       %s := %#x -> %s\n", mf_v1_fields[field].name, op->b, mf_errname(r->err));
 	if (field == MF_V1_FIELD_RESERVED) {
@@ -1423,6 +1638,9 @@ static void mf_v1_wr(struct mf_view *v, const struct mf_op *op, struct mf_answer
 
 		if (!mf_v1_read_field(v->dev, MF_V1_FIELD_RESERVED, &value, &have))
 			r->value = have && value;
+	} else if (read_only) {
+		mf_v1_read_field(v->dev, field, &after, &have_after);
+		r->value_changed = !r->err && have_before && have_after && after != before;
 	}
 }
 
@@ -1436,6 +1654,10 @@ static int mf_iteration(struct mf_view *v, struct mf_answer *r)
 		saving |= v->state == mf_v1_saving_states[i];
 	mf_v1_save_iteration(v->dev, saving, &it);
 	r->err = it.err;
+	if (it.stage != MF_V1_PENDING && it.have_pending && mf_pending(v, it.pending, r)) {
+		free(it.data);
+		return 1;
+	}
 	if (it.stage == MF_V1_DONE) {
 		if (it.pending == 0 && v->state == MF_V1_SAVING)
 			v->ended = 1;
@@ -1506,6 +1728,8 @@ static void mf_v1_wrwin(struct mf_view *v, const struct mf_op *op, struct mf_ans
 	r->err = mf_region_write(v->dev, offset, op->data, op->len);
 	if (!r->err)
 		r->err = mf_v1_write_field(v->dev, MF_V1_FIELD_DATA_SIZE, op->len);
+	if (!r->err)
+		mf_add(v->entered, op->data, op->len);
 	printf("       window write %u bytes + data_size -> %s\n", op->len, mf_errname(r->err));
 }
 
@@ -1539,6 +1763,7 @@ static void mf_v1_transfer(struct mf_view *v, const struct mf_op *op, struct mf_
 				printf("       data_offset %#llx outside the region\n", (unsigned long long)offset);
 				return;
 			}
+			mf_add(dst->entered, v->cap.p + pos + off, taken);
 			off += taken;
 		}
 		pos += piece;
@@ -1560,6 +1785,15 @@ static int mf_run_op(const struct mf_op *op, struct mf_answer *r)
 		return 1;
 	case MF_OP_MANGLE:
 		mf_op_mangle(v, op, r);
+		return 1;
+	case MF_OP_REOPEN:
+		mf_op_reopen(v, op, r);
+		return 1;
+	case MF_OP_RDREG:
+		mf_op_rdreg(v, op, r);
+		return 1;
+	case MF_OP_WRREG:
+		mf_op_wrreg(v, op, r);
 		return 1;
 	case MF_OP_TRANSFER:
 		(MF_PROTO_V2 ? mf_v2_transfer : mf_v1_transfer)(v, op, r);
@@ -1616,11 +1850,56 @@ static int mf_run_op(const struct mf_op *op, struct mf_answer *r)
 
 /* ------------------------------------------------------------------------- the claim */
 
-/* Whether the answer at the claim's step shows the claimed defect (harness.runtime.shows). */
-static int mf_shows(const struct mf_answer *r)
+/* Whether 64-bit value lies in a kernel address range (harness.runtime.kernel_shaped). */
+static int mf_kernel_shaped(uint64_t value)
 {
 	int i;
 
+	for (i = 0; i < MF_KERNEL_RANGES_N; i++)
+		if (mf_kernel_ranges[i][0] <= value && value <= mf_kernel_ranges[i][1])
+			return 1;
+	return 0;
+}
+
+/*
+ * The 8-byte windows of data (little endian, any alignment) with the shape of a kernel address
+ * (harness.runtime.kernel_addresses): how many, the first `room` of their offsets in at[]. Only
+ * windows ending in 0xff are decoded (every range's top byte); none if 0xff entered the device.
+ */
+static int mf_kernel_addresses(const unsigned char *data, size_t len, const mf_byteset entered, size_t *at,
+			       int room)
+{
+	size_t end, i;
+	int n = 0;
+
+	if (mf_has(entered, 0xff))
+		return 0;
+	for (end = 7; end < len; end++) {
+		uint64_t value = 0;
+
+		if (data[end] != 0xff)
+			continue;
+		for (i = 0; i < 8; i++)
+			value |= (uint64_t)data[end - 7 + i] << (8 * i);
+		if (mf_kernel_shaped(value)) {
+			if (n < room)
+				at[n] = end - 7;
+			n++;
+		}
+	}
+	return n;
+}
+
+/* Byte `index` of what a read handed out neither entered the device nor is one of its idle values. */
+static int mf_not_entered(const unsigned char *data, size_t len, const mf_byteset entered, long long index,
+			  const long long *idle, int nidle)
+{
+	return index >= 0 && (size_t)index < len && !mf_has(entered, data[index]) && !mf_in(data[index], idle, nidle);
+}
+
+/* Whether the answer at the claim's step shows the claimed defect (harness.runtime.shows). */
+static int mf_shows(const struct mf_answer *r)
+{
 	if (r->skipped)
 		return 0;
 	switch (MF_CLAIM_CHECK) {
@@ -1633,12 +1912,7 @@ static int mf_shows(const struct mf_answer *r)
 	case MF_CHECK_STATE_NOT:
 		return r->state != MF_CLAIM_ARG;
 	case MF_CHECK_STATE_NOT_IN:
-		if (!r->err)
-			return 0;
-		for (i = 0; i < MF_CLAIM_NSET; i++)
-			if (r->state == mf_claim_set[i])
-				return 0;
-		return 1;
+		return r->err && !mf_in(r->state, mf_claim_set, MF_CLAIM_NSET);
 	case MF_CHECK_FD:
 		return r->fd >= 0;
 	case MF_CHECK_NO_FD:
@@ -1663,6 +1937,14 @@ static int mf_shows(const struct mf_answer *r)
 		return r->window_outside;
 	case MF_CHECK_EXCEPTION:
 		return r->exception;
+	case MF_CHECK_NOT_ENTERED:
+		return !r->err && mf_not_entered(r->data, r->dlen, r->entered, MF_CLAIM_ARG, mf_claim_set, MF_CLAIM_NSET);
+	case MF_CHECK_KERNEL_ADDRESS:
+		return !r->err && mf_kernel_addresses(r->data, r->dlen, r->entered, NULL, 0) > 0;
+	case MF_CHECK_VALUE_CHANGED:
+		return r->value_changed;
+	case MF_CHECK_PENDING_GREW:
+		return r->pending_grew;
 	default:
 		return 0;
 	}
@@ -1824,7 +2106,8 @@ int main(int argc, char **argv)
 		}
 	}
 	memset(devs, 0, sizeof(devs));
-	devs[0].fd = devs[1].fd = -1;
+	for (i = 0; i < 2; i++)
+		devs[i].fd = devs[i].group_fd = devs[i].iommufd = -1;
 	status = MF_EXIT_OK;
 	for (i = 0; i < npos && !status; i += 2)
 		if (mf_open_group(&devs[ndev++], atoi(pos[i]), pos[i + 1]))

@@ -875,9 +875,10 @@ class Replay:
         else:
             gerr, got = self._field(view.dev, "device_state")
             view.state = self.abi.V1_RUNNING
+        self.files(view)
         view.fds = []
         view.saving = {}
-        view.pending_last = -1
+        view.pending_last = view.pc_expect = view.pc_initial = -1
         return {"err": err, "gerr": gerr, "state": got,
                 "text": "reopen -> %s; state %s" % (errname(err), self.name(got))}
 
@@ -1076,6 +1077,8 @@ class Replay:
         if name == "data_offset" and not err and value is not None and (
                 value < self.abi.V1_HEADER_SIZE or value > view.dev.region_size):
             r["window_outside"] = True
+        if name == "pending_bytes" and not err:
+            self._pending(view, value, r)
         return r
 
     def v1_wr(self, view, a):
@@ -1091,20 +1094,27 @@ class Replay:
             rerr, value = self._field(view.dev, "reserved")
             r["value"] = value if not rerr else 0
         elif read_only:
-            rerr, after = self._field(view.dev, name)
-            r["value_changed"] = not err and not rerr and after != before
+            _, after = self._field(view.dev, name)
+            r["value_changed"] = not err and None not in (before, after) and after != before
         return r
+
+    def _pending(self, view, pending, r):
+        """Book a pending_bytes read (in a saving iteration or bare); True when it grew in stop-and-copy."""
+        if pending is None or view.state != self.abi.V1_SAVING:
+            return False
+        if 0 <= view.pending_last < pending:
+            r["pending_grew"] = True
+            return True
+        view.pending_last = pending
+        return False
 
     def _iteration(self, view, r):
         """One saving iteration; True when it ends the drain."""
         stage, err, pending, offset, size, data = v1_save_iteration(
             view.dev, self.fields, view.state in self.abi.v1_saving_states)
         r["err"] = err
-        if pending is not None and view.state == self.abi.V1_SAVING:
-            if 0 <= view.pending_last < pending:
-                r["pending_grew"] = True
-                return True
-            view.pending_last = pending
+        if self._pending(view, pending, r):
+            return True
         if stage == V1_DONE:
             if pending == 0 and view.state == self.abi.V1_SAVING:
                 view.ended = True

@@ -6,10 +6,15 @@ The C runtime's device calls (``mf_sys_open``, ``ioctl``, ``read``, ``write``, `
 way the kernel's VFIO layer would answer them for simulated devices (``harness.sim``):
 ``/dev/vfio/vfio``, ``/dev/vfio/<group>``, ``/dev/vfio/devices/vfioN`` and ``/dev/iommu``
 open; GET_REGION_INFO answers carry a capability chain for the v1 migration region;
-VFIO_DEVICE_FEATURE, data_fd reads and writes and region accesses go to the device; errors
-come back as errno values. A call during which the device hangs (``DeviceHang``) is never
-answered, as a hung kernel call never returns; one during which it raises is answered with
-EIO and the ``raised`` flag.
+VFIO_DEVICE_FEATURE, data_fd reads and writes and region accesses go to the device (the v1
+migration region to ``region_read/region_write``, the register block in region 0 and the config
+space in region 7 to ``reg_read/reg_write``); errors come back as errno values. Closing a
+device's last fd and getting one again (GET_DEVICE_FD, or a cdev's BIND_IOMMUFD) is the device's
+``reopen()``. The runtime's ``activity`` (a byte to the scratch register, then that byte ^ 0x5a to
+the transmit register of BAR0) is the simulator's ``activity(byte)``, so both reproducers make a
+device work the way the fuzzer does. A call during which the device hangs (``DeviceHang``) is
+never answered, as a hung kernel call never returns; one during which it raises is answered
+with EIO and the ``raised`` flag.
 
 Also here: :class:`ReproDevice`, a simulated device as the stand-alone Python reproducer
 sees a real one (a hang blocks; faults can be armed, which only a simulator can do).
@@ -27,6 +32,7 @@ import time
 from harness import uapi
 from harness.base import DeviceHang
 from harness.runtime import Abi
+from harness.sim import uart
 
 REQ = struct.Struct("=IiQQII")  # call, fd, a, b, len, pad
 REP = struct.Struct("=qiIII")   # ret, err, raised, len, pad
@@ -34,8 +40,9 @@ OPEN, IOCTL, IOCTL_VAL, READ, WRITE, PREAD, PWRITE, CLOSE, LSEEK = range(1, 10)
 
 REGION_SHIFT = 40                         # vfio-pci: VFIO_PCI_INDEX_TO_OFFSET(index) = index << 40
 MIGRATION_INDEX = uapi.VFIO_PCI_NUM_REGIONS  # the v1 migration region: the first device-specific index
-BAR_SIZE = 8                              # BAR0: a 16550-like register file (what activity writes)
-UART_SCR = 7
+REGION_SIZES = {uart.UART_REGION: uart.NREGS,  # BAR0: the 16550-like register block (what activity writes)
+                uart.CONFIG_REGION: 0x100}     # the config space as a PCI function has it
+ACTIVITY_XOR = 0x5A                       # the runtime's activity: SCR := v, then TX := v ^ 0x5a
 GROUP = 7                                 # the IOMMU group the simulated devices are in
 DEVICE_FLAGS = 0x3                        # VFIO_DEVICE_FLAGS_RESET | VFIO_DEVICE_FLAGS_PCI
 U32 = struct.Struct("<I")
@@ -65,6 +72,8 @@ class SimKernel:
         self.fds: dict[int, tuple] = {}
         self.next_fd = 100
         self.calls = 0
+        self.closed: set[int] = set()  # devices whose every fd was closed: getting one again reopens them
+        self.scr = None  # (fd, old SCR value, value) of the last call if it was a 1-byte write to BAR0's SCR
 
     def new_fd(self, what: tuple) -> int:
         fd = self.next_fd
@@ -76,6 +85,9 @@ class SimKernel:
 
     def call(self, call: int, fd: int, a: int, b: int, data: bytes) -> tuple[int, int, bytes]:
         self.calls += 1
+        scr, self.scr = self.scr, None
+        if scr is not None and call == PWRITE and self.activity(scr, fd, b, data):
+            return len(data), 0, b""
         if call == OPEN:
             return self.open(data.rstrip(b"\0").decode())
         what = self.fds.get(fd)
@@ -84,6 +96,27 @@ class SimKernel:
         handler = {IOCTL: self.ioctl, IOCTL_VAL: self.ioctl_val, READ: self.read, WRITE: self.write,
                    PREAD: self.pread, PWRITE: self.pwrite, CLOSE: self.close, LSEEK: self.lseek}[call]
         return handler(fd, what, a, b, data)
+
+    def activity(self, scr: tuple, fd: int, offset: int, data: bytes) -> bool:
+        """Whether this write (right after a 1-byte write to SCR) completes the runtime's activity: then
+        the SCR write is undone and the simulator's activity runs instead."""
+        scr_fd, old, value = scr
+        tx = uart.UART_REGION << REGION_SHIFT | uart.RX
+        if fd != scr_fd or offset != tx or data != bytes([value ^ ACTIVITY_XOR]):
+            return False
+        dev = self.devices[self.fds[fd][1]]
+        dev.reg_write(uart.UART_REGION, uart.SCR, old)
+        dev.activity(value)  # the device works while it runs
+        return True
+
+    def get_device(self, index: int):
+        """A device fd is got (GET_DEVICE_FD, BIND_IOMMUFD): a device closed before is opened again."""
+        if index in self.closed:
+            self.closed.discard(index)
+            err = self.devices[index].reopen()
+            if err:
+                return -1, err, b""
+        return 0, 0, b""
 
     def open(self, path: str):
         if path == "/dev/vfio/vfio":
@@ -119,13 +152,18 @@ class SimKernel:
             name = buf.split(b"\0", 1)[0].decode()
             if name not in self.names:
                 return -1, errno.ENODEV, b""
-            return self.new_fd(("device", self.names.index(name))), 0, buf
+            index = self.names.index(name)
+            got = self.get_device(index)
+            return (self.new_fd(("device", index)), 0, buf) if got[0] == 0 else got
         if kind == "cdev" and name == "VFIO_DEVICE_BIND_IOMMUFD":
             _argsz, _flags, iommufd, _devid = struct.unpack_from("<IIiI", buf)
             if self.fds.get(iommufd) != ("iommu",):
                 return -1, errno.EBADF, b""
-            self.fds[fd] = ("device", what[1])
-            return 0, 0, buf
+            got = self.get_device(what[1])
+            if got[0] == 0:
+                self.fds[fd] = ("device", what[1])
+                return 0, 0, buf
+            return got
         if kind == "device":
             dev = self.devices[what[1]]
             if name == "VFIO_DEVICE_GET_INFO":
@@ -152,7 +190,7 @@ class SimKernel:
         rw = uapi.VFIO_REGION_INFO_FLAG_READ | uapi.VFIO_REGION_INFO_FLAG_WRITE
         offset = index << REGION_SHIFT
         if index != MIGRATION_INDEX:
-            size = BAR_SIZE if index == 0 else 0
+            size = REGION_SIZES.get(index, 0)
             return 0, 0, _INFO.pack(argsz, rw if size else 0, index, 0, size, offset).ljust(len(buf), b"\0")
         # the migration region: a capability chain with its type, as vfio_info_add_capability builds it
         needed = _INFO.size + _CAP_TYPE.size
@@ -202,10 +240,11 @@ class SimKernel:
             return -1, errno.EINVAL, b""
         if index == MIGRATION_INDEX and hasattr(dev, "region_read"):
             err, data = dev.region_read(at, n)
-            return (-1, err, b"") if err else (len(data), 0, data)
-        if index == 0 and at + n <= BAR_SIZE:
-            return n, 0, bytes(n)
-        return -1, errno.EINVAL, b""
+        elif index in REGION_SIZES:
+            err, data = dev.reg_read(index, at, n)
+        else:
+            return -1, errno.EINVAL, b""
+        return (-1, err, b"") if err else (len(data), 0, data)
 
     def pwrite(self, fd, what, _a, offset, data):
         dev, index, at = self._region(what, offset)
@@ -213,17 +252,20 @@ class SimKernel:
             return -1, errno.EINVAL, b""
         if index == MIGRATION_INDEX and hasattr(dev, "region_read"):
             err, n = dev.region_write(at, data)
-            return (-1, err, b"") if err else (n, 0, b"")
-        if index == 0 and at + len(data) <= BAR_SIZE:
-            if at == UART_SCR and data:
-                dev.activity(data[0])  # the device works while it runs
-            return len(data), 0, b""
-        return -1, errno.EINVAL, b""
+        elif index in REGION_SIZES:
+            if (index, at, len(data)) == (uart.UART_REGION, uart.SCR, 1):  # activity's first write, maybe
+                self.scr = (fd, dev.reg_read(index, at, 1)[1], data[0])
+            err, n = dev.reg_write(index, at, data)
+        else:
+            return -1, errno.EINVAL, b""
+        return (-1, err, b"") if err else (n, 0, b"")
 
     def close(self, fd, what, _a, _b, _data):
         del self.fds[fd]
         if what[0] == "data":
             return self.answer(self.devices[what[1]].close(what[2]), 0)
+        if what[0] == "device" and ("device", what[1]) not in self.fds.values():
+            self.closed.add(what[1])
         return 0, 0, b""
 
     def lseek(self, fd, what, _offset, _whence, _data):

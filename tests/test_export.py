@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
 import runpy
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from fuzz.export import (
     Export,
     c_header,
     c_program,
+    program_data,
     pytest_regression,
     python_sim,
     python_standalone,
@@ -76,14 +78,28 @@ def without_faults(prog: Program) -> Program:
     return Program(prog.proto, tuple(op for op in prog.ops if OPS[prog.proto][op.code].name != "fault"))
 
 
+# Register and lifecycle programs the seeds do not reach (corpus/seeds has none): config space
+# past its end, RX after the FIFO ran empty, reopen of a stopped device.
+REGISTER_PROGRAMS = {
+    "v2": ("rdreg 0 region=7 off=0x40 size=8",
+           "wrreg 0 region=0 off=0x0 size=1 value=0x41\nrdreg 0 region=0 off=0x0 size=1\n"
+           "rdreg 0 region=0 off=0x0 size=1",
+           "set 0 state=STOP\nreopen 0"),
+    "v1": ("set 0 value=0b010\nreopen 0",),
+}
+
+
 def candidates(proto: str):
-    """The seed programs, then mutated seeds and random programs (fixed seeds); each also without faults."""
+    """The seed programs, the register programs, then mutated seeds and random programs (fixed
+    seeds); each also without faults."""
     seeds = [p for _name, p in seed_programs(proto)]
     rng = random.Random(1)
     progs = iter(seeds)
     for prog in progs:
         yield without_faults(prog)
         yield prog
+    for text in REGISTER_PROGRAMS[proto]:
+        yield parse_program(f"migfuzz-program 1 {proto}\n{text}\n")
     for i in range(SEARCH):
         prog = mutate(rng.choice(seeds), rng, rng.choice(seeds)) if i % 2 else random_program(proto, rng)
         yield without_faults(prog)
@@ -236,16 +252,136 @@ def test_the_c_reproducers_cover_most_of_the_zoo(zoo_c):
     assert len(refused) <= 4, refused
 
 
+# ----------------------------------------------------------------------------- registers and reopen, both runtimes
+
+# (bug, program, claim): claims the fuzzer makes at steps the zoo's programs do not show, through
+# the runtimes' register, reopen and v1 read-only paths.
+REGISTER_CASES = [
+    ("v1-pending-grows", "set 0 value=0b010\n" + "save 0\nrd 0 field=pending_bytes\n" * 2, "pending_grew"),  # bare read
+    ("v1-readonly-field-writable", "set 0 value=0b010\nsave 0\nwr 0 field=data_size value=0x7", "value_changed"),
+    ("v2-rx-uninitialized", "activity 0 seed=42\nrdreg 0 region=0 off=0x0 size=1", "not_entered"),  # activity: no RX
+    ("v2-state-survives-reopen", "wrreg 0 region=0 off=0x7 size=1 value=0x33\nrdreg 0 region=0 off=0x7 size=1\n"
+                                 "set 0 state=PRE_COPY\nread 0 fd=0 n=16\nreopen 0", "state_not"),
+]
+
+
+def _steps(out: str) -> list[str]:
+    """A reproducer's output, fd numbers left out (the shim numbers its fds its own way)."""
+    return [re.sub(r"fd \d+", "fd N", line) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize(("name", "text", "test"), REGISTER_CASES, ids=[case[0] for case in REGISTER_CASES])
+def test_register_and_reopen_claims_replay_alike_in_python_and_c(name, text, test, cc, tmp_path):
+    """Both reproducers of a hand-written program: the claim the fuzzer made, step by step the same
+    output in Python and in C, 1 on the buggy device and 0 on a correct one; the C one opened
+    through groups and through cdevs (its reopen gets the device fd again the same way)."""
+    proto = BUGS[name].proto
+    prog = parse_program(f"migfuzz-program 1 {proto}\n{text}\n")
+    finding = Executor(sim(name)).run(prog)
+    assert finding is not None and finding.kind == BUGS[name].finding and finding.check.test == test, finding
+    assert finding.step == len(prog.ops) - 1
+    ex = Export(prog, finding, target_text(name))
+    script, src = tmp_path / "repro.py", tmp_path / "repro.c"
+    script.write_text(python_standalone(ex))
+    src.write_text(c_program(ex))
+    assert build([(src, ["-DMF_SHIM"])])[src][0] == 0
+    for bug, want in ((name, EXIT_FINDING), (None, EXIT_OK)):
+        py_code, py_out = run_python(script, sim(bug, proto))
+        assert py_code == want, py_out
+        for args in (DEVICES, ["--cdev", "vfio0", "--cdev", "vfio1"]):
+            c_code, c_out = run_shimmed(src.with_suffix(""), sim(bug, proto).devices, ["-t", TIMEOUT, *args])
+            assert c_code == want, c_out
+            assert _steps(c_out) == _steps(py_out)
+
+
+class Recording:
+    """A simulated device that logs every call made on it: (device, method, arguments, answer)."""
+
+    def __init__(self, dev, log: list, index: int):
+        self._dev, self._log, self._index = dev, log, index
+
+    def __getattr__(self, name):
+        attr = getattr(self._dev, name)
+        if not callable(attr) or name in ("digest", "restore_initial"):  # the fuzzer's view of a simulator
+            return attr
+
+        def call(*args):
+            out = attr(*args)
+            self._log.append((self._index, name, args, out))
+            return out
+        return call
+
+
+def executor_calls(prog: Program, bug: str | None) -> tuple[list, Finding | None]:
+    """The device calls the executor makes, less the guard-register reads its profile adds (a
+    reproducer has no profile)."""
+    target = sim(bug, prog.proto)
+    log: list = []
+    target.devices = [Recording(d, log, i) for i, d in enumerate(target.devices)]
+    finding = Executor(target).run(prog)
+    profile = target.profile
+
+    def guard(region, off, size):
+        regs = [profile.register(region, off + i) for i in range(size)]
+        return next((r.guard[0] for r in regs if r is not None and r.read in ("data-out", "side-effect")
+                     and r.guard is not None), None)
+
+    def guard_read(c, nxt):
+        return c[1] == "reg_read" and nxt[:2] == c[:2] and nxt[2][0] == c[2][0] and c[2][2] == 1 \
+            and guard(*nxt[2]) == c[2][1]
+
+    following = [*log[1:], (None, None)]
+    return [c for i, c in enumerate(log) if not guard_read(c, following[i])], finding
+
+
+def replay_calls(prog: Program, bug: str | None, profile) -> list:
+    """The device calls harness.runtime.Replay makes, less the register accesses the profile keeps
+    the fuzzer away from (a reproducer makes them: it has no profile)."""
+    target = sim(bug, prog.proto)
+    log: list = []
+    rep = runtime.Replay(runtime.Abi(uapi.runtime_abi()), prog.proto,
+                         [Recording(d, log, i) for i, d in enumerate(target.devices)])
+    for name, dev, args, _text in program_data(prog)["ops"]:
+        rep.run_op(name, dev, args)
+
+    def allowed(call):
+        if call[1] not in ("reg_read", "reg_write"):
+            return True
+        region, off, what = call[2]
+        size, role = (what, profile.read_role) if call[1] == "reg_read" else (len(what), profile.write_role)
+        return profile.access(region, off, size) is not None and role(region, off) != "none"
+
+    return [c for c in log if allowed(c)]
+
+
+def test_the_python_runtime_makes_the_executors_device_calls():
+    """Replay (the reproducers' runtime) and the executor call a device alike, op by op: the same
+    methods with the same arguments in the same order, up to the finding; register, reopen and v1
+    field programs among them."""
+    rng = random.Random(3)
+    progs = [(parse_program(f"migfuzz-program 1 {BUGS[b].proto}\n{text}\n"), b) for b, text, _ in REGISTER_CASES]
+    for proto in ("v1", "v2"):
+        progs += [(parse_program(f"migfuzz-program 1 {proto}\n{text}\n"), None) for text in REGISTER_PROGRAMS[proto]]
+        progs += [(without_faults(random_program(proto, rng)), None) for _ in range(150)]
+    profile = sim(None, "v2").profile
+    for prog, bug in progs:
+        made, finding = executor_calls(prog, bug)
+        upto = Program(prog.proto, prog.ops[:finding.step + 1]) if finding else prog
+        assert replay_calls(upto, bug, profile) == made, prog.text()
+
+
 # ----------------------------------------------------------------------------- the C runtime on its own
 
 SAMPLE_V2 = ("set 0 state=PRE_COPY\nprecopy 0 fd=0\nread 0 fd=0 n=64\nactivity 0 seed=7\ndrain 0 fd=0\n"
              "set 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=swap arg=3\nset 1 state=RESUMING\n"
              "transfer 0 dst=1 seg=1500\nwrite 1 fd=0 data=00ff\nseek 1 fd=0\nclose 1 fd=0\ndatasize 0\n"
-             "feature 0 argsz=16 flags=0x20002\nget 1\nreset 0")
+             "feature 0 argsz=16 flags=0x20002\nget 1\nwrreg 0 region=0 off=0x7 size=1 value=0x5a\n"
+             "rdreg 0 region=7 off=0x40 size=8\nreopen 1\nreset 0")
 SAMPLE_V1 = ("set 0 value=0b011\nsave 0\nrd 0 field=pending_bytes\nset 0 value=0b010\ndrain 0\nrdwin 0 n=16\n"
              "set 1 value=0b100\ntransfer 0 dst=1 seg=7\nwrwin 1 data=0102\nwr 1 field=reserved value=0x1\n"
-             "set 1 value=0b000\nget 1\nreset 0")
-SAMPLE_ARGS = {"errno": 42, "longer_than": 64, "state_not": 2, "state_not_in": (1, 6)}
+             "wr 0 field=data_size value=0x9\nset 1 value=0b000\nget 1\nwrreg 1 region=0 off=0x0 size=8 value=0x41\n"
+             "rdreg 1 region=0 off=0x5 size=2\nreopen 0\nreset 0")
+SAMPLE_ARGS = {"errno": 42, "longer_than": 64, "state_not": 2, "state_not_in": (1, 6), "not_entered": (3, (0, 0xC1))}
 
 
 def sample(proto: str, kind: str = "accepted-invalid", test: str | None = "ok") -> Export:
@@ -266,6 +402,12 @@ def test_c_reproducers_of_every_finding_kind_build_with_warnings_as_errors(cc, t
                 src = tmp_path / f"{kind.name}-{test}-{proto}.c"
                 src.write_text(c_program(sample(proto, kind.name, test)))
                 (jobs if j == 0 and proto == ("v1", "v2")[i % 2] else checks).append(src)
+    declared = {test for kind in KINDS for test in kind.checks}
+    for test in sorted(set(runtime.CHECKS) - declared):  # a claim no kind declares: built all the same
+        for proto in ("v1", "v2"):
+            src = tmp_path / f"undeclared-{test}-{proto}.c"
+            src.write_text(c_program(sample(proto, "info-leak", test)))
+            checks.append(src)
     assert {src.name.split("-")[0] for src in jobs} >= {kind.name.split("-")[0] for kind in KINDS}
     for src, (code, out) in build([(src, []) for src in jobs]).items():
         assert code == 0, f"cc {' '.join(CFLAGS)} -o {src.stem} {src.name}:\n{out}"
@@ -289,9 +431,32 @@ DRIVER = """
 #include "runtime.c"
 #undef main
 
+/* hex digits ("-": none) into out; how many bytes */
+static size_t unhex(const char *hex, unsigned char *out)
+{
+	size_t i;
+
+	for (i = 0; hex[0] != '-' && hex[2 * i]; i++) {
+		unsigned int v;
+
+		sscanf(hex + 2 * i, "%2x", &v);
+		out[i] = (unsigned char)v;
+	}
+	return i;
+}
+
+static unsigned char *entered_set(const char *hex, mf_byteset set)
+{
+	unsigned char raw[256];
+	size_t n = unhex(hex, raw);
+
+	mf_add(set, raw, n);
+	return set;
+}
+
 int main(void)
 {
-	char cmd[16], hex[8200];
+	char cmd[16], hex[8200], set[1024], idle[1024];
 	unsigned long len, a, b, i;
 
 	while (scanf("%15s", cmd) == 1) {
@@ -321,6 +486,29 @@ int main(void)
 			for (i = 0; i < cap.len; i++)
 				printf("%02x", cap.p[i]);
 			free(cap.p);
+		} else if (!strcmp(cmd, "kaddr") && scanf("%8199s %1023s", hex, set) == 2) {
+			unsigned char data[4096];
+			mf_byteset entered = { 0 };
+			size_t at[64], n = unhex(hex, data);
+			int found = mf_kernel_addresses(data, n, entered_set(set, entered), at, 64);
+
+			for (i = 0; i < (unsigned long)found && i < 64; i++) {
+				uint64_t value = 0;
+				int k;
+
+				for (k = 7; k >= 0; k--)
+					value = value << 8 | data[at[i] + (size_t)k];
+				printf("%zu:%016llx ", at[i], (unsigned long long)value);
+			}
+		} else if (!strcmp(cmd, "notent") && scanf("%8199s %lu %1023s %1023s", hex, &a, set, idle) == 4) {
+			unsigned char data[4096], raw[256];
+			mf_byteset entered = { 0 };
+			long long values[256];
+			size_t n = unhex(hex, data), nidle = unhex(idle, raw);
+
+			for (i = 0; i < nidle; i++)
+				values[i] = raw[i];
+			printf("%d", mf_not_entered(data, n, entered_set(set, entered), (long long)a, values, (int)nidle));
 		}
 		printf(".\\n");
 	}
@@ -355,6 +543,53 @@ def test_c_and_python_cut_and_damage_streams_identically(cc, tmp_path):
     for case, expected, line in zip(cases, want, out.stdout.splitlines(), strict=True):
         assert line == expected, case
     assert [len(p) for p in runtime.segments(bytes(200), 2000)] != [64] * 3 + [8]  # random, not fixed pieces
+
+
+def kernel_address_cases() -> list[tuple[bytes, frozenset]]:
+    """Byte strings around every kernel range's bounds, -errno and -1, windows at odd offsets and
+    overlapping, 0xff-heavy random strings; each with no bytes entered, some, and 0xff entered."""
+    le = lambda v: v.to_bytes(8, "little")  # noqa: E731
+    datas = [b"", b"\xff" * 7, b"\xff" * 8, b"\xff" * 16, le(-22 & (1 << 64) - 1), b"\x01" + le(0xFFFF888003A5C140),
+             le(0xFFFFFFFF81A2B3C4) + le(0xFFFF888000000000)[:5], b"\x00\x10\x00\x80\xff\xff\xff\xff\xff"]
+    for lo, hi in runtime.KERNEL_RANGES:
+        datas += [le(lo), le(hi), le(lo - 1), b"\x7f\x7f\x7f" + le(lo) + le(hi)]
+        datas += [le(hi + 1)] if hi + 1 < 1 << 64 else []
+    rng = random.Random(11)
+    datas += [bytes(rng.choice((0xFF, 0xFF, 0x88, 0xC9, 0x80, rng.randrange(256))) for _ in range(rng.randrange(40)))
+              for _ in range(60)]
+    sets = (frozenset(), frozenset({0x41, 0x88, 0x00}), frozenset({0xFF}), frozenset(range(256)))
+    return [(data, entered) for data in datas for entered in sets]
+
+
+def test_c_and_python_decide_kernel_addresses_and_bytes_not_entered_alike(cc, tmp_path):
+    """The C claim tests are the Python ones: the same kernel-address windows (ranges generated from
+    harness.runtime.KERNEL_RANGES) and the same not_entered verdicts, byte string by byte string."""
+    (tmp_path / "mf_generated.h").write_text(c_header(sample("v2")))
+    (tmp_path / "driver.c").write_text(DRIVER)
+    got = subprocess.run(["cc", *CFLAGS, "-I", str(tmp_path), "-I", str(RUNTIME_C.parent), "-o",
+                          str(tmp_path / "driver"), str(tmp_path / "driver.c")], capture_output=True, text=True)
+    assert got.returncode == 0, got.stderr
+    hexes = lambda values: bytes(sorted(values)).hex() or "-"  # noqa: E731
+    cases, want = [], []
+    for data, entered in kernel_address_cases():
+        cases.append(f"kaddr {data.hex() or '-'} {hexes(entered)}")
+        want.append("".join(f"{at}:{value:016x} " for at, value in runtime.kernel_addresses(data, entered)) + ".")
+    found = sum(1 for w in want if w != ".")
+    assert 20 < found < len(want) - 20  # both verdicts are well represented
+    rng = random.Random(12)
+    for _ in range(300):
+        data = bytes(rng.choice((0, 0x41, 0xC1, rng.randrange(256))) for _ in range(rng.randrange(10)))
+        entered = frozenset(rng.sample(range(256), rng.choice((0, 1, 3, 200))) + rng.sample(list(data), len(data) // 2))
+        idle = tuple(rng.sample((0, 0xC1, 0xFF, rng.randrange(256)), rng.randrange(3)))
+        index = rng.randrange(len(data) + 2)
+        cases.append(f"notent {data.hex() or '-'} {index} {hexes(entered)} {hexes(idle)}")
+        answer = {"err": 0, "data": data, "len": len(data), "entered": entered}
+        want.append(f"{int(runtime.shows(('not_entered', (index, idle)), answer))}.")
+    assert 30 < sum(w == "1." for w in want) < 270
+    out = subprocess.run([str(tmp_path / "driver")], input="\n".join(cases) + "\n", capture_output=True, text=True)
+    assert out.returncode == 0
+    for case, expected, line in zip(cases, want, out.stdout.splitlines(), strict=True):
+        assert line == expected, case
 
 
 def test_c_reproducer_exit_codes_and_device_opening(cc, tmp_path):

@@ -146,7 +146,9 @@ def drawing(svg: ET.Element) -> list:
 
 @pytest.mark.parametrize("target", ["sim:flags=0x7,bug=v2-error-requestable", "sim:flags=0x3,bug=v2-p2p-arc-missing",
                                     "sim:flags=0x7,bug=v2-precopy-arc-hang", "sim:proto=v1,bug=v1-accept-111",
-                                    "sim:flags=0x7,bug=v2-fd-after-reset"])
+                                    "sim:flags=0x7,bug=v2-fd-after-reset", "sim:flags=0x7,bug=v2-register-not-migrated",
+                                    "sim:flags=0x7,bug=v2-state-survives-reopen",
+                                    "sim:flags=0x7,bug=v2-config-oob-read", "sim:flags=0x7,bug=v2-rx-uninitialized"])
 def test_matrix_and_diagram_ignore_the_expected_and_observed_text(target):
     result = conform.sweep(target)
     scrambled = copy.deepcopy(result)
@@ -188,6 +190,67 @@ def _record(exp: dict, out: dict, path=("STOP", "RUNNING")) -> dict:
 def test_a_failing_cell_says_how_it_departs(exp, out, main_text, small):
     fill, _, got_main, got_small = htmlreport._cell_text("v2", _record(exp, out))  # noqa: SLF001
     assert (fill, got_main, got_small) == (htmlreport.FAIL_FILL, main_text, small)
+
+
+# --------------------------------------------------------------------------- lifecycle and registers
+
+
+def labelled(html: str, label: str) -> ET.Element:
+    return next(svg for svg in svgs(html) if svg.get("aria-label") == label)
+
+
+def red_cells(svg: ET.Element) -> list[str]:
+    """The tooltips' first lines of the cells drawn red."""
+    return sorted(g.findtext(f"{SVG}title").split("  [")[0] for g in svg.iter(f"{SVG}g")
+                  if g.find(f"{SVG}title") is not None and g.find(f"{SVG}rect").get("fill") == htmlreport.FAIL_FILL)
+
+
+def test_a_conforming_page_draws_lifecycle_and_registers_in_green():
+    html = htmlreport.conform_html(conform.sweep("sim:flags=0x7"))
+    assert_self_contained(html)
+    for label in ("device lifecycle", "device registers", "register reads and kernel addresses"):
+        svg = labelled(html, label)
+        assert red_cells(svg) == [] and any(r.get("fill") == htmlreport.PASS_OK for r in svg.iter(f"{SVG}rect"))
+    assert html.index("Device lifecycle") < html.index("Device registers") < html.index("Checks by group")
+
+
+def test_a_register_left_out_of_the_stream_is_red_in_its_row_only():
+    html = htmlreport.conform_html(conform.sweep("sim:flags=0x7,bug=v2-register-not-migrated"))
+    regs = labelled(html, "device registers")
+    assert red_cells(regs) == ["SCR: written in RUNNING", "SCR: written in STOP", "SCR: written in STOP_COPY"]
+    texts = [t.text for t in regs.iter(f"{SVG}text")]
+    assert "differs" in texts and "00 \u2260 11" in texts  # destination vs source, from the outcome's data
+    assert red_cells(labelled(html, "device lifecycle")) == [
+        f"reopen-round-trip from {s}" for s in ("PRE_COPY", "PRE_COPY_P2P", "RESUMING", "STOP_COPY")]
+
+
+def test_reopen_failures_are_red_in_the_lifecycle_grid_and_the_diagram():
+    result = conform.sweep("sim:flags=0x7,bug=v2-state-survives-reopen")
+    html = htmlreport.conform_html(result)
+    red = red_cells(labelled(html, "device lifecycle"))
+    assert [r for r in red if r.startswith("reopen from")] == sorted(
+        f"reopen from {model.STATE_NAMES[s]}" for s in range(8) if s != model.RUNNING)
+    diagram = svgs(html)[1]
+    nodes = [r for r in diagram.iter(f"{SVG}rect") if r.get("stroke") == "#c62828" and r.get("rx") == "10"]
+    assert len(nodes) == 7  # every state the device does not leave on reopen
+
+
+def test_leaks_and_data_out_cells():
+    leak = labelled(htmlreport.conform_html(conform.sweep("sim:flags=0x7,bug=v2-config-oob-read")),
+                    "register reads and kernel addresses")
+    assert red_cells(leak) == [f"region 7, {w}-byte reads" for w in (1, 2, 4, 8)]
+    assert any((t.text or "").endswith(" addr") for t in leak.iter(f"{SVG}text"))
+    regs = labelled(htmlreport.conform_html(conform.sweep("sim:flags=0x7,bug=v2-rx-uninitialized")),
+                    "device registers")
+    assert red_cells(regs) == ["RX/TX: data out"]
+
+
+def test_register_cells_follow_the_structured_outcome():
+    result = conform.sweep("sim:flags=0x7")
+    rec = next(c for c in result["checks"] if c["check"] == "reg-migrated")
+    row = next(r for r in rec["outcome"]["registers"] if r["register"] == "LCR")
+    row["dest"] = "7f"
+    assert red_cells(labelled(htmlreport.conform_html(result), "device registers")) == ["LCR: written in RUNNING"]
 
 
 # --------------------------------------------------------------------------- campaign page
@@ -428,6 +491,7 @@ def test_no_page_scrolls_sideways_in_chromium(tmp_path):
     pages = {
         "conform v2": htmlreport.conform_html(conform.sweep("sim:flags=0x7,bug=v2-p2p-arc-missing")),
         "conform v1": htmlreport.conform_html(conform.sweep("sim:proto=v1,bug=v1-error-writable")),
+        "conform registers": htmlreport.conform_html(conform.sweep("sim:flags=0x7,bug=v2-register-not-migrated")),
         "campaign": campaign,
         "resumed campaign": resumed,
     }

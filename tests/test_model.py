@@ -543,3 +543,22 @@ def test_names_for_people():
     assert model.flag_names(0x7) == "STOP_COPY|P2P|PRE_COPY"
     assert model.flag_names(0x5) == "STOP_COPY|PRE_COPY" and model.flag_names(0x1) == "STOP_COPY"
     assert model.flag_names(0) == "0" and model.flag_names(0x8) == "0"
+
+
+def test_v2_names_of_values_outside_the_states():
+    assert model.v2_name(0) == "ERROR" and model.v2_name(7) == "PRE_COPY_P2P"
+    assert model.v2_name(8) == "8" and model.v2_name(255) == "255"
+    # a large value (a u32 from the fuzzer): its number, in decimal or in hex
+    for value in (256, 0x1234, 0xFFFFFFFF):
+        assert int(model.v2_name(value), 0) == value
+
+
+@pytest.mark.skipif(not hasattr(model, "v1_read_only"), reason="model without v1_read_only")
+def test_v1_read_only_fields():
+    for state in range(8):
+        saving = state in (0b010, 0b011)
+        assert model.v1_read_only("pending_bytes", state) is True
+        assert model.v1_read_only("data_offset", state) is True
+        assert model.v1_read_only("data_size", state) is saving, state
+        assert model.v1_read_only("device_state", state) is False
+        assert model.v1_read_only("reserved", state) is False
