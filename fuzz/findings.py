@@ -58,8 +58,8 @@ KINDS = (
                                "seek) and it worked", ("ok",)),
     Kind("fd-mismatch", "a data_fd returned when none is due, or none when one is due", ("fd", "no_fd")),
     Kind("stream-protocol", "stream framing rules broken: ENOMSG in STOP_COPY, data after the end of the stream, "
-                            "pre-copy sizes under-reported, a write that makes no progress, v1 pending_bytes growing while "
-                            "stopped",
+                            "pre-copy sizes under-reported, a write that makes no progress, v1 pending_bytes "
+                            "growing while stopped",
          ("errno", "longer_than", "data_after_end", "precopy_overrun", "initial_grew", "stalled", "pending_grew")),
     Kind("valid-stream-rejected", "a complete, untouched stream refused on resume", ("failed",)),
     Kind("resume-corrupted", "the state after a resume differs from the source's state", (None,)),
