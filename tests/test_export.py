@@ -43,7 +43,8 @@ from fuzz.program import OPS, Program, parse_program
 from harness import runtime, uapi
 from harness.runtime import EXIT_FINDING, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from harness.sim import SimTarget
-from harness.sim.bugs import BUGS
+from harness.sim.bugs import BUGS, device_class
+from harness.uapi import V1_SAVING
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_C = ROOT / "harness" / "runtime.c"
@@ -292,6 +293,71 @@ def test_register_and_reopen_claims_replay_alike_in_python_and_c(name, text, tes
             c_code, c_out = run_shimmed(src.with_suffix(""), sim(bug, proto).devices, ["-t", TIMEOUT, *args])
             assert c_code == want, c_out
             assert _steps(c_out) == _steps(py_out)
+
+
+POINTER = (0xFFFF888003A5C140).to_bytes(8, "little")  # a direct-map address
+
+
+class V2StreamLeak(device_class("v2", None)):
+    """Hands out a kernel pointer at bytes 3..10 of every stream it saves."""
+
+    def read_file(self, f, n):
+        start = f.pos
+        err, chunk = super().read_file(f, n)
+        out = bytearray(chunk)
+        for i in range(max(0, 3 - start), min(len(out), 11 - start)):
+            out[i] = POINTER[start + i - 3]
+        return err, bytes(out)
+
+
+class V1StreamLeak(device_class("v1", None)):
+    """Hands out a kernel pointer at bytes 3..10 of every chunk it saves."""
+
+    def read_window(self, at, size):
+        err, data = super().read_window(at, size)
+        if err or not self.state & V1_SAVING or len(data) < 11:
+            return err, data
+        return err, data[:3] + POINTER + data[11:]
+
+
+def stream_leak_target(proto: str) -> SimTarget:
+    target = sim(None, proto)
+    target.devices = [V2StreamLeak(0x7, i + 1) if proto == "v2" else V1StreamLeak(i + 1) for i in range(2)]
+    return target
+
+
+# (protocol, program): the kernel address comes in the last op's stream bytes; the v2 read takes
+# its 0xff top byte after an earlier read took its low bytes (a window across reads).
+STREAM_LEAK_CASES = [
+    ("v2", "set 0 state=STOP_COPY\nread 0 fd=0 n=5\nread 0 fd=0 n=16"),
+    ("v2", "set 0 state=STOP_COPY\ndrain 0 fd=0"),
+    ("v1", "set 0 value=0b010\nsave 0"),
+    ("v1", "set 0 value=0b010\ndrain 0"),
+]
+
+
+@pytest.mark.parametrize(("proto", "text"), STREAM_LEAK_CASES)
+def test_kernel_addresses_in_a_stream_reproduce_in_python_and_c(proto, text, cc, tmp_path):
+    """A kernel address in data_fd or v1 window bytes (the oracle's stream check): both reproducers
+    flag it where the fuzzer did, and drain on as the fuzzer would where it does not check streams."""
+    prog = parse_program(f"migfuzz-program 1 {proto}\n{text}\n")
+    finding = Executor(stream_leak_target(proto)).run(prog)
+    assert finding is not None and (finding.kind, finding.check.test) == ("info-leak", "kernel_address"), finding
+    assert finding.step == len(prog.ops) - 1
+    ex = Export(prog, finding, f"sim:proto={proto}")
+    script, src = tmp_path / "repro.py", tmp_path / "repro.c"
+    script.write_text(python_standalone(ex))
+    src.write_text(c_program(ex))
+    assert build([(src, ["-DMF_SHIM"])])[src][0] == 0
+    drained = set()
+    for target, want in ((stream_leak_target(proto), EXIT_FINDING), (sim(None, proto), EXIT_OK)):
+        py_code, py_out = run_python(script, target)
+        assert py_code == want, py_out
+        c_code, c_out = run_shimmed(src.with_suffix(""), target.devices, ["-t", TIMEOUT, *DEVICES])
+        assert c_code == want, c_out
+        assert _steps(c_out) == _steps(py_out)
+        drained |= set(re.findall(r"(?:drain.*|captured) (\d+) bytes", py_out))
+    assert len(drained) <= 1  # the leak ends no drain early
 
 
 class Recording:

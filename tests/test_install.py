@@ -39,3 +39,15 @@ def test_non_editable_install_loads_the_same_seeds(tmp_path):
                            "harness.__file__)"], cwd=elsewhere, capture_output=True, text=True, timeout=60)
     assert site.stdout.split()[:2] == ["True", "True"], site.stdout + site.stderr
     assert str(ROOT) not in site.stdout  # the installed copy, not the source tree
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```sh\n(.+?)\n```", text.split("## Code map")[0])
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    setup_and_fuzz, setup_and_test = readme_commands()[:2]
+    assert "migfuzz fuzz" in setup_and_fuzz and "pytest" in setup_and_test
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "\n" + setup_and_test + "\n" in ci, "CI must run the README's test command as its own line"
