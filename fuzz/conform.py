@@ -147,7 +147,13 @@ def expect(ok: bool | None = None, errnos=None, states=None, fd: bool | None = N
     (null = any); ``states``: the state values GET / device_state may read afterwards (null =
     not judged); ``fd``: a SET must return a new data_fd (true), must not (false), not judged
     (null); check-specific keys: ``noop`` (a SET of the current state), ``flags``,
-    ``live_files``, ``unchanged``, ``same``, ``value``, ``field``, ``seg``, ``damage``."""
+    ``live_files``, ``unchanged``, ``same``, ``value``, ``field``, ``seg``, ``damage``;
+    ``old_fd_dead`` (reopen); ``region``, ``offset``, ``register``, ``width`` (the register or
+    access a reg-* check is about), ``sent`` and ``allowed`` (reg-data-out: the byte values put in
+    through the data-in register, and the idle values an empty FIFO may give), ``addresses``
+    (reg-leak: kernel-address shapes allowed, 0), ``written`` (reg-migrated/reg-while-stopped: the
+    state the registers were written in); ``session`` and ``loads`` (session-*: the session's
+    label, and "never" or "if the accepted bytes are the stream")."""
     out = {"ok": ok, "errnos": sorted(errnos) if errnos is not None else None,
            "states": sorted(int(s) for s in states) if states is not None else None, "fd": fd}
     out.update(extra)
@@ -163,7 +169,15 @@ def outcome(status: str = "answered", err: int | None = None, state: int | None 
     state value read afterwards (or null); ``fd``: a SET returned a new data_fd (or null);
     ``exception``: the exception's type (status ``exception``); check-specific keys:
     ``bytes``, ``live_files``, ``changed``, ``same``, ``initial``, ``dirty``, ``again``,
-    ``before``, ``after``, ``failed``, ``fired``, ``window``, ``stalled``."""
+    ``before``, ``after``, ``failed``, ``fired``, ``window``, ``stalled``; ``old_fd_err``
+    (reopen: the errno of a read/write on each old data_fd); ``first``, ``second`` (reg-observe:
+    the two reads, hex); ``read``, ``stray`` (reg-data-out: the byte values read, those never put
+    in); ``reads``, ``refused``, ``addresses``, ``found`` (reg-leak: reads made and refused, the
+    kernel-address shapes found and the first of them as {offset, value}); ``registers``,
+    ``differ`` (reg-migrated/reg-while-stopped: per observation register {register, region,
+    offset, source: the values allowed, dest}, and the names that differ); ``held``, ``writes``
+    (session-*: what the bytes the device accepted are, "stream", "empty", "prefix", "damaged"
+    or "unknown", and each write's errno)."""
     out = {"status": status, "err": err, "accepted": None if err is None else err == 0,
            "state": None if state is None else int(state), "fd": fd}
     out.update(extra)
@@ -659,7 +673,8 @@ class Sweep:
 
     def writable_observe(self) -> list:
         p = self.profile
-        return [(r, off, name) for r, off, name in p.observation_registers() if p.write_role(r, off) != "none"]
+        return [(r, off, name) for r, off, name in p.observation_registers()
+                if p.write_role(r, off) != "none" and p.access(r, off, 1) is not None]
 
     def guard_bits(self) -> dict:
         """(region, offset) -> (mask, value) of the mode bits other registers' roles depend on."""
@@ -769,7 +784,13 @@ class Sweep:
                               dict(exp, written=sc), lambda sw: sw.check_reg_migrated("mid-stream")))
         return cases
 
+    def byte_access(self, region: int, off: int) -> None:
+        """The checks read and write registers one byte at a time: the profile must allow that."""
+        if self.profile.access(region, off, 1) is None:
+            raise Unsupported(f"the profile allows no 1-byte access at region {region} +{off:#x}")
+
     def check_observe(self, region: int, off: int) -> Seen:
+        self.byte_access(region, off)
         dev = self.dst
         self.reach(dev, self.initial_state)
         err1, a = dev.reg_read(region, off, 1)
@@ -782,6 +803,7 @@ class Sweep:
 
     def check_data_out(self, region: int, off: int, inlet: int | None) -> Seen:
         reg = self.profile.register(region, off)
+        self.byte_access(region, off)
         dev = self.dst
         self.reach(dev, self.initial_state)
         self.satisfy_guard(dev, region, reg)
