@@ -195,7 +195,7 @@ class Campaign:
                 f"{finding.kind} at step {finding.step} ({finding.op}): expected {finding.expected}; "
                 f"observed {finding.observed} [arc {finding.arc}] on {self.spec.text()}\n"
                 f"{finding.detail}{prog.text()}")
-        sig = signature(finding)
+        sig = signature(finding, coarse=True)  # one defect, one crash file (triage's default grouping)
         new = sig not in self.signatures
         self.signatures.add(sig)
         if new or not self.keep_going:
@@ -215,8 +215,8 @@ class Campaign:
             self.say(warning)
         self.findings.append((finding, path))
         if self.report:
-            self.report("finding", dict(finding.data(), signature=signature(finding), file=str(path),
-                                        target=self.spec.text(), known=signature(finding) in self.known))
+            self.report("finding", dict(finding.data(), signature=signature(finding, coarse=True), file=str(path),
+                                        target=self.spec.text(), known=signature(finding, coarse=True) in self.known))
         return path
 
     def on_hang(self, what: str, seconds: float) -> None:
@@ -269,7 +269,7 @@ class Campaign:
             os._exit(EXIT_FINDING if self.findings else EXIT_OK)
         self.finished = True
         self.stats_line()
-        new = [(f, p) for f, p in self.findings if signature(f) not in self.known]
+        new = [(f, p) for f, p in self.findings if signature(f, coarse=True) not in self.known]
         self.say(f"done: {self.execs} programs, {len(self.findings)} finding(s)"
                  + (f" ({len(self.findings) - len(new)} already known)" if len(new) < len(self.findings) else "")
                  + (f"; crash files in {self.crashes}" if self.findings else ""))
@@ -318,7 +318,7 @@ def known_signatures(crashes: Path) -> set:
     for path in crashfile.crash_files(crashes):
         meta = crashfile.read_meta(path)
         if meta.finding is not None:
-            out.add(signature(meta.finding))
+            out.add(signature(meta.finding, coarse=True))
     return out
 
 

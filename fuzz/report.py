@@ -116,8 +116,8 @@ def records_from_crashes(directory: Path, target: str | None = None) -> list[dic
         meta = crashfile.read_meta(path)
         if meta.finding is None:
             continue
-        out.append(dict(meta.finding.data(), type="finding", signature=signature(meta.finding), file=str(path),
-                        target=target or meta.target))
+        out.append(dict(meta.finding.data(), type="finding", signature=signature(meta.finding, coarse=True),
+                        file=str(path), target=target or meta.target))
     return out
 
 
