@@ -42,8 +42,30 @@ if str(ROOT) not in sys.path:
 
 from fuzz.crashfile import program_text  # noqa: E402
 from fuzz.executor import Executor  # noqa: E402
-from fuzz.mutator import READ_SIZES, REGISTER_VALUES, SEGMENTS, mutate, random_program  # noqa: E402
-from fuzz.program import FAULT_KINDS, MANGLE_KINDS, OPS, Op, Program, normalize  # noqa: E402
+from fuzz.mutator import (  # noqa: E402
+    EDGE_VALUES,
+    RACE_PAIRS,
+    READ_SIZES,
+    REGISTER_VALUES,
+    SEGMENTS,
+    mutate,
+    random_program,
+)
+from fuzz.program import (  # noqa: E402
+    FAULT_KINDS,
+    FIELD_MANGLES,
+    FIX_KINDS,
+    MANGLE_KINDS,
+    OPS,
+    RACE_CALLS,
+    RACE_SCHEDS,
+    SIZES,
+    Op,
+    Program,
+    mangle_slots,
+    normalize,
+    race_slot,
+)
 from fuzz.program import seed_programs as shipped_seeds  # noqa: E402
 from fuzz.targets import open_target, parse_target  # noqa: E402
 
@@ -175,8 +197,15 @@ def op_strategies(proto: str) -> dict:
         "activity": ({"seed": u16}, lambda dev, seed: (0, seed, b"")),
         "fault": ({"nth": st.integers(1, 5), "kind": st.integers(0, len(FAULT_KINDS) - 1)},
                   lambda dev, nth, kind: (nth, kind, b"")),
-        "mangle": ({"kind": st.integers(0, len(MANGLE_KINDS) - 1), "arg": u16},
-                   lambda dev, kind, arg: (kind, arg, b"")),
+        # a field change (set/add): anywhere, any width, an edge or any 16-bit value, mostly no checksum
+        "mangle": ({"kind": st.sampled_from(MANGLE_KINDS), "arg": u16, "off": st.integers(0, (1 << 15) - 1),
+                    "width": st.sampled_from(SIZES),
+                    "value": _pick((6, st.sampled_from(EDGE_VALUES)), (4, st.integers(0, (1 << 16) - 1))),
+                    "fix": _pick((7, st.just(FIX_KINDS[0])), (3, st.sampled_from(FIX_KINDS))),
+                    "at": st.integers(0, 255)},
+                   lambda dev, kind, arg, off, width, value, fix, at: (
+                       *(mangle_slots(kind, off, width, value, fix, at) if kind in FIELD_MANGLES
+                         else mangle_slots(kind, arg)), b"")),
         "transfer": ({"other": _pick((85, st.just(True)), (15, st.just(False))), "seg": segment},
                      lambda dev, other, seg: (1 - dev if other else dev, seg, b"")),
         "set": ({"state": state}, lambda dev, state: (0, state, b"")),
@@ -200,6 +229,15 @@ def op_strategies(proto: str) -> dict:
     table["reopen"] = none
     table["rdreg"] = ({"access": access}, lambda dev, access: (access, 0, b""))
     table["wrreg"] = ({"access": access, "value": value}, lambda dev, access, value: (access, value, b""))
+    # Races: fuzz.mutator.race_op_args's distribution (a pair of RACE_PAIRS either way round, or any).
+    calls = st.sampled_from(RACE_CALLS)
+    pair = _pick((80, st.sampled_from(RACE_PAIRS[proto]).flatmap(lambda p: st.sampled_from((p, p[::-1])))),
+                 (20, st.tuples(calls, calls)))
+    race_arg = _pick((50, st.integers(0, 2)), (50, st.integers(1, 7)))
+    table["race"] = ({"pair": pair, "xarg": race_arg, "yarg": race_arg, "sched": st.integers(0, RACE_SCHEDS - 1),
+                      "data": payload},
+                     lambda dev, pair, xarg, yarg, sched, data: (race_slot(pair[0], xarg, pair[1], yarg, sched), 0,
+                                                                 data))
     for name in ("drain", "close", "seek", "precopy"):
         table[name] = ({"fd": slot}, lambda dev, fd: (fd, 0, b"")) if proto == "v2" else none
     missing = {spec.name for spec in OPS[proto]} - set(table)

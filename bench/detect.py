@@ -131,17 +131,30 @@ def _error_line(stderr: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def run_one(searcher: str, variant: dict, seed: int, budget: float, hyp_check: str = "step") -> dict:
+def campaign_command(searcher: str, target: str, seed: int, budget: float, tmp: str, fuzz_args: tuple = ()) -> list:
+    """The ``migfuzz fuzz`` command of a campaign run; ``fuzz_args``: extra arguments, migfuzz options
+    before a "--" token and libFuzzer flags after it (all libFuzzer flags without one)."""
+    cmd = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", target, "--max-time", str(budget), "--seed",
+           str(seed), "--corpus", f"{tmp}/corpus", "--crashes", f"{tmp}/crashes"]
+    if searcher == "migfuzz-noseeds":
+        cmd.append("--no-seeds")
+    opts, flags = (), tuple(fuzz_args)
+    if "--" in flags:
+        cut = flags.index("--")
+        opts, flags = flags[:cut], flags[cut + 1:]
+    return cmd + [*opts, *(["--", *flags] if flags else [])]
+
+
+def run_one(searcher: str, variant: dict, seed: int, budget: float, hyp_check: str = "step",
+            fuzz_args: tuple = ()) -> dict:
+    """One searcher's run on one variant (``fuzz_args``: see :func:`campaign_command`)."""
     rec = {"searcher": searcher, "variant": variant["variant"], "target": variant["target"], "seed": seed,
            "budget": budget, "expected": variant["expected"], "found": False, "seconds": None, "kind": None,
            "kind_ok": None, "false_positive": False, "late": False, "error": None}
     with tempfile.TemporaryDirectory(prefix="migfuzz-detect-") as tmp:
         campaign = searcher.startswith("migfuzz")
         if campaign:
-            cmd = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", variant["target"], "--max-time",
-                   str(budget), "--seed", str(seed), "--corpus", f"{tmp}/corpus", "--crashes", f"{tmp}/crashes"]
-            if searcher == "migfuzz-noseeds":
-                cmd.append("--no-seeds")
+            cmd = campaign_command(searcher, variant["target"], seed, budget, tmp, fuzz_args)
         else:
             cmd = [sys.executable, str(ROOT / "bench" / "baselines.py"), searcher, "--target", variant["target"],
                    "--seed", str(seed), "--deadline", "DEADLINE"]
@@ -255,6 +268,8 @@ def markdown(meta: dict, rows: list[dict], searchers: list[str], runs: list[dict
                f"`{meta['hyp_check']}`")
     if meta.get("note"):
         out.append(f"- {meta['note']}")
+    if meta.get("fuzz_args"):
+        out.append(f"- migfuzz campaigns ran with the libFuzzer flags `{meta['fuzz_args']}`")
     out.append(f"- load before: `{meta['load_before']}`")
     if meta.get("load_after"):
         out.append(f"- load after: `{meta['load_after']}` (wall time {meta.get('elapsed_s', 0) / 60:.1f} min)")
@@ -427,7 +442,7 @@ def _meta(args, searchers) -> dict:
             "fp_seeds": args.fp_seeds, "jobs": args.jobs, "searchers": searchers,
             "hyp_check": args.hypothesis_check, "commit": commit, "python": platform.python_version(),
             "hypothesis": hyp, "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "load_before": _uptime(), "note": args.note}
+            "load_before": _uptime(), "note": args.note, "fuzz_args": args.fuzz_args}
 
 
 def render(doc: dict, out_dir: Path, png: Path | None) -> str:
@@ -464,6 +479,10 @@ def main(argv=None) -> int:
     ap.add_argument("--render", help="redraw the table (and --png) from a saved JSON; runs nothing")
     ap.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     ap.add_argument("--note", help="free text for the header (e.g. which tree was measured)")
+    ap.add_argument("--fuzz-args", default="", help="extra arguments of the migfuzz campaigns, space separated: "
+                                                     "libFuzzer flags ('-use_value_profile=1 -entropic=0'), "
+                                                     "or migfuzz options, then -- and libFuzzer flags "
+                                                     "('--instrument none -- -use_value_profile=1')")
     args = ap.parse_args(argv)
     out_dir = Path(args.out_dir)
     png = Path(args.png or out_dir / "detect.png") if args.png is not None else None
@@ -502,7 +521,7 @@ def main(argv=None) -> int:
 
     def task(i: int) -> None:
         s, v, seed = plan[i]
-        rec = run_one(s, v, seed, budget_of(s), args.hypothesis_check)
+        rec = run_one(s, v, seed, budget_of(s), args.hypothesis_check, tuple(args.fuzz_args.split()))
         with lock:
             runs[i] = rec
             done[0] += 1

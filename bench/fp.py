@@ -4,8 +4,10 @@
 Runs the executor and oracles on the correct simulator (no bug variant) for every v2 flag
 set (0x1, 0x3, 0x5, 0x7) and for v1, on programs from the fuzzer's own generators: fresh
 ``fuzz.mutator.random_program`` programs, and the shipped seed programs
-(``fuzz.program.seed_programs``) put through chains of ``mutate`` and ``crossover``. The
-generators emit ``fault`` ops, so injected faults (every kind) are part of the workload.
+(``fuzz.program.seed_programs``) put through chains of ``mutate`` and ``crossover``, a quarter
+of them then given the campaign's op groups and field edits (the configuration's stream layout,
+inferred first). The generators emit ``fault`` ops, so injected faults (every kind) are part of
+the workload.
 
 Prints, per configuration, the programs run, how many armed a fault, the time, programs/s
 and the findings (which must be 0). On a finding it prints the program's text and the
@@ -25,8 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from fuzz import layout  # noqa: E402
+from fuzz.codec import decode, encode  # noqa: E402
 from fuzz.executor import Executor  # noqa: E402
-from fuzz.mutator import crossover, mutate, random_program  # noqa: E402
+from fuzz.mutator import FieldEdits, OpGroups, crossover, mutate, random_program, trim_payload  # noqa: E402
 from fuzz.program import OPCODES, seed_programs  # noqa: E402
 from harness.sim import SimTarget  # noqa: E402
 
@@ -37,31 +41,42 @@ def config_name(proto: str, flags: int) -> str:
     return f"{proto}:{flags:#x}" if proto == "v2" else proto
 
 
-def programs(proto: str, count: int, seed: int):
-    """``count`` programs, reproducibly: 1/2 random, 1/2 seeds mutated 1-8 times (some crossed over)."""
+def programs(proto: str, count: int, seed: int, stream_layout=None):
+    """``count`` programs, reproducibly: 1/2 random, 1/2 seeds mutated 1-8 times (some crossed over);
+    with a ``stream_layout``, a quarter of them also get the campaign's op groups (migrations) and
+    field edits of that layout (fields set to boundary values, checksum fixed up)."""
     rng = random.Random(f"{seed}/{proto}")
     seeds = [prog for _name, prog in seed_programs(proto)]
+    groups = OpGroups(proto, SimTarget(proto).profile)
+    edits = FieldEdits(proto, stream_layout) if stream_layout is not None and stream_layout.fields else None
     yield from seeds[:count]
     for _ in range(count - min(count, len(seeds))):
         if rng.random() < 0.5:
-            yield random_program(proto, rng)
-            continue
-        prog = rng.choice(seeds)
-        if rng.random() < 0.2:
-            prog = crossover(prog, rng.choice(seeds) if rng.random() < 0.5 else random_program(proto, rng), rng)
-        for _ in range(rng.randint(1, 8)):
-            prog = mutate(prog, rng, rng.choice(seeds))
+            prog = random_program(proto, rng)
+        else:
+            prog = rng.choice(seeds)
+            if rng.random() < 0.2:
+                prog = crossover(prog, rng.choice(seeds) if rng.random() < 0.5 else random_program(proto, rng), rng)
+            for _ in range(rng.randint(1, 8)):
+                prog = mutate(prog, rng, rng.choice(seeds))
+        if edits is not None and rng.random() < 0.25:
+            data = groups.apply(encode(trim_payload(prog)), rng)
+            for _ in range(rng.randint(1, 3)):
+                data = edits.apply(data, rng) or data
+            prog = decode(data, proto)
         yield prog
 
 
 def run_config(proto: str, flags: int, count: int, seed: int = 1) -> dict:
     """Run ``count`` programs on the correct simulator; stops at the first finding."""
-    executor = Executor(SimTarget(proto, flags))
+    target = SimTarget(proto, flags)
+    executor = Executor(target)
+    stream_layout = layout.infer(layout.capture(target), config_name(proto, flags), proto)
     fault = OPCODES[proto]["fault"]
     stats = {"config": config_name(proto, flags), "programs": 0, "with_faults": 0, "ops": 0, "findings": 0,
              "seconds": 0.0, "program": None, "finding": None}
     start = time.perf_counter()
-    for prog in programs(proto, count, seed):
+    for prog in programs(proto, count, seed, stream_layout):
         stats["programs"] += 1
         stats["ops"] += len(prog.ops)
         stats["with_faults"] += any(op.code == fault for op in prog.ops)

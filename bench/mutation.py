@@ -6,7 +6,9 @@ For each module, mutmut mutates that one file and runs only the test files that 
 ``tests``, ``bench``, ``pyproject.toml``) with its own ``setup.cfg``, so the work tree gets no
 ``mutants/`` folder or config. Prints, per module, the mutants, how many the tests killed
 (a timeout counts as killed), the score, and the surviving mutants (``--diff``: with their
-diffs). Not part of CI: the whole run takes about an hour on 2 cores.
+diffs). Mutants that only change what a finding says to people (the expected/observed text of
+``self.fail``/``Finding``, a trace note) are counted apart: the score is given with and without
+them. Not part of CI: the whole run takes about an hour on 2 cores.
 
 mutmut forks its workers after importing the code once, so module-level tables built at
 import time (``fuzz.model.PATHS``) keep the original functions; the tests call the
@@ -19,11 +21,14 @@ Usage: python bench/mutation.py [--module model --module oracles ...] [--jobs 2]
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -64,6 +69,11 @@ def scratch_copy(name: str, path: str, tests: list[str]) -> Path:
             shutil.copytree(src, work / item, ignore=ignore)
         elif src.exists():
             shutil.copy2(src, work / item)
+    # fuzz.seeds is package data from corpus/seeds (an editable install maps it to the work tree):
+    # put the copy's seeds where the copy's fuzz package finds them first
+    seeds = work / "corpus" / "seeds"
+    if seeds.is_dir() and not (work / "fuzz" / "seeds").exists():
+        shutil.copytree(seeds, work / "fuzz" / "seeds", ignore=ignore)
     (work / "setup.cfg").write_text(setup_cfg(path, tests))
     return work
 
@@ -73,19 +83,83 @@ def mutmut(work: Path, *args: str, timeout: float | None = None) -> subprocess.C
                           timeout=timeout)
 
 
+DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+out = {}
+for name in json.load(sys.stdin):
+    try:
+        out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)
+    except Exception as e:  # noqa: BLE001
+        out[name] = f"(no diff: {e})"
+print(json.dumps(out))
+"""
+
+
+def diffs(work: Path, names: list[str]) -> dict[str, str]:
+    """Every mutant's diff, in one process (``mutmut show`` is one process per mutant)."""
+    if not names:
+        return {}
+    proc = subprocess.run([sys.executable, "-c", DIFFS], cwd=work, input=json.dumps(names), capture_output=True,
+                          text=True)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {n: proc.stderr[-200:] for n in names}
+
+
+def _function_texts(diff: str) -> tuple[str, str]:
+    """(original, mutated) source of the mutated function, from its unified diff."""
+    before, after = [], []
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++", "@@")):
+            continue
+        if line.startswith("-"):
+            before.append(line[1:])
+        elif line.startswith("+"):
+            after.append(line[1:])
+        else:
+            before.append(line[1:])
+            after.append(line[1:])
+    return textwrap.dedent("\n".join(before)), textwrap.dedent("\n".join(after))
+
+
+class _Texts(ast.NodeTransformer):
+    """Blanks what a finding says to people: the expected/observed arguments of ``self.fail(...)``
+    and ``Finding(...)``, and the detail of a trace ``note``."""
+
+    SLOTS = {"fail": (1, 2), "Finding": (2, 3), "note": (0,)}
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        for i in self.SLOTS.get(name, ()):
+            if i < len(node.args):
+                node.args[i] = ast.Constant("text")
+        return node
+
+
+def message_only(diff: str) -> bool:
+    """Whether a mutant changes only the text of a finding (what it says to people, not its verdict)."""
+    try:
+        before, after = (ast.parse(t) for t in _function_texts(diff))
+    except SyntaxError:
+        return False
+    return ast.dump(_Texts().visit(before)) == ast.dump(_Texts().visit(after))
+
+
 def results(work: Path) -> dict[str, str]:
     out = mutmut(work, "results", "--all", "true").stdout
     return {m.group(1): m.group(2) for m in map(RESULT_LINE.match, out.splitlines()) if m}
 
 
-def run_module(name: str, jobs: int, timeout: float, diff: bool, keep: bool, out=print) -> dict:
+def run_module(name: str, jobs: int, timeout: float, diff: bool, keep: bool, out=print,
+               reuse: Path | None = None) -> dict:
     path, tests = MODULES[name]
-    work = scratch_copy(name, path, tests)
+    work = reuse or scratch_copy(name, path, tests)
     start = time.perf_counter()
     try:
-        proc = mutmut(work, "run", "--max-children", str(jobs), timeout=timeout)
+        proc = mutmut(work, "run", "--max-children", str(jobs), timeout=timeout)  # resumes a finished run at once
         status = results(work)
-        if not status:
+        if not status or all(s == "not checked" for s in status.values()):
             tail = (proc.stdout + proc.stderr)[-3000:]
             raise RuntimeError(f"mutmut produced no results for {path} (exit {proc.returncode}):\n{tail}")
         counts: dict[str, int] = {}
@@ -95,18 +169,27 @@ def run_module(name: str, jobs: int, timeout: float, diff: bool, keep: bool, out
         total = len(status)
         survivors = sorted(m for m, s in status.items() if s not in DETECTED)
         score = detected / total if total else 1.0
+        texts = diffs(work, sorted(status))
+        text_only = {m for m, d in texts.items() if message_only(d)}
+        verdict_total = total - len(text_only)
+        verdict_killed = detected - sum(1 for m in text_only if status[m] in DETECTED)
+        verdict_score = verdict_killed / verdict_total if verdict_total else 1.0
         out(f"{name:11} {path:24} mutants {total:5}  killed {detected:5}  score {score:6.1%}  "
             f"({', '.join(f'{s} {n}' for s, n in sorted(counts.items()))})  {time.perf_counter() - start:6.0f} s")
+        out(f"{'':11} {'':24} without the {len(text_only)} that only change a finding's text: "
+            f"mutants {verdict_total:5}  killed {verdict_killed:5}  score {verdict_score:6.1%}")
         for m in survivors:
-            out(f"    {status[m]:12} {m}")
+            if m in text_only and not diff:
+                continue
+            out(f"    {status[m]:12} {m}{'  (text only)' if m in text_only else ''}")
             if diff:
-                text = mutmut(work, "show", m).stdout
-                out("\n".join("        " + line for line in text.splitlines()
+                out("\n".join("        " + line for line in texts.get(m, "").splitlines()
                               if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))))
         return {"module": name, "path": path, "total": total, "killed": detected, "score": score,
-                "counts": counts, "survivors": {m: status[m] for m in survivors}}
+                "verdict_total": verdict_total, "verdict_killed": verdict_killed, "verdict_score": verdict_score,
+                "counts": counts, "survivors": {m: status[m] for m in survivors}, "text_only": sorted(text_only)}
     finally:
-        if keep:
+        if keep or reuse:
             out(f"    (scratch copy kept: {work})")
         else:
             shutil.rmtree(work, ignore_errors=True)
@@ -120,7 +203,10 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per module before giving up")
     ap.add_argument("--diff", action="store_true", help="print each surviving mutant's diff")
     ap.add_argument("--keep", action="store_true", help="keep the scratch copies (mutmut browse there)")
+    ap.add_argument("--reuse", type=Path, help="report on (and finish) the run in this kept scratch copy")
     args = ap.parse_args(argv)
+    if args.reuse and (not args.module or len(args.module) != 1):
+        ap.error("--reuse needs exactly one --module")
     try:
         import mutmut  # noqa: F401
     except ImportError:
@@ -129,10 +215,13 @@ def main(argv=None) -> int:
     names = args.module or list(MODULES)
     rows = []
     for name in names:
-        rows.append(run_module(name, args.jobs, args.timeout, args.diff, args.keep))
+        rows.append(run_module(name, args.jobs, args.timeout, args.diff, args.keep, reuse=args.reuse))
     total = sum(r["total"] for r in rows)
     killed = sum(r["killed"] for r in rows)
-    print(f"{'all':11} {'':24} mutants {total:5}  killed {killed:5}  score {killed / total if total else 1:6.1%}")
+    vtotal = sum(r["verdict_total"] for r in rows)
+    vkilled = sum(r["verdict_killed"] for r in rows)
+    print(f"{'all':11} {'':24} mutants {total:5}  killed {killed:5}  score {killed / total if total else 1:6.1%}"
+          f"   (without text-only mutants: {vkilled}/{vtotal} = {vkilled / vtotal if vtotal else 1:6.1%})")
     return 0
 
 

@@ -17,7 +17,7 @@ from harness.runtime import EXIT_FINDING, EXIT_OK, EXIT_UNAVAILABLE
 from .engine import run_campaign
 from .errors import UsageError
 from .report import JsonlReporter, merge_job_reports
-from .targets import parse_target, require_opt_in
+from .targets import default_corpus, parse_target, require_opt_in
 
 # libFuzzer flags migfuzz runs itself (its own --jobs, its own time budget): refused after --.
 REFUSED_LIBFUZZER_FLAGS = {
@@ -28,10 +28,6 @@ REFUSED_LIBFUZZER_FLAGS = {
 }
 # libFuzzer flags that name a file that must exist.
 FILE_LIBFUZZER_FLAGS = ("-dict", "-seed_inputs")
-
-
-def default_corpus(proto: str) -> Path:
-    return Path("corpus") / proto
 
 
 def check_libfuzzer_args(extra: list) -> None:

@@ -42,6 +42,7 @@ COMMANDS = {
     "show": "fuzz.commands:cmd_show",
     "compile": "fuzz.commands:cmd_compile",
     "targets": "fuzz.commands:cmd_targets",
+    "layout": "fuzz.commands:cmd_layout",
     "minimize": "fuzz.triage:cmd_minimize",
     "triage": "fuzz.triage:cmd_triage",
     "export": "fuzz.export:cmd_export",
@@ -119,6 +120,19 @@ def _program_parsers(sub) -> None:
                    help="the bare binary libFuzzer mutates (for a corpus), without the self-describing header")
 
     sub.add_parser("targets", help="list targets and bug variants")
+
+    p = sub.add_parser("layout", help="infer and show the fields of a target's migration stream",
+                       description="Capture the stop-and-copy stream of the target several times, after "
+                                   "different device activity and register writes, and show which bytes are "
+                                   "constant, which are fields (and their widths), the lengths, the checksums "
+                                   "it recognises (CRC-32, additive sums) and the values seen. The layout is "
+                                   "kept in the corpus directory (the campaign's field-aware mutations use "
+                                   "it) and shown from there unless --refresh.")
+    p.add_argument("--target", default="sim", help="target spec (default: sim); see `migfuzz targets`")
+    p.add_argument("--corpus", help="corpus directory the layout is kept in (default: corpus/<protocol>)")
+    p.add_argument("--refresh", action="store_true", help="infer again even if the corpus keeps a layout")
+    p.add_argument("--json", action="store_true", help="print the layout as JSON")
+    _opt_in(p)
 
 
 def _triage_parsers(sub) -> None:
@@ -203,13 +217,19 @@ def _vm_parser(sub) -> None:
     vsub = p.add_subparsers(dest="vm_action", metavar="ACTION", parser_class=_Parser)
     vsub.required = True
 
+    def kernel(q) -> None:
+        q.add_argument("--kernel", choices=("stock", "debug"), default="stock",
+                       help="the guest kernel: Debian's (default) or the debug build with KASAN, KCOV, lockdep "
+                            "and UBSAN (built once from linux-source-6.12 and cached)")
+
     def common(q) -> None:
+        kernel(q)
         q.add_argument("--results", help="host directory shared with the guest (default: new, under the rig cache)")
         q.add_argument("--timeout", type=float, help="bound on the whole guest run, seconds")
         q.add_argument("--instances", type=int, default=2, help="mtty instances to create (default 2)")
 
-    vsub.add_parser("prepare", help="fill the rig cache (apt packages, kernel, mtty.ko, initramfs)")
-    vsub.add_parser("status", help="show what the rig cache holds")
+    kernel(vsub.add_parser("prepare", help="fill the rig cache (apt packages, kernel, mtty.ko, initramfs)"))
+    kernel(vsub.add_parser("status", help="show what the rig cache holds"))
     q = vsub.add_parser("fuzz", help="run a campaign against mtty in the guest, bring findings back")
     q.add_argument("--max-time", type=float, help="campaign length in seconds (default 60 unless --runs)")
     q.add_argument("--runs", type=int, help="stop after this many programs")

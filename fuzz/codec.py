@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import struct
 
-from .program import MAX_OPS, MAX_PAYLOAD, NDEVICES, OPS, Op, Program
+from .program import MAX_OPS, MAX_PAYLOAD, NDEVICES, OPS, Op, Program, normalize
 
 RECORD = struct.Struct("<BBHI")
 
 
 def _limits(proto: str) -> tuple:
-    """Per op code: (a modulus, b modulus, takes payload)."""
+    """Per op code: (a modulus, b modulus, takes payload, has fields that exist only with others)."""
     out = []
     for spec in OPS[proto]:
         a_lim, b_lim, has_data = 1, 1, False
+        conditional = any(f.when for f in spec.fields)
         for f in spec.fields:
             if f.slot == "data":
                 has_data = True
@@ -33,7 +34,7 @@ def _limits(proto: str) -> tuple:
                 a_lim = 1 << 16 if f.shift >= 0 else f.limit or 1 << 16  # packed fields fill the slot
             else:
                 b_lim = 1 << 32 if f.shift >= 0 else f.limit or 1 << 32
-        out.append((a_lim, b_lim, has_data))
+        out.append((a_lim, b_lim, has_data, conditional))
     return tuple(out)
 
 
@@ -57,7 +58,10 @@ def decode(data: bytes, proto: str) -> Program:
     ops = []
     for code, dev, a, b in RECORD.iter_unpack(data[1:end]):
         code %= ncodes
-        a_lim, b_lim, has_data = limits[code]
+        a_lim, b_lim, has_data, conditional = limits[code]
+        if conditional:  # bits of fields not in use (a mangle's arg or its field change) are dropped
+            ops.append(normalize(proto, Op(code, dev % NDEVICES, a, b)))
+            continue
         if has_data:
             if plen:
                 off = (b & 0xFFFF) % plen

@@ -1,7 +1,8 @@
-"""The program commands of the CLI: ``repro``, ``show``, ``compile``, ``targets``.
+"""The program commands of the CLI: ``repro``, ``show``, ``compile``, ``targets``, ``layout``.
 Arguments are declared in ``fuzz.cli``; ``fuzz`` itself is ``fuzz.campaign``."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -9,12 +10,12 @@ from pathlib import Path
 from harness.runtime import EXIT_FINDING, EXIT_OK
 from harness.sim.bugs import BUGS
 
-from . import crashfile
+from . import crashfile, layout
 from .codec import encode
 from .errors import UsageError
 from .findings import signature
 from .program import Program
-from .targets import TargetSpec, open_target, parse_target, require_opt_in
+from .targets import TargetSpec, default_corpus, open_target, parse_target, require_opt_in
 from .triage import format_trace, replay
 
 # --------------------------------------------------------------------------- repro / show / compile
@@ -79,4 +80,27 @@ def cmd_targets(args) -> int:
     for name, bug in BUGS.items():
         print(f"  {name:32} {bug.proto}  {bug.description}")
         print(f"  {'':32}     modelled on: {bug.modelled_on}; caught as: {bug.finding}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def cmd_layout(args) -> int:
+    """The stream layout of a target (fuzz.layout): the one kept in the corpus, else inferred and kept."""
+    spec = parse_target(args.target)
+    require_opt_in(spec, args.i_know_this_resets_the_device, "capturing its stream resets it")
+    if args.corpus and Path(args.corpus).exists() and not Path(args.corpus).is_dir():
+        raise UsageError(f"the corpus {args.corpus} exists and is not a directory")
+    target = open_target(spec)
+    try:
+        corpus = Path(args.corpus) if args.corpus else default_corpus(target.proto)
+        found = layout.for_target(target, spec.text(), corpus, refresh=args.refresh)
+    finally:
+        target.close()
+    if args.json:
+        print(json.dumps(found.data(), indent=1))
+    else:
+        sys.stdout.write(layout.describe(found))
+        print(f"kept in {layout.layout_path(corpus, spec.text())}")
     return EXIT_OK

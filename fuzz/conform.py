@@ -151,8 +151,9 @@ def expect(ok: bool | None = None, errnos=None, states=None, fd: bool | None = N
     ``old_fd_dead`` (reopen); ``region``, ``offset``, ``register``, ``width`` (the register or
     access a reg-* check is about), ``sent`` and ``allowed`` (reg-data-out: the byte values put in
     through the data-in register, and the idle values an empty FIFO may give), ``addresses``
-    (reg-leak: kernel-address shapes allowed, 0), ``written`` (reg-migrated/reg-while-stopped: the
-    state the registers were written in); ``session`` and ``loads`` (session-*: the session's
+    and ``outside`` (reg-leak: kernel-address shapes allowed, 0; reads past the region's end
+    answered, 0), ``written`` (reg-migrated/reg-while-stopped: the state the registers were
+    written in); ``session`` and ``loads`` (session-*: the session's
     label, and "never" or "if the accepted bytes are the stream")."""
     out = {"ok": ok, "errnos": sorted(errnos) if errnos is not None else None,
            "states": sorted(int(s) for s in states) if states is not None else None, "fd": fd}
@@ -172,8 +173,9 @@ def outcome(status: str = "answered", err: int | None = None, state: int | None 
     ``before``, ``after``, ``failed``, ``fired``, ``window``, ``stalled``; ``old_fd_err``
     (reopen: the errno of a read/write on each old data_fd); ``first``, ``second`` (reg-observe:
     the two reads, hex); ``read``, ``stray`` (reg-data-out: the byte values read, those never put
-    in); ``reads``, ``refused``, ``addresses``, ``found`` (reg-leak: reads made and refused, the
-    kernel-address shapes found and the first of them as {offset, value}); ``registers``,
+    in); ``reads``, ``refused``, ``addresses``, ``found``, ``outside``, ``size`` (reg-leak: reads made
+    and refused, the kernel-address shapes found and the first of them as {offset, value}, the reads
+    past the end of the region answered, the region's size from REGION_INFO); ``registers``,
     ``differ`` (reg-migrated/reg-while-stopped: per observation register {register, region,
     offset, source: the values allowed, dest}, and the names that differ); ``held``, ``writes``
     (session-*: what the bytes the device accepted are, "stream", "empty", "prefix", "damaged"
@@ -762,8 +764,8 @@ class Sweep:
             for width in region.widths:
                 cases.append(Case("reg-leak", run, None,
                                   f"every {width}-byte read of {region.name} (region {r}, +0..+{region.max_offset:#x}):"
-                                  " no kernel address", (run,),
-                                  expect(True, region=r, width=width, addresses=0),
+                                  " no kernel address; none past the region's end answered", (run,),
+                                  expect(True, region=r, width=width, addresses=0, outside=0),
                                   lambda sw, r=r, w=width: sw.check_reg_leak(r, w)))
         name = self.state_name
         tail = tuple(name(s) for s in (self.stop_copy_state, self.stop_state, self.resuming_state, self.loaded_state))
@@ -834,6 +836,8 @@ class Sweep:
         found: dict = {}
         reads = refused = 0
         run, run_at = bytearray(), 0
+        size = dev.pci_region_size(region)  # REGION_INFO's; reads past it must be refused
+        outside = []  # offsets past the end where a read was answered
 
         def flush() -> None:
             for at, value in kernel_addresses(bytes(run)):
@@ -853,6 +857,8 @@ class Sweep:
                 if aligned:
                     flush()
                 continue
+            if size is not None and off + width > size:
+                outside.append(off)
             for at, value in kernel_addresses(data):
                 found.setdefault(off + at, value)
             if aligned:  # the region as these reads see it, end to end (an address may straddle two reads)
@@ -862,11 +868,14 @@ class Sweep:
                 run += data
         flush()
         obs = f"{reads} reads ({refused} refused)"
+        if outside:
+            obs += f"; {len(outside)} answered past the region's end ({size:#x} bytes), from +{outside[0]:#x}"
         if found:
             at = min(found)
             obs += f"; kernel address {found[at]:#018x} at +{at:#x}" + (f" and {len(found) - 1} more"
                                                                          if len(found) > 1 else "")
-        return seen(obs, not found, err=0, reads=reads, refused=refused, addresses=len(found),
+        return seen(obs, not found and not outside, err=0, reads=reads, refused=refused, outside=len(outside),
+                    size=size, addresses=len(found),
                     found=[{"offset": o, "value": f"{v:#018x}"} for o, v in sorted(found.items())[:FOUND_SHOWN]])
 
     def check_reg_migrated(self, when: str) -> Seen:

@@ -34,7 +34,7 @@ import atheris
 
 from harness.runtime import EXIT_FINDING, EXIT_OK
 
-from . import crashfile, mutator
+from . import crashfile, layout, mutator
 from .codec import decode, encode
 from .executor import Executor
 from .findings import Finding, signature
@@ -42,12 +42,24 @@ from .program import Program, format_op, seed_programs
 from .targets import TargetSpec, open_target, parse_target
 
 ARC_COUNTERS = 1 << 14
+# Kernel coverage (KCOV, harness.kernel.kcov): one counter per distinct kernel PC (wrapping after
+# this many) and per comparison feature.
+KERNEL_PC_COUNTERS = 1 << 16
+KERNEL_CMP_COUNTERS = 1 << 14
 # Default input size bound: about 16 ops plus some payload.  Protocol bugs need
 # short programs, and shorter programs run faster; `-- -max_len=N` overrides.
 MAX_LEN = 1 + 16 * 8 + 64
 STATS_EVERY = 5.0  # seconds between live stats lines
-BYTE_MUTATION = 0.2  # share of mutations left to libFuzzer's byte mutator
+BYTE_MUTATION = 0.2  # share of mutations left to libFuzzer's byte mutator; the others stack 1-3 steps of:
+FIELD_EDITS = 0.2  # an inferred stream field set before a transfer (fuzz.layout, mutator.FieldEdits)
+OP_GROUPS = 0.15  # a save, a resume or a whole migration inserted (mutator.OpGroups)
+# (otherwise an op-level mutation: mutator.mutate_bytes)
+GENERATE = 0.1  # share of inputs that are new random programs (what shallow defects fall to first) ...
+GENERATE_EARLY = 0.5  # ... and in the first EARLY programs, while the corpus is young
+EARLY = 2000
 # What atheris instruments for code coverage, by --instrument level.
+SIM_ZOO_MODULE = "harness.sim.bugs"
+SIM_DEVICE_MODULES = ("harness.sim.v1", "harness.sim.v2")  # one device class per protocol
 INSTRUMENT_SCOPES = {
     "target": ("harness.sim",),
     "all": ("harness.sim", "fuzz.executor", "fuzz.oracles"),
@@ -73,12 +85,15 @@ def prepare_corpus(corpus: Path, proto: str) -> int:
 # ----------------------------------------------------------------------------- instrumentation
 
 
-def _functions(module: types.ModuleType):
-    """Every function defined in ``module``: module-level ones and the methods of its classes."""
+def _functions(module: types.ModuleType, skip=frozenset()):
+    """Every function defined in ``module``: module-level ones and the methods of its classes
+    (but those of the classes in ``skip``)."""
     filename = getattr(module, "__file__", None)
     for obj in list(vars(module).values()):
         candidates = [obj]
         if isinstance(obj, type) and obj.__module__ == module.__name__:
+            if obj in skip:
+                continue
             candidates = []
             for attr in vars(obj).values():
                 if isinstance(attr, (staticmethod, classmethod)):
@@ -92,20 +107,34 @@ def _functions(module: types.ModuleType):
                 yield f
 
 
-def instrument(prefixes) -> int:
-    """Instrument (atheris, in place) every function of the loaded modules named by ``prefixes``;
-    returns how many. The function objects stay the same, so references held elsewhere (bound
-    methods in tables, memoized helpers) run the instrumented code too."""
+def instrument(prefixes, skip=frozenset()) -> int:
+    """Instrument (atheris, in place) every function of the loaded modules named by ``prefixes``
+    (not the methods of the classes in ``skip``); returns how many. The function objects stay the
+    same, so references held elsewhere (bound methods in tables, memoized helpers) run the
+    instrumented code too."""
     count = 0
     quiet = contextlib.redirect_stderr(io.StringIO())
     with quiet:
         for name, module in sorted(sys.modules.items()):
             if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):
                 continue
-            for func in _functions(module):
+            for func in _functions(module, skip):
                 atheris.instrument_func(func)
                 count += 1
     return count
+
+
+def unused_classes(target) -> frozenset:
+    """The simulator classes a simulated target never runs: the other protocol's device, the bug
+    zoo's variants but its own (instrumenting them would only cost start-up time)."""
+    devices = getattr(target, "devices", ())
+    if getattr(target, "kind", "") != "sim" or not devices:
+        return frozenset()
+    used = {c for d in devices for c in (*type(d).__mro__, *getattr(d, "uart_class", object).__mro__)}
+    own = {c.__module__ for c in used} & set(SIM_DEVICE_MODULES)
+    modules = [SIM_ZOO_MODULE] + [m for m in SIM_DEVICE_MODULES if own and m not in own]
+    return frozenset(obj for name in modules if name in sys.modules for obj in vars(sys.modules[name]).values()
+                     if isinstance(obj, type) and obj.__module__ == name and obj not in used)
 
 
 # ----------------------------------------------------------------------------- a campaign
@@ -144,7 +173,13 @@ class Campaign:
         self.label = label  # names this campaign's lines when several run side by side
         self.arc_unbound = False
         self.arc_base = 0
+        self.kernel_coverage = None  # harness.kernel.kcov.KernelCoverage of a kernel target with KCOV
+        self.kernel_base = 0
+        self.tick_mask = 255  # look at the clock (budget, stats line) every tick_mask + 1 programs
         self.finished = False
+        self.field_edits: mutator.FieldEdits | None = None  # from the target's stream layout
+        self.boundaries: layout.BoundaryCoverage | None = None  # fields loaded at a boundary value
+        self.groups = mutator.OpGroups(spec.proto or "v2")
         self.scratch_log: Path | None = None  # libFuzzer's output, removed if nothing was found
         # libFuzzer's byte mutation; atheris.Fuzz() rebinds atheris.Mutate, so look it up per call
         self.byte_mutate = lambda data, max_size: atheris.Mutate(data, max_size)
@@ -152,13 +187,43 @@ class Campaign:
     # -- setup ------------------------------------------------------------------
 
     def load_target(self, scope: str = "target") -> None:
-        instrument(INSTRUMENT_SCOPES[scope])
         self.target = open_target(self.spec)
+        instrument(INSTRUMENT_SCOPES[scope], unused_classes(self.target))
         self.proto = self.target.proto
         self.executor = Executor(self.target)
+        self.groups = mutator.OpGroups(self.proto, self.target.profile)
         if hasattr(self.target, "on_hang"):  # a real device (harness.kernel.target): its watchdog calls this
             self.target.on_hang = self.on_hang
-            self.target.current_input = lambda: self.current  # for its flight recorder
+            self.target.current_input = lambda: self.current  # for its flight recorder and KCOV
+            self.tick_mask = 0  # a real device's program takes milliseconds: the clock every program
+
+    def load_layout(self, corpus: Path | None) -> None:
+        """The target's stream layout (kept in the corpus, else inferred now): field-aware mutations."""
+        found = layout.for_target(self.target, self.spec.text(), corpus)
+        if found.fields:
+            self.field_edits = mutator.FieldEdits(self.proto, found)
+            self.boundaries = layout.BoundaryCoverage(found, lambda f: mutator.boundary_values(
+                f.width, f.values, found.size, found.dictionary))
+        sums = ", ".join(f"{c.fix} at {c.at} from the end" for c in found.checksums) or "no checksum"
+        self.say(f"stream layout: {found.size} bytes, {len(found.fields)} fields, {sums}"
+                 + ("" if found.fields else " (no field-aware mutation)"))
+
+    def enable_kernel_feedback(self) -> None:
+        """Kernel coverage as feedback, when the target is a real device on a kernel with KCOV:
+        counters reserved after the protocol arcs' (after enable_arc_feedback; bound with them, on
+        the first input). Says once whether the kernel has KCOV."""
+        enable = getattr(self.target, "enable_kernel_coverage", None)
+        if enable is None:
+            return
+        description = enable()
+        self.kernel_coverage = self.target.coverage
+        if self.kernel_coverage is None:
+            self.say(f"kernel coverage: off ({description}); feedback is protocol arcs only")
+            return
+        self.kernel_base = atheris._reserve_counter()
+        for _ in range(KERNEL_PC_COUNTERS + KERNEL_CMP_COUNTERS - 1):
+            atheris._reserve_counter()
+        self.say(f"kernel coverage: {description}")
 
     def enable_arc_feedback(self) -> None:
         """Reserve one libFuzzer coverage counter per protocol-arc slot.
@@ -173,6 +238,9 @@ class Campaign:
 
     def bind_arc_feedback(self) -> None:
         self.executor.set_arc_feedback(atheris._trace_branch, self.arc_base, ARC_COUNTERS)
+        if self.kernel_coverage is not None:
+            self.kernel_coverage.bind(atheris._trace_branch, self.kernel_base, KERNEL_PC_COUNTERS,
+                                      self.kernel_base + KERNEL_PC_COUNTERS, KERNEL_CMP_COUNTERS)
         self.arc_unbound = False
 
     # -- one input --------------------------------------------------------------
@@ -183,10 +251,17 @@ class Campaign:
         self.current = data
         prog = decode(data, self.proto)
         finding = self.executor.run(prog)
+        if self.kernel_coverage is not None:
+            self.kernel_coverage.end_program()
+        oracle = self.executor.oracle
+        if oracle.loaded_stream is not None:
+            if self.boundaries is not None:
+                self.boundaries.note(oracle.loaded_stream)
+            oracle.loaded_stream = None
         self.execs += 1
         if finding is not None:
             self.on_finding(data, prog, finding)
-        if not self.execs & 255 or self.execs == self.runs:
+        if not self.execs & self.tick_mask or self.execs == self.runs:
             self.tick()
 
     def on_finding(self, data: bytes, prog: Program, finding: Finding) -> None:
@@ -248,15 +323,24 @@ class Campaign:
         now = now or time.monotonic()
         elapsed = max(now - self.started, 1e-9)
         cpu = max(time.process_time() - self.cpu_started, 1e-9)
-        return {"execs": self.execs, "execs_per_s": round(self.execs / elapsed, 1),
-                "execs_per_cpu_s": round(self.execs / cpu, 1), "arcs": self.arcs(),
-                "findings": len(self.findings), "elapsed_s": round(elapsed, 1)}
+        out = {"execs": self.execs, "execs_per_s": round(self.execs / elapsed, 1),
+               "execs_per_cpu_s": round(self.execs / cpu, 1), "arcs": self.arcs(),
+               "findings": len(self.findings), "elapsed_s": round(elapsed, 1)}
+        if self.kernel_coverage is not None:
+            out.update(self.kernel_coverage.stats())  # kernel_pcs, kernel_pcs_vfio, kernel_pcs_driver
+        if self.boundaries is not None:
+            out["fields_at_boundary"], out["fields"] = self.boundaries.counts()
+        return out
 
     def stats_line(self, now: float | None = None) -> None:
         s = self.stats(now)
         self.last_stats = now or time.monotonic()
+        kernel = (f" kernel PCs {s['kernel_pcs']} (VFIO core {s['kernel_pcs_vfio']}, driver "
+                  f"{s['kernel_pcs_driver']})" if "kernel_pcs" in s else "")
+        fields = f" fields at a boundary {s['fields_at_boundary']}/{s['fields']}" if "fields" in s else ""
         self.say(f"stats: {s['elapsed_s']}s execs {s['execs']} ({s['execs_per_s']:.0f}/s, "
-                 f"{s['execs_per_cpu_s']:.0f}/cpu-s) protocol arcs {s['arcs']} findings {s['findings']}")
+                 f"{s['execs_per_cpu_s']:.0f}/cpu-s) protocol arcs {s['arcs']} findings {s['findings']}{kernel}"
+                 f"{fields}")
         if self.report:
             self.report("stats", s)
 
@@ -297,11 +381,20 @@ class Campaign:
     def custom_mutator(self, data: bytes, max_size: int, seed: int) -> bytes:
         rng = self.rng
         rng.seed(seed)
+        if rng.random() < (GENERATE_EARLY if self.execs < EARLY else GENERATE):
+            return encode(mutator.trim_payload(mutator.random_program(self.proto, rng)))[:max_size]
         if rng.random() < BYTE_MUTATION:
             return self.byte_mutate(data, max_size)  # arguments and payload bytes
         out = data
-        for _ in range(1 + (rng.random() < 0.3)):
-            out = mutator.mutate_bytes(self.proto, out, rng)
+        edits = self.field_edits
+        for _ in range(1 + (rng.random() < 0.5) + (rng.random() < 0.25)):  # stacked: a migration, then its edit
+            r = rng.random()
+            if r < FIELD_EDITS and edits is not None:
+                out = edits.apply(out, rng) or out  # a program with no transfer is left as it is
+            elif r < FIELD_EDITS + OP_GROUPS:
+                out = self.groups.apply(out, rng)
+            else:
+                out = mutator.mutate_bytes(self.proto, out, rng)
         return out[:max_size]
 
     def custom_crossover(self, data1: bytes, data2: bytes, max_out: int, seed: int) -> bytes:
@@ -370,8 +463,10 @@ def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: camp.finish())
     camp.enable_arc_feedback()
+    camp.enable_kernel_feedback()
     nseeds = prepare_corpus(corpus, camp.proto) if seeds else 0
     corpus.mkdir(parents=True, exist_ok=True)
+    camp.load_layout(corpus)
     camp.say(f"fuzzing {spec.text()} (protocol {camp.proto}); corpus {corpus} ({nseeds} seeds); "
              f"crashes -> {crashes}" + (f"; libFuzzer's output -> {log}" if log else ""))
     if camp.known:
@@ -413,6 +508,8 @@ class EntryPoint:
         camp = self.campaign = Campaign(parse_target(self.target_text), raise_findings=True)
         camp.load_target("all")
         camp.enable_arc_feedback()
+        camp.enable_kernel_feedback()
+        camp.load_layout(None)
         argv = list(argv) + self.seed_args(argv, camp.proto)
         atheris.Setup(argv, camp.test_one_input, custom_mutator=camp.custom_mutator,
                       custom_crossover=camp.custom_crossover)

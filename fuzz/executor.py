@@ -23,9 +23,12 @@ from harness.runtime import (
     DRAIN_CHUNK,
     DRAIN_LIMIT,
     EINTR_RETRIES,
+    RACE_FD_CALLS,
     V1_DONE,
     V1_MORE,
+    race_call,
     read_to_end,
+    run_race,
     segments,
     v1_read_field,
     v1_save_iteration,
@@ -36,8 +39,8 @@ from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_HEADER_SIZE
 
 from . import model
 from .findings import Finding
-from .oracles import DeviceView, FindingRaised, V1Oracle, V2Oracle
-from .program import MANGLE_KINDS, OPS, SIZES, Program, format_op
+from .oracles import DeviceView, FindingRaised, RaceSide, V1Oracle, V2Oracle
+from .program import OPS, SIZES, Program, format_op, mangle_args, race_args
 
 # Outcomes of an op beyond an errno, for the arc feedback.
 OUTCOME_SKIPPED = 255  # nothing to act on: no such data_fd, nothing to transfer
@@ -164,8 +167,8 @@ class Executor:
 
     def _common_activity(self, op, view, dev):
         self._arc(view, "activity")
-        dev.activity(op.b)
-        self.oracle.on_activity(view, dev.digest() if self.has_digest else None)
+        sent = dev.activity(op.b)
+        self.oracle.on_activity(view, dev.digest() if self.has_digest else None, sent)
         return 0
 
     def _common_fault(self, op, view, dev):
@@ -176,7 +179,7 @@ class Executor:
         return 0
 
     def _common_mangle(self, op, view, dev):
-        self.oracle.on_mangle(view, MANGLE_KINDS[op.a], op.b)
+        self.oracle.on_mangle(view, mangle_args(op))
         if self.trace_on:
             self.note(f"capture now {len(view.capture)} bytes")
         return 0
@@ -212,7 +215,7 @@ class Executor:
         err, data = dev.reg_read(region, off, size)
         if self.trace_on:
             self.note(f"region {region} +{off:#x}: read {size} -> {model.errname(err)} {data.hex()}")
-        self.oracle.on_reg_read(view, region, off, err, data, guard_ok)
+        self.oracle.on_reg_read(view, region, off, err, data, guard_ok, dev.pci_region_size(region))
         if effects and not err:
             self.oracle.device_touched(view, dev.digest() if self.has_digest else None)
         return err
@@ -228,10 +231,41 @@ class Executor:
         err, n = dev.reg_write(region, off, data)
         if self.trace_on:
             self.note(f"region {region} +{off:#x}: write {data.hex()} -> {model.errname(err)}")
-        self.oracle.on_reg_write(view, region, off, data, err)
+        self.oracle.on_reg_write(view, region, off, data, err, dev.pci_region_size(region))
         if not err:
             self.oracle.device_touched(view, dev.digest() if self.has_digest else None)
         return err
+
+    def _common_race(self, op, view, dev):
+        """Two calls at once (``harness.runtime.run_race``: the simulator interleaves them as ``sched``
+        says; a real device gets two threads and a barrier), then the state read back; the oracle
+        judges both answers and the state against the two serial orders. Programs without a race
+        never get here: no thread is made, nothing is paid."""
+        x, y, sched = race_args(op)
+        v2 = self.proto == "v2"
+        sides = []
+        for kind, arg in (x, y):
+            index = fd = -1
+            if kind in RACE_FD_CALLS:
+                if not v2 or arg >= len(view.slots):
+                    return OUTCOME_SKIPPED  # no such data_fd (v1 has none)
+                index = len(view.slots) - 1 - arg
+                fd = view.slots[index].fd
+            sides.append((kind, arg, index, fd))
+        self._arc(view, f"race:{sides[0][0]}+{sides[1][0]}")
+        field, data = None if v2 else _DEVICE_STATE, op.data
+        fa, fb = ((lambda k=k, g=g, f=f: race_call(dev, k, g, f, data, field)) for k, g, _, f in sides)
+        before = dev.digest() if self.has_digest else None
+        answers = run_race(dev, fa, fb, sched)
+        gerr, got = dev.get_state() if v2 else v1_read_field(dev, *_DEVICE_STATE)
+        if self.trace_on:
+            said = [f"{k}{'(' + str(g) + ')' if k == 'set' else ''}{' fd ' + str(f) if f >= 0 else ''} -> "
+                    f"{model.errname(answer[0])}" for (k, g, _, f), answer in zip(sides, answers, strict=True)]
+            self.note(f"race sched={sched}: {said[0]} | {said[1]}; state {self.oracle.state_name(got)}")
+        race = tuple(RaceSide(k, g, i, answer) for (k, g, i, _), answer in zip(sides, answers, strict=True))
+        self.oracle.on_race(view, race, data, got, gerr, dev.live_files(), self.load_digests[op.dev],
+                            self.source_digests[op.dev], before)
+        return (op.a & 0x3F) | (64 if answers[0][0] or answers[1][0] else 0)  # the two calls, and a failure
 
     def _check_frozen(self, view, dev) -> None:
         if self.has_digest and view.state in self.oracle.stopped_states:
@@ -254,6 +288,7 @@ class Executor:
     v2_reopen = _common_reopen
     v2_rdreg = _common_rdreg
     v2_wrreg = _common_wrreg
+    v2_race = _common_race
 
     def v2_transfer(self, op, view, dev):
         dst = self.views[op.a]
@@ -421,6 +456,7 @@ class Executor:
     v1_reopen = _common_reopen
     v1_rdreg = _common_rdreg
     v1_wrreg = _common_wrreg
+    v1_race = _common_race
 
     def v1_set(self, op, view, dev):
         cur, value = view.state, op.b

@@ -41,7 +41,18 @@ from . import crashfile
 from .errors import UsageError
 from .findings import Finding, short_hash, signature
 from .minimize import minimize_program
-from .program import FAULT_KINDS, OPS, SIZES, Program, field_value, format_op, parse_program
+from .program import (
+    F_RACE,
+    FAULT_KINDS,
+    OPS,
+    SIZES,
+    Program,
+    applies,
+    field_value,
+    format_op,
+    parse_program,
+    signed,
+)
 from .targets import open_target, parse_target
 from .triage import format_trace, replay
 
@@ -121,9 +132,13 @@ def devices_used(prog: Program) -> int:
 
 def op_args(proto: str, op) -> dict:
     """An op's arguments by the field names of ``fuzz.program.OPS`` (names for fault kinds,
-    mangle kinds and v1 fields, bytes for payloads): what ``harness.runtime.Replay`` takes."""
+    mangle kinds and v1 fields, bytes for payloads): what ``harness.runtime.Replay`` takes. A field
+    not in use (a mangle's arg when it changes a field) is left out."""
     out = {}
-    for f in OPS[proto][op.code].fields:
+    fields = OPS[proto][op.code].fields
+    for f in fields:
+        if f.when and not applies(fields, f, op):
+            continue
         value = field_value(f, op)
         if f.kind == "size":
             value = SIZES[value]
@@ -131,6 +146,12 @@ def op_args(proto: str, op) -> dict:
             value = FAULT_KINDS[value]
         elif f.kind == "mangle":
             value = runtime.MANGLE_KINDS[value]
+        elif f.kind == "fix":
+            value = runtime.FIX_KINDS[value]
+        elif f.kind == "race":
+            value = runtime.RACE_CALLS[value]
+        elif f.kind == "signed":
+            value = signed(value, f.limit)
         elif f.kind == "v1field":
             value = uapi.V1_FIELD_NAMES[value]
         elif f.kind == "bytes":
@@ -400,7 +421,7 @@ _C_TYPES = {"B": "uint8_t", "H": "uint16_t", "I": "uint32_t", "L": "uint32_t", "
 # harness.runtime's constants the C runtime uses, under the same names with MF_ in front.
 C_RUNTIME_CONSTS = ("EXIT_OK", "EXIT_FINDING", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_INCONCLUSIVE",
                     "DRAIN_LIMIT", "DRAIN_CHUNK", "EINTR_RETRIES", "MAX_READ", "MANGLE_CHUNK", "SEG_RANDOM",
-                    "SEG_RANDOM_MAX")
+                    "SEG_RANDOM_MAX", "RACE_READ", "RACE_SCHEDS", "RACE_OK", "RACE_FD", "RACE_FAILED", "RACE_GOT")
 THREE_BIT_DIR = "defined(__powerpc__) || defined(__mips__) || defined(__sparc__) || defined(__alpha__)"
 MF_UNUSED = "__attribute__((unused))"
 
@@ -548,6 +569,7 @@ def _c_runtime_consts() -> list[str]:
     out = ["", "/* ---- from harness/runtime.py */", ""]
     out += [f"#define MF_{name} {getattr(runtime, name)}" for name in C_RUNTIME_CONSTS]
     out += ["enum mf_mangle {"] + [f"\tMF_MANGLE_{_c_ident(k)}," for k in runtime.MANGLE_KINDS] + ["};"]
+    out += ["enum mf_fix {"] + [f"\tMF_FIX_{_c_ident(k)}," for k in runtime.FIX_KINDS] + ["};"]
     out += ["enum mf_check {", "\tMF_CHECK_NONE,"] + [f"\tMF_CHECK_{_c_ident(k)}," for k in runtime.CHECKS] + ["};"]
     out += _c_array("char *const", "mf_check_text",
                     [c_string("not checkable from user space")] + [c_string(t) for t in runtime.CHECKS.values()])
@@ -556,11 +578,17 @@ def _c_runtime_consts() -> list[str]:
             *(f"\t{{ {lo:#x}ULL, {hi:#x}ULL }}," for lo, hi in runtime.KERNEL_RANGES), "};",
             f"#define MF_KERNEL_RANGES_N {len(runtime.KERNEL_RANGES)}"]
     out += ["enum mf_opcode {"] + [f"\tMF_OP_{_c_ident(name)}," for name in c_op_names()] + ["};"]
+    out += ["enum mf_race_call {"] + [f"\tMF_RACE_CALL_{_c_ident(k)}," for k in runtime.RACE_CALLS] + ["};"]
+    out += ["/* a race op's fields, packed in a (fuzz.program.F_RACE) */"]
+    out += [f"#define MF_RACE_{_c_ident(f.name)}_SHIFT {f.shift}\n#define MF_RACE_{_c_ident(f.name)}_MASK {f.limit - 1}"
+            for f in F_RACE if f.shift >= 0]
     out += ["", "/* One op of the program: what a and b mean is the op's (fuzz/program.py); a register op's",
-            " * fields packed in a come unpacked in region, off and size (bytes). */",
+            " * fields packed in a come unpacked in region, off and size (bytes), a mangle's in kind, off,",
+            " * width, value (sign-extended), fix and at. */",
             "struct mf_op {", "\tint code;", "\tint dev;", "\tuint32_t a;", "\tuint32_t b;",
             "\tconst unsigned char *data;", "\tuint32_t len;", "\tuint32_t region;", "\tuint32_t off;",
-            "\tuint32_t size;", "\tconst char *text;", "};"]
+            "\tuint32_t size;", "\tint kind;", "\tuint32_t width;", "\tlong long value;", "\tint fix;",
+            "\tuint32_t at;", "\tconst char *text;", "};"]
     return out
 
 
@@ -580,7 +608,11 @@ def _c_program(ex: Export) -> list[str]:
         name = _c_ident(OPS[prog.proto][op.code].name)
         args = op_args(prog.proto, op)
         reg = ", ".join(f"{args.get(field, 0)}u" for field in ("region", "off", "size"))
-        rows.append(f"\t{{ MF_OP_{name}, {op.dev}, {op.a}u, {op.b:#x}u, {data}, {len(op.data)}u, {reg}, "
+        kind = args.get("kind")
+        mangle = (f"MF_MANGLE_{_c_ident(kind)}, {args.get('width', 0)}u, {args.get('value', 0)}LL, "
+                  f"MF_FIX_{_c_ident(args.get('fix', 'none'))}, {args.get('at', 0)}u"
+                  if name == "MANGLE" else "0, 0u, 0LL, 0, 0u")
+        rows.append(f"\t{{ MF_OP_{name}, {op.dev}, {op.a}u, {op.b:#x}u, {data}, {len(op.data)}u, {reg}, {mangle}, "
                     f"{c_string(format_op(prog.proto, op))} }},")
     out += ["static const struct mf_op mf_program[] = {", *rows, "};", ""]
     test, arg = f.check

@@ -67,17 +67,27 @@ KINDS = (
     Kind("state-changed-while-stopped", "the device's state changed while it was not running", (None,)),
     Kind("info-leak", "the device handed out a kernel address, or data-out bytes that never entered it "
                       "(uninitialized or out-of-bounds memory)", ("kernel_address", "not_entered")),
+    Kind("out-of-bounds", "a register access past the end of its region (the size VFIO_DEVICE_GET_REGION_INFO "
+                          "reports; 0: not implemented) succeeded: the driver read or wrote memory it does not own",
+         ("ok",)),
     Kind("resource-leak", "the driver still holds a migration file it must have released", (None,)),
     Kind("region-layout", "v1: the data window lies outside the migration region", ("window_outside",)),
     Kind("hang", "a call that never returns, or a stream that never ends", ("hang",)),
     Kind("target-exception", "an exception escaped from the target (a simulator or harness defect)",
          ("exception",)),
+    Kind("race-not-serializable", "two calls made at once gave answers, or left a state (in a simulator: the files "
+                                  "its driver holds), that no serial order of the two gives",
+         ("race_outcome_not_in", None)),
     Kind("kernel-splat", "the kernel logged a WARN, BUG, oops or lockup report while the program ran "
                          "(real devices)", (None,)),
 )
 FINDING_KINDS = tuple(k.name for k in KINDS)
 DESCRIPTIONS = {k.name: k.description for k in KINDS}
-KIND_CHECKS = {k.name: k.checks for k in KINDS}
+# A finding made at a race step may be of any kind (one call's answer wrong on its own), but its claim
+# is on the race's answer, which the reproducers replay as one step: its outcome where that fits no
+# serial order of the two calls, else nothing they can check (fuzz.oracles.Oracle.on_race).
+RACE_CHECKS = ("race_outcome_not_in", None)
+KIND_CHECKS = {k.name: tuple(dict.fromkeys(k.checks + RACE_CHECKS)) for k in KINDS}
 
 
 class Finding(NamedTuple):
@@ -147,8 +157,10 @@ def signature(finding: Finding, coarse: bool = False) -> str:
     elsewhere in a file keep the signature). ``coarse`` drops the state the arc started
     from, so one defect reachable from several states is one signature; where the oracle
     named the finding's cause (a data_fd used after reset, whichever call used it), the
-    coarse signature is kind|cause: one defect, one signature."""
-    if coarse and finding.cause:
+    coarse signature is kind|cause: one defect, one signature. A kernel report's cause is its
+    title and top frames (``harness.kernel.kmsg.KernelReport.cause``): the kernel stack names the
+    defect whatever op the report followed, so both signatures are kind|cause."""
+    if finding.cause and (coarse or finding.kind == "kernel-splat"):
         return f"{finding.kind}|{finding.cause}"
     parts = [finding.kind, coarse_arc(finding.arc) if coarse else finding.arc, op_name(finding)]
     if finding.kind == "target-exception":

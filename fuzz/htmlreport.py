@@ -13,7 +13,7 @@
   ``expected``/``observed`` strings are only shown, never read.
 * :func:`campaign_html` — one page for a campaign's JSON-lines report
   (``{"type": "stats", ...}`` / ``{"type": "finding", ...}`` lines): line
-  charts of executions, speed, protocol arcs and findings over time, and the
+  charts of executions, speed, protocol arcs, kernel PCs (KCOV) and findings over time, and the
   distinct findings (one per signature). A report appended to by a resumed
   campaign holds several runs, each with its clock starting at 0: they are laid
   end to end (:func:`stitch_runs`).
@@ -1127,13 +1127,17 @@ CHARTS = (  # stats key, title, colour, step
     ("execs_per_s", "Executions per second", "#6a1b9a", False),
     ("execs_per_cpu_s", "Executions per CPU second", "#4527a0", False),
     ("arcs", "Protocol arcs covered", "#2e7d32", False),
+    ("kernel_pcs", "Kernel PCs covered (KCOV)", "#37474f", False),
+    ("kernel_pcs_vfio", "Kernel PCs covered: VFIO core", "#5d4037", False),
+    ("kernel_pcs_driver", "Kernel PCs covered: the driver", "#ad1457", False),
     ("cov", "Code coverage (edges)", "#00838f", False),
     ("corpus", "Corpus size", "#ef6c00", False),
     ("findings", "Findings (total)", "#c62828", True),
 )
 
 
-CUMULATIVE = frozenset({"execs", "arcs", "cov", "corpus", "findings"})
+CUMULATIVE = frozenset({"execs", "arcs", "cov", "corpus", "findings", "kernel_pcs", "kernel_pcs_vfio",
+                        "kernel_pcs_driver"})
 
 
 # finding field -> class of its table cell ("long": may be one long token, wraps anywhere)
@@ -1170,7 +1174,9 @@ def campaign_html(stats_rows, findings, out=None) -> str:
     last = stats[-1] if stats else {}
     n = len(found)
     summary = (f"{_fmt(last.get('elapsed_s', 0))} s \u00b7 {_fmt(last.get('execs', 0))} executions \u00b7 "
-               f"{last.get('arcs', 0)} protocol arcs \u00b7 {n} distinct finding{'s' if n != 1 else ''}"
+               f"{last.get('arcs', 0)} protocol arcs \u00b7 "
+               + (f"{last['kernel_pcs']} kernel PCs \u00b7 " if _number(last.get("kernel_pcs")) else "")
+               + f"{n} distinct finding{'s' if n != 1 else ''}"
                + (f" ({len(reports)} reports)" if len(reports) != n else "")
                + (f" \u00b7 {nruns} runs" if nruns > 1 else "")) if stats else "no stats rows"
     body = [f"<h1>Fuzzing campaign{': <code>' + escape(target) + '</code>' if target else ''}</h1>",

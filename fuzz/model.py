@@ -13,7 +13,14 @@ import errno as _errno
 from collections import deque
 from typing import NamedTuple
 
-from harness.runtime import errname  # noqa: F401  (the protocol's names live here for the fuzzer)
+from harness.runtime import (
+    RACE_FAILED,
+    RACE_FD,
+    RACE_GOT,
+    RACE_OK,
+    errname,  # noqa: F401  (the protocol's names live here for the fuzzer)
+    race_outcome,
+)
 from harness.uapi import (  # noqa: F401  (V1_HEADER_SIZE, V1_SAVING, V1_STOPPED_STATES: part of the model)
     FEATURE_GET,
     FEATURE_MASK,
@@ -302,6 +309,29 @@ def v1_saving(state: int) -> bool:
     return (state & V1_MASK) in V1_SAVING_STATES
 
 
+# ---------------------------------------------------------------------------
+# a migration (§3, the sequences QEMU makes): the states a source is set to while it saves (each
+# followed by reading its stream to the end, and in a live one by pre-copy iterations), the state a
+# destination is set to before the stream is written into it, and the states that end its resume
+# session (the load)
+# ---------------------------------------------------------------------------
+
+
+class Migration(NamedTuple):
+    saves: tuple    # alternatives, each the states a source passes through in order
+    resume: int
+    loads: tuple    # alternatives
+    live: int       # the saving state in which the device still runs: pre-copy iterations
+
+
+MIGRATIONS = {
+    "v2": Migration(((STOP_COPY,), (PRE_COPY, STOP_COPY), (RUNNING_P2P, STOP, STOP_COPY)), RESUMING,
+                    (STOP, RUNNING), PRE_COPY),
+    "v1": Migration(((V1_SAVING,), (V1_SAVING | V1_RUNNING, V1_SAVING)), V1_RESUMING, (V1_RUNNING, 0),
+                    V1_SAVING | V1_RUNNING),
+}
+
+
 # Region fields: name -> access rule.
 #   "rw"   read/write;  "ro" writes must not change it;  "zero" reads 0, writes ignored;
 #   "data" read while SAVING, written while RESUMING.
@@ -332,6 +362,87 @@ V1_READ_SIDE_EFFECTS = {
     "pending_bytes": "acknowledges the staged chunk",
     "data_offset": "stages the next chunk",
 }
+
+
+# ---------------------------------------------------------------------------
+# races: two calls at once (§8.14) must give the answers and the state of one
+# serial order of the two
+# ---------------------------------------------------------------------------
+
+
+class RaceSlot(NamedTuple):
+    """A data_fd as a racing call finds it."""
+
+    live: bool | None  # its session still runs (None: unknown, after ERROR)
+    saving: bool
+    open: bool = True  # not closed yet (by the other call, or a reopen)
+
+
+class RaceCall(NamedTuple):
+    """One side of a race: a call of harness.runtime.RACE_CALLS."""
+
+    kind: str
+    arg: int = 0  # the state a SET asks for (v2), the device_state value written (v1)
+    slot: int = -1  # the data_fd it uses: an index into the slots (-1: none)
+
+
+def race_step(proto: str, flags: int, state: int, slots: tuple, call: RaceCall) -> list:
+    """What one call may do to a device in ``state`` with data_fds ``slots``: a (result, state after,
+    slots after) for every answer a correct device may give (results: harness.runtime.RACE_*)."""
+    kind = call.kind
+    if kind in ("reset", "reopen"):  # every session ends; a reopen also closes the data_fds
+        after = tuple(s._replace(live=False, open=s.open and kind == "reset") for s in slots)
+        return [(RACE_OK, RUNNING if proto == "v2" else V1_RESET_STATE, after)]
+    if kind == "get":
+        return [(RACE_GOT | min(state, 0x7F), state, slots)]
+    if kind == "set":
+        return _race_set(proto, flags, state, slots, call.arg)
+    slot = slots[call.slot]
+    same, failed = (state, slots), [(RACE_FAILED, state, slots)]
+    either = [(RACE_OK, *same), (RACE_FAILED, *same)]
+    if not slot.open:
+        return failed
+    if kind == "close":
+        return [(RACE_OK, state, slots[:call.slot] + (slot._replace(open=False),) + slots[call.slot + 1:])]
+    if slot.live is None:
+        return either
+    if not slot.live:
+        return failed
+    if kind == "read":  # in pre-copy, ENOMSG is the temporary end of the stream
+        return failed if not slot.saving else [(RACE_OK, *same)] if state == STOP_COPY else either
+    if kind == "write":  # a resume write may be refused (a bad stream, a full buffer)
+        return either if not slot.saving and state == RESUMING else failed
+    return [(RACE_OK, *same)] if slot.saving and state in PRECOPY_INFO_STATES else failed
+
+
+def _race_set(proto: str, flags: int, state: int, slots: tuple, arg: int) -> list:
+    if proto == "v1":
+        new = arg & V1_MASK
+        if not v1_write_allowed(state, arg):  # refused: the old state, or 110b
+            return [(RACE_FAILED, state, slots), (RACE_FAILED, V1_ERROR, slots)]
+        loads = v1_is_load(state, new)
+        return [(RACE_OK, new, slots)] + ([(RACE_FAILED, state, slots)] if loads else [])
+    p = plan(flags, state, arg)
+    if p is None:
+        return [(RACE_FAILED, state, slots)]
+    after = tuple(s._replace(live=False) for s in slots) if p.ends else slots
+    out = [(RACE_FD if p.fd else RACE_OK, p.hops[-1] if p.hops else state, after)]
+    if p.load:  # the load may refuse what was written: the device stays in RESUMING
+        out.append((RACE_FAILED, state, slots))
+    return out
+
+
+def race_outcomes(proto: str, flags: int, state: int, slots: tuple, a: RaceCall, b: RaceCall) -> tuple:
+    """The outcomes (harness.runtime.race_outcome) a correct device may give when ``a`` and ``b``
+    race from ``state``: ({outcome: state after the first call} for a then b, the same for b then a)."""
+    orders = []
+    for first, second, a_first in ((a, b, True), (b, a, False)):
+        table: dict = {}
+        for r1, s1, slots1 in race_step(proto, flags, state, slots, first):
+            for r2, s2, _ in race_step(proto, flags, s1, slots1, second):
+                table.setdefault(race_outcome(*((r1, r2) if a_first else (r2, r1)), s2), s1)
+        orders.append(table)
+    return orders[0], orders[1]
 
 
 # ---------------------------------------------------------------------------

@@ -11,9 +11,31 @@ from __future__ import annotations
 
 import random
 
+from harness.runtime import RACE_FD_CALLS
+
 from . import codec
 from .codec import decode, encode
-from .program import FAULT_KINDS, MANGLE_KINDS, MAX_OPS, MAX_PAYLOAD, NDEVICES, OPCODES, OPS, Op, Program, normalize
+from .model import MIGRATIONS
+from .program import (
+    F_RACE_SCHED,
+    FAULT_KINDS,
+    FIELD_MANGLES,
+    FIX_KINDS,
+    MANGLE_KINDS,
+    MAX_OPS,
+    MAX_PAYLOAD,
+    NDEVICES,
+    OPCODES,
+    OPS,
+    RACE_CALLS,
+    RACE_SCHEDS,
+    SIZES,
+    Op,
+    Program,
+    mangle_slots,
+    normalize,
+    race_slot,
+)
 
 _RECORD = codec.RECORD
 RECORD = _RECORD.size
@@ -61,8 +83,13 @@ def random_op(proto: str, rng: random.Random, code: int | None = None) -> Op:
         a = rng.randrange(1, 6)
         b = rng.randrange(len(FAULT_KINDS))
     elif name == "mangle":
-        a = rng.randrange(len(MANGLE_KINDS))
-        b = rng.getrandbits(16)
+        kind = rng.choice(MANGLE_KINDS)
+        if kind in FIELD_MANGLES:  # a field anywhere, of any width: no idea where the fields are
+            fix = FIX_KINDS[0] if rng.random() < 0.7 else rng.choice(FIX_KINDS)
+            a, b = mangle_slots(kind, rng.getrandbits(15), rng.choice(SIZES), blind_value(rng), fix,
+                                rng.getrandbits(8))
+        else:
+            a, b = mangle_slots(kind, rng.getrandbits(16))
     elif name == "feature":
         a = rng.choice((0, 4, 8, 12, 16, 24))
         b = rng.choice((1, 2, 9, 3, 6, 0x1234)) | rng.choice((0x10000, 0x20000, 0x40000, 0x30000, 0x50000, 0,
@@ -73,10 +100,47 @@ def random_op(proto: str, rng: random.Random, code: int | None = None) -> Op:
     elif name in ("rdreg", "wrreg"):
         a = register_access(rng)
         b = rng.choice(REGISTER_VALUES) if rng.random() < 0.5 else rng.getrandbits(8 if rng.random() < 0.8 else 32)
+    elif name == "race":
+        a, data = race_op_args(proto, rng)
     return normalize(proto, Op(code, dev, a, b, data))
 
 
+# The races worth most (PROTOCOL §8.14): reset against a data_fd call or a SET, SET against close, reopen
+# against read, two SETs, two writes into one resume session; either way round.
+RACE_PAIRS = {
+    "v2": (("reset", "read"), ("reset", "write"), ("reset", "set"), ("set", "close"), ("reopen", "read"),
+           ("set", "set"), ("set", "get"), ("set", "read"), ("reset", "precopy"), ("close", "read"),
+           ("write", "write")),
+    "v1": (("reset", "set"), ("set", "set"), ("set", "get"), ("reopen", "set")),
+}
+
+
+def race_op_args(proto: str, rng: random.Random) -> tuple[int, bytes]:
+    """Slot a and the payload of a race op: mostly a pair of RACE_PAIRS, any pair sometimes; a SET
+    asks for a valid state, a data_fd call mostly uses the newest data_fd; any interleaving."""
+    if rng.random() < 0.8:
+        x, y = rng.choice(RACE_PAIRS[proto])
+        if rng.random() < 0.5:
+            x, y = y, x
+    else:
+        x, y = rng.choice(RACE_CALLS), rng.choice(RACE_CALLS)
+    args = []
+    for kind in (x, y):
+        if kind == "set":
+            args.append(rng.randrange(1, 8) if proto == "v2" else rng.randrange(5))
+        else:
+            args.append(rng.randrange(3) if kind in RACE_FD_CALLS and rng.random() < 0.3 else 0)
+    data = rng.randbytes(rng.choice((1, 4, 16, 64))) if "write" in (x, y) else b""
+    return race_slot(x, args[0], y, args[1], rng.randrange(RACE_SCHEDS)), data
+
+
 REGISTER_VALUES = (0x00, 0x01, 0x03, 0x07, 0x0F, 0x41, 0x80, 0x83, 0xFF)  # UART modes: DLAB, FIFO clear, ...
+EDGE_VALUES = (0, 1, 2, -1, -2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF)  # a field's usual edges
+
+
+def blind_value(rng: random.Random) -> int:
+    """A value for a field change knowing nothing of the field: an edge value or any 16-bit number."""
+    return rng.choice(EDGE_VALUES) if rng.random() < 0.6 else rng.getrandbits(16)
 
 
 def register_access(rng: random.Random) -> int:
@@ -142,6 +206,12 @@ def mutate_bytes(proto: str, data: bytes, rng: random.Random, donor: bytes | Non
         code = records[i][0] % len(OPS[proto])
         if OPS[proto][code].name in ("write", "wrwin"):
             records[i] = records[i][:4] + rng.randbytes(4)
+        elif OPS[proto][code].name == "race":  # another interleaving of the same calls, or other calls
+            a = _RECORD.unpack(records[i])[2]
+            sched = F_RACE_SCHED
+            a = a & ~((sched.limit - 1) << sched.shift) | rng.randrange(sched.limit) << sched.shift \
+                if rng.random() < 0.5 else race_op_args(proto, rng)[0]
+            records[i] = records[i][:2] + a.to_bytes(2, "little") + records[i][4:]  # the payload stays
         else:
             op = random_op(proto, rng, code)
             records[i] = _RECORD.pack(records[i][0], records[i][1], op.a, op.b)
@@ -161,6 +231,154 @@ def crossover_bytes(a: bytes, b: bytes, rng: random.Random) -> bytes:
     ra, pa = _split(a)
     rb, _ = _split(b)
     return _join(ra[:rng.randint(0, len(ra))] + rb[rng.randint(0, len(rb)):], pa)
+
+
+# ----------------------------------------------------------------------------- op groups
+
+
+class OpGroups:
+    """The op groups a migration is made of (``fuzz.model.MIGRATIONS``), inserted whole into a
+    program: a source's save (its states, each followed by reading the stream to the end; in the
+    live saving state maybe a pre-copy iteration as QEMU makes it: the device works, a read,
+    PRECOPY_INFO, a read), a destination's resume (the resume state, a transfer from the source in
+    some segmentation, a state that loads; then, as a guest that runs on would, maybe a read of a
+    register the profile names, a data-out one half the time), both in a row, or an iteration
+    alone. One op at a time, a search has to find five ops in order on two devices, none of them
+    new coverage alone, before a stream reaches a loader."""
+
+    def __init__(self, proto: str, profile=None):
+        codes = OPCODES[proto]
+        m = MIGRATIONS[proto]
+        self.pack = _RECORD.pack
+        self.codes = codes
+        self.proto = proto
+        self.migration = m
+        # registers a running guest reads: one byte of a data-out register, or of an observe one
+        regions = [r for r in (profile.regions.values() if profile is not None else ()) if 1 in r.widths]
+        reads = (tuple(r.index << 12 | reg.offset for r in regions for reg in r.registers.values() if reg.read == role)
+                 for role in ("data-out", "observe"))
+        self.reads = tuple(group for group in reads if group)
+
+    def _save(self, rng: random.Random, dev: int) -> list:
+        codes, pack, out = self.codes, self.pack, []
+        for state in rng.choice(self.migration.saves):
+            out += [pack(codes["set"], dev, 0, state), pack(codes["drain"], dev, 0, 0)]
+            if state == self.migration.live and rng.random() < 0.5:
+                out += self._iterate(rng, dev)
+        return out
+
+    def _resume(self, rng: random.Random, src: int) -> list:
+        codes, pack, dst = self.codes, self.pack, 1 - src
+        seg = rng.choice(SEGMENTS)
+        if seg == 1024:
+            seg = 1024 + rng.randrange(1 << 12)
+        m = self.migration
+        out = [pack(codes["set"], dst, 0, m.resume), pack(codes["transfer"], src, dst, seg),
+               pack(codes["set"], dst, 0, rng.choice(m.loads))]
+        if self.reads and rng.random() < 0.5:
+            out.append(pack(codes["rdreg"], dst, rng.choice(rng.choice(self.reads)), 0))
+        return out
+
+    def _iterate(self, rng: random.Random, dev: int) -> list:
+        codes, pack = self.codes, self.pack
+        work = pack(codes["activity"], dev, 0, rng.getrandbits(16))
+        if self.proto != "v2":
+            return [work, pack(codes["save"], dev, 0, 0)]
+        return [work, pack(codes["read"], dev, 0, rng.choice(READ_SIZES)), pack(codes["precopy"], dev, 0, 0),
+                pack(codes["read"], dev, 0, rng.choice(READ_SIZES))]
+
+    def apply(self, data: bytes, rng: random.Random) -> bytes:
+        """``data`` with a save, a resume, a whole migration or a pre-copy iteration inserted at a
+        random place."""
+        records, payload = _split(data)
+        src = rng.randrange(NDEVICES)
+        r = rng.random()
+        if r < 0.2:
+            group = self._save(rng, src)
+        elif r < 0.4:
+            group = self._resume(rng, src)
+        elif r < 0.85:
+            group = self._save(rng, src) + self._resume(rng, src)
+        else:
+            group = self._iterate(rng, src)
+        i = rng.randint(0, len(records))
+        records[i:i] = group
+        return _join(records, payload[:MAX_PAYLOAD])
+
+
+# ----------------------------------------------------------------------------- field-aware stream edits
+
+# A field change's value is a 17-bit two's complement number (fuzz.program F_MANGLE_VALUE).
+SMALL_FIELD = 64  # a varying field whose captures never held more is a counter or an index, likely
+SMALL_FIELD_WEIGHT = 4
+_VALUE_MIN, _VALUE_MAX = -(1 << 16), (1 << 16) - 1
+
+
+def boundary_values(width: int, seen: tuple, size: int, dictionary: tuple = ()) -> tuple:
+    """Values worth giving a field of ``width`` bytes whose captures showed ``seen`` (in a stream of
+    ``size`` bytes): 0, 1, the largest, small negatives, the edges of signed and unsigned bytes and
+    half-words, sizes (the next powers of two above what was seen, the stream's size) and one off
+    them, the values seen and one off them, the dictionary. Each once, as its own width wraps it."""
+    top = max(seen, default=0)
+    pow2 = 1 << max(top, 1).bit_length()
+    raw = [0, 1, 2, -1, -2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, size, size - 1, size + 1,
+           top + 1, top + 2, pow2, pow2 - 1, pow2 + 1, 2 * pow2, 4 * pow2]
+    raw += [v + d for v in seen for d in (-1, 0, 1)] + list(dictionary)
+    modulus = 1 << (8 * width)
+    out = {}
+    for v in raw:
+        v %= modulus
+        shown = v if v <= _VALUE_MAX else v - modulus  # a value the field change can carry
+        if _VALUE_MIN <= shown <= _VALUE_MAX:
+            out.setdefault(v, shown)
+    return tuple(out[k] for k in sorted(out))
+
+
+class FieldEdits:
+    """Field-aware stream mutations from an inferred layout (``fuzz.layout.Layout``): a mangle op on
+    the source of a transfer that sets one inferred field to one of its :func:`boundary_values` (a
+    length: also moves it by one), fixing up the checksum the layout recognised, so the change
+    reaches the loader; or cuts or extends the stream by one byte. Every candidate op is packed once,
+    here; :meth:`apply` only picks one and puts it in a program's binary form."""
+
+    def __init__(self, proto: str, layout):
+        self.mangle = OPCODES[proto]["mangle"]
+        self.transfer = OPCODES[proto]["transfer"]
+        self.ncodes = len(OPS[proto])
+        fix, at = (layout.checksums[0].fix, layout.checksums[0].at) if layout.checksums else ("none", 0)
+        groups = []
+        for f in layout.fields:
+            values = boundary_values(f.width, f.values, layout.size, layout.dictionary)
+            ops = tuple(mangle_slots("set", f.off, f.width, v, fix, at) for v in values)
+            if f.role == "length":
+                ops += tuple(mangle_slots("add", f.off, f.width, d, fix, at) for d in (-1, 1))
+            # counters and indices are picked more often than data, header bytes and lengths
+            small = f.role == "varying" and max(f.values) < SMALL_FIELD
+            groups += [ops] * (SMALL_FIELD_WEIGHT if small else 1)
+        # one byte less, one more (its value a multiple of 16: what extend arg=16k appends)
+        groups += [(mangle_slots("truncate", 0),) + tuple(mangle_slots("extend", 16 * k) for k in range(16))] \
+            * SMALL_FIELD_WEIGHT
+        self.groups = tuple(g for g in groups if g)
+        self.fields = len(layout.fields)
+
+    def apply(self, data: bytes, rng: random.Random) -> bytes | None:
+        """``data`` with one field edit before one of its transfers (replacing the mangle op just
+        before it, if there is one), on the transfer's source device; None if it has no transfer."""
+        records, payload = _split(data)
+        ncodes = self.ncodes
+        at = [i for i, r in enumerate(records) if r[0] % ncodes == self.transfer]
+        if not at or not self.groups:
+            return None
+        i = rng.choice(at)
+        a, b = rng.choice(rng.choice(self.groups))
+        record = _RECORD.pack(self.mangle, records[i][1], a, b)
+        if i and records[i - 1][0] % ncodes == self.mangle and rng.random() < 0.5:
+            records[i - 1] = record
+        elif len(records) < MAX_OPS:
+            records.insert(i, record)
+        else:
+            return None
+        return _join(records, payload)
 
 
 def trim_payload(prog: Program) -> Program:

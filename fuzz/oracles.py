@@ -12,9 +12,25 @@ defect. The ``expected``/``observed`` strings only render that claim for people.
 """
 from __future__ import annotations
 
+import copy
 import errno
+from typing import NamedTuple
 
-from harness.runtime import V1_DATA, V1_DONE, V1_MORE, V1_OFFSET, V1_PENDING, kernel_addresses
+from harness.runtime import (
+    FIELD_MANGLES,
+    RACE_FAILED,
+    RACE_FD,
+    RACE_OK,
+    RACE_READ,
+    V1_DATA,
+    V1_DONE,
+    V1_MORE,
+    V1_OFFSET,
+    V1_PENDING,
+    kernel_addresses,
+    race_outcome,
+    race_result,
+)
 from harness.runtime import mangle as transport_mangle
 from harness.uapi import V1_ERROR, V1_MASK, V1_RUNNING, V1_SAVING
 
@@ -53,7 +69,7 @@ class Slot:
 class DeviceView:
     """The protocol-side view of one device during a program (written by the oracle only)."""
 
-    __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled", "original",
+    __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled", "edited", "original",
                  "resume", "resume_kind", "resume_opaque", "write_failed", "frozen", "pc_expect", "pc_initial",
                  "entered", "pending_last")
 
@@ -64,9 +80,11 @@ class DeviceView:
         self.capture_done = False  # the end of that stream was seen
         self.capture_tainted = False  # bytes may be missing (v1 raw field access)
         self.mangled = False  # a transport fault changed the capture after it was complete
+        self.edited = False  # a field of that complete capture was set (a valid stream, for all one knows)
         self.original: bytes | None = None  # the complete stream as the device sent it
         self.resume = bytearray()  # bytes written into the current resume session
-        self.resume_kind = ""  # "", "derived" (one transfer of a capture), "derived-damaged", "mixed"
+        # "", "derived" (one transfer of a capture), "derived-damaged", "derived-edited", "mixed"
+        self.resume_kind = ""
         self.resume_opaque = False  # the device took bytes the executor cannot know
         self.write_failed = False  # a resume write of this session failed (no injected fault)
         self.frozen: bytes | None = None  # digest when the device last stopped
@@ -81,7 +99,7 @@ class DeviceView:
 
     def new_capture(self) -> None:
         self.capture = bytearray()
-        self.capture_done = self.capture_tainted = self.mangled = False
+        self.capture_done = self.capture_tainted = self.mangled = self.edited = False
         self.original = None
         self.pc_expect = self.pc_initial = -1
 
@@ -112,6 +130,7 @@ class Oracle:
         self.observe: tuple | None = None
         # (state before, op name, requested value or None): formatted only for a finding
         self.arc_at: tuple = (0, "", None)
+        self.loaded_stream: bytearray | None = None  # what the last successful load was written (the campaign's)
 
     def begin(self) -> list[DeviceView]:
         """A fresh view of every device (all in the power-on state) for a new program."""
@@ -143,11 +162,13 @@ class Oracle:
         return Finding("target-exception", -1, "no exception", f"{type(exc).__name__}: {exc}", self.arc,
                        detail=tb, check=Check("exception"))
 
-    def on_splats(self, lines: list[str]) -> None:
-        """Kernel reports logged while the program ran (real devices)."""
-        if lines:
-            self.fail("kernel-splat", "no kernel WARN, BUG, oops or lockup report", lines[0],
-                      detail="\n".join(lines))
+    def on_splats(self, reports: list) -> None:
+        """Kernel reports logged while the program ran (real devices): ``harness.kernel.kmsg.KernelReport``s
+        (their title and top frames become the finding's cause, their whole text its detail) or bare lines."""
+        if reports:
+            first = reports[0]
+            self.fail("kernel-splat", "no kernel WARN, BUG, oops or lockup report", getattr(first, "headline", first),
+                      detail="\n".join(getattr(r, "text", r) for r in reports), cause=getattr(first, "cause", ""))
 
     def on_fault_fired(self, view: DeviceView, got: int, error: int) -> None:
         """An injected fault fired during an op; ``got`` is the state the device reports now.
@@ -192,11 +213,14 @@ class Oracle:
                 self.fail("info-leak", "no kernel address in what the device hands out",
                           f"{value:#018x} from {where} (byte {at})", Check("kernel_address"), cause="kernel address")
 
-    def on_reg_read(self, view: DeviceView, region: int, off: int, err: int, data: bytes, guard_ok: bool) -> None:
-        """A register read (rdreg): kernel addresses anywhere in it; every byte of a data-out register
-        (a receive FIFO) must have entered the device through the program, or be its idle value."""
+    def on_reg_read(self, view: DeviceView, region: int, off: int, err: int, data: bytes, guard_ok: bool,
+                    limit: int | None) -> None:
+        """A register read (rdreg): kernel addresses anywhere in it; inside the region (``limit``: its
+        size); every byte of a data-out register (a receive FIFO) must have entered the device through
+        the program, or be its idle value."""
         if err:
             return
+        self.check_bounds(region, off, len(data), limit, "read")  # the defect a leak past the end comes from
         self.check_addresses(view, data, f"region {region} +{off:#x}")
         if not guard_ok:
             return
@@ -208,9 +232,21 @@ class Oracle:
                           f"{byte:#04x} (byte {i} of a {len(data)}-byte read at region {region} +{off:#x}), "
                           f"never written", Check("not_entered", (i, reg.idle)), cause=f"{reg.name} data")
 
-    def on_reg_write(self, view: DeviceView, region: int, off: int, data: bytes, err: int) -> None:
-        if not err and self.profile.write_role(region, off) == "data-in":
+    def on_reg_write(self, view: DeviceView, region: int, off: int, data: bytes, err: int,
+                     limit: int | None) -> None:
+        if err:
+            return
+        self.check_bounds(region, off, len(data), limit, "write")
+        if self.profile.write_role(region, off) == "data-in":
             view.entered.update(data)
+
+    def check_bounds(self, region: int, off: int, size: int, limit: int | None, what: str) -> None:
+        """An access past the end of a region must fail: vfio-pci refuses it (vfio_pci_bar_rw(),
+        vfio_pci_config_rw()); a driver with its own read/write must bound the offset itself (mtty's
+        mdev_access() does not: samples/vfio-mdev/mtty.c)."""
+        if limit is not None and off + size > limit:
+            self.fail("out-of-bounds", f"a {what} past the end of region {region} ({limit:#x} bytes) is refused",
+                      f"a {size}-byte {what} at +{off:#x} succeeded", OK, cause=f"region {region} {what} past its end")
 
     def device_touched(self, view: DeviceView, digest: bytes | None) -> None:
         """The program changed the device through its registers (a write, a read with side effects):
@@ -277,6 +313,7 @@ class Oracle:
         """Judge the end of a resume session (v1: RESUMING cleared; v2: RESUMING->STOP)."""
         verdict, source = self.resume_verdict(view)
         if ok:
+            self.loaded_stream = view.resume
             self.accepted_bytes(view)
             if verdict == "valid" and self.observed:
                 self.observe = ("dest", self.views.index(view), bytes(view.resume))
@@ -316,27 +353,40 @@ class Oracle:
         if live is not None and live != expected:
             self.fail("resource-leak", f"{expected} migration file(s) held by the driver", f"{live}")
 
+    def check_files(self, view: DeviceView, live: int | None) -> None:
+        """The driver holds the files of the view's state (``files_expected``)."""
+        expected = self.files_expected(view)
+        if expected is not None:
+            self.check_leak(expected, live)
+
     def stopped(self, view: DeviceView) -> bool:
         return view.state in self.stopped_states
 
-    def on_activity(self, view: DeviceView, digest: bytes | None) -> None:
+    def on_activity(self, view: DeviceView, digest: bytes | None, sent: bytes | None) -> None:
+        """``sent``: bytes the activity put through data-in registers (a real UART's TX, looped back)."""
         view.pc_expect = -1
+        if sent:
+            view.entered.update(sent)
         if digest is not None and view.state in self.stopped_states:
             self.check_frozen(view, digest)
 
     # -- transport -----------------------------------------------------------------
 
-    def on_mangle(self, view: DeviceView, kind: str, arg: int) -> bool:
-        """Apply a transport fault to the capture; True if the bytes changed."""
+    def on_mangle(self, view: DeviceView, args: tuple) -> bool:
+        """Apply a transport fault (``harness.runtime.mangle``'s arguments) to the capture; True if
+        the bytes changed. A field set to a value (``set``, ``add``, checksum fixed up) may make a
+        stream another valid one: a device that loads it is not judged on it (only on what it does
+        with it: exceptions, leaks, hangs)."""
         cap = view.capture
         if not cap:
             return False
         before = bytes(cap)
-        transport_mangle(cap, kind, arg)
+        transport_mangle(cap, *args)
         after = bytes(cap)
         if view.capture_done:
             # damaged: a complete stream the device sent, no longer byte for byte what it sent
             view.mangled = view.original is not None and after != view.original
+            view.edited = view.mangled and (view.edited or (args[0] in FIELD_MANGLES and after != before))
         elif after != before:
             view.capture_tainted = True  # no longer what the device sent: never "complete"
         return after != before
@@ -348,7 +398,7 @@ class Oracle:
         if not data:
             return None
         dst.resume_kind = "mixed" if dst.resume or dst.resume_kind else (
-            "derived-damaged" if src.mangled else "derived")
+            "derived-edited" if src.edited else "derived-damaged" if src.mangled else "derived")
         return data
 
     def transfer_failed(self, dst: DeviceView, data: bytes, err: int, fault: bool, complete: bool) -> None:
@@ -360,6 +410,120 @@ class Oracle:
             dst.write_failed = True
         dst.resume_kind = "mixed"
 
+    # -- races -------------------------------------------------------------------------
+
+    def on_race(self, view: DeviceView, sides: tuple, data: bytes, got: int | None, gerr: int, live: int | None,
+                load_digest, source_digest, digest_before: bytes | None = None) -> None:
+        """Two calls raced (``sides``: two :class:`RaceSide`); ``got`` is the state read after both.
+        Their results and that state must be those of one serial order of the two (the model's
+        ``race_outcomes``); the view then goes through the calls in that order, each judged as it
+        would be on its own (a stream read, a load, a misused data_fd ...). Only a load changes
+        the device's digest: after the first call of an order it is ``digest_before`` (taken
+        before the race) unless that call is the load."""
+        if gerr or got is None:
+            self.fail("rejected-valid", "reading the state after a race succeeds", errname(gerr), GET_FAILED)
+        state = got & self.race_mask
+        code = race_outcome(*(race_result(s.kind, s.answer, self.race_mask) for s in sides), state)
+        slots = tuple(model.RaceSlot(s.live, s.saving) for s in view.slots)
+        calls = [model.RaceCall(s.kind, s.arg, s.index) for s in sides]
+        orders = model.race_outcomes(self.proto, self.flags, view.state, slots, *calls)
+        fits = [(order, table[code]) for order, table in enumerate(orders) if code in table]
+        replay = (view, sides, data, state, live, load_digest, source_digest, digest_before)
+        if not fits:
+            allowed = sorted(set(orders[0]) | set(orders[1]))
+            claim = Check("race_outcome_not_in", tuple(allowed))
+            blamed = self.race_blame(replay, orders)
+            if blamed is not None:  # one call's answer is wrong whatever the order: that call's defect
+                raise FindingRaised(blamed._replace(check=claim))
+            names = [s.kind for s in sides]
+            self.fail("race-not-serializable", "the results and state of one serial order: "
+                      + " or ".join(self.race_text(c, names) for c in allowed), self.race_text(code, names),
+                      claim, cause="+".join(sorted(names)))
+        saved = copy.deepcopy((self.views, self.known, self.source_registers, self.observe)) if len(fits) > 1 else None
+        wrong = []  # per order tried: the finding its replay made, or the files it leaves the driver
+        for i, (order, mid) in enumerate(fits):
+            if i:
+                self.restore(copy.deepcopy(saved))  # the other order, from where the race began
+            try:
+                self.race_replay(replay, order, mid)
+            except FindingRaised as fr:
+                wrong.append(fr.finding)
+                continue
+            files = self.files_expected(view)
+            if live is not None and files is not None and live != files:
+                wrong.append(files)  # the answers are those of this order, the driver's state is not
+                continue
+            if len(fits) > 1:  # which order it was is not known: nor whether a load happened (to compare the
+                self.observe = None  # registers it would have loaded), nor what PRECOPY_INFO's sizes cover
+                view.pc_expect = -1
+            return
+        if isinstance(wrong[0], Finding):  # a call's own claim is no claim on the race's answer
+            raise FindingRaised(wrong[0]._replace(check=UNCHECKABLE))
+        self.fail("race-not-serializable", f"{wrong[0]} migration file(s) held by the driver, as after the serial "
+                  f"order the answers fit", f"{live}", UNCHECKABLE, cause="+".join(sorted(s.kind for s in sides)))
+
+    def race_replay(self, replay: tuple, order: int, mid: int) -> None:
+        """The view through a race's calls in serial order ``order`` (0: a then b), the first leaving
+        ``mid``; each judged as on its own."""
+        view, sides, data, state, live, load_digest, source_digest, digest_before = replay
+        first, second = sides if order == 0 else sides[::-1]
+        slot1, slot2 = (view.slots[s.index] if s.index >= 0 else None for s in (first, second))
+        loads = first.kind == "set" and not first.answer[0] and self.race_loads(view.state, first.arg)
+        digest = load_digest if digest_before is None or loads else (lambda: digest_before)
+        self.race_apply(view, first, slot1, data, mid, digest, source_digest)
+        self.race_apply(view, second, slot2, data, state, load_digest, source_digest)
+
+    def race_blame(self, replay: tuple, orders: tuple) -> Finding | None:
+        """A race whose outcome fits no serial order: one call's own defect if every order's replay
+        finds the same call accepting what it must refuse (a SET of ERROR, a read on a dead data_fd:
+        no interleaving makes a refused request succeed); else None, the race's. A call refused
+        where both orders allow it is the race's: the other call may have run in its middle."""
+        view, sides = replay[0], replay[1]
+        saved = copy.deepcopy((self.views, self.known, self.source_registers, self.observe))
+        slots = tuple(model.RaceSlot(s.live, s.saving) for s in view.slots)
+        blamed = []
+        for order in (0, 1):
+            first = sides[order]
+            result = race_result(first.kind, first.answer, self.race_mask)
+            mids = [after for got, after, _ in model.race_step(self.proto, self.flags, view.state, slots,
+                                                                 model.RaceCall(first.kind, first.arg, first.index))
+                    if got == result]
+            try:
+                self.race_replay(replay, order, mids[0] if mids else view.state)
+                blamed.append(None)
+            except FindingRaised as fr:
+                blamed.append(fr.finding)
+            self.restore(copy.deepcopy(saved))
+        kinds = {(f.kind, f.check.test) if f is not None else None for f in blamed}
+        return blamed[0] if len(kinds) == 1 and None not in kinds and blamed[0].check.test == "ok" else None
+
+    def restore(self, saved: tuple) -> None:
+        views, known, registers, self.observe = saved
+        for view, old in zip(self.views, views, strict=True):
+            for name in DeviceView.__slots__:
+                setattr(view, name, getattr(old, name))
+        self.known.clear()
+        self.known.update(known)
+        self.source_registers.clear()
+        self.source_registers.update(registers)
+
+    def race_text(self, code: int, names: list) -> str:
+        """An outcome (harness.runtime.race_outcome) for people."""
+        said = []
+        for name, result in zip(names, (code >> 8 & 0xFF, code >> 16 & 0xFF), strict=True):
+            what = {RACE_OK: "ok", RACE_FD: "ok with a data_fd", RACE_FAILED: "failed"}.get(result)
+            said.append(f"{name} {what or 'read ' + self.state_name(result & 0x7F)}")
+        return f"({', '.join(said)}, then {self.state_name(code & 0xFF)})"
+
+
+class RaceSide(NamedTuple):
+    """One call of a race, as the executor made it."""
+
+    kind: str  # harness.runtime.RACE_CALLS
+    arg: int  # the state a SET asked for
+    index: int  # the data_fd it used: its index in the view's slots (-1: none)
+    answer: tuple  # (errno, value), as harness.runtime.race_call returns it
+
 
 class V2Oracle(Oracle):
     """Judgement for protocol v2 (VFIO_DEVICE_FEATURE + data_fd)."""
@@ -369,10 +533,41 @@ class V2Oracle(Oracle):
     stopped_states = model.STOPPED_STATES
     saving_states = model.SAVING_GROUP
     state_name = value_name = staticmethod(v2_name)
+    proto = "v2"
+    race_mask = -1  # a racing GET's value and the state after a race, as read
 
     def __init__(self, target):
         super().__init__(target)
         self.flags = target.flags
+
+    def race_loads(self, state: int, new: int) -> bool:
+        """Whether a SET of ``new`` from ``state`` loads a resume session (when it succeeds)."""
+        plan = model.plan(self.flags, state, new)
+        return plan is not None and plan.load
+
+    def race_apply(self, view: DeviceView, side: RaceSide, slot: Slot | None, data: bytes, after: int,
+                   load_digest, source_digest) -> None:
+        """One call of a race in its serial order; ``after``: the state it leaves (the model's, or
+        the one read after the race for the second call)."""
+        kind, (err, value) = side.kind, side.answer
+        if kind == "reset":
+            self.on_reset(view, err, after, 0, None)
+        elif kind == "reopen":
+            self.on_reopen(view, err, after, 0, None)
+        elif kind == "set":
+            self.on_set(view, view.state, side.arg, err, value, after, 0, False, load_digest)
+        elif kind == "get":
+            self.on_get(view, err, value)
+        elif slot not in view.slots:
+            return  # closed by the other call (or a reopen): its failure is all there is to it
+        elif kind == "read":
+            self.on_read(view, slot, RACE_READ, err, value, False, source_digest)
+        elif kind == "write":
+            self.on_write(view, slot, err, value, data, False)
+        elif kind == "close":
+            self.on_close(view, slot, err)
+        else:
+            self.on_precopy(view, slot, err, *(value or (0, 0)), False)
 
     def on_set(self, view: DeviceView, cur: int, new: int, err: int, fd: int, got: int,
                gerr: int, fault: bool, digest_fn) -> None:
@@ -589,9 +784,9 @@ class V2Oracle(Oracle):
         view.pc_expect = view.pc_initial = -1
         self.check_leak(0, live)
 
-    def check_files(self, view: DeviceView, live: int | None) -> None:
-        if view.state != model.ERROR:
-            self.check_leak(int(view.state in model.SESSION_STATES), live)
+    def files_expected(self, view: DeviceView) -> int | None:
+        """The migration files the driver holds in the view's state (None: unknown, in ERROR)."""
+        return None if view.state == model.ERROR else int(view.state in model.SESSION_STATES)
 
 
 class V1Oracle(Oracle):
@@ -603,10 +798,30 @@ class V1Oracle(Oracle):
     saving_states = model.V1_SAVING_STATES
     state_name = staticmethod(v1_name)
     value_name = staticmethod(v1_value)
+    proto = "v1"
+    flags = 0
+    race_mask = V1_MASK  # reserved bits are the driver's (§1.1)
 
     def __init__(self, target):
         super().__init__(target)
         self.region_size = target.region_size
+
+    @staticmethod
+    def race_loads(state: int, value: int) -> bool:
+        return model.v1_is_load(state, value & V1_MASK)
+
+    def race_apply(self, view: DeviceView, side: RaceSide, slot: Slot | None, data: bytes, after: int,
+                   load_digest, source_digest) -> None:
+        """One call of a race in its serial order (v1 races no data_fd calls)."""
+        kind, (err, value) = side.kind, side.answer
+        if kind == "reset":
+            self.on_reset(view, err, after, None)
+        elif kind == "reopen":
+            self.on_reopen(view, err, after, 0, None)
+        elif kind == "set":
+            self.on_set(view, view.state, side.arg, err, after, False, load_digest)
+        else:
+            self.on_get(view, err, value)
 
     def on_set(self, view: DeviceView, cur: int, value: int, err: int, got: int | None,
                fault: bool, digest_fn) -> None:
@@ -781,6 +996,5 @@ class V1Oracle(Oracle):
         view.new_capture()
         self.check_leak(0, live)
 
-    def check_files(self, view: DeviceView, live: int | None) -> None:
-        if view.state != V1_ERROR:
-            self.check_leak(int(model.v1_saving(view.state)), live)
+    def files_expected(self, view: DeviceView) -> int | None:
+        return None if view.state == V1_ERROR else int(model.v1_saving(view.state))

@@ -21,7 +21,7 @@ from importlib import resources
 from typing import NamedTuple
 
 from harness.base import FAULT_KINDS
-from harness.runtime import MANGLE_KINDS, SEG_RANDOM
+from harness.runtime import FIELD_MANGLES, FIX_KINDS, MANGLE_KINDS, RACE_CALLS, RACE_SCHEDS, SEG_RANDOM
 from harness.uapi import V1_FIELD_NAMES, MigState
 
 TEXT_MAGIC = "migfuzz-program"
@@ -46,9 +46,24 @@ class Field(NamedTuple):
 
     name: str
     slot: str  # "a", "b" or "data"
-    kind: str  # "int", "hex", "state", "v1state", "v1field", "fault", "mangle", "bytes", "size"
+    kind: str  # "int", "hex", "signed", "state", "v1state", "v1field", "fault", "mangle", "fix", "race", "bytes",
+    #           "size"
     limit: int = 0  # values are taken modulo limit (0: the slot's full width)
     shift: int = -1  # >= 0: one of several fields packed in the slot, at this bit (limit is then 1 << bits)
+    when: tuple = ()  # (name, values): the field exists only while the op's field `name` has one of these values
+
+
+def applies(fields: tuple, f: Field, op) -> bool:
+    """Whether field ``f`` is in use in ``op`` (an op whose spec has ``fields``): see ``Field.when``."""
+    if not f.when:
+        return True
+    name, values = f.when
+    return any(field_value(g, op) in values and applies(fields, g, op) for g in fields if g.name == name)
+
+
+def signed(value: int, limit: int) -> int:
+    """A "signed" field's value: two's complement in log2(limit) bits."""
+    return value - limit if value >= limit >> 1 else value
 
 
 def field_value(f: Field, op) -> int | bytes:
@@ -82,7 +97,18 @@ F_DST = Field("dst", "a", "int", NDEVICES)
 F_SEG = Field("seg", "b", "int", 1 << 16)
 F_SEED = Field("seed", "b", "int")
 F_FAULT = (Field("nth", "a", "int", 16), Field("kind", "b", "fault", len(FAULT_KINDS)))
-F_MANGLE = (Field("kind", "a", "mangle", len(MANGLE_KINDS)), Field("arg", "b", "int", 1 << 16))
+# mangle: the kind in a's low bits; truncate..swap take arg, set/add a field's offset, width and value
+# (17-bit two's complement) and a checksum to fix up after the change: FIX_KINDS, its field `at`
+# bytes before the stream's end (harness.runtime.mangle).
+_WHOLE = ("kind", tuple(i for i, k in enumerate(MANGLE_KINDS) if k not in FIELD_MANGLES))
+_FIELD = ("kind", tuple(MANGLE_KINDS.index(k) for k in FIELD_MANGLES))
+F_MANGLE = (Field("kind", "a", "mangle", len(MANGLE_KINDS), 0),
+            Field("arg", "b", "int", 1 << 16, 0, _WHOLE),
+            Field("off", "b", "int", 1 << 15, 0, _FIELD),
+            Field("width", "a", "size", 4, 3, _FIELD),
+            Field("value", "b", "signed", 1 << 17, 15, _FIELD),
+            Field("fix", "a", "fix", len(FIX_KINDS), 5, _FIELD),
+            Field("at", "a", "int", 1 << 8, 8, ("fix", tuple(range(1, len(FIX_KINDS))))))
 
 COMMON_OPS = (
     OpSpec("reset", (), "VFIO_DEVICE_RESET"),
@@ -93,6 +119,32 @@ COMMON_OPS = (
            "write this device's captured stream into dst's resume session, in pieces of seg bytes "
            f"(0: one write; >= {SEG_RANDOM}: random splits seeded by seg)"),
 )
+
+F_MANGLE_KIND, F_MANGLE_ARG, F_MANGLE_OFF, F_MANGLE_WIDTH, F_MANGLE_VALUE, F_MANGLE_FIX, F_MANGLE_AT = F_MANGLE
+
+
+def mangle_args(op) -> tuple:
+    """A mangle op's arguments as ``harness.runtime.mangle`` takes them:
+    (kind, arg or the field's offset, width, value, fix, at)."""
+    kind = MANGLE_KINDS[field_value(F_MANGLE_KIND, op)]
+    if kind not in FIELD_MANGLES:
+        return kind, field_value(F_MANGLE_ARG, op)
+    return (kind, field_value(F_MANGLE_OFF, op), SIZES[field_value(F_MANGLE_WIDTH, op)],
+            signed(field_value(F_MANGLE_VALUE, op), F_MANGLE_VALUE.limit), FIX_KINDS[field_value(F_MANGLE_FIX, op)],
+            field_value(F_MANGLE_AT, op))
+
+
+def mangle_slots(kind: str, arg: int, width: int = 1, value: int = 0, fix: str = "none", at: int = 0) -> tuple:
+    """The record slots (a, b) of a mangle op: the inverse of :func:`mangle_args` (``arg`` is the
+    field's offset for set/add; every number is taken modulo its field's range)."""
+    code = MANGLE_KINDS.index(kind)
+    if kind not in FIELD_MANGLES:
+        return code, arg % F_MANGLE_ARG.limit
+    fix_code = FIX_KINDS.index(fix)
+    a = (code | SIZES.index(width) << F_MANGLE_WIDTH.shift | fix_code << F_MANGLE_FIX.shift
+         | (at % F_MANGLE_AT.limit if fix_code else 0) << F_MANGLE_AT.shift)
+    return a, arg % F_MANGLE_OFF.limit | (value % F_MANGLE_VALUE.limit) << F_MANGLE_VALUE.shift
+
 
 V2_OPS = COMMON_OPS + (
     OpSpec("set", (Field("state", "b", "state"),), "SET MIG_DEVICE_STATE (any u32)"),
@@ -131,8 +183,32 @@ DEVICE_OPS = (
     OpSpec("wrreg", (F_REGION, F_OFF, F_SIZE, Field("value", "b", "hex")),
            "pwrite the low size bytes of value at off of a device region"),
 )
-V2_OPS = V2_OPS + DEVICE_OPS
-V1_OPS = V1_OPS + DEVICE_OPS
+# race, last in both tables: two calls x and y (RACE_CALLS) at once, their arguments (the state a set
+# asks for, or the data_fd slot of read/write/close/precopy) and the interleaving sched, packed in
+# slot a (3 + 3 + 4 + 3 + 3 bits); what a racing write writes is the payload.
+F_RACE = (Field("x", "a", "race", len(RACE_CALLS), 0), Field("xarg", "a", "int", 8, 10),
+          Field("y", "a", "race", len(RACE_CALLS), 3), Field("yarg", "a", "int", 8, 13),
+          Field("sched", "a", "int", RACE_SCHEDS, 6), F_DATA)
+RACE_OPS = (
+    OpSpec("race", F_RACE, "calls x and y at once, from two threads (the simulator runs interleaving sched of "
+                           "them; a real device two threads released by a barrier)"),
+)
+F_RACE_X, F_RACE_XARG, F_RACE_Y, F_RACE_YARG, F_RACE_SCHED, _ = F_RACE
+
+
+def race_args(op) -> tuple:
+    """A race op's arguments: ((call x, its argument), (call y, its argument), sched)."""
+    return ((RACE_CALLS[field_value(F_RACE_X, op)], field_value(F_RACE_XARG, op)),
+            (RACE_CALLS[field_value(F_RACE_Y, op)], field_value(F_RACE_YARG, op)), field_value(F_RACE_SCHED, op))
+
+
+def race_slot(x: str, xarg: int, y: str, yarg: int, sched: int) -> int:
+    """Slot a of a race op: the inverse of :func:`race_args` (numbers taken modulo their ranges)."""
+    fields = ((F_RACE_X, RACE_CALLS.index(x)), (F_RACE_XARG, xarg), (F_RACE_Y, RACE_CALLS.index(y)),
+              (F_RACE_YARG, yarg), (F_RACE_SCHED, sched))
+    return sum((value % f.limit) << f.shift for f, value in fields)
+V2_OPS = V2_OPS + DEVICE_OPS + RACE_OPS
+V1_OPS = V1_OPS + DEVICE_OPS + RACE_OPS
 OPS = {"v1": V1_OPS, "v2": V2_OPS}
 OPCODES = {proto: {spec.name: code for code, spec in enumerate(table)} for proto, table in OPS.items()}
 
@@ -154,6 +230,8 @@ def normalize(proto: str, op: Op) -> Op:
     spec = OPS[proto][op.code]
     a, b, data = 0, 0, b""
     for f in spec.fields:
+        if f.when and not applies(spec.fields, f, op):
+            continue
         if f.slot == "data":
             data = bytes(op.data[:MAX_PAYLOAD])
         elif f.shift >= 0:  # packed fields fill their slot's bits exactly
@@ -187,6 +265,13 @@ def _show(f: Field, op: Op) -> str:
         return FAULT_KINDS[value]
     if f.kind == "mangle":
         return MANGLE_KINDS[value]
+    if f.kind == "fix":
+        return FIX_KINDS[value]
+    if f.kind == "race":
+        return RACE_CALLS[value]
+    if f.kind == "signed":
+        value = signed(value, f.limit)
+        return hex(value) if value >= 0 else str(value)
     if f.kind == "hex":
         return hex(value)
     return str(value)
@@ -204,17 +289,26 @@ def _parse_value(f: Field, text: str):
             return FAULT_KINDS.index(text)
         if f.kind == "mangle":
             return MANGLE_KINDS.index(text)
+        if f.kind == "fix":
+            return FIX_KINDS.index(text)
+        if f.kind == "race":
+            return RACE_CALLS.index(text)
         if f.kind == "size":
             return SIZES.index(int(text, 0))
-        return int(text, 0)
+        value = int(text, 0)
     except ValueError:
         raise ProgramError(f"bad value {text!r} for {f.name}") from None
+    if f.kind == "signed":
+        if not -(f.limit >> 1) <= value < f.limit >> 1:
+            raise ProgramError(f"{f.name}={text} is out of range ({-(f.limit >> 1)}..{(f.limit >> 1) - 1})")
+        return value % f.limit
+    return value
 
 
 def format_op(proto: str, op: Op) -> str:
     spec = OPS[proto][op.code]
     parts = [spec.name, str(op.dev)]
-    parts += [f"{f.name}={_show(f, op)}" for f in spec.fields]
+    parts += [f"{f.name}={_show(f, op)}" for f in spec.fields if not f.when or applies(spec.fields, f, op)]
     return " ".join(parts)
 
 
@@ -235,6 +329,7 @@ def parse_op(proto: str, line: str) -> Op:
         raise ProgramError(f"{words[0]}: expected a device index 0..{NDEVICES - 1} after the op name")
     values = {"a": 0, "b": 0, "data": b""}
     by_name = {f.name: f for f in spec.fields}
+    given = []
     for word in words[2:]:
         name, eq, text = word.partition("=")
         if not eq or name not in by_name:
@@ -251,7 +346,14 @@ def parse_op(proto: str, line: str) -> Op:
         if f.shift >= 0:
             value = values[f.slot] | value << f.shift
         values[f.slot] = value
-    return Op(code, int(words[1]), values["a"], values["b"], values["data"])
+        given.append(f)
+    op = Op(code, int(words[1]), values["a"], values["b"], values["data"])
+    for f in given:
+        if f.when and not applies(spec.fields, f, op):
+            name, allowed = f.when
+            shown = "|".join(_show(by_name[name], with_field(by_name[name], Op(code, 0), v)) for v in allowed)
+            raise ProgramError(f"{words[0]}: {f.name}= goes with {name}={shown} only")
+    return op
 
 
 def parse_program(text: str) -> Program:

@@ -76,6 +76,13 @@ class JsonlReporter:
             except OSError:
                 pass
 
+    def release(self) -> None:
+        """Stop writing, without the final stats line or SARIF/JUnit: for a line added to a report a
+        campaign goes on with (``migfuzz vm``: a kernel panic's finding, between two boots)."""
+        if not self.closed:
+            self.closed = True
+            self._file.close()
+
     def close(self, stats: dict | None = None) -> None:
         """Final stats line, then migfuzz.sarif and junit.xml (the engine _exits right after)."""
         if self.closed:

@@ -20,13 +20,15 @@ specified but cannot be opened here: exit 3), both from ``harness.base``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 from harness.base import TargetError, TargetUnavailable
 from harness.kernel.target import open_kernel_target
 from harness.sim import BUGS, SimTarget
 
-__all__ = ["TargetError", "TargetSpec", "TargetUnavailable", "open_target", "parse_target", "require_opt_in"]
+__all__ = ["TargetError", "TargetSpec", "TargetUnavailable", "default_corpus", "open_target", "parse_target",
+           "require_opt_in"]
 
 
 class TargetSpec(NamedTuple):
@@ -116,6 +118,11 @@ def open_target(spec: TargetSpec | str):
         return SimTarget(spec.proto, spec.flags, spec.bug, spec.options.get("seed", 0),
                          digest=spec.options.get("digest", 1) != 0)
     return open_kernel_target(spec)
+
+
+def default_corpus(proto: str) -> Path:
+    """The corpus directory a campaign on a ``proto`` target uses unless told otherwise."""
+    return Path("corpus") / proto
 
 
 OPT_IN_FLAG = "--i-know-this-resets-the-device"

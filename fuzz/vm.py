@@ -48,19 +48,32 @@ import sys
 from pathlib import Path
 
 from harness.base import TargetUnavailable
-from harness.kernel import flight, rig
+from harness.kernel import debugkernel, flight, rig, selfcheck
+from harness.kernel.kmsg import first_fatal, kernel_reports
 from harness.runtime import EXIT_FINDING, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
 from .codec import decode
-from .crashfile import save_finding
+from .crashfile import read_meta, save_finding
 from .errors import UsageError
-from .findings import Finding
+from .findings import Finding, signature
+from .report import JSONL_NAME, JUNIT_NAME, SARIF_NAME, JsonlReporter, read_jsonl, write_reports
 
 SUMMARY_FILE = "vm-summary.json"
 GUEST_RESULTS = "$MIGFUZZ_RESULTS"
-BOOT_ALLOWANCE = 180.0     # boot + Python/atheris start-up under TCG + shutdown, on a loaded host
-STATS = re.compile(r"migfuzz: stats: ([\d.]+)s execs (\d+) \([^)]*\) protocol arcs (\d+) findings (\d+)")
+# Boot + Python/atheris start-up under TCG + shutdown, on a loaded host, by --kernel (KASAN and
+# lockdep make the debug kernel's boot and every system call slower).
+BOOT_ALLOWANCE = {"stock": 180.0, "debug": 420.0}
+RESTART_MIN = 30.0  # --keep-going: seconds left of --max-time that are worth booting again after a panic
+# --keep-going after a panic: the boots that follow report instead of panicking (every KASAN report, not
+# just the first), so the program that panicked the guest cannot end every later boot in seconds; their
+# sanitizer reports are the in-guest kernel-splat findings of the program that ran (/dev/kmsg).
+KEEP_RUNNING_ARGS = "panic_on_warn=0 kasan_multi_shot"
+STATS = re.compile(r"migfuzz: stats: ([\d.]+)s execs (\d+) \([^)]*\) protocol arcs (\d+) findings (\d+)"
+                   r"(?: kernel PCs (\d+) \(VFIO core (\d+), driver (\d+)\))?")
 EXCERPT_BEFORE, EXCERPT_AFTER = 5, 60
+SELFCHECK = '"$MIGFUZZ_PYTHON" -m harness.kernel.selfcheck'
+SENSES_FILE = "senses.json"
+KASAN_TITLE = "BUG: KASAN: "
 
 
 class RigUnavailable(TargetUnavailable):
@@ -99,11 +112,16 @@ def registry_unreachable() -> str | None:
     return None
 
 
-def prepare() -> tuple[rig.Rig, float]:
-    """rig.prepare(). RigUnavailable (exit 3) only when the package registry cannot be reached;
-    any other failure is RigBroken (exit 1), with the command that failed and why."""
+# --kernel: the module that prepares and loads that kernel's rig (both have prepare() and load()).
+KERNELS = {"stock": rig, "debug": debugkernel}
+
+
+def prepare(kernel: str = "stock") -> tuple[rig.Rig, float]:
+    """rig.prepare() (or debugkernel.prepare() for ``--kernel debug``). RigUnavailable (exit 3)
+    only when the package registry cannot be reached; any other failure is RigBroken (exit 1),
+    with the command that failed and why."""
     try:
-        return rig.prepare()
+        return KERNELS[kernel].prepare()
     except subprocess.CalledProcessError as e:
         words = e.cmd if isinstance(e.cmd, list) else shlex.split(str(e.cmd))
         command = " ".join(map(str, words[:6]))
@@ -121,20 +139,22 @@ def prepare() -> tuple[rig.Rig, float]:
         raise RigBroken(str(e)) from None
 
 
-def _boot(args, command: str, timeout: float) -> tuple[rig.GuestResult, float]:
-    rig_, setup = prepare()
+def _boot(args, command: str, timeout: float, console: str = "console.log",
+          extra_args: str = "") -> tuple[rig.GuestResult, float]:
+    prepared = prepare(args.kernel)
     results = Path(args.results).resolve() if args.results else rig._new_results_dir()
     results.mkdir(parents=True, exist_ok=True)
-    result = rig.run_guest(command, timeout=timeout, instances=args.instances, results_dir=results)
-    (results / "console.log").write_text(result.console + "\n")
-    return result, setup
+    result = rig.run_guest(command, timeout=timeout, instances=args.instances, results_dir=results,
+                           prepared=prepared, extra_args=extra_args)
+    (results / console).write_text(result.console + "\n")
+    return result, prepared[1]
 
 
-def _timings(result: rig.GuestResult, setup: float) -> dict:
-    prepared = rig.load()
+def _timings(result: rig.GuestResult, setup: float, kernel: str = "stock") -> dict:
+    prepared = KERNELS[kernel].load()
     cold = prepared.setup_seconds if prepared else None
     return {"setup_s": round(setup, 1), "cold_setup_s": cold, "boot_s": result.boot_seconds,
-            "command_s": result.command_seconds, "accel": result.accel}
+            "command_s": result.command_seconds, "accel": result.accel, "kernel": kernel}
 
 
 def _say_timings(t: dict) -> None:
@@ -203,6 +223,10 @@ def parse_output(output: str) -> dict:
         elapsed, execs = float(last.group(1)), int(last.group(2))
         out.update(elapsed_s=elapsed, execs=execs, arcs=int(last.group(3)), findings=int(last.group(4)),
                    programs_per_s=round(execs / elapsed, 1) if elapsed > 0 else None, steady_programs_per_s=None)
+        if last.group(5) is not None:  # a kernel with KCOV: distinct kernel PCs covered, over time
+            out.update(kernel_pcs=int(last.group(5)), kernel_pcs_vfio=int(last.group(6)),
+                       kernel_pcs_driver=int(last.group(7)),
+                       kernel_pcs_over_time=[[float(m.group(1)), int(m.group(5))] for m in lines if m.group(5)])
         # The campaign's clock includes start-up (instrumenting, loading the corpus): the rate
         # between its first and last stats lines (5 s apart at least) is the running speed.
         first = lines[0]
@@ -213,13 +237,14 @@ def parse_output(output: str) -> dict:
 
 
 def write_guest_finding(crashes: Path, kind: str, data: bytes, proto: str, observed: str, detail: str,
-                        notes: list[str]) -> Path:
-    """A crash file for a finding the guest could not write itself (it died)."""
+                        notes: list[str], cause: str = "") -> Path:
+    """A crash file for a finding the guest could not write itself (it died); ``cause``: the kernel
+    report's title and top frames (``KernelReport.cause``), what its signature groups by."""
     prog = decode(data, proto or "v2")
     expected = ("no kernel WARN, BUG, oops or lockup report" if kind == "kernel-splat"
                 else "the guest keeps running programs")
     finding = Finding(kind, -1, expected, observed, "unknown (the guest died in this program)",
-                      op="unknown: the guest kernel stopped while this program ran", detail=detail)
+                      op="unknown: the guest kernel stopped while this program ran", detail=detail, cause=cause)
     path, warning = save_finding(crashes, data, prog, finding, [(-1, note) for note in notes], "mtty")
     if warning:
         say(warning)
@@ -227,16 +252,21 @@ def write_guest_finding(crashes: Path, kind: str, data: bytes, proto: str, obser
 
 
 def _flight_finding(result: rig.GuestResult, crashes: Path, kind: str, observed: str,
-                    marker: str | None) -> tuple[Path | None, str]:
+                    marker: str | None, reports: list | None = None,
+                    console: Path | None = None) -> tuple[Path | None, str]:
+    """The finding for the program the flight recorder saw running when the guest died. Its detail
+    is the kernel reports from the one that ended the guest on (``reports``, whole), else a console
+    excerpt around ``marker``; its cause the first report's title and top frames."""
     rec = flight.read_flight(result.results_dir / flight.FILE_NAME)
-    excerpt = _excerpt(result.console, marker)
+    excerpt = "\n".join(r.text for r in reports) if reports else _excerpt(result.console, marker)
     if rec is None or rec.last is None:
         return None, excerpt
     seq, data = rec.programs[0]
     notes = [f"flight recorder: program #{seq} of the campaign, the last one started when the guest died"]
     notes += [f"program #{n} before it: {p.hex()}" for n, p in rec.programs[1:4]]
-    notes.append(f"console log: {result.results_dir / 'console.log'}")
-    path = write_guest_finding(crashes, kind, data, rec.proto, observed, excerpt, notes)
+    notes.append(f"console log: {console or result.results_dir / 'console.log'}")
+    path = write_guest_finding(crashes, kind, data, rec.proto, observed, excerpt, notes,
+                               reports[0].cause if reports else "")
     return path, excerpt
 
 
@@ -244,59 +274,178 @@ def _confirm(args, crash: Path) -> str:
     """Boot again and replay the crash program; whether the kernel splats again."""
     results = rig._new_results_dir()
     shutil.copy2(crash, results / "program")
-    command = f'"$MIGFUZZ_PYTHON" -m fuzz.cli repro "{GUEST_RESULTS}/program" --target mtty'
-    result = rig.run_guest(command, timeout=BOOT_ALLOWANCE, instances=args.instances, results_dir=results)
+    shutil.copy2(crash.with_name(crash.name + ".txt"), results / "program.txt")  # its protocol, for repro
+    command = (f'"$MIGFUZZ_PYTHON" -m fuzz.cli repro "{GUEST_RESULTS}/program" --target mtty '
+               "--i-know-this-resets-the-device")
+    result = rig.run_guest(command, timeout=BOOT_ALLOWANCE[args.kernel], instances=args.instances, results_dir=results,
+                           prepared=prepare(args.kernel))
     (results / "console.log").write_text(result.console + "\n")
     if result.splats:
         return f"reproduced: replaying the program on a fresh boot splats again ({result.splats[0].strip()})"
     return f"not reproduced on a fresh boot (repro exit {result.exit_status}; log {results})"
 
 
+def merge_runs(runs: list[dict]) -> dict:
+    """The stats of a campaign that took several boots (``--keep-going`` after kernel panics): totals
+    of programs, time and findings; kernel PCs and protocol arcs as the most any boot reached (each
+    boot's campaign counts from zero, and replays the corpus first); the series laid end to end."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[-1], findings_lines=[line for r in runs for line in r["findings_lines"]], boots=len(runs))
+    timed = [r for r in runs if "execs" in r]
+    if not timed:
+        return out
+    execs, elapsed = sum(r["execs"] for r in timed), sum(r["elapsed_s"] for r in timed)
+    out.update(execs=execs, elapsed_s=round(elapsed, 1), programs_per_s=round(execs / elapsed, 1) if elapsed else None,
+               findings=sum(r["findings"] for r in timed), arcs=max(r["arcs"] for r in timed),
+               steady_programs_per_s=None)
+    if any("kernel_pcs" in r for r in timed):
+        series, offset = [], 0.0
+        for r in timed:
+            series += [[round(t + offset, 1), pcs] for t, pcs in r.get("kernel_pcs_over_time", [])]
+            offset += r["elapsed_s"]
+        out["kernel_pcs_over_time"] = series
+        for key in ("kernel_pcs", "kernel_pcs_vfio", "kernel_pcs_driver"):
+            out[key] = max(r.get(key, 0) for r in timed)
+    return out
+
+
+def _report_finding(report_dir: Path, crash: Path) -> None:
+    """Add a finding the host made (a kernel panic's) to the campaign's JSON lines, as the engine
+    records its own, so the campaign page and SARIF show it."""
+    finding = read_meta(crash).finding
+    if finding is None or not report_dir.is_dir():
+        return
+    reporter = JsonlReporter(report_dir, "mtty")
+    reporter("finding", dict(finding.data(), signature=signature(finding), file=str(crash), target="mtty",
+                             known=False))
+    reporter.release()
+
+
+def _finish_report(report_dir: Path, out: Path | None) -> None:
+    """SARIF and JUnit from the whole JSON lines (a boot that ended in a panic wrote none), then
+    the report to ``--report-dir``."""
+    if not (report_dir / JSONL_NAME).exists():
+        return
+    write_reports(read_jsonl(report_dir / JSONL_NAME), report_dir / SARIF_NAME, report_dir / JUNIT_NAME)
+    if out is not None:
+        shutil.copytree(report_dir, out, dirs_exist_ok=True)
+
+
+def _console_log(results: Path, boot: int) -> Path:
+    return results / ("console.log" if boot == 1 else f"console.{boot}.log")
+
+
 def cmd_fuzz(args) -> int:
+    """Boot, fuzz, bring back. With ``--keep-going`` a kernel panic (a sanitizer report, a WARN) is
+    recorded and the guest booted again for the rest of ``--max-time``: the corpus carries over."""
     report = True
     if args.max_time is None and args.runs is None:
         args.max_time = 60.0
-    timeout = args.timeout or (args.max_time + BOOT_ALLOWANCE if args.max_time is not None else 900)
     crashes = Path(args.crashes).resolve()
     results = Path(args.results).resolve() if args.results else rig._new_results_dir()
     args.results = str(results)
     corpus_in = _copy_new(Path(args.corpus), results / "corpus") if args.corpus else 0
+    budget = args.max_time
+    runs: list[dict] = []
+    crash_paths: list[str] = []
+    confirmed: dict[str, str] = {}  # kernel report cause -> what replaying its first program showed
+    while True:
+        code, stats, summary, restart = _fuzz_boot(args, report, results, crashes, len(runs) + 1, confirmed)
+        if stats is None:
+            return code
+        runs.append(stats)
+        crash_paths += [p for p in summary["crash_files"] if p not in crash_paths]
+        used = sum(r.get("elapsed_s", 0.0) for r in runs)
+        left = budget - used if budget is not None else 0.0
+        if not (restart and args.keep_going and left >= RESTART_MIN):
+            break
+        say(f"--keep-going: booting again for the {left:.0f} s left of --max-time (the corpus carries over; "
+            f"'{KEEP_RUNNING_ARGS}': later reports are findings without a reboot)")
+        if (results / "output.log").exists():  # the next boot writes its own
+            (results / "output.log").rename(results / f"output.{len(runs)}.log")
+        args.max_time = round(left, 1)
+    stats = merge_runs(runs)
+    corpus_out = _copy_new(results / "corpus", Path(args.corpus)) if args.corpus else 0
+    _finish_report(results / "report", Path(args.report_dir) if args.report_dir else None)
+    summary.update(stats, corpus_in=corpus_in, corpus_new=corpus_out, crash_files=crash_paths)
+    if len(runs) > 1:
+        code = EXIT_FINDING  # every boot but the last ended in a kernel panic: a finding each
 
-    result, setup = _boot(args, fuzz_command(args, report), timeout)
-    timings = _timings(result, setup)
+    if "execs" in stats:
+        steady = stats["steady_programs_per_s"]
+        say(f"campaign: {stats['execs']} programs in {stats['elapsed_s']} s = {stats['programs_per_s']} "
+            f"programs/s against mtty" + (f" ({steady}/s after start-up)" if steady else "")
+            + f"; protocol arcs {stats['arcs']}; findings {stats['findings']}"
+            + (f"; {len(runs)} boots" if len(runs) > 1 else ""))
+    elif code != EXIT_UNAVAILABLE:
+        say("campaign: no stats line in the guest output")
+    if "kernel_pcs" in stats:
+        series = stats["kernel_pcs_over_time"]
+        marks = series[::max(len(series) // 6, 1)]
+        marks += series[-1:] if marks[-1] != series[-1] else []
+        say(f"kernel PCs covered (KCOV): {stats['kernel_pcs']} (VFIO core {stats['kernel_pcs_vfio']}, driver "
+            f"{stats['kernel_pcs_driver']}); over time: " + ", ".join(f"{pcs} at {t:g} s" for t, pcs in marks))
+    say(f"crash files: {len(summary['crash_files'])} -> {crashes}" if summary["crash_files"] else "no findings")
+    say(f"console log {_console_log(results, len(runs))}; guest output {results / 'output.log'}")
+    summary["exit"] = code
+    (results / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return code
+
+
+def _fuzz_boot(args, report: bool, results: Path, crashes: Path, boot: int,
+               confirmed: dict[str, str]) -> tuple[int, dict | None, dict, bool]:
+    """One boot of a campaign: (exit code, its stats or None if the guest failed, summary, whether the
+    guest died in a kernel panic that was recorded as a finding). A panic whose report was confirmed
+    in an earlier boot is not replayed again."""
+    timeout = args.timeout or (args.max_time + BOOT_ALLOWANCE[args.kernel] if args.max_time is not None else 900)
+    extra = KEEP_RUNNING_ARGS if boot > 1 else ""
+    result, setup = _boot(args, fuzz_command(args, report), timeout, _console_log(results, boot).name, extra)
+    timings = _timings(result, setup, args.kernel)
     _say_timings(timings)
     failure = _guest_failure(result)
     if failure:
         say(f"guest failed: {failure}")
-        return EXIT_UNAVAILABLE
+        return EXIT_UNAVAILABLE, None, {}, False
     stats = parse_output(result.output)
     for line in stats["findings_lines"]:
         say(f"guest: {line.removeprefix('migfuzz: ')}")
 
     crash_files = sorted(p for p in (results / "crashes").glob("*") if p.is_file() and not p.name.endswith(".tmp"))
     _copy_new(results / "crashes", crashes)
-    corpus_out = _copy_new(results / "corpus", Path(args.corpus)) if args.corpus else 0
-    if args.report_dir and (results / "report").is_dir():
-        shutil.copytree(results / "report", args.report_dir, dirs_exist_ok=True)
 
     summary = {**timings, **stats, "results": str(results), "guest_exit": result.exit_status,
-               "timed_out": result.timed_out, "splats": result.splats, "corpus_in": corpus_in,
-               "corpus_new": corpus_out, "crash_files": [str(crashes / p.name) for p in crash_files
-                                                          if not p.name.endswith(".txt")]}
+               "timed_out": result.timed_out, "splats": result.splats,
+               "crash_files": [str(crashes / p.name) for p in crash_files if not p.name.endswith(".txt")]}
     code = EXIT_OK
+    restart = False
     if result.splats and result.exit_status is None:
-        # A WARN/oops panicked the guest: blame the program the flight recorder saw running.
-        path, excerpt = _flight_finding(result, crashes, "kernel-splat", result.splats[0].strip(),
-                                        result.splats[0])
-        say(f"FINDING kernel-splat: the guest kernel panicked: {result.splats[0].strip()}")
+        # A WARN/oops/KASAN/UBSAN report panicked the guest: blame the program the flight recorder
+        # saw running, with the report that panicked it (lockdep's and might_sleep's do not).
+        reports = kernel_reports(result.console.splitlines())
+        reports = reports[first_fatal(reports):]
+        headline = reports[0].headline if reports else result.splats[0].strip()
+        # Written where the guest keeps its crashes too: a later boot knows it (a report seen again is
+        # "already known"), and the copy below brings it to --crashes.
+        path, excerpt = _flight_finding(result, results / "crashes", "kernel-splat", headline, result.splats[0],
+                                        reports, _console_log(results, boot))
+        _copy_new(results / "crashes", crashes)
+        if path is not None:
+            _report_finding(results / "report", path)
+            path = crashes / path.name
+        say(f"FINDING kernel-splat: the guest kernel panicked: {headline}")
         print(excerpt, flush=True)
         if path is None:
             say("no program was running (the splat came before the campaign started)")
         else:
-            say(f"the program that was running -> {path} (+ .txt with the console excerpt)")
+            say(f"the program that was running -> {path} (+ .txt with the kernel report)")
             summary["crash_files"].append(str(path))
-            if not args.no_confirm:
-                summary["confirmed"] = _confirm(args, path)
+            restart = True
+            cause = reports[0].cause if reports else headline
+            if cause in confirmed:
+                summary["confirmed"] = f"{confirmed[cause]} (replayed after an earlier boot)"
+            elif not args.no_confirm:
+                summary["confirmed"] = confirmed[cause] = _confirm(args, path)
                 say(summary["confirmed"])
         code = EXIT_FINDING
     elif result.timed_out and result.exit_status is None:
@@ -326,19 +475,7 @@ def cmd_fuzz(args) -> int:
         code = EXIT_UNAVAILABLE
     if code in (EXIT_USAGE, EXIT_UNAVAILABLE) and result.exit_status in (EXIT_USAGE, EXIT_UNAVAILABLE):
         print("\n".join(result.output.splitlines()[-10:]), flush=True)
-
-    if "execs" in stats:
-        steady = stats["steady_programs_per_s"]
-        say(f"campaign: {stats['execs']} programs in {stats['elapsed_s']} s = {stats['programs_per_s']} "
-            f"programs/s against mtty" + (f" ({steady}/s after start-up)" if steady else "")
-            + f"; protocol arcs {stats['arcs']}; findings {stats['findings']}")
-    elif code != EXIT_UNAVAILABLE:
-        say("campaign: no stats line in the guest output")
-    say(f"crash files: {len(summary['crash_files'])} -> {crashes}" if summary["crash_files"] else "no findings")
-    say(f"console log {results / 'console.log'}; guest output {results / 'output.log'}")
-    summary["exit"] = code
-    (results / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-    return code
+    return code, stats, summary, restart
 
 
 # ---------------------------------------------------------------------------- other actions
@@ -346,7 +483,7 @@ def cmd_fuzz(args) -> int:
 
 def _run_simple(args, command: str, timeout: float) -> tuple[int, rig.GuestResult | None]:
     result, setup = _boot(args, command, timeout)
-    _say_timings(_timings(result, setup))
+    _say_timings(_timings(result, setup, args.kernel))
     failure = _guest_failure(result)
     if failure:
         say(f"guest failed: {failure}")
@@ -363,8 +500,8 @@ def _run_simple(args, command: str, timeout: float) -> tuple[int, rig.GuestResul
 
 
 def cmd_prepare(args) -> int:
-    r, seconds = prepare()
-    say(f"rig ready: kernel {r.kernel_version}, cache {rig.cache_dir()}; this call {seconds:.1f} s "
+    r, seconds = prepare(args.kernel)
+    say(f"rig ready: kernel {r.kernel_version}, cache {Path(r.root).parent}; this call {seconds:.1f} s "
         f"(the cold setup took {r.setup_seconds} s)")
     return EXIT_OK
 
@@ -377,23 +514,83 @@ def cmd_run(args) -> int:
     return _run_simple(args, command, args.timeout or 300)[0]
 
 
-def cmd_selfcheck(args) -> int:
-    code, result = _run_simple(args, '"$MIGFUZZ_PYTHON" -m harness.kernel.selfcheck', args.timeout or 300)
-    if result is None:
-        return code
-    path = result.results_dir / "selfcheck.json"
-    if not path.exists():
-        say("selfcheck wrote no report")
-        return code or EXIT_UNAVAILABLE
-    report = json.loads(path.read_text())
+def _say_selfcheck(report: dict, path: Path) -> None:
     trip = report.get("round_trip", {})
     say(f"mtty: protocol v{report.get('protocol')}, flags {report.get('flags', 0):#x}, data size "
         f"{report.get('data_size')}, SET latency {report.get('set_latency')}, round trip "
         f"{'identical' if trip.get('src_stream') == trip.get('dst_stream') else 'DIFFERS'}; report {path}")
+
+
+def cmd_selfcheck(args) -> int:
+    if args.kernel == "debug":
+        return _selfcheck_senses(args)
+    code, result = _run_simple(args, SELFCHECK, args.timeout or 300)
+    if result is None:
+        return code
+    path = result.results_dir / selfcheck.RESULT_FILE
+    if not path.exists():
+        say("selfcheck wrote no report")
+        return code or EXIT_UNAVAILABLE
+    report = json.loads(path.read_text())
+    _say_selfcheck(report, path)
     if "hang" in report:
         say(f"hang: {report['hang']}")
         return EXIT_FINDING
     return code
+
+
+def kasan_sense(result: rig.GuestResult) -> dict:
+    """What became of the self-check's deliberate out-of-bounds write: the kernel-splat finding the
+    console gives, made the way a campaign makes it (flight recorder + the report that ended the
+    guest), with its title, top frames and signature."""
+    reports = kernel_reports(result.console.splitlines())
+    if not reports:
+        returned = (result.results_dir / "kasan-not-reported").exists()
+        return {"ok": False, "why": "no kernel report on the console" + (
+            f" ({selfcheck.LKDTM_OOB} returned: no KASAN)" if returned else "")}
+    reports = reports[first_fatal(reports):]
+    path, _ = _flight_finding(result, result.results_dir / "crashes", "kernel-splat", reports[0].headline, None,
+                              reports)
+    if path is None:
+        return {"ok": False, "why": "the flight recorder named no program", "title": reports[0].title}
+    finding = read_meta(path).finding
+    title = reports[0].title
+    return {"ok": title.startswith(KASAN_TITLE) and finding is not None and finding.kind == "kernel-splat",
+            "title": title, "frames": list(reports[0].frames), "signature": signature(finding) if finding else "",
+            "crash_file": str(path)}
+
+
+def _selfcheck_senses(args) -> int:
+    """``vm selfcheck --kernel debug``: the driver checks, then the senses: a trivial program's KCOV
+    coverage (non-empty, the same in every run) and KASAN's report of a deliberate out-of-bounds
+    write as a kernel-splat finding. Exit 0 when both work, 1 when one does not."""
+    result, setup = _boot(args, f"{SELFCHECK} {selfcheck.SENSES_FLAG}", args.timeout or 600)
+    _say_timings(_timings(result, setup, args.kernel))
+    failure = _guest_failure(result)
+    if failure:
+        say(f"guest failed: {failure}")
+        return EXIT_UNAVAILABLE
+    sys.stdout.write(result.output)
+    path = result.results_dir / selfcheck.RESULT_FILE
+    if not path.exists():
+        say("selfcheck wrote no report")
+        return EXIT_UNAVAILABLE
+    report = json.loads(path.read_text())
+    _say_selfcheck(report, path)
+    kcov = report.get("kcov", {})
+    kcov["ok"] = bool(kcov.get("available") and min(kcov.get("pcs") or [0]) > 0 and kcov.get("same_in_every_run"))
+    senses = {"kcov": kcov, "kasan": kasan_sense(result)}
+    (result.results_dir / SENSES_FILE).write_text(json.dumps(senses, indent=1) + "\n")
+    say(f"KCOV: {'OK' if kcov['ok'] else 'FAILED'}: {kcov.get('description')}; a trivial program covers "
+        f"{kcov.get('pcs')} kernel PCs in {len(kcov.get('pcs') or [])} runs (VFIO core "
+        f"{kcov.get('kernel_pcs_vfio')}, driver {kcov.get('kernel_pcs_driver')}), the same in every run: "
+        f"{kcov.get('same_in_every_run')}")
+    kasan = senses["kasan"]
+    say(f"KASAN: {'OK' if kasan['ok'] else 'FAILED'}: " + (
+        f"kernel-splat finding '{kasan['title']}' (frames {', '.join(kasan['frames'])}) -> {kasan['crash_file']}"
+        if "crash_file" in kasan else kasan.get("why", "")))
+    say(f"senses -> {result.results_dir / SENSES_FILE}")
+    return EXIT_OK if kcov["ok"] and kasan["ok"] else EXIT_FINDING
 
 
 def cmd_conform(args) -> int:
@@ -415,7 +612,7 @@ def cmd_conform(args) -> int:
 
 
 def cmd_status(args) -> int:
-    prepared = rig.load()
+    prepared = KERNELS[args.kernel].load()
     print(json.dumps({"cache": str(rig.cache_dir()), "prepared": prepared is not None,
                       **(prepared.__dict__ if prepared else {})}, indent=1))
     return EXIT_OK if prepared else EXIT_UNAVAILABLE

@@ -39,11 +39,12 @@ class Device(Protocol):
     def reset(self) -> int:
         """VFIO_DEVICE_RESET. Returns errno."""
 
-    def activity(self, seed: int) -> None:
+    def activity(self, seed: int) -> bytes | None:
         """Make the device do work (only has an effect while it runs).
 
         The simulator changes registers and dirties pages; a real device does
-        what its target profile declares (e.g. UART register writes)."""
+        what its target profile declares (e.g. UART register writes). Returns the
+        bytes it put through data-in registers (they entered the device), if any."""
 
     def digest(self) -> bytes | None:
         """Exact digest of the device's internal state, or None if unknown."""
@@ -57,6 +58,10 @@ class Device(Protocol):
     def reopen(self) -> int:
         """Close the device and every data_fd it has, then open it again as QEMU does (no
         VFIO_DEVICE_RESET). Returns errno."""
+
+    def pci_region_size(self, region: int) -> int | None:
+        """The size VFIO_DEVICE_GET_REGION_INFO reports for device region ``region`` (0: the driver
+        does not implement it), or None if the device has no such region or it is unknown."""
 
     def reg_read(self, region: int, off: int, size: int) -> tuple[int, bytes]:
         """pread ``size`` bytes at ``off`` of device region ``region`` (VFIO region index, not the v1

@@ -4,8 +4,9 @@
  * The same runtime as harness/runtime.py (the stand-alone Python reproducer), ported
  * function by function: open VFIO devices (legacy group/container API, or an iommufd
  * cdev), replay a migration program op by op (v1: the migration region; v2:
- * VFIO_DEVICE_FEATURE and the data_fd), print every answer, and evaluate the finding's
- * claim on the answer at its step. It judges nothing else.
+ * VFIO_DEVICE_FEATURE and the data_fd; both: the PCI regions' registers and reopening the
+ * device fd without a reset), print every answer, and evaluate the finding's claim on the
+ * answer at its step. It judges nothing else.
  *
  * `migfuzz export --c` writes one file: a banner, `#define MF_GENERATED`, the generated
  * part (ioctl numbers, layouts and constants from harness/uapi.py and harness/runtime.py,
@@ -28,6 +29,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,7 +55,7 @@ static int mf_raised;
  */
 enum {
 	MF_SHIM_OPEN = 1, MF_SHIM_IOCTL, MF_SHIM_IOCTL_VAL, MF_SHIM_READ, MF_SHIM_WRITE,
-	MF_SHIM_PREAD, MF_SHIM_PWRITE, MF_SHIM_CLOSE, MF_SHIM_LSEEK,
+	MF_SHIM_PREAD, MF_SHIM_PWRITE, MF_SHIM_CLOSE, MF_SHIM_LSEEK, MF_SHIM_RACE, MF_SHIM_RACE_DONE,
 };
 
 struct mf_shim_req {
@@ -76,7 +78,10 @@ struct mf_shim_rep {
 _Static_assert(sizeof(struct mf_shim_req) == 32, "shim request layout");
 _Static_assert(sizeof(struct mf_shim_rep) == 24, "shim reply layout");
 
-static int mf_shim_fd = -1;
+/* Each thread has its own connection: the main thread $MF_SHIM_FD, a race's second thread
+ * $MF_SHIM_FD2 (mf_sys_thread_start), so the two calls of a race reach the simulated kernel at
+ * once and it can interleave them as the race's schedule says (mf_sys_race_begin). */
+static _Thread_local int mf_shim_fd = -1;
 
 static void mf_shim_lost(void)
 {
@@ -202,6 +207,31 @@ static long long mf_sys_lseek(int fd, long long offset, int whence)
 	return mf_shim_call(MF_SHIM_LSEEK, fd, (uint64_t)offset, (uint64_t)whence, NULL, 0, NULL, 0);
 }
 
+/* A race's second thread talks to the simulated kernel over its own connection. */
+static void mf_sys_thread_start(void)
+{
+	const char *env = getenv("MF_SHIM_FD2");
+
+	if (!env) {
+		fprintf(stderr, "built with MF_SHIM: set MF_SHIM_FD2 to a second socket for a race's second thread\n");
+		exit(MF_EXIT_UNAVAILABLE);
+	}
+	mf_shim_fd = atoi(env);
+}
+
+/* The calls of the two threads on device fd `fd` (kinds: x | y << 8, enum mf_race_call) race at
+ * interleaving `sched`: the simulated kernel runs them as the simulator does (harness/sim/core.py);
+ * each thread says when its call is done. */
+static void mf_sys_race_begin(int fd, uint32_t sched, uint32_t kinds)
+{
+	mf_shim_call(MF_SHIM_RACE, fd, sched, kinds, NULL, 0, NULL, 0);
+}
+
+static void mf_sys_race_done(void)
+{
+	mf_shim_call(MF_SHIM_RACE_DONE, -1, 0, 0, NULL, 0, NULL, 0);
+}
+
 #else /* the system calls */
 
 static int mf_sys_open(const char *path, int flags)
@@ -248,6 +278,22 @@ static int mf_sys_close(int fd)
 static long long mf_sys_lseek(int fd, long long offset, int whence)
 {
 	return (long long)lseek(fd, (off_t)offset, whence);
+}
+
+/* A real kernel interleaves a race's calls as its scheduler will: nothing to tell it. */
+static void mf_sys_thread_start(void)
+{
+}
+
+static void mf_sys_race_begin(int fd, uint32_t sched, uint32_t kinds)
+{
+	(void)fd;
+	(void)sched;
+	(void)kinds;
+}
+
+static void mf_sys_race_done(void)
+{
 }
 
 #endif /* MF_SHIM */
@@ -328,7 +374,7 @@ struct mf_dev {
 	uint64_t region_size, region_offset;
 	uint64_t bars[MF_NBARS];
 	int nbars;
-	int regions[MF_PCI_NUM_REGIONS];	/* the PCI regions (BARs, ROM, config) with a size */
+	int regions[MF_PCI_NUM_REGIONS];	/* the PCI regions (BARs, ROM, config) REGION_INFO describes */
 	uint64_t reg_offset[MF_PCI_NUM_REGIONS];
 	int data_fds[MF_MAX_FDS];	/* data_fds handed out and not yet closed */
 	int ndata;
@@ -354,24 +400,30 @@ static int mf_reset(struct mf_dev *d)
 	return mf_sys_ioctl_val(d->fd, MF_VFIO_DEVICE_RESET, 0) < 0 ? errno : 0;
 }
 
+/* The devices' tables of data_fds: the two threads of a race may change them at once. */
+static pthread_mutex_t mf_fds_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static int mf_owns(const struct mf_dev *d, int fd)
 {
-	int i;
+	int i, owned = 0;
 
-	for (i = 0; i < d->ndata; i++)
-		if (d->data_fds[i] == fd)
-			return 1;
-	return 0;
+	pthread_mutex_lock(&mf_fds_lock);
+	for (i = 0; i < d->ndata && !owned; i++)
+		owned = d->data_fds[i] == fd;
+	pthread_mutex_unlock(&mf_fds_lock);
+	return owned;
 }
 
 static void mf_forget(struct mf_dev *d, int fd)
 {
 	int i, j;
 
+	pthread_mutex_lock(&mf_fds_lock);
 	for (i = j = 0; i < d->ndata; i++)
 		if (d->data_fds[i] != fd)
 			d->data_fds[j++] = d->data_fds[i];
 	d->ndata = j;
+	pthread_mutex_unlock(&mf_fds_lock);
 }
 
 /*
@@ -436,8 +488,10 @@ static int mf_set_state(struct mf_dev *d, uint32_t state, int *fd)
 	if (err)
 		return err;
 	*fd = ms.data_fd;
+	pthread_mutex_lock(&mf_fds_lock);
 	if (ms.data_fd >= 0 && d->ndata < MF_MAX_FDS)
 		d->data_fds[d->ndata++] = ms.data_fd;
+	pthread_mutex_unlock(&mf_fds_lock);
 	return 0;
 }
 
@@ -507,10 +561,13 @@ static int mf_precopy_info(struct mf_dev *d, int fd, uint64_t *initial, uint64_t
 
 static int mf_close(struct mf_dev *d, int fd)
 {
+	int err;
+
 	if (!mf_owns(d, fd))
 		return EBADF;
-	mf_forget(d, fd);
-	return mf_sys_close(fd) < 0 ? errno : 0;
+	err = mf_sys_close(fd) < 0 ? errno : 0;
+	mf_forget(d, fd);	/* after: a racing call on it still reaches the kernel (which answers EBADF) */
+	return err;
 }
 
 /* pread inside the v1 migration region; a span outside it: EINVAL without a syscall. */
@@ -571,12 +628,29 @@ static int mf_reg_write(struct mf_dev *d, uint32_t region, uint64_t off, const u
 	return 0;
 }
 
+/* A set of byte values: bit b of byte b / 8. */
+typedef unsigned char mf_byteset[32];
+
+static int mf_has(const mf_byteset set, unsigned char b)
+{
+	return set[b >> 3] >> (b & 7) & 1;
+}
+
+static void mf_add(mf_byteset set, const unsigned char *data, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		set[data[i] >> 3] |= (unsigned char)(1u << (data[i] & 7));
+}
+
 /*
  * Best effort, for UART-like devices such as mtty: while the device runs, write a
  * seed-derived byte to the scratch and the transmit register of every BAR. Errors are
- * ignored: activity is stimulus, not protocol.
+ * ignored: activity is stimulus, not protocol. A transmitted byte the device took is added to
+ * `entered` (mtty loops it back to its receive FIFO): the program put it in.
  */
-static void mf_activity(struct mf_dev *d, uint32_t seed)
+static void mf_activity(struct mf_dev *d, uint32_t seed, mf_byteset entered)
 {
 	long long state;
 	int port, i, running = 0;
@@ -594,7 +668,8 @@ static void mf_activity(struct mf_dev *d, uint32_t seed)
 		unsigned char tx = value ^ 0x5a;
 
 		(void)mf_sys_pwrite(d->fd, &value, 1, d->bars[port] + MF_UART_SCR);
-		(void)mf_sys_pwrite(d->fd, &tx, 1, d->bars[port] + MF_UART_TX);
+		if (mf_sys_pwrite(d->fd, &tx, 1, d->bars[port] + MF_UART_TX) == 1)
+			mf_add(entered, &tx, 1);
 	}
 }
 
@@ -684,10 +759,11 @@ static void mf_probe(struct mf_dev *d)
 		}
 	}
 	for (i = 0; i < MF_PCI_NUM_REGIONS; i++) {
-		if (!mf_region_info(d, i, &region) && region.size) {
+		/* size 0 too: a region the driver does not implement must refuse access */
+		if (!mf_region_info(d, i, &region)) {
 			d->regions[i] = 1;
 			d->reg_offset[i] = region.offset;
-			if (i < MF_NBARS)
+			if (region.size && i < MF_NBARS)
 				d->bars[d->nbars++] = region.offset;
 		}
 	}
@@ -854,17 +930,22 @@ static int mf_get_device_fd(struct mf_dev *d, int *fd)
  * without VFIO_DEVICE_RESET (harness.runtime.VfioDevice.reopen). */
 static int mf_reopen(struct mf_dev *d)
 {
-	int i, j, fd, err;
+	int fds[MF_MAX_FDS], n, i, j, fd, err;
 
+	pthread_mutex_lock(&mf_fds_lock);
 	for (i = 1; i < d->ndata; i++)	/* in the order of their numbers, as the Python runtime */
 		for (j = i; j > 0 && d->data_fds[j - 1] > d->data_fds[j]; j--) {
 			fd = d->data_fds[j];
 			d->data_fds[j] = d->data_fds[j - 1];
 			d->data_fds[j - 1] = fd;
 		}
-	for (i = 0; i < d->ndata; i++)
-		mf_sys_close(d->data_fds[i]);
-	d->ndata = 0;
+	n = d->ndata;
+	memcpy(fds, d->data_fds, sizeof(int) * (size_t)n);
+	pthread_mutex_unlock(&mf_fds_lock);
+	for (i = 0; i < n; i++) {	/* closed, then forgotten (mf_close) */
+		mf_sys_close(fds[i]);
+		mf_forget(d, fds[i]);
+	}
 	if (d->fd >= 0)
 		mf_sys_close(d->fd);
 	err = mf_get_device_fd(d, &fd);
@@ -959,14 +1040,70 @@ static void mf_buf_delete(struct mf_buf *b, size_t at, size_t n)
 	b->len -= n;
 }
 
-/* Damage a captured stream in place, as transport would (harness.runtime.mangle). */
-static void mf_mangle(struct mf_buf *cap, int kind, uint32_t arg)
+/* CRC-32 of n bytes (IEEE 802.3, reflected: zlib's crc32). */
+static uint32_t mf_crc32(const unsigned char *p, size_t n)
+{
+	uint32_t crc = 0xffffffffu;
+	size_t i;
+	int k;
+
+	for (i = 0; i < n; i++) {
+		crc ^= p[i];
+		for (k = 0; k < 8; k++)
+			crc = crc >> 1 ^ (0xedb88320u & (0u - (crc & 1u)));
+	}
+	return ~crc;
+}
+
+/* Recompute checksum fix in place: its field starts at bytes before the end and covers every
+ * byte before it; nothing happens if it does not fit (harness.runtime.fix_checksum). */
+static void mf_fix_checksum(struct mf_buf *cap, int fix, uint32_t at)
+{
+	size_t pos, i, width = 4;
+	uint64_t value = 0;
+	int big = fix == MF_FIX_CRC32BE || fix == MF_FIX_SUM16BE || fix == MF_FIX_SUM32BE;
+
+	if (fix == MF_FIX_NONE || at > cap->len)
+		return;
+	pos = cap->len - at;
+	if (fix == MF_FIX_CRC32 || fix == MF_FIX_CRC32BE) {
+		value = mf_crc32(cap->p, pos);
+	} else {
+		width = fix == MF_FIX_SUM8 ? 1 : fix == MF_FIX_SUM16 || fix == MF_FIX_SUM16BE ? 2 : 4;
+		for (i = 0; i < pos; i++)
+			value += cap->p[i];
+		value &= (1ULL << (8 * width)) - 1;
+	}
+	if (at < width)
+		return;
+	for (i = 0; i < width; i++)
+		cap->p[pos + i] = (unsigned char)(value >> (8 * (big ? width - 1 - i : i)));
+}
+
+/* Damage a captured stream in place, as transport would (harness.runtime.mangle): set and add
+ * change the little-endian field of width bytes at offset arg, then fix its checksum. */
+static void mf_mangle(struct mf_buf *cap, int kind, uint32_t arg, uint32_t width, long long value, int fix,
+		      uint32_t at)
 {
 	size_t n = cap->len, chunk = MF_MANGLE_CHUNK, nchunks, k, i;
 	unsigned char tmp[2 * MF_MANGLE_CHUNK];
 
 	if (!n)
 		return;
+	if (kind == MF_MANGLE_SET || kind == MF_MANGLE_ADD) {
+		size_t pos = arg % n, span = width < n - pos ? width : n - pos;
+		uint64_t v = (uint64_t)value, old = 0;
+
+		if (kind == MF_MANGLE_ADD) {
+			for (i = 0; i < span; i++)
+				old |= (uint64_t)cap->p[pos + i] << (8 * i);
+			v += old;
+		}
+		for (i = 0; i < span; i++)
+			cap->p[pos + i] = (unsigned char)(v >> (8 * i));
+		mf_fix_checksum(cap, fix, at);
+		return;
+	}
 	nchunks = (n + chunk - 1) / chunk;
 	k = arg % nchunks;
 	switch (kind) {
@@ -1145,22 +1282,6 @@ static int mf_write_all(struct mf_dev *d, int fd, const unsigned char *data, siz
 
 /* ------------------------------------------------------------------------- the replay */
 
-/* A set of byte values: bit b of byte b / 8. */
-typedef unsigned char mf_byteset[32];
-
-static int mf_has(const mf_byteset set, unsigned char b)
-{
-	return set[b >> 3] >> (b & 7) & 1;
-}
-
-static void mf_add(mf_byteset set, const unsigned char *data, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		set[data[i] >> 3] |= (unsigned char)(1u << (data[i] & 7));
-}
-
 /* What the replay knows about one device (harness.runtime.View). */
 struct mf_view {
 	struct mf_dev *dev;
@@ -1194,6 +1315,8 @@ struct mf_answer {
 	int hang, precopy_overrun, initial_grew, data_after_end, window_outside, stalled, exception;
 	int value_changed, pending_grew;
 	int kernel_address;	/* stream bytes read had the shape of a kernel address */
+	int have_race;		/* a race ran: its outcome (harness.runtime.race_outcome) */
+	long long race_outcome;
 };
 
 static struct mf_view mf_views[2];
@@ -1261,7 +1384,7 @@ static void mf_no_slot(struct mf_answer *r)
 static void mf_op_activity(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
 {
 	(void)r;
-	mf_activity(v->dev, op->b);
+	mf_activity(v->dev, op->b, v->entered);
 	v->pc_expect = -1;
 	printf("       activity seed=%u\n", op->b);
 }
@@ -1269,7 +1392,8 @@ static void mf_op_activity(struct mf_view *v, const struct mf_op *op, struct mf_
 static void mf_op_mangle(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
 {
 	(void)r;
-	mf_mangle(&v->cap, (int)op->a, op->b);
+	mf_mangle(&v->cap, op->kind, op->kind == MF_MANGLE_SET || op->kind == MF_MANGLE_ADD ? op->off : op->b,
+		  op->width, op->value, op->fix, op->at);
 	printf("       capture now %zu bytes\n", v->cap.len);
 }
 
@@ -1800,6 +1924,212 @@ static void mf_v1_transfer(struct mf_view *v, const struct mf_op *op, struct mf_
 	printf("       transferred %zu bytes\n", v->cap.len);
 }
 
+/* ---- race: two calls at once (harness.runtime.run_race) */
+
+struct mf_race_side {
+	struct mf_dev *dev;
+	int kind;			/* enum mf_race_call */
+	uint32_t arg;			/* the state a SET asks for */
+	int fd;				/* the data_fd of read, write, close and precopy */
+	const unsigned char *data;	/* what a write writes */
+	uint32_t len;
+	pthread_barrier_t *start;
+	int err;
+	long long value;		/* the data_fd a SET returned, the state a GET read, bytes moved */
+	unsigned char buf[MF_RACE_READ];
+};
+
+/* One side's device call (harness.runtime.race_call). */
+static void mf_race_call(struct mf_race_side *s)
+{
+	struct mf_dev *d = s->dev;
+	uint64_t raw, initial, dirty;
+	size_t got;
+	int fd, have;
+
+	s->value = -1;
+	switch (s->kind) {
+	case MF_RACE_CALL_RESET:
+		s->err = mf_reset(d);
+		break;
+	case MF_RACE_CALL_REOPEN:
+		s->err = mf_reopen(d);
+		break;
+	case MF_RACE_CALL_SET:
+		if (MF_PROTO_V2) {
+			s->err = mf_set_state(d, s->arg, &fd);
+			s->value = fd;
+		} else {
+			s->err = mf_v1_write_field(d, MF_V1_FIELD_DEVICE_STATE, s->arg);
+		}
+		break;
+	case MF_RACE_CALL_GET:
+		if (MF_PROTO_V2) {
+			s->err = mf_get_state(d, &s->value);
+		} else {
+			s->err = mf_v1_read_field(d, MF_V1_FIELD_DEVICE_STATE, &raw, &have);
+			s->value = have ? (long long)raw : -1;
+		}
+		break;
+	case MF_RACE_CALL_READ:
+		s->err = mf_read(d, s->fd, s->buf, MF_RACE_READ, &got);
+		s->value = (long long)got;
+		break;
+	case MF_RACE_CALL_WRITE:
+		s->err = mf_write(d, s->fd, s->data, s->len, &s->value);
+		break;
+	case MF_RACE_CALL_CLOSE:
+		s->err = mf_close(d, s->fd);
+		break;
+	default:
+		s->err = mf_precopy_info(d, s->fd, &initial, &dirty);
+		break;
+	}
+}
+
+/* The second thread of a race: released with the first by the barrier. */
+static void *mf_race_thread(void *arg)
+{
+	struct mf_race_side *s = arg;
+
+	mf_sys_thread_start();
+	pthread_barrier_wait(s->start);
+	mf_race_call(s);
+	mf_sys_race_done();
+	return NULL;
+}
+
+/* A side's result in the outcome (harness.runtime.race_result). */
+static long long mf_race_result(const struct mf_race_side *s, long long mask)
+{
+	long long state;
+
+	if (s->err)
+		return MF_RACE_FAILED;
+	if (s->kind == MF_RACE_CALL_GET) {
+		state = s->value >= 0 ? s->value & mask : 0x7f;
+		return MF_RACE_GOT | (state < 0x7f ? state : 0x7f);
+	}
+	return s->kind == MF_RACE_CALL_SET && s->value >= 0 ? MF_RACE_FD : MF_RACE_OK;
+}
+
+static void mf_race_text(const struct mf_race_side *s, long long mask, char *out, size_t room)
+{
+	switch (s->kind) {
+	case MF_RACE_CALL_SET:
+		snprintf(out, room, "SET %s -> %s, data_fd %lld", mf_state_name(s->arg), mf_errname(s->err), s->value);
+		break;
+	case MF_RACE_CALL_GET:
+		snprintf(out, room, "GET -> %s %s", mf_errname(s->err),
+			 mf_state_name(s->err || s->value < 0 ? -1 : s->value & mask));
+		break;
+	case MF_RACE_CALL_READ:
+		snprintf(out, room, "read fd %d -> %s, %lld bytes", s->fd, mf_errname(s->err), s->value);
+		break;
+	case MF_RACE_CALL_WRITE:
+		snprintf(out, room, "write fd %d -> %s, %lld", s->fd, mf_errname(s->err), s->value);
+		break;
+	case MF_RACE_CALL_CLOSE:
+		snprintf(out, room, "close fd %d -> %s", s->fd, mf_errname(s->err));
+		break;
+	case MF_RACE_CALL_PRECOPY:
+		snprintf(out, room, "PRECOPY_INFO fd %d -> %s", s->fd, mf_errname(s->err));
+		break;
+	default:
+		snprintf(out, room, "%s -> %s", s->kind == MF_RACE_CALL_RESET ? "reset" : "reopen", mf_errname(s->err));
+	}
+}
+
+/* Calls x and y at once: y on a second thread, both released by a barrier (on the simulated kernel of
+ * MF_SHIM, interleaved as the op's schedule says); then the state read back and the outcome. The
+ * books are kept as the answers say, whatever the order was (harness.runtime.Replay.op_race). */
+static void mf_op_race(struct mf_view *v, const struct mf_op *op, struct mf_answer *r)
+{
+	struct mf_race_side sides[2];
+	pthread_barrier_t start;
+	pthread_t other;
+	long long mask = MF_PROTO_V2 ? -1 : 7, got, state;
+	char text[2][200];
+	int i, j, k, fd, reopened, last;
+
+	memset(sides, 0, sizeof(sides));
+	sides[0].kind = (int)(op->a >> MF_RACE_X_SHIFT & MF_RACE_X_MASK);
+	sides[0].arg = op->a >> MF_RACE_XARG_SHIFT & MF_RACE_XARG_MASK;
+	sides[1].kind = (int)(op->a >> MF_RACE_Y_SHIFT & MF_RACE_Y_MASK);
+	sides[1].arg = op->a >> MF_RACE_YARG_SHIFT & MF_RACE_YARG_MASK;
+	for (i = 0; i < 2; i++) {
+		struct mf_race_side *s = &sides[i];
+
+		s->dev = v->dev;
+		s->data = op->data;
+		s->len = op->len;
+		s->start = &start;
+		s->fd = -1;
+		if (s->kind == MF_RACE_CALL_READ || s->kind == MF_RACE_CALL_WRITE || s->kind == MF_RACE_CALL_CLOSE ||
+		    s->kind == MF_RACE_CALL_PRECOPY) {
+			s->fd = MF_PROTO_V2 ? mf_slot(v, s->arg) : -1;
+			if (s->fd < 0) {
+				mf_no_slot(r);
+				return;
+			}
+		}
+	}
+	pthread_barrier_init(&start, NULL, 2);
+	mf_sys_race_begin(v->dev->fd, op->a >> MF_RACE_SCHED_SHIFT & MF_RACE_SCHED_MASK,
+			  (uint32_t)sides[0].kind | (uint32_t)sides[1].kind << 8);
+	if (pthread_create(&other, NULL, mf_race_thread, &sides[1])) {
+		fprintf(stderr, "cannot start a thread for the race\n");
+		exit(MF_EXIT_INCONCLUSIVE);
+	}
+	pthread_barrier_wait(&start);
+	mf_race_call(&sides[0]);
+	mf_sys_race_done();
+	pthread_join(other, NULL);
+	pthread_barrier_destroy(&start);
+	r->gerr = MF_PROTO_V2 ? mf_get_state(v->dev, &got) : mf_read_state(v, &got);
+	state = r->gerr || got < 0 ? -1 : got & mask;
+	reopened = sides[0].kind == MF_RACE_CALL_REOPEN || sides[1].kind == MF_RACE_CALL_REOPEN;
+	if (reopened)
+		v->nfds = 0;
+	last = sides[0].kind == MF_RACE_CALL_SET && state == (long long)sides[0].arg ? 0 : 1;	/* it came last */
+	for (k = 0; k < 2; k++) {
+		const struct mf_race_side *s = &sides[k ? last : 1 - last];
+
+		if (s->kind == MF_RACE_CALL_CLOSE) {
+			for (j = 0; j < v->nfds && v->fds[j] != s->fd; j++)
+				;
+			if (j < v->nfds) {
+				for (; j + 1 < v->nfds; j++) {
+					v->fds[j] = v->fds[j + 1];
+					v->saving[j] = v->saving[j + 1];
+				}
+				v->nfds--;
+			}
+		} else if (s->kind == MF_RACE_CALL_SET && MF_PROTO_V2 && !s->err && s->value >= 0 && v->nfds < MF_MAX_FDS &&
+			   !(reopened && state != (long long)s->arg)) {	/* after a racing reopen only if the SET came last */
+			fd = (int)s->value;
+			v->fds[v->nfds] = fd;
+			v->saving[v->nfds++] = s->arg != MF_V2_RESUMING;
+			if (s->arg != MF_V2_RESUMING)
+				mf_new_capture(v);
+		} else if (s->kind == MF_RACE_CALL_READ && !s->err && s->value > 0) {
+			mf_buf_insert(&v->cap, v->cap.len, s->buf, (size_t)s->value);
+		} else if (s->kind == MF_RACE_CALL_WRITE && !s->err && s->value > 0) {
+			mf_add(v->entered, s->data, (size_t)s->value < s->len ? (size_t)s->value : s->len);
+		}
+	}
+	for (i = 0; i < 2; i++)
+		mf_race_text(&sides[i], mask, text[i], sizeof(text[i]));
+	v->pc_expect = -1;
+	if (state >= 0)
+		v->state = state;
+	r->state = state;
+	r->have_race = 1;
+	r->race_outcome = (state < 0 || state >= 0xff ? 0xff : state) | mf_race_result(&sides[0], mask) << 8 |
+			  mf_race_result(&sides[1], mask) << 16;
+	printf("       race: %s | %s; GET %s\n", text[0], text[1], mf_state_name(state));
+}
+
 /* Run one op; 0 when the runtime has no handler for it (the exporter refuses such programs). */
 static int mf_run_op(const struct mf_op *op, struct mf_answer *r)
 {
@@ -1823,6 +2153,9 @@ static int mf_run_op(const struct mf_op *op, struct mf_answer *r)
 		return 1;
 	case MF_OP_WRREG:
 		mf_op_wrreg(v, op, r);
+		return 1;
+	case MF_OP_RACE:
+		mf_op_race(v, op, r);
 		return 1;
 	case MF_OP_TRANSFER:
 		(MF_PROTO_V2 ? mf_v2_transfer : mf_v1_transfer)(v, op, r);
@@ -1906,8 +2239,8 @@ static int mf_kernel_addresses(const unsigned char *data, size_t len, const mf_b
 	for (end = 7; end < len; end++) {
 		uint64_t value = 0;
 
-		if (data[end] != 0xff)
-			continue;
+		if (data[end] != 0xff || (end + 1 < len && data[end + 1] == 0xff))
+			continue;	/* inside a run of 0xff: a sign-extended negative number, no pointer */
 		for (i = 0; i < 8; i++)
 			value |= (uint64_t)data[end - 7 + i] << (8 * i);
 		if (mf_kernel_shaped(value)) {
@@ -1974,6 +2307,8 @@ static int mf_shows(const struct mf_answer *r)
 		return r->value_changed;
 	case MF_CHECK_PENDING_GREW:
 		return r->pending_grew;
+	case MF_CHECK_RACE_OUTCOME_NOT_IN:
+		return r->have_race && !mf_in(r->race_outcome, mf_claim_set, MF_CLAIM_NSET);
 	default:
 		return 0;
 	}

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+import zlib
 from contextlib import nullcontext
 
 # ----------------------------------------------------------------------------- exit codes and limits
@@ -52,7 +53,11 @@ def errname(err):
 
 # ----------------------------------------------------------------------------- transport
 
-MANGLE_KINDS = ("truncate", "extend", "flip", "drop", "dup", "swap")
+MANGLE_KINDS = ("truncate", "extend", "flip", "drop", "dup", "swap", "set", "add")
+FIELD_MANGLES = ("set", "add")  # the kinds that change one field: offset, width, value, checksum fix-up
+# Checksums a field change can be followed by (``fix``): CRC-32 (zlib's, IEEE 802.3) or the additive
+# sum of the bytes modulo 2**bits, stored little endian, or big endian with "be".
+FIX_KINDS = ("none", "crc32", "sum8", "sum16", "sum32", "crc32be", "sum16be", "sum32be")
 MANGLE_CHUNK = 16        # drop/dup/swap work on chunks of this many bytes
 SEG_RANDOM = 1024        # a transfer's seg >= this: random piece sizes seeded by seg
 SEG_RANDOM_MAX = 64      # largest random piece
@@ -85,10 +90,44 @@ def segments(data, seg):
     return out
 
 
-def mangle(cap, kind, arg):
-    """Damage a captured stream (a bytearray) in place, as transport would."""
+def checksum(data, fix):
+    """(value, width in bytes, big endian) of checksum ``fix`` (a FIX_KINDS name) over ``data``."""
+    if fix.startswith("crc32"):
+        return zlib.crc32(data) & 0xFFFFFFFF, 4, fix.endswith("be")
+    bits = int(fix[3:].rstrip("be"))
+    return sum(data) & ((1 << bits) - 1), bits // 8, fix.endswith("be")
+
+
+def fix_checksum(cap, fix, at):
+    """Recompute checksum ``fix`` in place: its field starts ``at`` bytes before the end of ``cap``
+    and covers every byte before it. Nothing happens if the field does not fit."""
+    pos = len(cap) - at
+    if fix == "none" or pos < 0:
+        return
+    value, width, big = checksum(bytes(cap[:pos]), fix)
+    if at >= width:
+        cap[pos:pos + width] = value.to_bytes(width, "big" if big else "little")
+
+
+def mangle(cap, kind, arg, width=1, value=0, fix="none", at=0):
+    """Damage a captured stream (a bytearray) in place, as transport would.
+
+    truncate/extend/flip/drop/dup/swap take one argument ``arg``. ``set`` and ``add`` change
+    the little-endian field of ``width`` bytes at offset ``arg`` (modulo the length; bytes past
+    the end are left out) to ``value`` or by adding ``value`` (a signed number, taken modulo
+    2**(8*width)), then recompute checksum ``fix`` (:func:`fix_checksum`) so the change reaches
+    a loader that checks it."""
     n = len(cap)
     if not n:
+        return
+    if kind in FIELD_MANGLES:
+        pos = arg % n
+        span = min(width, n - pos)
+        mask = (1 << (8 * width)) - 1
+        if kind == "add":
+            value += int.from_bytes(cap[pos:pos + span], "little")
+        cap[pos:pos + span] = (value & mask).to_bytes(width, "little")[:span]
+        fix_checksum(cap, fix, at)
         return
     chunk = MANGLE_CHUNK
     nchunks = (n + chunk - 1) // chunk
@@ -248,18 +287,118 @@ def kernel_addresses(data, entered=frozenset()):
     """(offset, value) of every 8-byte window of ``data`` (little endian, any alignment) with the
     shape of a kernel address. Every range has 0xff as its top byte, so only windows ending in one
     are decoded; if the program itself put a 0xff byte into the device (``entered``: the byte
-    values it wrote), any such window could be its own doing, and none is reported."""
+    values it wrote), any such window could be its own doing, and none is reported. A window
+    followed by another 0xff byte lies inside a run of them, as a sign-extended negative number
+    does (an s64 or s32 -EINVAL after five arbitrary bytes reads as 0xffffea..., a vmemmap
+    address): not reported either."""
     if 0xFF in entered:
         return []
     out = []
     at = data.find(b"\xff", 7)
     while at >= 0:
-        window = data[at - 7:at + 1]
-        value = int.from_bytes(window, "little")
-        if kernel_shaped(value):
-            out.append((at - 7, value))
+        if data[at + 1:at + 2] != b"\xff":
+            value = int.from_bytes(data[at - 7:at + 1], "little")
+            if kernel_shaped(value):
+                out.append((at - 7, value))
         at = data.find(b"\xff", at + 1)
     return out
+
+
+# ----------------------------------------------------------------------------- races
+#
+# A race op runs two device calls at once. Who picks the interleaving:
+# * a device that interleaves calls itself (the simulator: ``dev.race(fa, fb, sched)``) runs them
+#   at the interleaving ``sched`` names, the same one every time (harness/sim/core.py), so the
+#   fuzzer, the minimizer and the reproducers all see the interleaving a finding was made with;
+# * any other device (a real one) gets two threads released together by a barrier, and the
+#   kernel's scheduler picks: best effort, ``sched`` is not used there.
+# Which answers a correct device may give (those of one serial order of the two calls) is the
+# model's (fuzz/model.py); the encoding of an outcome below is shared with harness/runtime.c.
+
+RACE_CALLS = ("reset", "set", "get", "read", "write", "close", "reopen", "precopy")
+RACE_FD_CALLS = ("read", "write", "close", "precopy")  # the calls on a data_fd (v2 only)
+RACE_READ = 64      # bytes a racing read asks for
+RACE_SCHEDS = 16    # interleavings a race op can name
+# One call's result in an outcome: success, success with a new data_fd, failure, or a GET that
+# read state s (RACE_GOT | s, s at most 0x7f).
+RACE_OK, RACE_FD, RACE_FAILED, RACE_GOT = 0, 1, 2, 0x80
+
+
+def race_call(dev, kind, arg=0, fd=-1, data=b"", state_field=None):
+    """One side of a race: the device call ``kind`` (RACE_CALLS) -> (errno, value): the data_fd a
+    SET returned, the state a GET read, the bytes read, the count written, PRECOPY_INFO's
+    (initial, dirty); None for the others. ``arg`` is the state a SET asks for; ``state_field``
+    the v1 device_state field (offset, width), whose write and read are v1's SET and GET."""
+    if kind == "reset":
+        return dev.reset(), None
+    if kind == "reopen":
+        return dev.reopen(), None
+    if kind == "set":
+        if state_field is not None:
+            return v1_write_field(dev, *state_field, arg), -1
+        return dev.set_state(arg)
+    if kind == "get":
+        return v1_read_field(dev, *state_field) if state_field is not None else dev.get_state()
+    if kind == "read":
+        return dev.read(fd, RACE_READ)
+    if kind == "write":
+        return dev.write(fd, data)
+    if kind == "close":
+        return dev.close(fd), None
+    err, initial, dirty = dev.precopy_info(fd)
+    return err, (initial, dirty)
+
+
+def race_result(kind, answer, mask=-1):
+    """One side's result in an outcome (RACE_OK, RACE_FD, RACE_FAILED, RACE_GOT | state, the state
+    at most 0x7f); ``mask``: the bits of a GET's value that are the state (v1: 7, its reserved bits
+    are the driver's)."""
+    err, value = answer
+    if err:
+        return RACE_FAILED
+    if kind == "get":
+        state = value & mask if value is not None and value >= 0 else 0x7F
+        return RACE_GOT | min(state, 0x7F)
+    return RACE_FD if kind == "set" and value is not None and value >= 0 else RACE_OK
+
+
+def race_outcome(result_a, result_b, state):
+    """The outcome of a race as one number: both sides' results and the state read after both."""
+    state = state if state is not None and 0 <= state < 0xFF else 0xFF
+    return state | result_a << 8 | result_b << 16
+
+
+def race_threads(fa, fb):
+    """``fa`` on this thread and ``fb`` on a new one, both released by one barrier: (fa's answer,
+    fb's answer). An exception raised by either is raised here once both are done."""
+    barrier = threading.Barrier(2)
+    out = [None, None]
+    raised = []
+
+    def side(i, call):
+        try:
+            barrier.wait()
+            out[i] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            raised.append(e)
+
+    other = threading.Thread(target=side, args=(1, fb), name="migfuzz-race", daemon=True)
+    other.start()
+    side(0, fa)
+    other.join()
+    if raised:
+        raise raised[0]
+    return out[0], out[1]
+
+
+def run_race(dev, fa, fb, sched):
+    """Run ``fa`` and ``fb`` (each one device call, no arguments) at once: (fa's answer, fb's
+    answer). A device that interleaves calls itself does it at interleaving ``sched``; any other
+    gets two threads (see the section's comment)."""
+    interleave = getattr(dev, "race", None)
+    if interleave is not None:
+        return interleave(fa, fb, sched % RACE_SCHEDS)
+    return race_threads(fa, fb)
 
 
 # ----------------------------------------------------------------------------- raw VFIO access
@@ -343,8 +482,10 @@ class VfioDevice:
     Every method returns errno values (0 = success) and never raises for a kernel error.
     Data-fd methods only touch fds this device handed out (a program naming any other fd gets
     EBADF without a syscall), and region methods only reach the v1 migration region, so a
-    program cannot hit the fuzzer's own fds or a BAR by accident. ``guard(what)`` returns the
-    context every device call runs in (a watchdog, in migfuzz)."""
+    program cannot hit the fuzzer's own fds by accident; the PCI regions' registers are reached
+    through ``reg_read``/``reg_write`` only (which ones a program may touch is the caller's
+    profile). ``guard(what)`` returns the context every device call runs in (a watchdog, in
+    migfuzz)."""
 
     # 16550 UART registers inside an mtty BAR (include/uapi/linux/serial_reg.h): what activity writes.
     UART_TX, UART_SCR = 0, 7
@@ -379,12 +520,14 @@ class VfioDevice:
             if region is not None:
                 self.protocol = 1
                 self.region_size, self._region_offset = region.size, region.offset
-        self.regions = {}  # VFIO region index -> RegionInfo, for the PCI regions (BARs, ROM, config)
+        # VFIO region index -> RegionInfo of every PCI region (BARs, ROM, config) REGION_INFO
+        # describes, size 0 included: a region the driver does not implement must refuse access.
+        self.regions = {}
         for index in range(abi.PCI_NUM_REGIONS):
             err, info = self.region_info(index)
-            if not err and info.size:
+            if not err:
                 self.regions[index] = info
-                if index < self.NBARS:
+                if info.size and index < self.NBARS:
                     self.bars.append(info.offset)
 
     # -- regions
@@ -432,27 +575,38 @@ class VfioDevice:
     def activity(self, seed):
         """Best effort, for UART-like devices such as mtty: while the device runs, write a
         seed-derived byte to the scratch and the transmit register of every BAR (mtty keeps
-        both in its migration stream). Errors are ignored: activity is stimulus, not protocol."""
+        both in its migration stream). Errors are ignored: activity is stimulus, not protocol.
+        Returns the transmitted bytes the device took: mtty loops them back to its receive FIFO,
+        so they entered the device through the program."""
+        sent = bytearray()
         if self.protocol != 2 or not self.bars:
-            return
+            return sent
         err, state = self.get_state()
         if err or state not in self._running:
-            return
+            return sent
         with self._guard("activity"):
             for port, bar in enumerate(self.bars):
                 value = (seed + port) & 0xFF
                 for register, byte in ((self.UART_SCR, value), (self.UART_TX, value ^ 0x5A)):
                     try:
-                        os.pwrite(self._fd, bytes([byte]), bar + register)
+                        if os.pwrite(self._fd, bytes([byte]), bar + register) == 1 and register == self.UART_TX:
+                            sent.append(byte)
                     except OSError:
                         pass
+        return sent
 
     def digest(self):
         return None  # a real device exposes no state digest
 
+    def pci_region_size(self, region):
+        """The size REGION_INFO reported for PCI region ``region`` (0: not implemented), or None."""
+        info = self.regions.get(region)
+        return None if info is None else info.size
+
     def reg_read(self, region, off, size):
         """pread ``size`` bytes at ``off`` of PCI region ``region`` (its registers). The offset is
-        not bounded by the region's size here: what may be touched is the caller's profile."""
+        not bounded by the region's size here: what may be touched is the caller's profile, and
+        whether the device refuses an access past the end is the oracle's question."""
         info = self.regions.get(region)
         if info is None:
             return errno.EINVAL, b""
@@ -476,11 +630,11 @@ class VfioDevice:
         """Close every data_fd and the device fd, and get the device fd again the way it was got
         (group: VFIO_GROUP_GET_DEVICE_FD; cdev: open and bind), without VFIO_DEVICE_RESET."""
         for fd in sorted(self._data_fds):
-            self._data_fds.discard(fd)
             try:
                 os.close(fd)
             except OSError:
                 pass
+            self._data_fds.discard(fd)  # after: a racing call on it still reaches the kernel
         with self._guard("reopen"):
             try:
                 os.close(self._fd)
@@ -603,13 +757,14 @@ class VfioDevice:
     def close(self, fd):
         if fd not in self._data_fds:
             return errno.EBADF
-        self._data_fds.discard(fd)
         with self._guard("close"):
             try:
                 os.close(fd)
-                return 0
+                err = 0
             except OSError as e:
-                return e.errno
+                err = e.errno
+        self._data_fds.discard(fd)  # after: a racing call on it still reaches the kernel (EBADF there)
+        return err
 
     # -- V1Device
 
@@ -750,6 +905,7 @@ CHECKS = {
     "kernel_address": "bytes with the shape of a kernel address the program never wrote",
     "value_changed": "a read-only field changed when it was written",
     "pending_grew": "pending_bytes grew in stop-and-copy",
+    "race_outcome_not_in": "two racing calls gave results, and left a state, of no serial order of the two",
 }
 
 
@@ -784,6 +940,8 @@ def shows(check, answer):
         data = answer.get("data", b"")
         return not err and index < len(data) and data[index] not in answer.get("entered", ()) \
             and data[index] not in idle
+    if test == "race_outcome_not_in":
+        return answer.get("race_outcome") is not None and answer["race_outcome"] not in arg
     if test == "kernel_address":  # in a stream read (flagged where it came) or in a register read
         return bool(answer.get("kernel_address")) or (
             not err and bool(kernel_addresses(answer.get("data", b""), answer.get("entered", frozenset()))))
@@ -860,7 +1018,7 @@ class Replay:
     # -- both protocols
 
     def op_activity(self, view, a):
-        view.dev.activity(a["seed"])
+        view.entered.update(view.dev.activity(a["seed"]) or b"")
         view.pc_expect = -1
         return {"err": 0, "text": "activity seed=%d" % a["seed"]}
 
@@ -873,7 +1031,10 @@ class Replay:
         return {"err": 0, "text": "armed %s at internal step %d" % (a["kind"], a["nth"])}
 
     def op_mangle(self, view, a):
-        mangle(view.capture, a["kind"], a["arg"])
+        if a["kind"] in FIELD_MANGLES:
+            mangle(view.capture, a["kind"], a["off"], a["width"], a["value"], a["fix"], a.get("at", 0))
+        else:
+            mangle(view.capture, a["kind"], a["arg"])
         return {"err": 0, "text": "capture now %d bytes" % len(view.capture)}
 
     def op_reopen(self, view, a):
@@ -904,6 +1065,66 @@ class Replay:
             view.entered.update(data)
         return {"err": err, "len": n,
                 "text": "region %d +%#x: write %s -> %s" % (a["region"], a["off"], data.hex(), errname(err))}
+
+    def op_race(self, view, a):
+        """Two calls at once (``run_race``); the answer carries the outcome the claim is judged on.
+        The books (data_fds, capture, state) are kept as the calls' answers say, whatever their
+        order was, except where the state read afterwards tells it: a SET whose state that is came
+        last (its new data_fd is the newest, and outlives a racing reopen)."""
+        v2 = self.proto == "v2"
+        sides = []
+        for kind, arg in ((a["x"], a["xarg"]), (a["y"], a["yarg"])):
+            fd = -1
+            if kind in RACE_FD_CALLS:
+                fd = view.slot(arg) if v2 else None
+                if fd is None:
+                    return None
+            sides.append((kind, arg, fd))
+        dev, field, mask = view.dev, None if v2 else self.fields["device_state"], -1 if v2 else 7
+        fa, fb = ((lambda k=k, g=g, f=f: race_call(dev, k, g, f, a["data"], field)) for k, g, f in sides)
+        answers = run_race(dev, fa, fb, a["sched"])
+        gerr, got = dev.get_state() if v2 else self._field(dev, "device_state")
+        self.files(view)
+        state = None if gerr or got is None or got < 0 else got & mask
+        reopened = "reopen" in (sides[0][0], sides[1][0])
+        if reopened:
+            view.fds, view.saving = [], {}
+        last = 0 if sides[0][0] == "set" and sides[0][1] == state else 1
+        for i in (1 - last, last):
+            kind, arg, fd = sides[i]
+            err, value = answers[i]
+            if kind == "close" and fd in view.fds:
+                view.fds.remove(fd)
+            elif kind == "set" and v2 and not err and value >= 0 and not (reopened and state != arg):
+                view.fds.append(value)
+                view.saving[value] = arg != self.abi.V2_RESUMING
+                if view.saving[value]:
+                    view.new_capture()
+            elif kind == "read" and not err and value:
+                view.capture += value
+            elif kind == "write" and not err:
+                view.entered.update(a["data"][:value])
+        texts = [self._race_text(*sides[i], *answers[i], mask) for i in (0, 1)]
+        view.pc_expect = -1
+        if state is not None:
+            view.state = state
+        code = race_outcome(race_result(sides[0][0], answers[0], mask), race_result(sides[1][0], answers[1], mask),
+                            state)
+        return {"err": 0, "gerr": gerr, "state": state, "race_outcome": code,
+                "text": "race: %s | %s; GET %s" % (texts[0], texts[1], self.name(state))}
+
+    def _race_text(self, kind, arg, fd, err, value, mask):
+        if kind == "set":
+            return "SET %s -> %s, data_fd %d" % (self.name(arg), errname(err), value if value is not None else -1)
+        if kind == "get":
+            return "GET -> %s %s" % (errname(err), self.name(None if err or value is None else value & mask))
+        if kind == "read":
+            return "read fd %d -> %s, %d bytes" % (fd, errname(err), len(value))
+        if kind == "write":
+            return "write fd %d -> %s, %d" % (fd, errname(err), value)
+        if kind in ("close", "precopy"):
+            return "%s fd %d -> %s" % ("close" if kind == "close" else "PRECOPY_INFO", fd, errname(err))
+        return "%s -> %s" % (kind, errname(err))
 
     # -- v2
 

@@ -1,7 +1,8 @@
 """The Python side of harness/runtime.c built with -DMF_SHIM: a simulated kernel for the C reproducer.
 
 The C runtime's device calls (``mf_sys_open``, ``ioctl``, ``read``, ``write``, ``pread``,
-``pwrite``, ``close``, ``lseek``) arrive here over a socketpair as fixed binary messages
+``pwrite``, ``close``, ``lseek``) arrive here over a socketpair (a second one for a race's second
+thread) as fixed binary messages
 (the layouts are ``struct mf_shim_req``/``mf_shim_rep`` in runtime.c) and are answered the
 way the kernel's VFIO layer would answer them for simulated devices (``harness.sim``):
 ``/dev/vfio/vfio``, ``/dev/vfio/<group>``, ``/dev/vfio/devices/vfioN`` and ``/dev/iommu``
@@ -12,7 +13,9 @@ space in region 7 to ``reg_read/reg_write``); errors come back as errno values. 
 device's last fd and getting one again (GET_DEVICE_FD, or a cdev's BIND_IOMMUFD) is the device's
 ``reopen()``. The runtime's ``activity`` (a byte to the scratch register, then that byte ^ 0x5a to
 the transmit register of BAR0) is the simulator's ``activity(byte)``, so both reproducers make a
-device work the way the fuzzer does. A call during which the device hangs (``DeviceHang``) is
+device work the way the fuzzer does. A race (``mf_sys_race_begin``) pairs the next call of each
+thread on its device and runs the two through the simulator's ``race`` at the race's schedule, as
+the fuzzer's executor does. A call during which the device hangs (``DeviceHang``) is
 never answered, as a hung kernel call never returns; one during which it raises is answered
 with EIO and the ``raised`` flag.
 
@@ -27,16 +30,17 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 from harness import uapi
 from harness.base import DeviceHang
-from harness.runtime import Abi
+from harness.runtime import RACE_CALLS, Abi
 from harness.sim import uart
 
 REQ = struct.Struct("=IiQQII")  # call, fd, a, b, len, pad
 REP = struct.Struct("=qiIII")   # ret, err, raised, len, pad
-OPEN, IOCTL, IOCTL_VAL, READ, WRITE, PREAD, PWRITE, CLOSE, LSEEK = range(1, 10)
+OPEN, IOCTL, IOCTL_VAL, READ, WRITE, PREAD, PWRITE, CLOSE, LSEEK, RACE, RACE_DONE = range(1, 12)
 
 REGION_SHIFT = 40                         # vfio-pci: VFIO_PCI_INDEX_TO_OFFSET(index) = index << 40
 MIGRATION_INDEX = uapi.VFIO_PCI_NUM_REGIONS  # the v1 migration region: the first device-specific index
@@ -74,6 +78,10 @@ class SimKernel:
         self.calls = 0
         self.closed: set[int] = set()  # devices whose every fd was closed: getting one again reopens them
         self.scr = None  # (fd, old SCR value, value) of the last call if it was a 1-byte write to BAR0's SCR
+        # Two connections (the C runtime's main thread and a race's second thread) served at once: one
+        # call at a time, except the two calls of a race (see race_call).
+        self.lock = threading.Condition()
+        self.race: dict | None = None
 
     def new_fd(self, what: tuple) -> int:
         fd = self.next_fd
@@ -83,14 +91,91 @@ class SimKernel:
 
     # -- one call -> (ret, errno, bytes back)
 
-    def call(self, call: int, fd: int, a: int, b: int, data: bytes) -> tuple[int, int, bytes]:
+    def call(self, call: int, fd: int, a: int, b: int, data: bytes, channel: int = 0) -> tuple[int, int, bytes]:
+        with self.lock:
+            if call == RACE:
+                self.race = {"device": self.fds[fd][1], "sched": a, "kinds": (b & 0xFF, b >> 8 & 0xFF),
+                             "parked": {}, "answers": {}, "done": set(), "closes": []}
+                return 0, 0, b""
+            if call == RACE_DONE:
+                return self.race_done(channel)
+            race = self.race
+            if race is not None and channel not in race["done"] and channel not in race["parked"]:
+                reopen = RACE_CALLS[race["kinds"][channel]] == "reopen"
+                if reopen and call == CLOSE:  # a reopen's closes happen as it runs, in the race; the
+                    race["closes"].append((fd, self.fds.get(fd)))  # other side is in its call by then
+                    while 1 - channel not in race["parked"] and 1 - channel not in race["done"]:
+                        self.lock.wait()
+                    return 0, 0, b""
+                if self.races_on(race, channel, call, fd, a):
+                    what = self.fds.get(fd)
+                    if reopen:
+                        return self.race_call(channel, lambda: self.reopen_call(race, call, fd, a, b, data, what))
+                    return self.race_call(channel, lambda: self.dispatch(call, fd, a, b, data, what))
+            return self.dispatch(call, fd, a, b, data)
+
+    def reopen_call(self, race: dict, call: int, fd: int, a: int, b: int, data: bytes, what):
+        """A racing reopen: the closes the C runtime made before it, then getting the device fd again."""
+        for closed, was in race["closes"]:
+            if was is not None and closed in self.fds:
+                self.close(closed, was, 0, 0, b"")
+        return self.dispatch(call, fd, a, b, data, what)
+
+    def races_on(self, race: dict, channel: int, call: int, fd: int, request: int) -> bool:
+        """Whether this is the call of ``channel``'s side the race pairs: for a reopen (several system
+        calls), getting the device fd again (the simulator's reopen); else its first on the device."""
+        if RACE_CALLS[race["kinds"][channel]] == "reopen":
+            return call == IOCTL and IOCTLS.get(request) in ("VFIO_GROUP_GET_DEVICE_FD", "VFIO_DEVICE_BIND_IOMMUFD")
+        what = self.fds.get(fd)
+        return what is not None and len(what) > 1 and what[1] == race["device"]
+
+    def race_call(self, channel: int, thunk):
+        """The call of one side of a race: parked until the other side's comes (then the device runs
+        both at the race's schedule: the main thread's is call x, the other's y) or that side says it
+        is done without one (then it runs alone)."""
+        race = self.race
+        race["parked"][channel] = thunk
+        self.lock.notify_all()
+        parked, answers = race["parked"], race["answers"]
+        if len(parked) == 2:
+            dev = self.devices[race["device"]]
+            try:
+                answers[0], answers[1] = dev.race(parked[0], parked[1], race["sched"])
+            except Exception as e:  # noqa: BLE001 - both sides get it
+                answers[0] = answers[1] = e
+            self.lock.notify_all()
+        elif 1 - channel in race["done"]:
+            answers[channel] = thunk()
+        while channel not in answers:
+            self.lock.wait()
+        answer = answers[channel]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def race_done(self, channel: int):
+        race = self.race
+        if race is not None:
+            race["done"].add(channel)
+            self.lock.notify_all()
+            other = 1 - channel
+            if other in race["parked"] and other not in race["answers"]:  # its partner made no call
+                race["answers"][other] = race["parked"][other]()
+                self.lock.notify_all()
+            if len(race["done"]) == 2:
+                self.race = None
+        return 0, 0, b""
+
+    def dispatch(self, call: int, fd: int, a: int, b: int, data: bytes, what: tuple | None = None):
+        """One call; ``what``: the file its fd named when the call was made (a racing call may run
+        after the other thread closed it, as a real one holds its file)."""
         self.calls += 1
         scr, self.scr = self.scr, None
         if scr is not None and call == PWRITE and self.activity(scr, fd, b, data):
             return len(data), 0, b""
         if call == OPEN:
             return self.open(data.rstrip(b"\0").decode())
-        what = self.fds.get(fd)
+        what = what or self.fds.get(fd)
         if what is None:
             return -1, errno.EBADF, b""
         handler = {IOCTL: self.ioctl, IOCTL_VAL: self.ioctl_val, READ: self.read, WRITE: self.write,
@@ -112,8 +197,8 @@ class SimKernel:
     def get_device(self, index: int):
         """A device fd is got (GET_DEVICE_FD, BIND_IOMMUFD): a device closed before is opened again."""
         if index in self.closed:
+            err = self.devices[index].reopen()  # first: a racing reopen may block (harness.sim.core.Blocked)
             self.closed.discard(index)
-            err = self.devices[index].reopen()
             if err:
                 return -1, err, b""
         return 0, 0, b""
@@ -261,7 +346,7 @@ class SimKernel:
         return (-1, err, b"") if err else (n, 0, b"")
 
     def close(self, fd, what, _a, _b, _data):
-        del self.fds[fd]
+        self.fds.pop(fd, None)  # a racing close may come after the other thread's (its file is gone)
         if what[0] == "data":
             return self.answer(self.devices[what[1]].close(what[2]), 0)
         if what[0] == "device" and ("device", what[1]) not in self.fds.values():
@@ -279,7 +364,7 @@ class SimKernel:
 
     # -- the connection
 
-    def serve(self, sock: socket.socket) -> None:
+    def serve(self, sock: socket.socket, channel: int = 0) -> None:
         """Answer calls until the client closes its end; a hung call gets no answer."""
         hung = False
         while True:
@@ -294,7 +379,7 @@ class SimKernel:
                 continue
             raised = 0
             try:
-                ret, err, out = self.call(call, fd, a, b, bytes(data))
+                ret, err, out = self.call(call, fd, a, b, bytes(data), channel)
             except DeviceHang:
                 hung = True
                 continue
@@ -317,12 +402,15 @@ def run_shimmed(binary, devices, args=(), names=("sim-dev0", "sim-dev1"), deadli
     """Run a C reproducer built with -DMF_SHIM against simulated devices: (exit code, output)."""
     kernel = SimKernel(devices, names)
     mine, theirs = socket.socketpair()
-    with mine, tempfile.TemporaryFile() as out:
-        with theirs:
-            env = dict(os.environ, MF_SHIM_FD=str(theirs.fileno()))
+    mine2, theirs2 = socket.socketpair()  # a race's second thread
+    with mine, mine2, tempfile.TemporaryFile() as out:
+        with theirs, theirs2:
+            env = dict(os.environ, MF_SHIM_FD=str(theirs.fileno()), MF_SHIM_FD2=str(theirs2.fileno()))
             proc = subprocess.Popen([str(binary), *args], stdout=out, stderr=subprocess.STDOUT,
-                                    pass_fds=[theirs.fileno()], env=env)
+                                    pass_fds=[theirs.fileno(), theirs2.fileno()], env=env)
         mine.settimeout(deadline)
+        second = threading.Thread(target=kernel.serve, args=(mine2, 1), daemon=True)
+        second.start()
         try:
             kernel.serve(mine)
             rc = proc.wait(timeout=deadline)
@@ -330,6 +418,7 @@ def run_shimmed(binary, devices, args=(), names=("sim-dev0", "sim-dev1"), deadli
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        second.join(deadline)
         out.seek(0)
         return rc, out.read().decode(errors="replace")
 

@@ -55,6 +55,17 @@ def test_variants_cover_the_zoo_and_the_correct_simulator():
         detect.select_variants("no-such-variant")
 
 
+def test_campaign_command_takes_migfuzz_options_and_libfuzzer_flags():
+    base = detect.campaign_command("migfuzz-noseeds", "sim", 3, 60, "/t")
+    assert base[-2:] == ["/t/crashes", "--no-seeds"] and "--" not in base
+    flags = detect.campaign_command("migfuzz", "sim", 3, 60, "/t", ("-use_value_profile=1", "-entropic=0"))
+    assert flags[-3:] == ["--", "-use_value_profile=1", "-entropic=0"] and "--no-seeds" not in flags
+    both = detect.campaign_command("migfuzz", "sim", 3, 60, "/t", ("--instrument", "none", "--", "-entropic=0"))
+    assert both[-4:] == ["--instrument", "none", "--", "-entropic=0"]
+    assert detect.campaign_command("migfuzz", "sim", 3, 60, "/t", ("--instrument", "none", "--"))[-2:] == \
+        ["--instrument", "none"]
+
+
 def test_hypothesis_finds_error_requestable_quickly():
     t0 = time.monotonic()
     res = baselines.run_hypothesis("sim:proto=v2,bug=v2-error-requestable", 0, time.time() + 20)

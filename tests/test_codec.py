@@ -107,6 +107,71 @@ def test_v1_vector_both_directions():
     assert codec.encode(prog) == V1_BYTES
 
 
+# -- a mangle that sets a field: the kind in a's low 3 bits, width index at bit 3, fix at bit 5,
+#    at in the high byte; the offset in b's low 15 bits, the value (17-bit two's complement) above
+
+MANGLE_TEXT = """migfuzz-program 1 v2
+mangle 0 kind=set off=227 width=1 value=0x30 fix=crc32 at=4
+mangle 1 kind=add off=5 width=4 value=-1 fix=none
+mangle 0 kind=flip arg=65535
+"""
+MANGLE_BYTES = h("""
+    03
+    03 00 2604 e3001800
+    03 01 1700 0580ffff
+    03 00 0200 ffff0000
+""")
+# set = 6: a = 6 | 0 << 3 (width 1) | 1 << 5 (crc32) | 4 << 8 = 0x0426; b = 227 | 0x30 << 15 = 0x001800e3
+# add = 7: a = 7 | 2 << 3 (width 4) = 0x17; b = 5 | 0x1ffff << 15 = 0xffff8005; flip = 2: b = arg
+
+
+def test_mangle_field_vector_both_directions():
+    prog = parse_program(MANGLE_TEXT)
+    assert codec.decode(MANGLE_BYTES, "v2") == prog
+    assert codec.encode(prog) == MANGLE_BYTES
+    assert prog.text() == MANGLE_TEXT
+
+
+def test_unused_mangle_bits_are_dropped():
+    # a flip's record with bits in the places of a field change's width, fix, at and value
+    assert codec.decode(h("01 03 00 fa04 0580ffff"), "v2").ops == (Op(V2["mangle"], 0, 2, 0x8005),)
+    # a set without a checksum keeps no `at`
+    assert codec.decode(h("01 03 00 0604 e3001800"), "v2").ops == (Op(V2["mangle"], 0, 6, 0x1800E3),)
+
+
+# -- races: x in a's bits 0-2, y in 3-5, sched in 6-9, xarg in 10-12, yarg in 13-15 (calls numbered as
+#    harness.runtime.RACE_CALLS: reset 0, set 1, get 2, read 3, write 4, close 5, reopen 6, precopy 7);
+#    b is the payload reference a racing write writes, as for write
+
+RACE_TEXT = """migfuzz-program 1 v2
+race 0 x=set xarg=3 y=reset yarg=0 sched=4 data=
+race 1 x=write xarg=0 y=read yarg=1 sched=15 data=00ff
+"""
+RACE_BYTES = h("""
+    02
+    12 00 010d 00000000
+    12 01 dc23 00000200
+    00ff
+""")
+# race = 18 (after the 15 v2 ops and reopen, rdreg, wrreg); set | 3 << 10 | reset << 3 | 4 << 6 = 0x0d01;
+# write 4 | read 3 << 3 | 15 << 6 | 0 << 10 | 1 << 13 = 0x23dc; payload offset 0, length 2
+RACE_V1_TEXT = """migfuzz-program 1 v1
+race 0 x=set xarg=4 y=reset yarg=0 sched=2 data=
+"""
+RACE_V1_BYTES = h("01  10 00 8110 00000000")  # race = 16 in v1; set | 4 << 10 | 2 << 6 = 0x1081
+
+
+def test_race_vectors_both_directions():
+    assert V2["race"] == 18 and V1["race"] == 16
+    for text, data, proto in ((RACE_TEXT, RACE_BYTES, "v2"), (RACE_V1_TEXT, RACE_V1_BYTES, "v1")):
+        prog = parse_program(text)
+        assert codec.decode(data, proto) == prog
+        assert codec.encode(prog) == data
+        assert prog.text() == text
+    ops = codec.decode(RACE_BYTES, "v2").ops
+    assert ops[1] == Op(V2["race"], 1, 0x23DC, 0, b"\x00\xff")
+
+
 # -- decoding rules ------------------------------------------------------------------
 
 

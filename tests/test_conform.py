@@ -18,7 +18,7 @@ from fuzz import conform, model
 from fuzz.cli import main
 from fuzz.targets import parse_target
 from harness.profile import load_profile
-from harness.runtime import MANGLE_KINDS, mangle
+from harness.runtime import FIELD_MANGLES, MANGLE_KINDS, mangle
 from harness.sim import BUGS, SimTarget, stream, uart
 from harness.sim.bugs import DEVICE_INTERNAL
 from harness.sim.stream import PAGE_RECORD_SIZE
@@ -761,7 +761,7 @@ BOTH_WAYS = {
     "config space reads past its end hand out pointers": Broken(
         "sim:flags=0x7", ConfigTailPointers,
         tuple(("reg-leak", "RUNNING", None, f"every {w}-byte read of config space") for w in (1, 2, 4)),
-        {"err": 0, "addresses": 197}),
+        {"err": 0, "addresses": 91}),
     "a register left out of the stream": Broken(
         "sim:flags=0x7", IerNotSaved,
         (("reg-migrated", "RUNNING", "STOP", ""), ("reg-while-stopped", "STOP", "STOP", "")),
@@ -884,9 +884,14 @@ EXPECTED_CELLS = {
     "v2-rx-uninitialized": {("reg-data-out", "RUNNING", None)},
     "v2-config-oob-read": {("reg-leak", "RUNNING", None)},
 }
-# variants whose defect lies outside what the sweep drives, and why (none at present: the sweep
-# closes and re-opens devices and reads and writes their registers through the target's profile)
-NOT_SWEPT: dict = {}
+# variants whose defect lies outside what the sweep drives, and why (the sweep closes and re-opens
+# devices and reads and writes their registers through the target's profile)
+NOT_SWEPT: dict = {
+    "v2-reset-not-deferred": "a race: the sweep makes one call at a time (the fuzzer's race op finds it)",
+    **dict.fromkeys(("v2-uart-tail-trusted", "v2-uart-tail-trusted-crc", "v2-fifo-tail-oob-read"),
+                    "a field value inside a loaded stream: the sweep damages streams, it sets no field to a "
+                    "value (the fuzzer's field edits find it)"),
+}
 
 # the zoo's finding kind -> check groups of the sweep that reveal that kind of defect
 KIND_TO_CHECKS = {
@@ -895,6 +900,7 @@ KIND_TO_CHECKS = {
     "rejected-valid": {"arc", "reach"},
     "state-mismatch": {"reset", "arc", "reopen", "reopen-round-trip"},
     "info-leak": {"reg-data-out", "reg-leak"},
+    "out-of-bounds": {"reg-leak"},
     "bad-state-after-failure": {"arc", "fault-in-arc"},
     "fd-misuse-accepted": {"fd-after-reset", "fd-after-session-end", "fd-wrong-direction", "fd-seek"},
     "stream-protocol": {"stop-copy-eof", "precopy-eof", "precopy-info-covers", "precopy-info-initial",
@@ -994,7 +1000,8 @@ def test_damages_are_transport_mangles():
     """Every transport damage kind is swept, through harness.runtime.mangle itself."""
     stream = bytes(range(256)) * 2
     kinds = {d.kind for d in conform.DAMAGES}
-    assert set(MANGLE_KINDS) <= kinds and kinds - set(MANGLE_KINDS) == {"replay"}
+    damages = set(MANGLE_KINDS) - set(FIELD_MANGLES)  # a field set to a value may make another valid stream
+    assert damages <= kinds and kinds - damages == {"replay"}
     for d in conform.DAMAGES:
         if d.kind in MANGLE_KINDS:
             cap = bytearray(stream)

@@ -14,7 +14,7 @@ from fuzz.executor import Executor
 from fuzz.oracles import Finding
 from fuzz.program import parse_program
 from fuzz.targets import parse_target
-from harness.sim import SimTarget
+from harness.sim import SimTarget, bugs, v1, v2
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = {proto: sorted((ROOT / "corpus" / "seeds" / proto).glob("*.txt")) for proto in ("v1", "v2")}
@@ -151,6 +151,33 @@ def test_campaign_mutators_produce_decodable_inputs(tmp_path):
             data = base
     assert len(camp.findings) == 0, camp.out.getvalue()
     assert camp.execs == 800
+
+
+def test_campaign_infers_keeps_and_uses_the_stream_layout(tmp_path):
+    """The layout is inferred once and kept in the corpus; field edits before a transfer find the
+    variant whose loader trusts a FIFO index behind a checksum; the stats count fields loaded at a
+    boundary value."""
+    camp = _campaign(tmp_path, "sim:bug=v2-uart-tail-trusted-crc")
+    camp.load_layout(tmp_path / "corpus")
+    assert camp.field_edits is not None and "crc32 at 4 from the end" in camp.out.getvalue()
+    assert len(list((tmp_path / "corpus").glob("layout-*.json"))) == 1
+    migrate = codec.encode(parse_program("migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\n"
+                                         "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\n"))
+    for seed in range(2000):
+        camp.test_one_input(camp.custom_mutator(migrate, 4096, seed))
+        if camp.findings:
+            break
+    assert [f.kind for f, _ in camp.findings] == ["target-exception"]
+    reached, fields = camp.boundaries.counts()
+    assert 0 < reached <= fields == len(camp.boundaries.fields)
+    assert camp.stats()["fields_at_boundary"] == reached
+
+
+def test_only_the_simulator_classes_a_target_runs_are_instrumented():
+    skipped = engine.unused_classes(SimTarget("v2", 0x7, "v2-uart-tail-trusted"))
+    assert v1.V1SimDevice in skipped and bugs.V1Accept101 in skipped and bugs.UncheckedTailUart in skipped
+    assert not {v2.V2SimDevice, v2.MigFile, bugs.V2UartTailTrusted, bugs.PrimingUart} & skipped
+    assert v2.V2SimDevice in engine.unused_classes(SimTarget("v1")) and not engine.unused_classes(object())
 
 
 # ---------------------------------------------------------------------------

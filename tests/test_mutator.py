@@ -193,6 +193,8 @@ def test_program_level_wrappers():
     rng = random.Random(2)
     for proto in OPS:
         a = mutator.random_program(proto, rng)
+        while len(a.ops) < 3:  # a one-op program has no neighbours to swap and nothing to delete
+            a = mutator.random_program(proto, rng)
         b = mutator.random_program(proto, rng)
         changed = 0
         for _ in range(300):

@@ -13,8 +13,8 @@ A scripted fault is armed by the program's ``fault`` op and "fires" when a scrip
 """
 from __future__ import annotations
 
+import ast
 import errno
-import re
 
 import pytest
 
@@ -24,6 +24,7 @@ from fuzz.executor import Executor
 from fuzz.findings import FINDING_KINDS, KIND_CHECKS, Check
 from fuzz.program import parse_program
 from harness.base import DeviceHang
+from harness.runtime import RACE_FAILED, RACE_FD, RACE_GOT, RACE_OK, race_outcome
 from harness.sim import SimTarget, stream
 from harness.uapi import V1_FIELDS, V1_HEADER_SIZE
 
@@ -114,10 +115,18 @@ def run(target, body: str):
     return Executor(target).run(parse_program(f"migfuzz-program 1 {target.proto}\n{lines}\n"))
 
 
+def rendered(finding) -> None:
+    """A finding renders for people: what was expected, what was observed, on which arc, at which op."""
+    for text in (finding.expected, finding.observed, finding.arc, finding.op):
+        assert isinstance(text, str) and text.strip(), finding
+    assert " -" in finding.arc and "->" in finding.arc, finding
+
+
 def expect(finding, kind, check, step=None, cause=None):
     assert finding is not None, f"expected {kind}, got no finding"
     assert (finding.kind, finding.check) == (kind, check), finding
     assert finding.check.test in KIND_CHECKS[kind], finding  # a check the kind may carry
+    rendered(finding)
     if step is not None:
         assert finding.step == step, finding
     if cause is not None:
@@ -503,6 +512,26 @@ def test_v2_damaged_stream_accepted():
     silent(run(v2(), DAMAGED + "\nget 1"))
     # a mangle that changed nothing (a truncate of an empty capture) leaves a valid stream
     silent(run(accept_anything(v2()), V2_MIGRATE.replace("drain 0 fd=0", "mangle 0 kind=flip arg=3\ndrain 0 fd=0")))
+
+
+def test_v2_a_field_set_in_a_stream_is_no_damage():
+    """A field set to a value (checksum fixed up or not) may make another valid stream: a device that
+    loads it is not judged on it; a flip after it does not make it damage again, and a set that
+    leaves the bytes as they were leaves the stream untouched (a resume of it must reproduce)."""
+    for mangle in ("mangle 0 kind=set off=227 width=1 value=0x30 fix=crc32 at=4",
+                   "mangle 0 kind=add off=13 width=2 value=-1 fix=none",
+                   "mangle 0 kind=set off=227 width=1 value=0x30 fix=none\nmangle 0 kind=flip arg=100"):
+        body = V2_MIGRATE.replace("set 1 state=RESUMING", f"{mangle}\nset 1 state=RESUMING")
+        silent(run(accept_anything(v2()), body))
+        silent(run(v2(), body + "\nget 1"))
+    # the same flip alone is damage
+    expect(run(accept_anything(v2()), DAMAGED), "damaged-stream-accepted", OK, step=5)
+    # setting a byte to the value it has changes nothing: still the stream the source sent
+    same = V2_MIGRATE.replace("set 1 state=RESUMING", "mangle 0 kind=set off=0 width=1 value=0x4d\n"
+                              "set 1 state=RESUMING")
+    silent(run(v2(), same))
+    expect(run(v2().script("write", lambda orig, fd, data: (EIO, 0), dev=1), same), "valid-stream-rejected",
+           FAILED, step=4)
 
 
 @pytest.mark.parametrize("kind", ["truncate", "extend", "flip", "drop", "dup", "swap"])
@@ -1396,11 +1425,31 @@ def test_v1_transfer_after_junk_may_be_refused():
 # =============================================================================
 
 
-def test_every_kind_and_check_the_oracle_raises_is_declared():
+def _oracle_literals() -> tuple[set, set]:
+    """The kinds of the oracle's ``self.fail(...)`` calls and the tests of its ``Check(...)``s, read from
+    its source (a mutation tool's generated copies of a function are left out)."""
     with open(fuzz.oracles.__file__) as f:
-        source = f.read()
-    kinds = set(re.findall(r'self\.fail\(\s*"([a-z-]+)"', source))
-    checks = set(re.findall(r'Check\("([a-z_]+)"', source))
+        tree = ast.parse(f.read())
+    kinds, checks = set(), set()
+
+    def walk(node):
+        if isinstance(node, ast.FunctionDef) and "__mutmut_" in node.name:
+            return
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr == "fail":
+                kinds.add(node.args[0].value)
+            elif isinstance(func, ast.Name) and func.id == "Check":
+                checks.add(node.args[0].value)
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+    walk(tree)
+    return kinds, checks
+
+
+def test_every_kind_and_check_the_oracle_raises_is_declared():
+    kinds, checks = _oracle_literals()
     declared = {c for cs in KIND_CHECKS.values() for c in cs}
     assert kinds and checks
     assert kinds <= set(FINDING_KINDS), kinds - set(FINDING_KINDS)
@@ -1568,7 +1617,166 @@ def test_v1_read_only_field_written(prelude, field):
     t = v1().script("region_write", write).script("region_read", read)
     step = 1 if prelude else 0
     expect(run(t, f"{prelude}\nwr 0 field={field} value=0x77"), "accepted-invalid", Check("value_changed"),
-                step=step)
+           step=step, cause=f"{field} writable")
     silent(run(v1(), f"{prelude}\nwr 0 field={field} value=0x77\nget 0"))
     # data_size is written while resuming (the data window's size)
     silent(run(v1(), "set 0 value=0b100\nwr 0 field=data_size value=0x4\nget 0"))
+
+
+# =============================================================================
+# races: two calls at once, judged against their two serial orders
+# =============================================================================
+
+RACE_PRE = "set 0 state=PRE_COPY\nread 0 fd=0 n=16\n"
+
+
+def race_claim(*outcomes):
+    return Check("race_outcome_not_in", tuple(sorted(outcomes)))
+
+
+def test_race_of_a_serial_order_is_silent():
+    # a reset during the SET, deferred to its unlock: the SET's answer (no new data_fd), then RUNNING
+    silent(run(v2(), RACE_PRE + "race 0 x=set xarg=3 y=reset sched=4\nget 0\nread 0 fd=0 n=16"))
+    # the reset first: the SET opens a new session from RUNNING, its data_fd is live
+    silent(run(v2(), RACE_PRE + "race 0 x=set xarg=3 y=reset sched=0\nread 0 fd=0 n=16\nread 0 fd=1 n=16"))
+    silent(run(v1(), "set 0 value=0b011\nrace 0 x=set xarg=2 y=reset sched=1\nget 0"))
+
+
+def test_race_of_no_serial_order():
+    # a reset that leaves the state alone: the SET's answer says it came first, the state says the reset did not
+    t = v2().script("reset", lambda orig: 0)
+    want = race_claim(race_outcome(RACE_OK, RACE_OK, RUNNING), race_outcome(RACE_FD, RACE_OK, STOP_COPY))
+    f = expect(run(t, RACE_PRE + "race 0 x=set xarg=3 y=reset sched=4"), "race-not-serializable", want, step=2,
+               cause="reset+set")
+    assert "STOP_COPY" in f.observed and "RUNNING" in f.expected
+    # v1: an invalid value refused, the reset doing nothing: the old state, which neither order leaves
+    t = v1().script("reset", lambda orig: 0)
+    expect(run(t, "set 0 value=0b011\nrace 0 x=set xarg=7 y=reset sched=1"), "race-not-serializable",
+           race_claim(race_outcome(RACE_FAILED, RACE_OK, V1_RUN), race_outcome(RACE_FAILED, RACE_OK, V1_ERROR)),
+           step=1)
+
+
+def test_race_with_a_call_wrong_on_its_own_blames_the_call():
+    # SET ERROR accepted: wrong whichever call came first, so the SET's defect, claimed on the race's outcome
+    def accept_error(orig, new):
+        return (0, -1) if new == ERROR else orig(new)
+    t = v2().script("set_state", accept_error)
+    f = expect(run(t, "race 0 x=set xarg=0 y=get sched=1"), "accepted-invalid", race_claim(
+        race_outcome(RACE_FAILED, RACE_GOT | RUNNING, RUNNING)), step=0)
+    assert f.cause == ""
+    silent(run(v2(), "race 0 x=set xarg=0 y=get sched=1\nget 0"))
+
+
+def test_race_fitting_an_order_with_a_wrong_answer_is_no_claim_on_the_race():
+    # the read answers a serial order, but hands out more bytes than asked: the read's defect, which the
+    # race's answer (what the reproducers judge) cannot show
+    t = v2().script("read", lambda orig, fd, n: (0, b"\x01" * (n + 1)))
+    expect(run(t, "set 0 state=STOP_COPY\nrace 0 x=read y=get sched=0"), "stream-protocol", NONE, step=1)
+    silent(run(v2(), "set 0 state=STOP_COPY\nrace 0 x=read y=get sched=0\ndrain 0 fd=0"))
+
+
+def test_race_after_which_the_state_cannot_be_read():
+    t = v2().script("get_state", on_call(1, const(EIO, RUNNING)))
+    expect(run(t, "race 0 x=reset y=reset"), "rejected-valid", GET_FAILED, step=0)
+    silent(run(v2(), "race 0 x=reset y=reset\nget 0"))
+
+
+@pytest.mark.parametrize("digest", [True, False])
+def test_race_whose_order_cannot_be_told(digest):
+    # v1: a load (RESUMING cleared) and a reset answer alike whether the load came first; the load is
+    # then not judged (the first order's load would not match the device)
+    prog = V1_MIGRATE + "race 1 x=set xarg=1 y=reset sched={}\nget 1\nrd 1 field=device_state"
+    for sched in (0, 1, 2, 3):
+        silent(run(v1(has_digest=digest), prog.format(sched)))
+
+
+def test_access_past_the_end_of_a_region():
+    # mtty's mdev_access() does not bound the offset: reads past the config space answer
+    def past(orig, region, off, size):
+        return (0, bytes(size)) if region == 7 else orig(region, off, size)
+    t = v2().script("reg_read", past)
+    expect(run(t, "rdreg 0 region=7 off=0x34 size=4\nrdreg 0 region=7 off=0x36 size=4"), "out-of-bounds", OK,
+           step=1, cause="region 7 read past its end")
+    silent(run(t, "rdreg 0 region=7 off=0x34 size=4\nrdreg 0 region=7 off=0x30 size=8"))  # up to the last byte
+    t = v2().script("reg_write", lambda orig, region, off, data: (0, len(data)) if region == 7
+                    else orig(region, off, data))
+    expect(run(t, "wrreg 0 region=7 off=0x38 size=1 value=0x1"), "out-of-bounds", OK, step=0,
+           cause="region 7 write past its end")
+    # a region REGION_INFO gives size 0 (not implemented) must refuse every access
+    t = v2().script("pci_region_size", lambda orig, region: 0 if region == 0 else orig(region))
+    expect(run(t, "rdreg 0 region=0 off=0x7 size=1"), "out-of-bounds", OK, step=0)
+    # the correct device refuses them all; an unknown size is not judged
+    silent(run(v2(), "rdreg 0 region=7 off=0x36 size=4\nrdreg 0 region=7 off=0x100 size=1\n"
+                     "wrreg 0 region=7 off=0x38 size=1 value=0x1"))
+    t = v2().script("reg_read", past).script("pci_region_size", lambda orig, region: None)
+    silent(run(t, "rdreg 0 region=7 off=0x100 size=4"))
+
+
+def test_bytes_activity_sent_entered_the_device():
+    # a real UART's activity transmits a byte that loops back to RX (mtty): it entered through the program
+    def loop_back(orig, seed, report=True):
+        orig(seed)
+        t.real().core.uart.write(RX_TX, 0x5D)
+        return b"\x5d" if report else None
+    t = v2().script("activity", loop_back)
+    silent(run(t, "activity 0 seed=7\nrdreg 0 region=0 off=0x0 size=1"))
+    t = v2().script("activity", lambda orig, seed: loop_back(orig, seed, report=False))
+    expect(run(t, "activity 0 seed=7\nrdreg 0 region=0 off=0x0 size=1"), "info-leak", Check("not_entered", (0, (0,))),
+           step=1)
+
+
+def test_v1_data_size_written_in_resuming_makes_the_session_opaque():
+    # a bare data_size write in RESUMING consumes window bytes the executor never wrote: the bytes
+    # the device holds are no longer the transferred stream, so its refusal is no rejected valid stream
+    body = V1_MIGRATE.replace("transfer 0 dst=1 seg=0", "transfer 0 dst=1 seg=0\nwr 1 field=data_size value=0x4")
+    silent(run(v1(), body + "\nget 1"))
+    # and a device that loads it anyway is not judged on bytes nobody knows
+    silent(run(accept_anything(v1()), body))
+
+
+def test_failed_writes_do_not_count_toward_a_load():
+    # v2: a write op that failed (no fault) and a load that succeeds from what else was written
+    def second_fails(orig, fd, data):
+        calls[0] += 1
+        if calls[0] == 2:
+            if fire[0]:
+                t.fire(1)
+            return EIO, 0
+        return orig(fd, data)
+    calls, fire = [0], [False]
+    t = accept_anything(v2(validates_stream=False, real_faults=False)).script("write", second_fails, dev=1)
+    body = ("set 1 state=RESUMING\nwrite 1 fd=0 data=00\nfault 1 nth=1 kind=nomem\nwrite 1 fd=0 data=11\n"
+            "set 1 state=STOP")
+    expect(run(t, body), "damaged-stream-accepted", OK, step=4, cause="failed write counted")
+    calls[0], fire[0] = 0, True
+    silent(run(t, body))  # the failure came from an injected fault: the user knows why
+
+    # v1: a window write that failed
+    def wrwin_fails(orig, offset, data):
+        if offset >= 0x1000 and len(data) == 1 and data == b"\x11":
+            return EIO, 0
+        return orig(offset, data)
+    t1 = accept_anything(v1(validates_stream=False)).script("region_write", wrwin_fails, dev=1)
+    expect(run(t1, "set 1 value=0b100\nwrwin 1 data=00\nwrwin 1 data=11\nset 1 value=0b001"),
+           "damaged-stream-accepted", OK, step=3, cause="failed write counted")
+    silent(run(t1, "set 1 value=0b100\nwrwin 1 data=00\nwrwin 1 data=22\nset 1 value=0b001"))
+
+
+def test_race_leaving_the_driver_files_of_no_serial_order():
+    # the answers fit (SET STOP_COPY -> STOP first, the GET after it) but the driver still holds its file:
+    # the state afterwards is no serial order's (only a simulator shows it: no claim on the race's answer)
+    t = v2().script("live_files", const(1))
+    expect(run(t, "set 0 state=STOP_COPY\nrace 0 x=set xarg=1 y=get sched=0"), "race-not-serializable", NONE,
+           step=1, cause="get+set")
+    expect(run(t, "set 0 state=STOP_COPY\nset 0 state=STOP"), "resource-leak", NONE, step=1)  # no race: a leak
+    silent(run(v2(), "set 0 state=STOP_COPY\nrace 0 x=set xarg=1 y=get sched=0\nget 0"))
+
+
+def test_a_negative_errno_after_arbitrary_bytes_is_no_kernel_address():
+    # an s64 -ENOMEM after 8 arbitrary bytes: the window 3 bytes into it reads 0xfffffffff4010101
+    errnos = b"".join(b"\x01" * 8 + (-e).to_bytes(8, "little", signed=True) for e in range(1, 4096, 7))
+    t = v2().script("read", on_call(1, lambda orig, fd, n: (0, errnos[:n])))
+    silent(run(t, "set 0 state=STOP_COPY\nread 0 fd=0 n=4096"))
+    pointer = (0xFFFFFFFFC0123456).to_bytes(8, "little")
+    t = v2().script("read", on_call(1, lambda orig, fd, n: (0, b"\x01" * 3 + pointer)))
+    expect(run(t, "set 0 state=STOP_COPY\nread 0 fd=0 n=64"), "info-leak", Check("kernel_address"), step=1)

@@ -20,6 +20,7 @@ from fuzz.program import (
     Program,
     ProgramError,
     format_program,
+    mangle_args,
     normalize,
     parse_program,
 )
@@ -40,6 +41,9 @@ mangle 0 kind=flip arg=100
 mangle 0 kind=drop arg=0
 mangle 0 kind=dup arg=2
 mangle 0 kind=swap arg=1
+mangle 0 kind=set off=227 width=1 value=0x30 fix=crc32 at=4
+mangle 1 kind=add off=32767 width=8 value=-65536 fix=sum16be at=255
+mangle 0 kind=set off=0 width=2 value=0xffff fix=none
 transfer 0 dst=1 seg=16
 transfer 1 dst=0 seg=2000
 set 0 state=ERROR
@@ -69,6 +73,10 @@ rdreg 0 region=0 off=0x0 size=1
 rdreg 1 region=7 off=0x3ff size=8
 wrreg 0 region=0 off=0x3 size=1 value=0x80
 wrreg 1 region=15 off=0x10 size=4 value=0xffffffff
+race 0 x=reset xarg=0 y=read yarg=0 sched=0 data=
+race 1 x=set xarg=3 y=close yarg=1 sched=15 data=
+race 0 x=write xarg=0 y=reopen yarg=0 sched=7 data=00ff
+race 1 x=get xarg=7 y=precopy yarg=7 sched=8 data=
 """,
     "v1": """migfuzz-program 1 v1
 reset 1
@@ -103,6 +111,7 @@ rdreg 0 region=0 off=0x0 size=1
 rdreg 1 region=7 off=0x3ff size=8
 wrreg 0 region=0 off=0x3 size=1 value=0x80
 wrreg 1 region=15 off=0x10 size=4 value=0xffffffff
+race 0 x=set xarg=4 y=reset yarg=0 sched=2 data=
 """,
 }
 
@@ -415,8 +424,8 @@ def test_random_op_covers_every_op_and_kind():
     for proto in ("v1", "v2"):
         seen = {mutator.random_op(proto, rng).code for _ in range(2000)}
         assert seen == set(range(len(OPS[proto])))
-    kinds = {mutator.random_op("v2", rng, OPCODES["v2"]["mangle"]).a for _ in range(500)}
-    assert kinds == set(range(len(MANGLE_KINDS)))
+    kinds = {mangle_args(mutator.random_op("v2", rng, OPCODES["v2"]["mangle"]))[0] for _ in range(500)}
+    assert kinds == set(MANGLE_KINDS)
 
 
 # ---------------------------------------------------------------------------

@@ -11,13 +11,14 @@ passes.
 from __future__ import annotations
 
 import errno
+import zlib
 
 import pytest
 
 from fuzz import model
 from fuzz.executor import Executor
 from fuzz.program import parse_program
-from harness.sim import BUGS, SimTarget, stream
+from harness.sim import BUGS, SimTarget, stream, uart
 from harness.sim.bugs import device_class
 from harness.sim.core import NPAGES
 from harness.sim.v1 import REGION_SIZE, V1SimDevice
@@ -197,7 +198,7 @@ def test_v2_stop_copy_stream_is_the_documented_format():
     ok_set(dev, STOP)
     fd = ok_set(dev, STOP_COPY, want_fd=True)
     data = read_until_end(dev, fd)
-    assert len(data) == stream.FULL_SIZE == 12 + 8 * (3 + 2 + 16) + (3 + 16) + (3 + 30) + (3 + 12)
+    assert len(data) == stream.FULL_SIZE == 12 + 8 * (3 + 2 + 16) + (3 + 16) + (3 + 30) + (3 + 9)
     assert data == stream.full_stream(dev.core.regs, dev.core.mem, dev.core.uart.state())
     parsed = stream.Stream.parse(data)
     assert parsed.header.version == stream.VERSION and parsed.header.npages == NPAGES
@@ -205,7 +206,9 @@ def test_v2_stop_copy_stream_is_the_documented_format():
     assert tags == [stream.TAG_PAGE] * NPAGES + [stream.TAG_REGS, stream.TAG_UART, stream.TAG_END]
     end = stream.EndBody.parse(parsed.records[-1].body)
     assert end.length == len(data) - stream.END_RECORD_SIZE
-    assert end.checksum == stream.checksum(data[:end.length])
+    assert end.checksum == zlib.crc32(data[:-4]) == int.from_bytes(data[-4:], "little")  # CRC-32 of all before it
+    assert 0xFF not in data[-4:] and end.salt == min(  # the first salt that leaves no 0xff byte in it
+        s for s in range(255) if 0xFF not in zlib.crc32(data[:-5] + bytes((s,))).to_bytes(4, "little"))
     regs, mem, uart_state = stream.load(data)
     assert regs == dev.core.regs and bytes(mem) == bytes(dev.core.mem) and uart_state == dev.core.uart.state()
 
@@ -214,8 +217,8 @@ def test_stream_packers_match_construct():
     assert packer(stream.StreamHeader).pack(b"MGFZ", 1, 0, 8, 16) == stream.StreamHeader.build(
         {"version": 1, "flags": 0, "npages": 8, "page_size": 16})
     assert packer(stream.RegsBody).pack(1, 2, 3, 4) == stream.RegsBody.build({"regs": [1, 2, 3, 4]})
-    assert packer(stream.EndBody).pack(7, b"12345678") == stream.EndBody.build({"length": 7,
-                                                                                   "checksum": b"12345678"})
+    assert packer(stream.EndBody).pack(7, 1, 0x12345678) == stream.EndBody.build(
+        {"length": 7, "salt": 1, "checksum": 0x12345678}) == bytes.fromhex("07000000" "01" "78563412")
 
 
 # =============================================================================
@@ -956,6 +959,8 @@ def test_v1_pending_ack_sequence():
 # =============================================================================
 
 # name -> (flags, program body, finding step)
+# where a stop-and-copy stream holds the UART's FIFO tail index (the UART record is the last before the end)
+TAIL_AT = stream.FULL_SIZE - stream.END_RECORD_SIZE - uart.STATE_SIZE + uart.NREGS + uart.FIFO_SIZE + 1
 BUG_PROGRAMS = {
     "v1-accept-101": (0, "set 0 value=0b101", 0),
     "v1-accept-111": (0, "set 0 value=0b111", 0),
@@ -1086,6 +1091,31 @@ BUG_PROGRAMS = {
     "v2-empty-session-loads": (0x7, """
         set 1 state=RESUMING
         set 1 state=STOP""", 1),
+    "v2-uart-tail-trusted": (0x7, f"""
+        set 0 state=STOP_COPY
+        drain 0 fd=0
+        mangle 0 kind=set off={TAIL_AT} width=1 value=0x30 fix=none
+        set 1 state=RESUMING
+        transfer 0 dst=1 seg=0
+        set 1 state=STOP""", 5),
+    "v2-uart-tail-trusted-crc": (0x7, f"""
+        set 0 state=STOP_COPY
+        drain 0 fd=0
+        mangle 0 kind=set off={TAIL_AT} width=1 value=0x30 fix=crc32 at={stream.CHECKSUM_SIZE}
+        set 1 state=RESUMING
+        transfer 0 dst=1 seg=0
+        set 1 state=STOP""", 5),
+    "v2-fifo-tail-oob-read": (0x7, f"""
+        set 0 state=STOP_COPY
+        drain 0 fd=0
+        mangle 0 kind=set off={TAIL_AT} width=1 value=38 fix=none
+        set 1 state=RESUMING
+        transfer 0 dst=1 seg=0
+        set 1 state=STOP
+        rdreg 1 region=0 off=0x0 size=1""", 6),
+    "v2-reset-not-deferred": (0x7, """
+        set 0 state=PRE_COPY
+        race 0 x=set xarg=3 y=reset sched=4""", 1),  # the reset lands between PRE_COPY -> PRE_COPY_P2P and its commit
 }
 
 

@@ -62,6 +62,17 @@ TRIGGERS = {
     "v2-failed-write-counted": "set 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=flip arg=8\n"
                                "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP",
     "v2-empty-session-loads": "set 1 state=RESUMING\nset 1 state=STOP",
+    "v2-uart-tail-trusted": "set 0 state=STOP_COPY\ndrain 0 fd=0\n"
+                            "mangle 0 kind=set off=227 width=1 value=0x30 fix=none\n"
+                            "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP",
+    "v2-uart-tail-trusted-crc": "set 0 state=STOP_COPY\ndrain 0 fd=0\n"
+                                "mangle 0 kind=set off=227 width=1 value=0x30 fix=crc32 at=4\n"
+                                "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP",
+    "v2-fifo-tail-oob-read": "set 0 state=STOP_COPY\ndrain 0 fd=0\n"
+                             "mangle 0 kind=set off=227 width=1 value=38 fix=none\n"
+                             "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\n"
+                             "rdreg 1 region=0 off=0x0 size=1",
+    "v2-reset-not-deferred": "set 0 state=PRE_COPY\nrace 0 x=set xarg=7 y=reset sched=4",
 }
 
 

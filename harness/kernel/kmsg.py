@@ -1,14 +1,21 @@
-"""Recognising kernel splats (WARN, BUG, oops, soft lockup, lockdep) in kernel log text.
+"""Recognising kernel splats (WARN, BUG, oops, soft lockup, lockdep, KASAN, UBSAN) in kernel log text.
 
-Used two ways: on the guest's serial console log after a run (``find_splats``)
-and live, inside the guest, on /dev/kmsg (``KmsgWatch``) so a finding can be
-tied to the program that caused it.
+Used two ways: on the guest's serial console log after a run (``find_splats``,
+``kernel_reports``) and live, inside the guest, on /dev/kmsg (``KmsgWatch``) so a
+finding can be tied to the program that caused it.
+
+A splat becomes a :class:`KernelReport`: its normalised title (offsets, line
+numbers, addresses and task ids dropped, so one defect has one title), its top
+frames (the call trace's first reliable frames below the reporting machinery:
+KASAN's, UBSAN's, lockdep's, the WARN and might_sleep paths) and its whole text.
+Title and frames are what a finding's signature groups by.
 """
 from __future__ import annotations
 
 import errno
 import os
 import re
+from typing import NamedTuple
 
 # Splat headers are matched at the start of the message text only: boot-time
 # notices such as "RETBleed: WARNING: Spectre v2 mitigation ..." carry the same
@@ -36,6 +43,111 @@ def is_splat(line: str) -> bool:
 def find_splats(log: str) -> list[str]:
     """Every splat line in a console log, in order (stripped of carriage returns)."""
     return [line.strip("\r") for line in log.splitlines() if is_splat(line.strip("\r"))]
+
+
+# ---------------------------------------------------------------------------- reports
+
+TOP_FRAMES = 3         # frames of a report's call trace its signature keeps
+REPORT_LINES = 400     # a report is cut after this many lines (a flood must not fill a crash file)
+_PREFIX = re.compile(r"^(?:<\d+>)?(?:\[\s*\d+\.\d+\]\s?)?(?:\[\s*[CT]\d+\]\s?)?")
+# " ? func+0x1e/0x2a0 [module]": "?" marks a frame the unwinder is unsure of (skipped).
+_FRAME = re.compile(r"^\s*(\? )?([\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?\s*$")
+# Frames of the code that reports, not of the code that erred.
+_MACHINERY = re.compile(
+    r"^(?:dump_stack|show_stack|print_|kasan_|__kasan_|__asan_|asan_|check_memory_region|ubsan_|__ubsan_"
+    r"|__might_|might_|__warn|warn_|report_bug|handle_bug|exc_invalid_op|asm_exc_|check_noncircular|check_prev"
+    r"|validate_chain|__lock_acquire|lock_acquire|lock_release|__lock_release|__mutex_lock|mutex_lock|_raw_|__raw_"
+    r"|down_|lockdep_|mark_lock|check_deadlock|check_irq_usage|panic|check_panic_on_warn|end_report"
+    r"|__schedule_bug|schedule_debug|__bad_area|kernelmode_fixup|page_fault_oops|exc_page_fault|asm_exc_page)")
+_TITLE_RULES = (
+    # "WARNING: CPU: 0 PID: 231 at samples/vfio-mdev/mtty.c:1220 mtty_step_state+0x1e/0x2a0 [mtty]"
+    (re.compile(r"^(?:------------\[ cut here \]------------\s*)?WARNING: CPU: \d+ PID: \d+ at \S+ ([\w.]+).*$"),
+     r"WARNING in \1"),
+    (re.compile(r"^watchdog: "), ""),
+    (re.compile(r"\+0x[0-9a-f]+/0x[0-9a-f]+"), ""),               # function offsets
+    # where the source tree was (UBSAN names files as the compiler saw them: absolute out of tree)
+    (re.compile(r"(?<=\s)/\S*?/(?=(?:arch|block|crypto|drivers|fs|include|init|io_uring|ipc|kernel|lib|mm|net"
+                r"|samples|security|sound|virt)/)"), ""),
+    (re.compile(r"(\.[chS]):\d+(?::\d+)?"), r"\1"),                # line and column numbers
+    (re.compile(r"\b(?:0x)?[0-9a-f]{12,16}\b"), "ADDR"),           # addresses
+    (re.compile(r"\[\w[\w ./-]*:\d+\]$"), ""),                       # "[python3:231]" (soft lockup)
+    (re.compile(r"task \S+:\d+"), "task"),                          # "INFO: task python3:231 blocked"
+    (re.compile(r"CPU#\d+ stuck for \d+s!"), "CPU stuck"),
+    (re.compile(r" \[#\d+\].*$"), ""),                                # oops counters and flags
+)
+
+
+class KernelReport(NamedTuple):
+    """One kernel splat: what a ``kernel-splat`` finding carries and is grouped by."""
+
+    title: str                 # normalised first line, e.g. "BUG: KASAN: slab-out-of-bounds in mtty_save_read"
+    frames: tuple              # top call-trace functions below the reporting machinery
+    text: str                  # the whole report as logged
+    headline: str              # its first line as logged (without the printk prefix)
+
+    @property
+    def cause(self) -> str:
+        """Title and top frames: the finding's ``cause`` (and so its signature)."""
+        return f"{self.title}|{','.join(self.frames) or 'no-frames'}"
+
+
+def strip_prefix(line: str) -> str:
+    """A log line without its printk level, timestamp and caller id."""
+    return _PREFIX.sub("", line.rstrip("\r"), count=1)
+
+
+def report_title(headline: str) -> str:
+    title = headline.strip()
+    for pattern, replacement in _TITLE_RULES:
+        title = pattern.sub(replacement, title)
+    return title.strip()
+
+
+def top_frames(lines: list[str], count: int = TOP_FRAMES) -> tuple:
+    """The first `count` reliable frames of the first call trace in `lines` that are not the
+    reporting machinery (gcc's ``.part.0``/``.isra.0`` suffixes dropped)."""
+    frames: list[str] = []
+    in_trace = False
+    for line in lines:
+        if not in_trace:
+            in_trace = line.strip() == "Call Trace:"
+            continue
+        m = _FRAME.match(line)
+        if m is None:
+            if frames and line.strip() in ("</TASK>", "</IRQ>"):
+                break
+            continue
+        name = m.group(2).split(".", 1)[0]
+        if m.group(1) or _MACHINERY.match(name):
+            continue
+        frames.append(name)
+        if len(frames) == count:
+            break
+    return tuple(frames)
+
+
+# Reports the rig's kernel logs and goes on (panic_on_warn does not cover them): lockdep,
+# might_sleep, hung tasks. A panic is blamed on the first report that is not one of these.
+_NON_FATAL = re.compile(r"possible circular locking|inconsistent lock state|possible recursive locking"
+                        r"|sleeping function called from invalid context|blocked for more than|suspicious RCU usage")
+
+
+def first_fatal(reports: list[KernelReport]) -> int:
+    """Index of the report that ended a guest (the first one panic_on_warn acts on), 0 if none is."""
+    return next((i for i, r in enumerate(reports) if not _NON_FATAL.search(r.title)), 0)
+
+
+def kernel_reports(lines: list[str]) -> list[KernelReport]:
+    """The splats in log lines (console or /dev/kmsg), in order: each from its splat line up to the
+    next splat line or the end (at most REPORT_LINES lines)."""
+    text = [strip_prefix(line) for line in lines]
+    starts = [i for i, line in enumerate(text) if is_splat(line)]
+    reports = []
+    for n, start in enumerate(starts):
+        end = min(starts[n + 1] if n + 1 < len(starts) else len(text), start + REPORT_LINES)
+        body = text[start:end]
+        reports.append(KernelReport(report_title(body[0]), top_frames(body[1:]), "\n".join(body), body[0].strip()))
+    return reports
 
 
 class KmsgWatch:
@@ -69,6 +181,10 @@ class KmsgWatch:
 
     def new_splats(self) -> list[str]:
         return [line for line in self.new_lines() if is_splat(line)]
+
+    def new_reports(self) -> list[KernelReport]:
+        """The splats logged since the last call, each with the lines that followed it."""
+        return kernel_reports(self.new_lines())
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -118,12 +118,12 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------------------- prepare
 
 
-def _ensure_host_packages() -> None:
+def _ensure_host_packages(packages: list[str] = HOST_PACKAGES) -> None:
     def installed(pkg: str) -> bool:
         r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
         return r.returncode == 0 and r.stdout.endswith(" installed")
 
-    missing = [p for p in HOST_PACKAGES if not installed(p)]
+    missing = [p for p in packages if not installed(p)]
     if not missing:
         return
     _log(f"apt-get install {' '.join(missing)}")
@@ -228,8 +228,9 @@ def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _build_initramfs(root: Path, kver: str, cache: Path) -> Path:
-    modules = _module_closure(root, kver, NINEP_MODULES)
+def _build_initramfs(root: Path, kver: str, cache: Path, ninep_modules: list[str] = NINEP_MODULES) -> Path:
+    """The initramfs for kernel `kver`: busybox, stage 1 and the 9p modules (none when 9p is built in)."""
+    modules = _module_closure(root, kver, ninep_modules) if ninep_modules else []
     stage1 = STAGE1.read_bytes()
     key = hashlib.sha256(stage1 + kver.encode() + "\n".join(modules).encode()).hexdigest()[:12]
     target = cache / f"initramfs-{key}.cpio.gz"
@@ -334,10 +335,10 @@ def _kvm_usable() -> bool:
     return hardware and os.access("/dev/kvm", os.R_OK | os.W_OK) and not failed
 
 
-def _qemu_command(rig: Rig, accel: str, results: Path, timeout: float) -> list[str]:
+def _qemu_command(rig: Rig, accel: str, results: Path, timeout: float, extra_args: str = "") -> list[str]:
     accel_args = (["-accel", "kvm", "-cpu", "host"] if accel == "kvm"
                   else ["-accel", "tcg,thread=multi", "-cpu", os.environ.get("MIGFUZZ_QEMU_CPU", "max")])
-    append = f"{KERNEL_ARGS} MIGFUZZ_STAGE2={STAGE2}"
+    append = f"{KERNEL_ARGS} {extra_args + ' ' if extra_args else ''}MIGFUZZ_STAGE2={STAGE2}"
     return [
         "timeout", "--kill-after=5", str(int(timeout) + 1),
         "qemu-system-x86_64", *accel_args, "-smp", "1", "-m", "1G",
@@ -371,7 +372,7 @@ def _guest_env(rig: Rig, instances: int) -> str:
 
 
 def _boot(rig: Rig, accel: str, command: str, timeout: float, instances: int,
-          results: Path) -> GuestResult:
+          results: Path, extra_args: str = "") -> GuestResult:
     (results / "guest.env").write_text(_guest_env(rig, instances))
     (results / "command.sh").write_text(command + "\n")
     for stale in ("exit_status", "output.log", "mtty.txt"):
@@ -382,7 +383,7 @@ def _boot(rig: Rig, accel: str, command: str, timeout: float, instances: int,
     marks: dict[str, float] = {}
     console: list[str] = []
     start = time.monotonic()
-    proc = subprocess.Popen(_qemu_command(rig, accel, results, timeout), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(_qemu_command(rig, accel, results, timeout, extra_args), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def pump() -> None:
@@ -436,26 +437,29 @@ def _new_results_dir() -> Path:
 
 
 def run_guest(command: str, timeout: float = 120, instances: int = 2,
-              results_dir: Path | None = None) -> GuestResult:
+              results_dir: Path | None = None, prepared: tuple[Rig, float] | None = None,
+              extra_args: str = "") -> GuestResult:
     """Boot the guest, run `command` in it (see module doc), power off.
 
     `timeout` bounds the whole boot + command; on expiry QEMU is killed and the
     result has timed_out set. A kernel WARN/oops panics the guest, which ends
-    QEMU early; its lines are in `splats`.
+    QEMU early; its lines are in `splats`. `prepared` is another kernel's
+    (rig, setup seconds), e.g. ``debugkernel.prepare()``; by default the stock rig.
+    `extra_args` follow KERNEL_ARGS on the kernel command line (a later value wins).
     """
     for hidden in GUEST_MOUNTS:
         for what, path in (("cache", cache_dir()), ("project", PROJECT_ROOT), ("python", Path(sys.executable))):
             if path.resolve().is_relative_to(hidden) or path.is_relative_to(hidden):
                 raise ValueError(f"{what} {path} is under {hidden}, which the guest mounts over")
-    rig, setup_seconds = prepare()
+    rig, setup_seconds = prepared or prepare()
     if results_dir is None:
         results_dir = _new_results_dir()
     results_dir.mkdir(parents=True, exist_ok=True)
     accel = "kvm" if _kvm_usable() else "tcg"
-    result = _boot(rig, accel, command, timeout, instances, results_dir)
+    result = _boot(rig, accel, command, timeout, instances, results_dir, extra_args)
     if accel == "kvm" and result.boot_seconds is None and not result.splats:
         _log("KVM boot did not reach stage 2; falling back to TCG from now on")
         (cache_dir() / "kvm-failed").touch()
-        result = _boot(rig, "tcg", command, timeout, instances, results_dir)
+        result = _boot(rig, "tcg", command, timeout, instances, results_dir, extra_args)
     result.setup_seconds = round(setup_seconds, 1)
     return result

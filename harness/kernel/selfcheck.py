@@ -5,16 +5,27 @@ first two mtty instances named in ``MIGFUZZ_MTTY`` through ``harness.kernel.vfio
 records what the driver answers and writes it as JSON to
 ``$MIGFUZZ_RESULTS/selfcheck.json``. It only observes; the expectations live
 in ``tests/kernel/test_rig.py``. Errnos are recorded by name ("EINVAL"), 0 as "OK".
+
+With ``--senses`` (the debug kernel, ``migfuzz vm selfcheck --kernel debug``) it also
+exercises what the fuzzer senses the kernel with: the KCOV coverage of a trivial
+program, run :data:`TRIVIAL_RUNS` times (``kcov`` in the report), and last, after the
+report is written, a deliberate out-of-bounds write by lkdtm (``SLAB_LINEAR_OVERFLOW``,
+drivers/misc/lkdtm/heap.c) with an empty program in the flight recorder: KASAN
+reports it and panics the guest, and the host turns the console into a
+``kernel-splat`` finding the way a campaign does (``fuzz.vm``).
 """
 from __future__ import annotations
 
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from harness.kernel.flight import FlightRecorder
+from harness.kernel.kcov import KernelCoverage
 from harness.kernel.kmsg import KmsgWatch
 from harness.kernel.vfio import Watchdog, mtty_targets
 from harness.runtime import VfioDevice, errname, read_stream
@@ -24,6 +35,11 @@ RESULT_FILE = "selfcheck.json"
 CALL_DEADLINE = 10.0          # seconds one device call may take before it counts as a hang
 KMSG_PROBE = "WARNING: migfuzz selfcheck probe of the kmsg watcher"
 MATRIX_STATES = [S.STOP, S.RUNNING, S.STOP_COPY, S.RESUMING, S.RUNNING_P2P, S.PRE_COPY, S.PRE_COPY_P2P]
+SENSES_FLAG = "--senses"
+TRIVIAL_RUNS = 3
+LKDTM_DIRECT = "/sys/kernel/debug/provoke-crash/DIRECT"
+LKDTM_OOB = "SLAB_LINEAR_OVERFLOW"   # kmalloc(1020), then a write at byte 1024
+EMPTY_PROGRAM = b"\x00"               # the binary form of a program of no ops (fuzz.codec)
 
 
 def name(err: int) -> str:
@@ -183,7 +199,53 @@ def data_fd_rules(dev: VfioDevice, valid_stream: bytes) -> dict:
     return out
 
 
-def main() -> int:
+def trivial_program(dev: VfioDevice) -> None:
+    """The program whose kernel coverage the self-check compares across runs."""
+    dev.get_state()
+    dev.set_state(S.STOP)
+    dev.set_state(S.RUNNING)
+
+
+def kcov_runs(watchdog: Watchdog, dev: VfioDevice) -> dict:
+    """KCOV coverage of :func:`trivial_program` in each of TRIVIAL_RUNS runs (after a reset each):
+    distinct PCs per run, whether every run covered the same PCs, and the split."""
+    coverage, description = KernelCoverage.open([dev.name])
+    out: dict = {"available": coverage is not None, "description": description}
+    if coverage is None:
+        return out
+    watchdog.cover(coverage)
+    runs = []
+    try:
+        for _ in range(TRIVIAL_RUNS):
+            dev.reset()
+            coverage.begin_program(None)
+            trivial_program(dev)
+            runs.append(sorted(coverage.pcs))
+            coverage.end_program()
+    finally:
+        watchdog.cover(None)
+        coverage.close()
+    covered, common = set().union(*runs), set(runs[0]).intersection(*runs)
+    out.update(pcs=[len(r) for r in runs], same_in_every_run=covered == common,
+               differing=[hex(pc) for pc in sorted(covered - common)], **coverage.stats())
+    return out
+
+
+def provoke_kasan(results: Path) -> None:
+    """lkdtm's deliberate slab out-of-bounds write, with an empty program in the flight recorder.
+    KASAN reports it and panic_on_warn ends the guest; if this returns, KASAN saw nothing."""
+    recorder = FlightRecorder.open("v2", "selfcheck")
+    if recorder is not None:
+        recorder.record(EMPTY_PROGRAM)
+    subprocess.run(["modprobe", "-d", os.environ.get("MIGFUZZ_MODROOT", "/"), "lkdtm"], check=True)
+    os.sync()
+    with open(LKDTM_DIRECT, "w") as direct:
+        direct.write(LKDTM_OOB)
+    (results / "kasan-not-reported").write_text(f"{LKDTM_OOB} returned\n")
+
+
+def main(argv: list[str]) -> int:
+    senses = SENSES_FLAG in argv
     results = Path(os.environ.get("MIGFUZZ_RESULTS", "."))
     report: dict = {}
 
@@ -209,6 +271,8 @@ def main() -> int:
             report["matrix"] = transition_matrix(a, valid_stream)
             report["round_trip"] = round_trip(a, b)
             report["data_fd_rules"] = data_fd_rules(a, valid_stream)
+            if senses:
+                report["kcov"] = kcov_runs(watchdog, a)
         finally:
             for dev in devices:
                 dev.close_device()
@@ -221,8 +285,10 @@ def main() -> int:
         report["kmsg_probe_seen"] = KMSG_PROBE in kmsg.new_splats()
     watchdog.stop()
     (results / RESULT_FILE).write_text(json.dumps(report, indent=1))
+    if senses:
+        provoke_kasan(results)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

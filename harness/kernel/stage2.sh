@@ -29,6 +29,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
+# KCOV (harness/kernel/kcov.py) is a debugfs file; without debugfs there is just no KCOV.
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mkfifo "$halt_fifo"
 mkdir -p "$results" /run/tmp
 export TMPDIR=/run/tmp

@@ -40,12 +40,12 @@ fuzzing engine installs a callback that writes a ``hang`` finding for the
 current input and exits 1 - or, with no callback installed, prints the hang
 and exits 1.
 
-Kernel splats: after every program the target reads ``/dev/kmsg`` (when
-readable, e.g. as root in the guest) and returns the new WARN/BUG/oops/lockdep/soft
-lockup lines (``after_program``); the fuzzer's oracle makes them a ``kernel-splat``
-finding for that program. A WARN or oops under the rig's ``panic_on_warn=1
-oops=panic`` ends the guest instead; then the host reports it from the console
-log and the flight recorder (``harness.kernel.vm``).
+Kernel splats: after every program the target returns the kernel reports logged on
+``/dev/kmsg`` meanwhile (``after_program``: ``kmsg.KernelReport``s); the oracle makes
+them a ``kernel-splat`` finding of that program, signed by title and top frames. A
+report that panics the guest (``panic_on_warn=1 oops=panic``) is reported by the host
+from the console and the flight recorder (``fuzz.vm``). Kernel coverage: on a kernel
+with KCOV, ``enable_kernel_coverage`` collects every device call's PCs (``kcov.py``).
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ from harness.runtime import read_stream
 from harness.uapi import MIG_FLAG_SETS, MigState
 
 from .flight import FlightRecorder
+from .kcov import KernelCoverage
 from .kmsg import KmsgWatch
 from .vfio import KernelTarget, OpenError, Watchdog, mtty_targets
 
@@ -199,6 +200,7 @@ class KernelTargetSet:
         self.watchdog = Watchdog(deadline, self._hang)
         self.kmsg: KmsgWatch | None = None
         self.flight = None
+        self.coverage: KernelCoverage | None = None  # KCOV, once enable_kernel_coverage() found it
         self.resaves = 0          # successful re-saves (for stats and tests)
         if devices:
             for dev in devices:
@@ -239,6 +241,15 @@ class KernelTargetSet:
             self.kmsg = None  # not root / no /dev/kmsg: splats are then only seen on a console
         self.flight = FlightRecorder.open(self.proto, self.name)
 
+    def enable_kernel_coverage(self) -> str:
+        """Collect KCOV coverage of every device call made on this thread from now on
+        (``self.coverage``, folded per program; see ``kcov.py``). Returns what it found: how the
+        PCs are split, or why there is no kernel coverage (the kernel lacks KCOV, no debugfs)."""
+        self.coverage, description = KernelCoverage.open([dev.name for dev in self.devices])
+        if self.coverage is not None:
+            self.watchdog.cover(self.coverage)
+        return description
+
     # -- the SimTarget shape
 
     def fresh(self) -> None:
@@ -251,6 +262,8 @@ class KernelTargetSet:
             dev.reset()
             for region, off, value in init:  # start its registers from a known state, as power-on does
                 dev.reg_write(region, off, bytes((value,)))
+        if self.coverage is not None:  # the program's own coverage starts here, after the resets
+            self.coverage.begin_program(self.current_input() if self.current_input is not None else None)
 
     def arm_fault(self, dev: int, nth: int, kind: str) -> None:
         pass  # no fault injection into a real driver (supports_faults = False)
@@ -261,9 +274,10 @@ class KernelTargetSet:
     def clear_fault(self, dev: int) -> None:
         pass
 
-    def after_program(self) -> list[str]:
-        """The WARN/BUG/oops/lockup lines the kernel logged while the program ran (none if unreadable)."""
-        return self.kmsg.new_splats() if self.kmsg is not None else []
+    def after_program(self) -> list:
+        """The kernel reports (``kmsg.KernelReport``: WARN, BUG, oops, lockup, lockdep, KASAN, UBSAN)
+        logged while the program ran (none if /dev/kmsg is unreadable)."""
+        return self.kmsg.new_reports() if self.kmsg is not None else []
 
     def close(self) -> None:
         """Close every data_fd, reset and close both devices; stop watching."""
@@ -271,6 +285,10 @@ class KernelTargetSet:
             dev.close_device()
         self.devices = []
         self.watchdog.stop()
+        if self.coverage is not None:
+            self.watchdog.cover(None)
+            self.coverage.close()
+            self.coverage = None
         if self.kmsg is not None:
             self.kmsg.close()
             self.kmsg = None

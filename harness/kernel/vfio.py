@@ -55,6 +55,26 @@ class _Guard:
         self._watchdog._armed = None
 
 
+class _CoveredGuard:
+    """A guard that also brackets the call for kernel coverage (``kcov.KernelCoverage``): zero
+    the trace before the call, collect what it covered after."""
+
+    __slots__ = ("_watchdog", "_what", "_coverage")
+
+    def __init__(self, watchdog: Watchdog, what: str, coverage) -> None:
+        self._watchdog = watchdog
+        self._what = what
+        self._coverage = coverage
+
+    def __enter__(self) -> None:
+        self._watchdog._armed = (self._what, time.monotonic())
+        self._coverage.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._coverage.stop()
+        self._watchdog._armed = None
+
+
 class Watchdog:
     """Calls ``on_hang(what, seconds)`` once when one guarded call runs past ``deadline``.
 
@@ -66,17 +86,26 @@ class Watchdog:
         self.deadline = deadline
         self._on_hang = on_hang
         self._armed: tuple[str, float] | None = None
-        self._guards: dict[str, _Guard] = {}
+        self._guards: dict[str, _Guard | _CoveredGuard] = {}
+        self._coverage = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="vfio-watchdog", daemon=True)
         self._thread.start()
 
-    def guard(self, what: str) -> _Guard:
+    def guard(self, what: str) -> _Guard | _CoveredGuard:
         """Context manager arming the watchdog around one call (cached per name: no allocation)."""
         guard = self._guards.get(what)
         if guard is None:
-            guard = self._guards[what] = _Guard(self, what)
+            coverage = self._coverage
+            guard = self._guards[what] = _Guard(self, what) if coverage is None else \
+                _CoveredGuard(self, what, coverage)
         return guard
+
+    def cover(self, coverage) -> None:
+        """From now on every guarded call also collects kernel coverage into ``coverage``
+        (``kcov.KernelCoverage``; None: stop)."""
+        self._coverage = coverage
+        self._guards = {}
 
     def _watch(self) -> None:
         poll = min(self.deadline / 4, 0.25)

@@ -32,6 +32,7 @@ class SimTarget:
         self.profile = load_profile("sim")
         # digest=False: judge the device only by what a real one shows (streams, registers)
         self.has_digest = digest
+        self.validates_stream = cls.validates_stream  # a checksum: damage is refused, not loaded
         self.proto = proto
         self.flags = flags if proto == "v2" else 0
         self.bug = bug

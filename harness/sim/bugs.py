@@ -357,6 +357,73 @@ class V2EmptySessionLoads:
         return super().load_stream(data)
 
 
+def _trusted(_raw) -> None:
+    """A loader's UART check that checks nothing: the saved port is copied as it is."""
+
+
+def _port_memory(u: uart.Uart) -> bytes:
+    """The FIFO and what lies after it in the device's memory (the port's other fields, then the
+    driver's internals), as far as a u8 index reaches."""
+    return bytes(u.fifo) + u.state()[uart.NREGS + uart.FIFO_SIZE:] + DEVICE_INTERNAL * 4
+
+
+class PrimingUart(uart.Uart):
+    __slots__ = ("rhr",)
+
+    def restore(self, raw) -> None:
+        super().restore(raw)
+        # the receive holding register gets the next queued byte: fifo[tail], the index as loaded
+        self.rhr = self.fifo[self.tail] if self.head != self.tail else uart.IDLE
+
+
+class V2UartTailTrusted:
+    # An mtty-like device: its loader checks the header (magic, version, sizes) and nothing after it,
+    # no checksum (so a damaged stream is not its defect) and no FIFO index.
+    validates_stream = False
+    uart_class = PrimingUart
+
+    def load_stream(self, data):
+        return stream.load(data, check_uart=_trusted, check_sum=False)
+
+
+class V2UartTailTrustedCrc:
+    uart_class = PrimingUart
+
+    def load_stream(self, data):
+        return stream.load(data, check_uart=_trusted)  # header and checksum checked: the indices are not
+
+
+class UncheckedTailUart(uart.Uart):
+    def read(self, off: int) -> int:
+        if off == uart.RX and not self.dlab and self.head != self.tail:  # the FIFO is not empty
+            value = _port_memory(self)[self.tail]  # fifo[tail], with tail as loaded
+            self.tail = (self.tail + 1) & (uart.FIFO_SIZE - 1)
+            self.count = (self.count - 1) & 0xFF
+            return value
+        return super().read(off)
+
+
+class V2FifoTailOobRead:
+    validates_stream = False  # mtty-like, as V2UartTailTrusted
+    uart_class = UncheckedTailUart
+
+    def load_stream(self, data):
+        return stream.load(data, check_uart=_trusted, check_sum=False)
+
+
+class V2ResetNotDeferred:
+    def reset(self):
+        # reset_done() without the deferred_reset flag: back to RUNNING and the files disabled at once,
+        # even while a SET holds the state mutex - which carries on with the file it holds and then
+        # records the state it was heading for
+        for f in (self.save_file, self.resume_file):
+            if f is not None:
+                f.disabled = True
+        self.state = RUNNING
+        self.core.running = True
+        return 0
+
+
 BUGS = {
     "v1-accept-101": Bug(
         "v1", V1Accept101,
@@ -520,7 +587,7 @@ BUGS = {
         "v2", V2ConfigOobRead,
         "config-space reads past its end return the memory next to it",
         "mdev_access() (samples/vfio-mdev/mtty.c) memcpy()s from vconfig + offset without bounding the offset",
-        "info-leak"),
+        "out-of-bounds"),
     "v2-register-not-migrated": Bug(
         "v2", V2RegisterNotMigrated,
         "a device register is left out of the saved state",
@@ -536,6 +603,30 @@ BUGS = {
         "RESUMING -> STOP with nothing written succeeds",
         "RESUMING -> STOP in include/uapi/linux/vfio.h: incomplete data must make the SET fail",
         "damaged-stream-accepted"),
+    "v2-uart-tail-trusted": Bug(
+        "v2", V2UartTailTrusted,
+        "an mtty-like device (header checked, no checksum) uses a loaded FIFO index unchecked at load",
+        "mtty_load_state() (samples/vfio-mdev/mtty.c) memcpy()s the saved serial ports unchecked (\"magic and "
+        "version already tested by resume write fn\"); the rxtx head/tail it loads index fifo[]",
+        "target-exception"),
+    "v2-uart-tail-trusted-crc": Bug(
+        "v2", V2UartTailTrustedCrc,
+        "a loaded FIFO index is used unchecked at load (behind a checksum)",
+        "mtty_load_state() (samples/vfio-mdev/mtty.c) copies the saved rxtx head/tail without a range check; "
+        "an intact stream (checksum) is no valid one",
+        "target-exception"),
+    "v2-fifo-tail-oob-read": Bug(
+        "v2", V2FifoTailOobRead,
+        "RX reads fifo[tail] with a tail loaded from the stream: the bytes after the FIFO",
+        "handle_bar_read() (samples/vfio-mdev/mtty.c) reads rxtx.fifo[rxtx.tail] with the tail mtty_load_state() "
+        "copied from the stream",
+        "info-leak"),
+    "v2-reset-not-deferred": Bug(
+        "v2", V2ResetNotDeferred,
+        "a reset during a SET clears the state without the state mutex; the SET then records its own",
+        "reset_done() racing the state mutex holder: the deferred_reset flag that mlx5vf_state_mutex_unlock() "
+        "(drivers/vfio/pci/mlx5/main.c), pds/ and samples/vfio-mdev/mtty.c apply at unlock exists to close it",
+        "race-not-serializable"),
 }
 
 _BASE = {"v1": V1SimDevice, "v2": V2SimDevice}

@@ -36,6 +36,9 @@ FAULT_ERRNO = {"nomem": errno.ENOMEM, "hwerror": errno.EIO, "timeout": errno.ETI
 STEP_BUDGET = 10_000
 
 
+# What VFIO_DEVICE_GET_REGION_INFO would report for the device regions (v1's migration region apart).
+REGION_SIZES = {uart.UART_REGION: uart.NREGS, uart.CONFIG_REGION: len(uart.CONFIG_SPACE)}
+
 class DeviceCore:
     """The device function being migrated: registers, paged memory, the UART register block."""
 
@@ -88,6 +91,9 @@ class DeviceCore:
         self.dirty = 0
 
     # -- the register regions (what rdreg/wrreg reach) ---------------------------------
+
+    def pci_region_size(self, region: int) -> int | None:
+        return REGION_SIZES.get(region)
 
     def reg_read(self, region: int, off: int, size: int) -> tuple[int, bytes]:
         """A read of ``size`` bytes at ``off`` of a device region (not the v1 migration region)."""
@@ -160,3 +166,133 @@ class StepCounter:
     def spin(self, calls: int) -> None:
         if calls > self.budget:
             raise DeviceHang(f"no progress after {calls} iterations")
+
+
+# ----------------------------------------------------------------------------- races
+#
+# Two calls of one device at once, deterministically (``Interleaving.race``). Real threads leave
+# the interleaving to a scheduler; a fuzzer needs a program that reproduces. So a race op names
+# its interleaving, ``sched`` (harness.runtime.RACE_SCHEDS of them), and the device runs it on the
+# caller's thread:
+#
+# * ``sched`` even: call A is the outer call, odd: call B; ``k = sched >> 1``;
+# * k = 0: the inner call runs first, then the outer one;
+# * k >= 1: the outer call runs, and at its k-th preemption point (``race_hook``: where a driver
+#   can lose the CPU, e.g. between an arc's action and the new state being recorded) the inner
+#   call runs to completion, nested; an outer call with fewer points: the inner one runs after it.
+# * Locks are modelled, not taken: a call that needs the state mutex the outer call holds raises
+#   ``Blocked`` before it has done anything, and runs when the outer call unlocks, as a blocked
+#   thread would; a reset that comes while the mutex is held is deferred to the unlock and applied
+#   there by the holder (the deferred_reset pattern of mlx5vf_state_mutex_unlock() in
+#   drivers/vfio/pci/mlx5/main.c, of pds/ and of samples/vfio-mdev/mtty.c). So the correct device
+#   is linearizable at every interleaving, and a variant without the pattern is not.
+# * Injected faults never fire inside a race (its judge knows no failure): the count toward an
+#   armed fault stands still while it runs.
+#
+# Outside a race this costs nothing but a test per preemption point: the ``state_mutex`` calls get
+# their locking wrappers (instance attributes) only while a race runs.
+
+
+class Blocked(Exception):
+    """A racing call needs the state mutex the other call holds: it runs when that one unlocks."""
+
+
+def state_mutex(method):
+    """Marks a device call the driver runs under its state mutex (modelled while a race runs)."""
+    method.state_mutex = True
+    return method
+
+
+_MUTEX_CALLS: dict = {}  # device class -> the names of its state_mutex calls
+
+
+class Interleaving:
+    """Runs two calls of a device at once (see the comment above); the base of both front ends.
+    The idle values are class attributes: a device pays nothing for them until it races."""
+
+    race_hook = None        # what the outer call's preemption points call
+    mutex_held = False
+    deferred_reset = False  # a reset came while the mutex was held: its holder applies it
+    waiter = None           # the racing call blocked on the mutex, run when it is released
+
+    def lock(self) -> None:
+        if self.mutex_held:
+            raise Blocked
+        self.mutex_held = True
+
+    def unlock(self) -> None:
+        while self.deferred_reset:  # applied by the holder, before anyone else gets the mutex
+            self.deferred_reset = False
+            self.reset_state()
+        self.mutex_held = False
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter()
+
+    def reset_state(self) -> None:
+        raise NotImplementedError  # what a reset does to the migration state (the front end's)
+
+    def race(self, fa, fb, sched: int) -> tuple:
+        """Run ``fa`` and ``fb`` (each one call of this device, its method looked up as it runs: the
+        locking ones are instance attributes meanwhile) at interleaving ``sched``: their answers."""
+        calls, outer, k = (fa, fb), sched & 1, sched >> 1
+        out = [None, None]
+        points = [0]
+
+        def inner():
+            out[1 - outer] = calls[1 - outer]()
+
+        def hook():
+            points[0] += 1
+            if points[0] == k:
+                self.race_hook = None
+                try:
+                    inner()
+                except Blocked:
+                    self.waiter = inner
+
+        counter = self.counter
+        armed, start = counter.fault_at, counter.steps
+        counter.fault_at = 0
+        names = self.mutex_calls() if k else ()
+        try:
+            if k == 0:
+                inner()
+                out[outer] = calls[outer]()
+                return out[0], out[1]
+            for name in names:
+                setattr(self, name, self.locked(getattr(type(self), name)))
+            self.race_hook = hook
+            out[outer] = calls[outer]()
+            if points[0] < k:  # fewer preemption points than k: the inner call runs after
+                self.race_hook = None
+                inner()
+        finally:
+            for name in names:
+                self.__dict__.pop(name, None)
+            self.mutex_held = self.deferred_reset = False
+            self.race_hook = self.waiter = None
+            if armed:
+                counter.fault_at = armed + counter.steps - start
+        return out[0], out[1]
+
+    def mutex_calls(self) -> tuple:
+        """The names of this device's ``state_mutex`` calls (whichever class of it marks them)."""
+        cls = type(self)
+        names = _MUTEX_CALLS.get(cls)
+        if names is None:
+            names = _MUTEX_CALLS[cls] = tuple(sorted({
+                name for klass in cls.__mro__ for name, f in vars(klass).items() if getattr(f, "state_mutex", False)}))
+        return names
+
+    def locked(self, method):
+        """``method`` (of this device's class) as a call that takes the state mutex first."""
+
+        def call(*args):
+            self.lock()
+            try:
+                return method(self, *args)
+            finally:
+                self.unlock()
+
+        return call

@@ -7,9 +7,10 @@ Layout (little endian)::
                PAGE (1): index u16, data[page_size]   (a page; later copies win)
                REGS (2): regs u32[NREGS]              (exactly once, after the pages)
                UART (4): the register block's state   (exactly once, after REGS; uart.UartState)
-    end      tag END (3), length 12, body: length u32 (bytes before this record),
-             checksum 8 bytes (BLAKE2b-64 of every byte before this record, each byte's top
-             bit cleared)
+    end      tag END (3), length 9, body: length u32 (bytes before this record), salt u8,
+             checksum u32 (CRC-32 of every byte before it; the salt is the first value that
+             leaves no 0xff byte in the checksum, so no window of a stream has the shape of a
+             kernel address, which the info-leak oracle looks for)
 
 A pre-copy session first sends every page, then re-sends pages dirtied since,
 then (at STOP_COPY) the last dirty pages, the registers, the UART and the end record.
@@ -21,7 +22,7 @@ wrong length field.  A device is never half-loaded.
 from __future__ import annotations
 
 import errno
-from hashlib import blake2b
+import zlib
 
 from construct import Array, Bytes, Const, GreedyRange, Int8ul, Int16ul, Int32ul, Struct
 
@@ -47,7 +48,7 @@ StreamHeader = Struct(
 RecordHead = Struct("tag" / Int8ul, "length" / Int16ul)
 PageBody = Struct("index" / Int16ul, "data" / Bytes(PAGE_SIZE))
 RegsBody = Struct("regs" / Array(NREGS, Int32ul))
-EndBody = Struct("length" / Int32ul, "checksum" / Bytes(8))
+EndBody = Struct("length" / Int32ul, "salt" / Int8ul, "checksum" / Int32ul)
 Record = Struct("head" / RecordHead, "body" / Bytes(lambda ctx: ctx.head.length))
 # The whole stream, for tools and tests; the device uses the fixed parts below.
 Stream = Struct("header" / StreamHeader, "records" / GreedyRange(Record))
@@ -67,6 +68,7 @@ PAGE_RECORD_SIZE = _HEAD.size + _PAGE.size + PAGE_SIZE
 REGS_RECORD_SIZE = _HEAD.size + _REGS.size
 UART_RECORD_SIZE = _HEAD.size + uart.STATE_SIZE
 END_RECORD_SIZE = _HEAD.size + _END.size
+CHECKSUM_SIZE = EndBody.subcons[-1].sizeof()  # the end record's last field: what the checksum covers ends here
 FULL_SIZE = HEADER_SIZE + NPAGES * PAGE_RECORD_SIZE + REGS_RECORD_SIZE + UART_RECORD_SIZE + END_RECORD_SIZE
 # The largest stream a resuming device accepts (far above anything a program makes).
 MAX_STREAM = 1 << 20
@@ -80,29 +82,33 @@ class StreamError(Exception):
         self.errno = err
 
 
-def checksum(data) -> bytes:
-    return _seven_bits(blake2b(data, digest_size=8).digest())
+def checksum(data, crc: int = 0) -> int:
+    """CRC-32 of ``data`` (continuing from ``crc``)."""
+    return zlib.crc32(data, crc)
 
 
-def _seven_bits(digest: bytes) -> bytes:
-    # Every byte's top bit cleared: a stream never holds a kernel-address-shaped value, which is
-    # what the info-leak oracle looks for in what a device hands out.
-    return bytes(b & 0x7F for b in digest)
+def _salted(crc: int) -> tuple[int, int]:
+    """(salt, checksum) for a stream whose bytes before the salt have CRC ``crc``."""
+    for salt in range(0xFF):
+        value = zlib.crc32(bytes((salt,)), crc)
+        if 0xFF not in value.to_bytes(4, "little"):
+            break
+    return salt, value
 
 
 class StreamWriter:
     """Builds a stream incrementally on the saving side."""
 
-    __slots__ = ("buf", "_hash")
+    __slots__ = ("buf", "_crc")
 
     def __init__(self, flags: int = 0):
         self.buf = bytearray()
-        self._hash = blake2b(digest_size=8)
+        self._crc = 0
         self._emit(_HEADER.pack(MAGIC, VERSION, flags, NPAGES, PAGE_SIZE))
 
     def _emit(self, data) -> None:
         self.buf += data
-        self._hash.update(data)
+        self._crc = zlib.crc32(data, self._crc)
 
     def pages(self, mask: int, mem) -> None:
         """One PAGE record for every page whose bit is set in ``mask``."""
@@ -118,7 +124,11 @@ class StreamWriter:
 
     def end(self) -> None:
         length = len(self.buf)
-        self.buf += _HEAD.pack(TAG_END, _END.size) + _END.pack(length, _seven_bits(self._hash.digest()))
+        record = bytearray(_HEAD.pack(TAG_END, _END.size) + _END.pack(length, 0, 0))
+        salt_at = len(record) - CHECKSUM_SIZE - 1
+        salt, value = _salted(zlib.crc32(record[:salt_at], self._crc))
+        _END.pack_into(record, _HEAD.size, length, salt, value)
+        self.buf += record
 
 
 def full_stream(regs, mem, uart_state: bytes) -> bytes:
@@ -136,11 +146,12 @@ def header_ok(data) -> bool:
     return magic == MAGIC and version == VERSION and npages == NPAGES and page_size == PAGE_SIZE
 
 
-def load(data, check_uart=uart.parse_state, check_header: bool = True) -> tuple[list, bytearray, bytes]:
+def load(data, check_uart=uart.parse_state, check_header: bool = True,
+         check_sum: bool | None = None) -> tuple[list, bytearray, bytes]:
     """Validate ``data`` completely and return (regs, mem, uart state) to load; raise StreamError.
 
-    ``check_uart`` validates the UART record, ``check_header`` the header and the checksum over
-    it (a loader that trusts either is a zoo variant)."""
+    ``check_uart`` validates the UART record, ``check_header`` the header, ``check_sum`` the
+    checksum (by default: with the header); a loader that trusts any of them is a zoo variant."""
     n = len(data)
     if n < HEADER_SIZE + END_RECORD_SIZE:
         raise StreamError("stream too short")
@@ -150,10 +161,10 @@ def load(data, check_uart=uart.parse_state, check_header: bool = True) -> tuple[
     tag, length = _HEAD.unpack_from(data, end_at)
     if tag != TAG_END or length != _END.size:
         raise StreamError("no end record")
-    declared, digest = _END.unpack_from(data, end_at + _HEAD.size)
+    declared, _salt, digest = _END.unpack_from(data, end_at + _HEAD.size)
     if declared != end_at:
         raise StreamError("length mismatch")
-    if check_header and checksum(memoryview(data)[:end_at]) != digest:
+    if (check_header if check_sum is None else check_sum) and checksum(memoryview(data)[:n - CHECKSUM_SIZE]) != digest:
         raise StreamError("checksum mismatch")
     mem = bytearray(NPAGES * PAGE_SIZE)
     seen = 0

@@ -20,7 +20,7 @@ import errno
 from harness.uapi import V1_ERROR, V1_FIELDS, V1_MASK, V1_RESUMING, V1_RUNNING, V1_SAVING
 
 from . import stream
-from .core import DeviceCore, StepCounter
+from .core import DeviceCore, Interleaving, StepCounter
 from .uart import Uart
 
 DATA_OFFSET = 0x1000
@@ -32,10 +32,11 @@ VALID = frozenset({0, 1, 2, 3, 4})
 FIELDS = {(off, size): name for name, (off, size) in V1_FIELDS.items()}
 
 
-class V1SimDevice:
+class V1SimDevice(Interleaving):
     """A migratable device speaking protocol v1 (implements harness.base.V1Device)."""
 
     uart_class = Uart  # the register block (a bug variant may bring its own)
+    validates_stream = True  # its loader checks the stream's checksum
 
     region_size = REGION_SIZE
 
@@ -280,6 +281,9 @@ class V1SimDevice:
         """close(2) and open(2) of the device without a reset: sessions dropped, RUNNING (001b)."""
         self.close_device()
         return 0
+
+    def pci_region_size(self, region: int) -> int | None:
+        return self.core.pci_region_size(region)
 
     def reg_read(self, region: int, off: int, size: int) -> tuple[int, bytes]:
         return self.core.reg_read(region, off, size)

@@ -36,7 +36,7 @@ from harness.uapi import (
 )
 
 from . import stream
-from .core import DeviceCore, StepCounter
+from .core import DeviceCore, Interleaving, StepCounter, state_mutex
 from .uart import Uart
 
 ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P = (int(s) for s in MigState)
@@ -110,10 +110,14 @@ class MigFile:
         self.initial_end = 0
 
 
-class V2SimDevice:
-    """A migratable device speaking protocol v2 (implements harness.base.V2Device)."""
+class V2SimDevice(Interleaving):
+    """A migratable device speaking protocol v2 (implements harness.base.V2Device).
+
+    The calls a driver runs under its state mutex are marked ``state_mutex``; ``race_hook`` marks
+    where they can be preempted (both only matter while two calls race: harness/sim/core.py)."""
 
     uart_class = Uart  # the register block (a bug variant may bring its own)
+    validates_stream = True  # its loader checks the stream's checksum (an mtty-like variant does not)
 
     def __init__(self, flags: int = SC | P2P | PRE, seed: int = 0):
         self.flags = flags
@@ -150,15 +154,20 @@ class V2SimDevice:
             nxt = self.next_hops[key] = vfio_mig_get_next_state(self.flags, cur, new, self.counter)
         return nxt
 
+    @state_mutex
     def get_state(self) -> tuple[int, int]:
         return 0, self.state
 
+    @state_mutex
     def set_state(self, new: int) -> tuple[int, int]:
-        cur = self.state
-        if cur == new:
+        if self.state == new:
             return 0, -1  # the driver's loop runs while cur != new
         fd = -1
-        while cur != new:
+        hook = self.race_hook
+        if hook is not None:
+            hook()  # preemption point: the mutex is held, nothing done yet
+        while self.state != new:  # re-read every hop, as the drivers' loops do
+            cur = self.state
             nxt = self.next_state(cur, new)
             if nxt < 0:
                 return -nxt, -1
@@ -167,9 +176,13 @@ class V2SimDevice:
             err, file = self.step(cur, nxt)
             if err:
                 return err, -1
-            self.state = cur = nxt
+            if hook is not None:
+                hook()  # preemption point: the arc ran, its new state is not recorded yet
+            self.state = nxt
             if file is not None:
                 fd = self.install(file)
+            if hook is not None:
+                hook()  # preemption point: between hops
         return 0, fd
 
     def step(self, cur: int, nxt: int) -> tuple[int, MigFile | None]:
@@ -291,6 +304,7 @@ class V2SimDevice:
 
     # -- data_fd ---------------------------------------------------------------
 
+    @state_mutex
     def read(self, fd: int, n: int) -> tuple[int, bytes]:
         f = self.fds.get(fd)
         if f is None or not f.saving:
@@ -302,6 +316,8 @@ class V2SimDevice:
             return err, b""
         if self.counter.short:
             n = n // 2 if n > 1 else n
+        if self.race_hook is not None:
+            self.race_hook()  # preemption point: the file checked, its data not copied yet
         return self.read_file(f, n)
 
     def read_file(self, f: MigFile, n: int) -> tuple[int, bytes]:
@@ -317,6 +333,7 @@ class V2SimDevice:
         f.pos += len(chunk)
         return 0, chunk
 
+    @state_mutex
     def write(self, fd: int, data: bytes) -> tuple[int, int]:
         f = self.fds.get(fd)
         if f is None or f.saving:
@@ -328,6 +345,8 @@ class V2SimDevice:
             return err, 0
         if self.counter.short:
             data = data[:max(1, len(data) // 2)]
+        if self.race_hook is not None:
+            self.race_hook()  # preemption point: the file checked, the data not taken yet
         return self.write_file(f, data)
 
     def write_file(self, f: MigFile, data: bytes) -> tuple[int, int]:
@@ -341,6 +360,7 @@ class V2SimDevice:
     def seek(self, fd: int) -> int:
         return errno.ESPIPE if fd in self.fds else errno.EBADF
 
+    @state_mutex
     def precopy_info(self, fd: int) -> tuple[int, int, int]:
         f = self.fds.get(fd)
         if f is None:
@@ -351,6 +371,8 @@ class V2SimDevice:
             return errno.ENODEV, 0, 0
         if self.state not in (PRE_COPY, PRE_COPY_P2P):
             return errno.EINVAL, 0, 0
+        if self.race_hook is not None:
+            self.race_hook()  # preemption point: the state checked, the sizes not read yet
         initial, dirty = self.precopy_sizes(f)
         return 0, initial, dirty
 
@@ -374,10 +396,19 @@ class V2SimDevice:
         self.save_file = self.resume_file = None
 
     def reset(self) -> int:
+        """VFIO_DEVICE_RESET (the driver's reset_done): back to RUNNING, every file disabled. While a
+        racing call holds the state mutex the reset is deferred: the holder applies it as it
+        unlocks (the deferred_reset pattern, ``Interleaving.unlock``)."""
+        if self.mutex_held:
+            self.deferred_reset = True
+            return 0
+        self.reset_state()
+        return 0
+
+    def reset_state(self) -> None:
         self.disable_files()
         self.state = RUNNING
         self.core.running = True
-        return 0
 
     def activity(self, seed: int) -> None:
         self.core.activity(seed)
@@ -399,13 +430,19 @@ class V2SimDevice:
         self.disable_files()
         self.fds.clear()
 
+    @state_mutex
     def reopen(self) -> int:
         """close(2) the device (and its data_fds) and open it again, without a reset: opening
         puts the migration state back to RUNNING (open_device); the device function keeps its state."""
         self.close_device()
+        if self.race_hook is not None:
+            self.race_hook()  # preemption point: closed, not open again yet
         self.state = RUNNING
         self.core.running = True
         return 0
+
+    def pci_region_size(self, region: int) -> int | None:
+        return self.core.pci_region_size(region)
 
     def reg_read(self, region: int, off: int, size: int) -> tuple[int, bytes]:
         return self.core.reg_read(region, off, size)
@@ -439,7 +476,7 @@ class V2SimDevice:
         if index == FEATURE_MIG_DATA_SIZE:
             return 0, _U64.pack(self.data_size()[1])
         if op == FEATURE_GET:
-            return 0, _MIG_STATE.pack(self.state, -1)
+            return 0, _MIG_STATE.pack(self.get_state()[1], -1)
         requested, _ = _MIG_STATE.unpack_from(payload.ljust(8, b"\0"))
         err, fd = self.set_state(requested)
         return err, _MIG_STATE.pack(requested, fd)

@@ -1,5 +1,7 @@
-"""Splat recognition on console and /dev/kmsg text (runs anywhere)."""
-from harness.kernel.kmsg import find_splats, is_splat
+"""Splat recognition on console and /dev/kmsg text, and splats as reports (runs anywhere)."""
+from pathlib import Path
+
+from harness.kernel.kmsg import KernelReport, find_splats, first_fatal, is_splat, kernel_reports
 
 # Lines a clean boot of the rig guest prints (TCG, -cpu max) that merely look alarming.
 CLEAN_BOOT_LINES = [
@@ -40,3 +42,60 @@ def test_splat_lines_are_recognised():
 def test_find_splats_keeps_order_and_strips_carriage_returns():
     log = "\r\n".join(CLEAN_BOOT_LINES[:2] + SPLAT_LINES[:2] + CLEAN_BOOT_LINES[2:]) + "\r\n"
     assert find_splats(log) == SPLAT_LINES[:2]
+
+
+# ---------------------------------------------------------------------------- whole reports
+
+DATA = Path(__file__).parent / "data"
+
+
+def reports_of(name: str) -> list[KernelReport]:
+    return kernel_reports((DATA / name).read_text().splitlines())
+
+
+def test_a_kasan_report_has_its_title_top_frames_and_whole_text():
+    reports = reports_of("lockdep-then-kasan.console")
+    kasan = reports[first_fatal(reports)]
+    assert kasan.title == "BUG: KASAN: slab-out-of-bounds in mtty_resume_write [mtty]"
+    assert kasan.frames == ("mtty_resume_write", "vfs_write", "ksys_write")  # below kasan/asan, no "?" frames
+    assert "Allocated by task 231:" in kasan.text and "kmalloc-128" in kasan.text
+    assert kasan.cause == f"{kasan.title}|mtty_resume_write,vfs_write,ksys_write"
+    assert kasan.headline.startswith("BUG: KASAN:") and "[   57" not in kasan.text  # printk prefixes dropped
+
+
+def test_lockdep_reports_are_titled_and_do_not_take_the_blame_for_a_panic():
+    reports = reports_of("lockdep-then-kasan.console")
+    lockdep = reports[0]
+    assert lockdep.title == "WARNING: possible circular locking dependency detected"
+    assert lockdep.frames == ("mtty_set_state", "vfio_ioctl_device_feature_mig_device_state",
+                              "vfio_device_fops_unl_ioctl")  # the lock machinery skipped
+    assert reports[first_fatal(reports)].title.startswith("BUG: KASAN:")
+    assert reports[-1].title.startswith("Kernel panic")
+    assert first_fatal(reports[:1]) == 0  # nothing fatal: the first report
+
+
+def test_ubsan_and_warn_titles_drop_what_varies_between_builds():
+    ubsan, warn = reports_of("ubsan-warn.console")  # the UBSAN report: mtty on the debug kernel, as logged
+    assert ubsan.title == "UBSAN: array-index-out-of-bounds in samples/vfio-mdev/mtty.c"  # no build path, line
+    assert ubsan.frames == ("mdev_access", "mtty_read", "vfio_device_fops_read")
+    assert "index 2 is out of range for type 'serial_port [2]'" in ubsan.text
+    assert warn.title == "WARNING in mtty_step_state"
+    assert warn.frames == ("mtty_set_state", "vfio_ioctl_device_feature_mig_device_state", "vfio_device_fops_unl_ioctl")
+
+
+def test_one_defect_has_one_cause_wherever_it_was_loaded():
+    text = (DATA / "lockdep-then-kasan.console").read_text()
+    moved = text.replace("0x3b1/0x4c0", "0x3c9/0x4d8").replace("ffff888004a3e460", "ffff888005b1c0e0")
+    first, second = (r[first_fatal(r)] for r in (kernel_reports(text.splitlines()), kernel_reports(moved.splitlines())))
+    assert first.cause == second.cause
+    other = text.replace("  mtty_resume_write+0x3b1/0x4c0 [mtty]\n", "  mtty_load_state+0x10/0x80 [mtty]\n", 1)
+    assert kernel_reports(other.splitlines())[first_fatal(kernel_reports(other.splitlines()))].cause != first.cause
+
+
+def test_the_self_checks_kasan_report_as_the_debug_kernel_logs_it():
+    reports = reports_of("kasan-lkdtm.console")
+    kasan = reports[first_fatal(reports)]
+    assert kasan.title == "BUG: KASAN: slab-out-of-bounds in lkdtm_SLAB_LINEAR_OVERFLOW [lkdtm]"
+    assert kasan.frames == ("lkdtm_SLAB_LINEAR_OVERFLOW", "lkdtm_do_action", "direct_entry")
+    assert "Write of size 4" in kasan.text and "kmalloc-1k" in kasan.text
+    assert reports[-1].title == "Kernel panic - not syncing: KASAN: panic_on_warn set ..."

@@ -21,6 +21,7 @@ from fuzz.executor import Executor
 from fuzz.program import parse_program
 from fuzz.targets import TargetError, TargetUnavailable, open_target, parse_target
 from harness.kernel import target as kt
+from harness.kernel.kmsg import kernel_reports
 from harness.kernel.target import KernelTargetSet, iommu_group, is_mtty, kernel_targets
 from harness.kernel.vfio import KernelTarget
 from harness.sim.v2 import V2SimDevice
@@ -356,9 +357,9 @@ class FakeKmsg:
         self.pending: list[str] = []
         self.closed = False
 
-    def new_splats(self):
+    def new_reports(self):
         out, self.pending = self.pending, []
-        return out
+        return kernel_reports(out)
 
     def close(self):
         self.closed = True
@@ -382,6 +383,7 @@ def test_a_kernel_splat_during_a_program_is_a_finding_for_that_program():
         finding = ex.run(prog)
         assert finding is not None and finding.kind == "kernel-splat"
         assert finding.observed == line and line in finding.detail
+        assert finding.cause == "WARNING in mtty_step_state|no-frames"  # what its signature groups by
         assert finding.step == len(prog.ops) - 1
         del target.devices[1].set_state
         assert ex.run(prog) is None  # consumed: the next program is judged on its own

@@ -15,8 +15,11 @@ import pytest
 from fuzz import vm
 from fuzz.cli import main
 from fuzz.codec import encode
+from fuzz.crashfile import read_meta
+from fuzz.findings import Finding, signature
 from fuzz.program import parse_program
-from harness.kernel import flight, rig
+from harness.kernel import debugkernel, flight, rig
+from harness.kernel.kmsg import find_splats, kernel_reports
 
 PROGRAM = parse_program("migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\nset 0 state=STOP\n")
 OUTPUT = """migfuzz: fuzzing mtty (protocol v2); corpus /run/migfuzz-results/corpus (8 seeds)
@@ -36,9 +39,11 @@ class FakeGuest:
     def __init__(self, *answers):
         self.answers = list(answers)
         self.commands: list[str] = []
+        self.kernel_args: list[str] = []
 
-    def __call__(self, command, timeout=120, instances=2, results_dir=None):
+    def __call__(self, command, timeout=120, instances=2, results_dir=None, prepared=None, extra_args=""):
         self.commands.append(command)
+        self.kernel_args.append(extra_args)
         results_dir = Path(results_dir or rig._new_results_dir())
         results_dir.mkdir(parents=True, exist_ok=True)
         answer = self.answers.pop(0)
@@ -56,7 +61,7 @@ def guest_result(results: Path, *, exit_status=0, output=OUTPUT, console="MIGFUZ
 def host(tmp_path, monkeypatch):
     """A prepared rig that is never booted; vm's paths under tmp_path."""
     fake = rig.Rig("6.12.117+deb12-amd64", "6.12.117-1", str(tmp_path), "vmlinuz", "initrd", "mtty.ko", 29.7)
-    monkeypatch.setattr(vm, "prepare", lambda: (fake, 0.0))
+    monkeypatch.setattr(vm, "prepare", lambda kernel="stock": (fake, 0.0))
     monkeypatch.setattr(rig, "load", lambda: fake)
     monkeypatch.setenv("MIGFUZZ_CACHE", str(tmp_path / "cache"))
     return tmp_path
@@ -239,3 +244,101 @@ def test_usage_errors_are_exit_2(capsys):
     assert main(["vm", "fuzz", "--max-time", "soon"]) == 2
     assert main(["vm", "run"]) == 2  # no command: refused before anything boots
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------------------- the debug kernel
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_kasan_panic_is_a_finding_grouped_by_its_report(host, monkeypatch, capsys):
+    """The report that panicked the guest (KASAN, not the lockdep report before it) names the finding:
+    its signature is the report's title and top frames, its crash text the whole report."""
+    console = (DATA / "lockdep-then-kasan.console").read_text()
+    asked = []
+    monkeypatch.setattr(vm, "prepare", lambda kernel="stock": asked.append(kernel) or (rig.load(), 0.0))
+
+    def panicked(results):
+        flight_with(results, encode(PROGRAM))
+        return guest_result(results, exit_status=None, output=OUTPUT[:200], console=console,
+                            splats=find_splats(console))
+
+    code, summary = run_vm(host, FakeGuest(panicked), monkeypatch, "--no-confirm", "--kernel", "debug")
+    assert code == 1 and set(asked) == {"debug"}
+    crash = Path(summary["crash_files"][-1])
+    meta = read_meta(crash)
+    title = "BUG: KASAN: slab-out-of-bounds in mtty_resume_write [mtty]"
+    assert meta.finding.kind == "kernel-splat" and meta.finding.observed.startswith("BUG: KASAN: slab-out-of-bounds")
+    assert signature(meta.finding) == f"kernel-splat|{title}|mtty_resume_write,vfs_write,ksys_write"
+    assert signature(meta.finding, coarse=True) == signature(meta.finding)
+    text = crash.with_suffix(".txt").read_text()
+    assert "Allocated by task 231:" in text and "end Kernel panic" in text  # the whole report
+    assert "circular locking" not in text  # an earlier, non-fatal report is not this finding's
+    assert "FINDING kernel-splat: the guest kernel panicked: BUG: KASAN" in capsys.readouterr().out
+
+
+def test_kernel_reports_of_one_stack_are_one_signature_whatever_the_arc():
+    report = kernel_reports((DATA / "ubsan-warn.console").read_text().splitlines())[0]
+    a = Finding("kernel-splat", 3, "", report.headline, "STOP -set-> RUNNING", "set 0 state=RUNNING", report.text,
+                cause=report.cause)
+    b = a._replace(arc="RESUMING -write->", op="write 1 fd=0 data=00", step=7)
+    assert signature(a) == signature(b) == f"kernel-splat|{report.cause}"
+    plain = a._replace(cause="")  # a bare line (no report): as before, kind|arc|op
+    assert signature(plain) == "kernel-splat|STOP -set-> RUNNING|set"
+
+
+def test_the_debug_kernel_is_unavailable_only_when_apt_is(monkeypatch, capsys):
+    def tools_missing():
+        raise subprocess.CalledProcessError(100, ["apt-get", "install", "-y", "flex", "bison", "libelf-dev"])
+
+    monkeypatch.setattr(debugkernel, "prepare", tools_missing)
+    monkeypatch.setattr(vm, "registry_unreachable", lambda: "Could not resolve 'deb.debian.org'")
+    assert main(["vm", "prepare", "--kernel", "debug"]) == 3
+    assert "flex" in capsys.readouterr().err
+    monkeypatch.setattr(vm, "registry_unreachable", lambda: None)
+    assert main(["vm", "prepare", "--kernel", "debug"]) == 1
+
+    def make_failed():
+        raise subprocess.CalledProcessError(2, ["nice", "-n", "19", "make", "-C", "src", "-j2", "bzImage"])
+
+    monkeypatch.setattr(debugkernel, "prepare", make_failed)
+    assert main(["vm", "prepare", "--kernel", "debug"]) == 1
+    assert "nice -n 19 make" in capsys.readouterr().out
+
+
+def test_keep_going_boots_again_after_a_kernel_panic(host, monkeypatch):
+    console = (DATA / "lockdep-then-kasan.console").read_text()
+    first = ("migfuzz: stats: 5.0s execs 50 (10/s) protocol arcs 40 findings 0 kernel PCs 900 (VFIO core 200, "
+             "driver 90)\n")
+    second = ("migfuzz: stats: 5.0s execs 60 (12/s) protocol arcs 45 findings 0 kernel PCs 950 (VFIO core 210, "
+              "driver 95)\nmigfuzz: stats: 40.0s execs 400 (10/s) protocol arcs 52 findings 0 kernel PCs 1100 "
+              "(VFIO core 260, driver 120)\n")
+
+    def panicked(results):
+        flight_with(results, encode(PROGRAM))
+        (results / "report").mkdir(exist_ok=True)
+        (results / "report" / "migfuzz.jsonl").write_text('{"type": "stats", "elapsed_s": 5.0, "execs": 50}\n')
+        return guest_result(results, exit_status=None, output=first, console=console, splats=find_splats(console))
+
+    def clean(results):
+        return guest_result(results, output=second)
+
+    guest = FakeGuest(panicked, clean)
+    code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "45",
+                           "--report-dir", str(host / "report"))
+    assert code == 1 and len(guest.commands) == 2 and summary["boots"] == 2
+    assert "--max-time 40.0" in guest.commands[1]  # the rest of the budget
+    assert guest.kernel_args == ["", vm.KEEP_RUNNING_ARGS]  # the second boot reports without panicking
+    assert (host / "results" / "crashes" / Path(summary["crash_files"][0]).name).exists()  # the guest knows it
+    records = [json.loads(line) for line in (host / "report" / "migfuzz.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records if r["type"] == "finding"] == ["kernel-splat"]  # in the campaign's report
+    assert (host / "report" / "migfuzz.sarif").exists()
+    assert (host / "results" / "console.log").exists() and (host / "results" / "console.2.log").exists()
+    assert summary["execs"] == 450 and summary["kernel_pcs"] == 1100
+    assert [t for t, _ in summary["kernel_pcs_over_time"]] == [5.0, 10.0, 45.0]  # laid end to end
+    assert len(summary["crash_files"]) == 1
+    assert read_meta(Path(summary["crash_files"][0])).finding.kind == "kernel-splat"
+
+    without = FakeGuest(panicked, clean)
+    assert run_vm(host, without, monkeypatch, "--no-confirm", "--max-time", "45")[0] == 1
+    assert len(without.commands) == 1  # without --keep-going the first finding ends the campaign

@@ -1,0 +1,265 @@
+"""Stream field inference (fuzz/layout.py), field changes in transport (harness.runtime.mangle set/add
+with a checksum fix-up) and the mutations built on them (fuzz.mutator.FieldEdits, OpGroups)."""
+from __future__ import annotations
+
+import json
+import random
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from fuzz import codec, layout, mutator
+from fuzz.executor import Executor
+from fuzz.program import OPS, mangle_args, normalize, parse_program
+from harness import runtime
+from harness.sim import SimTarget, stream, uart
+
+ROOT = Path(__file__).resolve().parent.parent
+# where a stop-and-copy stream of the simulator keeps the UART's FIFO indices and its checksum
+UART_AT = stream.FULL_SIZE - stream.END_RECORD_SIZE - uart.STATE_SIZE
+HEAD_AT = UART_AT + uart.NREGS + uart.FIFO_SIZE
+TAIL_AT = HEAD_AT + 1
+
+
+# ----------------------------------------------------------------------------- harness.runtime.mangle
+
+
+def test_set_writes_a_little_endian_field_and_wraps_its_value():
+    cap = bytearray(8)
+    runtime.mangle(cap, "set", 2, 2, 0x1234)
+    assert cap == bytes.fromhex("0000341200000000")
+    runtime.mangle(cap, "set", 4, 4, -1)  # small negatives: all ones at the field's width
+    assert cap == bytes.fromhex("00003412ffffffff")
+    runtime.mangle(cap, "set", 9, 1, 0x1AB)  # the offset wraps at the length, the value at the width
+    assert cap == bytes.fromhex("00ab3412ffffffff")
+    runtime.mangle(cap, "set", 6, 8, 0x0102030405)  # bytes past the end are left out
+    assert cap == bytes.fromhex("00ab3412ffff0504") and len(cap) == 8
+
+
+def test_add_moves_a_field_by_its_value():
+    cap = bytearray(b"\x00\xff\x00\x10")
+    runtime.mangle(cap, "add", 1, 2, 1)  # 0x00ff + 1, the carry into the next byte
+    assert cap == b"\x00\x00\x01\x10"
+    runtime.mangle(cap, "add", 3, 1, -0x11)
+    assert cap == b"\x00\x00\x01\xff"
+
+
+def test_fix_recomputes_a_trailing_checksum_after_the_change():
+    body = bytes(range(40))
+    cap = bytearray(body + struct.pack("<I", zlib.crc32(body)))
+    runtime.mangle(cap, "set", 7, 1, 0x80, "crc32", 4)
+    assert cap[7] == 0x80 and struct.unpack("<I", cap[-4:])[0] == zlib.crc32(bytes(cap[:-4]))
+    big = bytearray(body + b"\0\0")
+    runtime.mangle(big, "set", 0, 1, 5, "sum16be", 2)
+    assert big[-2:] == (sum(big[:-2]) & 0xFFFF).to_bytes(2, "big")
+    small = bytearray(body + b"\0")
+    runtime.mangle(small, "add", 3, 1, 1, "sum8", 1)
+    assert small[-1] == sum(small[:-1]) & 0xFF
+
+
+def test_no_fix_when_the_checksum_does_not_fit():
+    for fix, at in (("crc32", 3), ("sum32", 2), ("crc32", 41)):  # past the start, or cut by the end
+        cap = bytearray(range(40))
+        runtime.mangle(cap, "set", 0, 1, 0xAA, fix, at)
+        assert cap == bytes([0xAA]) + bytes(range(1, 40)), (fix, at)
+    cap = bytearray(range(40))
+    runtime.mangle(cap, "set", 0, 1, 0xAA, "none", 4)
+    assert cap == bytes([0xAA]) + bytes(range(1, 40))
+
+
+def test_a_fixed_up_field_change_reaches_the_simulators_loader():
+    """Set a UART register in a captured stream: without the fix-up the checksum refuses it, with
+    it the stream loads and the register has the value set (the damage reached the loader)."""
+    src = SimTarget("v2", 0x7).devices[0]
+    _, fd = src.set_state(3)  # STOP_COPY
+    _, data = src.read(fd, 4096)
+    for fix, loads in (("none", False), ("crc32", True)):
+        cap = bytearray(data)
+        runtime.mangle(cap, "set", UART_AT + uart.SCR, 1, 0x5A, fix, stream.CHECKSUM_SIZE)
+        if loads:
+            assert stream.load(bytes(cap))[2][uart.SCR] == 0x5A
+        else:
+            with pytest.raises(stream.StreamError, match="checksum"):
+                stream.load(bytes(cap))
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+@pytest.fixture(scope="module")
+def sim_layout():
+    target = SimTarget("v2", 0x7)
+    return layout.infer(layout.capture(target), "sim:proto=v2,flags=0x7", "v2")
+
+
+def test_the_simulators_stream_layout(sim_layout):
+    lay = sim_layout
+    assert lay.size == stream.FULL_SIZE and lay.captures == layout.CAPTURES
+    assert lay.constant[0][0] == 0 and lay.constant[0][1] >= stream.HEADER_SIZE  # magic, version, sizes
+    fields = {f.off: f for f in lay.fields}
+    # the FIFO indices the captures moved (pushes into RX/TX, pops from it)
+    assert fields[HEAD_AT].role == "varying" and len(fields[HEAD_AT].values) > 2
+    assert fields[TAIL_AT].width == 1 and set(fields[TAIL_AT].values) >= {0, 1}
+    # the record lengths of the chain (tag, length u16, body) and the end record's length u32
+    lengths = {f.off: f for f in lay.fields if f.role == "length"}
+    first = stream.HEADER_SIZE + 1
+    assert lengths[first].width == 2 and lengths[first].values == (stream.PAGE_RECORD_SIZE - 3,)
+    assert lengths[stream.FULL_SIZE - stream.END_RECORD_SIZE + 3].width == 4
+    assert lay.checksums == (layout.Checksum("crc32", stream.CHECKSUM_SIZE),)
+    assert stream.FULL_SIZE in lay.dictionary and 0x12 in lay.dictionary
+    assert not any(f.off >= stream.FULL_SIZE - stream.CHECKSUM_SIZE for f in lay.fields)  # the CRC is no field
+
+
+def test_additive_sums_and_widths_are_recognised():
+    rng = random.Random(3)
+    caps = []
+    for i in range(6):  # magic, a u16 counter, a u16 crossing 256, a u32, random bytes, a sum
+        body = (b"HDR1" + struct.pack("<HH", 3 * i, 250 + 3 * i) + struct.pack("<I", 100000 + 1000 * i)
+                + rng.randbytes(4))
+        caps.append(body + struct.pack(">H", sum(body) & 0xFFFF))
+    lay = layout.infer(caps, "synthetic", "v2")
+    assert lay.checksums == (layout.Checksum("sum16be", 2),)
+    widths = {f.off: f.width for f in lay.fields if f.role == "varying"}
+    assert widths == {4: 2, 6: 1, 7: 1, 8: 4, 12: 1, 13: 1, 14: 1, 15: 1}
+    assert lay.constant[0] == (0, 4)
+
+
+def test_nothing_is_recognised_where_nothing_is():
+    rng = random.Random(4)
+    caps = [rng.randbytes(64) for _ in range(6)]
+    lay = layout.infer(caps, "noise", "v2")
+    assert lay.checksums == () and not [f for f in lay.fields if f.role == "length"]
+    assert layout.infer([], "none", "v2").captures == 0
+    one = layout.infer([b"abc", b"abcd", b"xy"], "lengths differ", "v2")
+    assert one.captures == 1 and not one.fields and "too few" in layout.describe(one)
+
+
+def test_capture_programs_stimulate_through_the_profile():
+    target = SimTarget("v1")
+    progs = layout.capture_programs("v1", target.profile, 4)
+    names = [[OPS["v1"][op.code].name for op in p.ops] for p in progs]
+    assert all(n[-2:] == ["set", "drain"] for n in names)
+    assert "wrreg" in names[3] and "activity" in names[1] and "rdreg" not in names[0]
+    assert len({bytes(c) for c in layout.capture(target, 4)}) == 4
+
+
+def test_the_layout_is_kept_in_the_corpus_and_reused(tmp_path, sim_layout):
+    path = layout.layout_path(tmp_path, sim_layout.target)
+    assert path.parent == tmp_path and path.name.startswith("layout-") and path.suffix == ".json"
+    layout.save(path, sim_layout)
+    assert layout.load(path) == sim_layout
+    target = SimTarget("v2", 0x7)
+    assert layout.for_target(target, sim_layout.target, tmp_path) == sim_layout
+    path.write_text("{not json")
+    assert layout.load(path) is None
+    again = layout.for_target(target, sim_layout.target, tmp_path)  # inferred again, and kept
+    assert again == sim_layout and layout.load(path) == sim_layout
+    data = json.loads(path.read_text())
+    data["version"] = 99
+    path.write_text(json.dumps(data))
+    assert layout.load(path) is None
+
+
+def run_cli(args, cwd):
+    return subprocess.run([sys.executable, "-m", "fuzz.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_layout_command_text_json_and_errors(tmp_path):
+    r = run_cli(["layout", "--target", "sim", "--corpus", tmp_path / "c"], ROOT)
+    assert r.returncode == 0, r.stderr
+    assert f"{stream.FULL_SIZE} bytes" in r.stdout and "crc32" in r.stdout and "kept in" in r.stdout
+    r = run_cli(["layout", "--target", "sim:proto=v1", "--corpus", tmp_path / "c", "--json"], ROOT)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["proto"] == "v1" and data["checksums"] == [{"fix": "crc32", "at": 4}]
+    assert len(list((tmp_path / "c").glob("layout-*.json"))) == 2
+    for bad in (["--target", "sim:bug=nope"], ["--target", "kernel:dev=x"], ["--corpus", __file__]):
+        r = run_cli(["layout", *bad], tmp_path)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, (bad, r.stderr)
+
+
+# ----------------------------------------------------------------------------- mutations
+
+
+def test_boundary_values_of_a_field():
+    values = mutator.boundary_values(1, (0, 1, 5), 244)
+    assert {v % 256 for v in (0, 1, 0x7F, 0x80, -1, -2, 8, 7, 9, 16, 6, 244, 243, 245)} <= set(values)
+    assert len(values) == len({v % 256 for v in values})  # each once, as the width wraps it
+    wide = mutator.boundary_values(4, (300,), 244, (0x4A4948, 0x10))
+    assert {0xFFFF, 0x8000, -1, 512, 301, 0x10} <= set(wide) and 0x4A4948 not in wide  # too big to carry
+
+
+def test_field_edits_go_before_a_transfer_on_its_source(sim_layout):
+    edits = mutator.FieldEdits("v2", sim_layout)
+    migrate = parse_program("migfuzz-program 1 v2\nset 1 state=STOP_COPY\ndrain 1 fd=0\nset 0 state=RESUMING\n"
+                            "transfer 1 dst=0 seg=0\nset 0 state=STOP\n")
+    rng = random.Random(1)
+    seen = set()
+    for _ in range(300):
+        out = codec.decode(edits.apply(codec.encode(migrate), rng), "v2")
+        names = [OPS["v2"][op.code].name for op in out.ops]
+        assert names == ["set", "drain", "set", "mangle", "transfer", "set"]
+        op = out.ops[3]
+        assert op.dev == 1 and normalize("v2", op) == op
+        args = mangle_args(op)
+        seen.add(args[:2])
+        if args[0] in ("set", "add"):
+            assert args[4:] == ("crc32", stream.CHECKSUM_SIZE)
+    assert ("set", TAIL_AT) in seen
+    ops = {op for group in edits.groups for op in group}
+    for delta in (-1, 1):  # a record length one off
+        assert mutator.mangle_slots("add", stream.HEADER_SIZE + 1, 2, delta, "crc32", stream.CHECKSUM_SIZE) in ops
+    assert mutator.mangle_slots("truncate", 0) in ops and mutator.mangle_slots("extend", 0) in ops  # one byte off
+    assert edits.apply(codec.encode(migrate._replace(ops=migrate.ops[:2])), rng) is None  # no transfer
+
+
+def test_a_field_edit_finds_the_tail_variants_where_flips_do_not(sim_layout):
+    """The zoo's loaded-index variants: a checksum-fixed field edit before the transfer shows them;
+    the correct device refuses the index (or loads a value it validates) and finds nothing."""
+    edits = mutator.FieldEdits("v2", sim_layout)
+    base = parse_program("migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\nset 1 state=RESUMING\n"
+                         "transfer 0 dst=1 seg=0\nset 1 state=STOP\nrdreg 1 region=0 off=0x0 size=1\n")
+    rng = random.Random(2)
+    found = {}
+    correct = Executor(SimTarget("v2", 0x7))
+    runs = {name: Executor(SimTarget("v2", 0x7, name)) for name in
+            ("v2-uart-tail-trusted", "v2-uart-tail-trusted-crc", "v2-fifo-tail-oob-read")}
+    for _ in range(400):
+        prog = codec.decode(edits.apply(codec.encode(base), rng), "v2")
+        assert correct.run(prog) is None, prog.text()
+        for name, ex in runs.items():
+            f = ex.run(prog)
+            if f is not None:
+                found.setdefault(name, f.kind)
+    assert found == {"v2-uart-tail-trusted": "target-exception", "v2-uart-tail-trusted-crc": "target-exception",
+                     "v2-fifo-tail-oob-read": "info-leak"}
+
+
+def test_op_groups_insert_saves_resumes_and_migrations():
+    for proto in ("v2", "v1"):
+        groups = mutator.OpGroups(proto)
+        rng = random.Random(5)
+        shapes = set()
+        for _ in range(200):
+            out = codec.decode(groups.apply(b"", rng), proto)
+            shapes.add(tuple(OPS[proto][op.code].name for op in out.ops))
+            for op in out.ops:
+                assert normalize(proto, op) == op
+                if OPS[proto][op.code].name == "transfer":
+                    assert op.a == 1 - op.dev
+        assert ("set", "drain") in shapes and ("set", "transfer", "set") in shapes
+        assert ("set", "drain", "set", "transfer", "set") in shapes
+    # a migration the groups build moves the stream from one device to the other on the simulator
+    rng = random.Random(0)
+    ex = Executor(SimTarget("v2", 0x1), trace=True)
+    for _ in range(50):
+        prog = codec.decode(mutator.OpGroups("v2").apply(b"", rng), "v2")
+        if len(prog.ops) == 5 and ex.run(prog) is None and any("complete stream" in t for _, t in ex.trace):
+            break
+    else:
+        pytest.fail("no complete migration among 50 groups")
