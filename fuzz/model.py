@@ -14,8 +14,10 @@ from collections import deque
 from typing import NamedTuple
 
 from harness.runtime import (
+    RACE_CALLS,
     RACE_FAILED,
     RACE_FD,
+    RACE_FD_CALLS,
     RACE_GOT,
     RACE_OK,
     errname,  # noqa: F401  (the protocol's names live here for the fuzzer)
@@ -370,6 +372,10 @@ V1_READ_SIDE_EFFECTS = {
 # ---------------------------------------------------------------------------
 
 
+# The racing calls made on the device fd itself (the others use a data_fd, or open a new device fd).
+DEVICE_FD_CALLS = frozenset(RACE_CALLS) - frozenset(RACE_FD_CALLS) - {"reopen"}
+
+
 class RaceSlot(NamedTuple):
     """A data_fd as a racing call finds it."""
 
@@ -439,7 +445,12 @@ def race_outcomes(proto: str, flags: int, state: int, slots: tuple, a: RaceCall,
     for first, second, a_first in ((a, b, True), (b, a, False)):
         table: dict = {}
         for r1, s1, slots1 in race_step(proto, flags, state, slots, first):
-            for r2, s2, _ in race_step(proto, flags, s1, slots1, second):
+            answers = race_step(proto, flags, s1, slots1, second)
+            if first.kind == "reopen" and second.kind in DEVICE_FD_CALLS:
+                # The thread of the other call may still hold the device fd the reopen closed: its
+                # call then fails (EBADF) and changes nothing, a serial order of user space's own.
+                answers = answers + [(RACE_FAILED, s1, slots1)]
+            for r2, s2, _ in answers:
                 table.setdefault(race_outcome(*((r1, r2) if a_first else (r2, r1)), s2), s1)
         orders.append(table)
     return orders[0], orders[1]

@@ -151,6 +151,22 @@ def test_race_outcomes_of_data_fd_calls():
     assert set(ba) == {race_outcome(RACE_FD, RACE_GOT | STOP, STOP_COPY)}
 
 
+def test_a_device_call_racing_a_reopen_may_find_its_fd_closed():
+    # Seen on the rig: `race x=reopen y=set` where the SET's thread still held the device fd the
+    # reopen closed: EBADF, nothing changed. That is a serial order of user space (SET on the old
+    # fd after the close), not a driver defect; a SET that fails and changes the state is still one.
+    set_, reopen = model.RaceCall("set", PRE_COPY), model.RaceCall("reopen")
+    ab, ba = model.race_outcomes("v2", 0x7, RUNNING, (), reopen, set_)
+    assert race_outcome(RACE_OK, RACE_FAILED, RUNNING) in ab
+    assert race_outcome(RACE_OK, RACE_FD, PRE_COPY) in ab  # or it reached the new fd
+    assert race_outcome(RACE_OK, RACE_FAILED, PRE_COPY) not in ab | ba
+    assert set(ba) == {race_outcome(RACE_OK, RACE_FD, RUNNING)}  # SET first, then reopen: no excuse
+    # a data_fd call gets no such excuse from a reopen (its slot closing already covers it)
+    read = model.RaceCall("read", slot=0)
+    ab, _ = model.race_outcomes("v2", 0x7, STOP_COPY, (model.RaceSlot(True, True),), reopen, read)
+    assert set(ab) == {race_outcome(RACE_OK, RACE_FAILED, RUNNING)}
+
+
 def test_race_outcomes_v1():
     ab, ba = model.race_outcomes("v1", 0, 0b001, (), model.RaceCall("set", 0b111), model.RaceCall("reset"))
     # an invalid value is refused (the device may go to 110b then): reset last, RUNNING; reset first, either
