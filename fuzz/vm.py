@@ -300,9 +300,14 @@ def merge_runs(runs: list[dict]) -> dict:
                findings=sum(r["findings"] for r in timed), arcs=max(r["arcs"] for r in timed),
                steady_programs_per_s=None)
     if any("kernel_pcs" in r for r in timed):
-        series, offset = [], 0.0
+        # Each boot counts its PCs from zero while it replays the corpus: the series keeps the most
+        # reached so far (a lower bound of the union; boots share module addresses under nokaslr,
+        # but not their PC sets), so it shows growth, not the replay's dips.
+        series, offset, most = [], 0.0, 0
         for r in timed:
-            series += [[round(t + offset, 1), pcs] for t, pcs in r.get("kernel_pcs_over_time", [])]
+            for t, pcs in r.get("kernel_pcs_over_time", []):
+                most = max(most, pcs)
+                series.append([round(t + offset, 1), most])
             offset += r["elapsed_s"]
         out["kernel_pcs_over_time"] = series
         for key in ("kernel_pcs", "kernel_pcs_vfio", "kernel_pcs_driver"):

@@ -342,3 +342,16 @@ def test_keep_going_boots_again_after_a_kernel_panic(host, monkeypatch):
     without = FakeGuest(panicked, clean)
     assert run_vm(host, without, monkeypatch, "--no-confirm", "--max-time", "45")[0] == 1
     assert len(without.commands) == 1  # without --keep-going the first finding ends the campaign
+
+
+def test_kernel_pcs_over_several_boots_never_fall_back_to_the_replay():
+    # Each boot's campaign counts kernel PCs from zero while it replays the corpus (seen in a
+    # 10-minute debug-kernel campaign: 1537 PCs, then 0 after a panic's reboot): the merged series
+    # keeps the most reached so far, and the total is the most any boot reached.
+    boot = {"findings_lines": [], "execs": 100, "elapsed_s": 50.0, "findings": 0, "arcs": 10,
+            "kernel_pcs_vfio": 10, "kernel_pcs_driver": 20}
+    runs = [dict(boot, kernel_pcs=1537, kernel_pcs_over_time=[[10.0, 900], [50.0, 1537]]),
+            dict(boot, kernel_pcs=1600, kernel_pcs_over_time=[[5.0, 0], [30.0, 1200], [50.0, 1600]])]
+    merged = vm.merge_runs(runs)
+    assert merged["kernel_pcs_over_time"] == [[10.0, 900], [50.0, 1537], [55.0, 1537], [80.0, 1537], [100.0, 1600]]
+    assert merged["kernel_pcs"] == 1600 and merged["boots"] == 2 and merged["execs"] == 200
