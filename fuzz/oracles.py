@@ -124,6 +124,10 @@ class Oracle:
         self.observed = () if target.has_digest else target.profile.observation_registers()
         self.ndevices = len(target.devices)
         self.views: list[DeviceView] = []
+        # Byte values earlier programs put into devices that keep them (target.retains_data): what
+        # a device hands out may be their bytes, not device-internal memory.
+        self.retains_data = target.retains_data
+        self.entered_before: set = set()
         self.known: dict[bytes, bytes | None] = {}  # complete untouched streams -> source digest
         self.source_registers: dict[bytes, tuple] = {}  # complete streams -> the source's registers then
         # ("source"|"dest", device index, stream): observation registers the executor must read now
@@ -137,7 +141,13 @@ class Oracle:
         self.known.clear()
         self.source_registers.clear()
         self.observe = None
+        if self.retains_data:
+            for view in self.views:
+                self.entered_before |= view.entered
         self.views = [DeviceView(self.initial_state) for _ in range(self.ndevices)]
+        if self.entered_before:
+            for view in self.views:
+                view.entered = set(self.entered_before)
         return self.views
 
     @property
@@ -800,7 +810,7 @@ class V1Oracle(Oracle):
     value_name = staticmethod(v1_value)
     proto = "v1"
     flags = 0
-    race_mask = V1_MASK  # reserved bits are the driver's (§1.1)
+    race_mask = V1_MASK  # reserved bits 3-31 are the driver's (the user read-modify-writes them)
 
     def __init__(self, target):
         super().__init__(target)
@@ -882,11 +892,11 @@ class V1Oracle(Oracle):
     def on_get(self, view: DeviceView, err: int, got: int | None) -> None:
         if err or got is None:
             self.fail("rejected-valid", "device_state read succeeds", errname(err), FAILED)
-        if got & V1_MASK != view.state:  # reserved bits are the driver's (§1.1), as in on_set
+        if got & V1_MASK != view.state:  # reserved bits are the driver's, as in on_set
             self.fail("state-mismatch", v1_name(view.state), f"{got:#x}", Check("state_not", view.state))
 
     def on_field_read(self, view: DeviceView, name: str, err: int, value: int | None) -> None:
-        """A bare read of a region field (outside the §1.5 sequence)."""
+        """A bare read of a region field (outside the saving sequence)."""
         access = model.V1_FIELD_ACCESS[name]
         if access == "rw":
             self.on_get(view, err, value)
@@ -945,7 +955,7 @@ class V1Oracle(Oracle):
         view.pending_last = pending
 
     def on_save_iteration(self, view: DeviceView, answer: tuple, fault: bool, digest_fn) -> bool:
-        """One §1.5 iteration's raw answers (``harness.runtime.v1_save_iteration``); True when done."""
+        """One v1 saving iteration's raw answers (``harness.runtime.v1_save_iteration``); True when done."""
         stage, err, pending, offset, size, data = answer
         self.check_pending(view, pending)
         if stage == V1_PENDING:
@@ -976,7 +986,7 @@ class V1Oracle(Oracle):
                       f"data_offset {offset:#x} data_size {size}", Check("window_outside"))
 
     def on_transfer_chunk(self, dst: DeviceView, chunk: bytes, offset: int | None, taken: int) -> None:
-        """One §1.6 step of a transfer succeeded: data_offset was ``offset``, ``taken`` bytes went in."""
+        """One v1 resuming step of a transfer succeeded: data_offset was ``offset``, ``taken`` bytes went in."""
         if offset is not None:
             self.check_window(offset, 1)  # room for at least one byte
         dst.resume += chunk[:taken]

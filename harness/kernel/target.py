@@ -182,6 +182,10 @@ class KernelTargetSet:
     has_digest = False
     validates_stream = False
     supports_faults = False
+    # A real device keeps what earlier programs put into it: VFIO_DEVICE_RESET need not clear
+    # registers or buffers (mtty_reset() only ends the migration sessions; the UART registers and
+    # FIFO bytes stay), so a later program may read them back.
+    retains_data = True
 
     def __init__(self, kind: str, name: str, devices: list | None = None,
                  deadline: float = CALL_DEADLINE, canonical_streams: bool = False, profile=None) -> None:

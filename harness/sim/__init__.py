@@ -25,6 +25,7 @@ class SimTarget:
     has_digest = True
     validates_stream = True  # the stream carries lengths and a checksum
     supports_faults = True
+    retains_data = False  # every program starts from freshly made devices
 
     def __init__(self, proto: str = "v2", flags: int = 0x7, bug: str | None = None, seed: int = 0,
                  digest: bool = True):
