@@ -423,6 +423,16 @@ def test_rows_without_wall_clock_restart_where_elapsed_goes_back():
     assert [r["execs"] for r in stats] == [10.0, 20.0, 30.0, 40.0, 50.0]
 
 
+def test_coverage_of_a_later_run_does_not_fall_back_to_its_replay():
+    # a rig campaign boots again after a kernel panic: the new boot counts kernel PCs and arcs from 0
+    rows = [{"type": "stats", "elapsed_s": t, "execs": 10 * t, "arcs": a, "kernel_pcs": k, "execs_per_s": 10}
+            for t, a, k in ((1.0, 100, 900), (2.0, 150, 1500), (1.0, 0, 0), (2.0, 160, 1400))]
+    stats, _ = htmlreport.stitch_runs(rows)
+    assert [r["arcs"] for r in stats] == [100, 150, 150, 160]
+    assert [r["kernel_pcs"] for r in stats] == [900, 1500, 1500, 1500]
+    assert [r["execs"] for r in stats] == [10.0, 20.0, 30.0, 40.0]  # totals still add up
+
+
 # --------------------------------------------------------------------------- in a browser
 
 PROBE = """<script>
