@@ -3,7 +3,7 @@
 Where the fuzzer searches, the sweep enumerates: every (from, to) request of
 the state machine, every data_fd rule, the save/resume round trip, damaged
 streams, VFIO_DEVICE_FEATURE framing (v2); every device_state value from every
-state, the read-only and reserved fields, the §1.5/§1.6 sequences and the
+state, the read-only and reserved fields, the saving/resuming sequences and the
 error state (v1).  Both protocols also get the device's lifecycle and its
 registers: closing and opening the device again from every state (``reopen``,
 ``reopen-round-trip``), resume sessions that must not load (``session-empty``,
@@ -928,7 +928,7 @@ class Sweep:
 
 
 class Damage(NamedTuple):
-    """A damaged stream (§8.12): ``kind`` of :data:`harness.runtime.MANGLE_KINDS` with the argument
+    """A damaged stream: ``kind`` of :data:`harness.runtime.MANGLE_KINDS` with the argument
     ``arg(length of the stream)``, done by ``harness.runtime.mangle`` as transport would; or
     kind "replay" (not a transport mangle, see :data:`DAMAGES`)."""
 
@@ -1033,7 +1033,7 @@ _AFTER_END = model.FD_IO_AFTER_SESSION_END
 _PRECOPY_OUTSIDE = frozenset({model.EINVAL, model.ENODEV})
 
 V2_FD_RULES = (
-    # session end (§2.8, §8.5)
+    # session end: the driver disables the file (read/write give ENODEV)
     FdRule("fd-after-session-end", (STOP, STOP_COPY), STOP, "read", _AFTER_END),
     FdRule("fd-after-session-end", (RUNNING, PRE_COPY), RUNNING, "read", _AFTER_END),
     FdRule("fd-after-session-end", (RUNNING_P2P, PRE_COPY_P2P), RUNNING_P2P, "read", _AFTER_END),
@@ -1043,14 +1043,14 @@ V2_FD_RULES = (
     FdRule("fd-after-reset", (RUNNING, PRE_COPY), "reset", "read", _AFTER_END),
     FdRule("fd-after-reset", (RUNNING_P2P, PRE_COPY_P2P), "reset", "read", _AFTER_END),
     FdRule("fd-after-reset", (STOP, RESUMING), "reset", "write", _AFTER_END),
-    # direction and seeking (§8.8)
+    # direction and seeking (drivers open the file O_RDONLY or O_WRONLY with stream_open())
     FdRule("fd-wrong-direction", (STOP, STOP_COPY), None, "write", model.FD_WRITE_ON_SAVE_FD),
     FdRule("fd-wrong-direction", (RUNNING, PRE_COPY), None, "write", model.FD_WRITE_ON_SAVE_FD),
     FdRule("fd-wrong-direction", (STOP, RESUMING), None, "read", model.FD_READ_ON_RESUME_FD),
     FdRule("fd-seek", (STOP, STOP_COPY), None, "seek", model.FD_SEEK),
     FdRule("fd-seek", (RUNNING, PRE_COPY), None, "seek", model.FD_SEEK),
     FdRule("fd-seek", (STOP, RESUMING), None, "seek", model.FD_SEEK),
-    # moves inside the saving group keep the fd (§8.4)
+    # moves inside the saving group keep the fd
     FdRule("fd-kept-in-group", (RUNNING, PRE_COPY, STOP_COPY), None, "read", None),
     FdRule("fd-kept-in-group", (RUNNING, PRE_COPY, PRE_COPY_P2P), None, "read", None),
     FdRule("fd-kept-in-group", (RUNNING_P2P, PRE_COPY_P2P, STOP_COPY), None, "read", None),
@@ -1059,12 +1059,12 @@ V2_FD_RULES = (
     FdRule("fd-close", (STOP, STOP_COPY), STOP, "close", None),
     FdRule("fd-close", (STOP, STOP_COPY), None, "close", None),
     FdRule("fd-close", (STOP, RESUMING), "reset", "close", None),
-    # end of stream (§8.9)
+    # end of stream
     FdRule("stop-copy-eof", (STOP, STOP_COPY), None, "drain", None),
     FdRule("stop-copy-eof", (RUNNING, PRE_COPY, STOP_COPY), None, "drain", None),
     FdRule("precopy-eof", (RUNNING, PRE_COPY), None, "drain-precopy", None),
     FdRule("precopy-eof", (RUNNING_P2P, PRE_COPY_P2P), None, "drain-precopy", None),
-    # VFIO_MIG_GET_PRECOPY_INFO only in PRE_COPY* on a live saving fd (§2.8, §8.10)
+    # VFIO_MIG_GET_PRECOPY_INFO only in PRE_COPY* on a live saving fd (include/uapi/linux/vfio.h)
     FdRule("precopy-info", (RUNNING, PRE_COPY), None, "precopy", None),
     FdRule("precopy-info", (RUNNING_P2P, PRE_COPY_P2P), None, "precopy", None),
     FdRule("precopy-info", (STOP, STOP_COPY), None, "precopy", frozenset({model.EINVAL})),
@@ -1073,7 +1073,7 @@ V2_FD_RULES = (
     FdRule("precopy-info", (STOP, RESUMING), None, "precopy", frozenset({model.ENOTTY})),
     FdRule("precopy-info-covers", (RUNNING, PRE_COPY), None, "precopy-cover", None),
     FdRule("precopy-info-covers", (RUNNING_P2P, PRE_COPY_P2P), None, "precopy-cover", None),
-    # initial_bytes never grows while the stream is read (§8.10)
+    # initial_bytes never grows while the stream is read (struct vfio_precopy_info)
     FdRule("precopy-info-initial", (RUNNING, PRE_COPY), None, "precopy-initial", None),
     FdRule("precopy-info-initial", (RUNNING_P2P, PRE_COPY_P2P), None, "precopy-initial", None),
 )
@@ -1087,7 +1087,8 @@ IO_TEXT = {
 # The io checks that judge a sequence, not one call that succeeds or fails.
 SEQUENCE_IO = frozenset({"drain", "drain-precopy", "precopy-cover", "precopy-initial"})
 
-# VFIO_DEVICE_FEATURE framing (§2.2): (label, flags, argsz); the expected errno is model.feature_errno.
+# VFIO_DEVICE_FEATURE framing (vfio_ioctl_device_feature()): (label, flags, argsz); the expected errno is
+# model.feature_errno.
 _G, _S, _P = FEATURE_GET, FEATURE_SET, FEATURE_PROBE
 _MIG, _STATE, _SIZE = FEATURE_MIGRATION, FEATURE_MIG_DEVICE_STATE, FEATURE_MIG_DATA_SIZE
 FEATURE_CASES = (
@@ -1727,7 +1728,7 @@ class V2Sweep(Sweep):
             return seen(obs + " (target does not promise to validate streams)", None, **facts)
         return seen(obs, ok, **facts)
 
-    # fault injection (§8.15) ---------------------------------------------------------------
+    # fault injection -----------------------------------------------------------------------
 
     def fault_cases(self) -> list[Case]:
         out = []
@@ -1846,7 +1847,7 @@ class V1Sweep(Sweep):
         return (V1_SAVING,)
 
     def save_iteration(self, dev, data: bytearray, pendings: list | None = None, state: int = V1_SAVING) -> bool:
-        """One §1.5 iteration (``harness.runtime.v1_save_iteration``); True when pending_bytes is 0.
+        """One v1 saving iteration (``harness.runtime.v1_save_iteration``); True when pending_bytes is 0.
         ``pendings`` collects (``state``, the pending_bytes read)."""
         stage, err, pending, offset, size, chunk = v1_save_iteration(dev, V1_FIELDS, True)
         if pendings is not None and pending is not None:
@@ -1905,7 +1906,7 @@ class V1Sweep(Sweep):
         return bytes(data), digest
 
     def write_stream(self, dev, data: bytes, seg: int = 0) -> tuple[int, int]:
-        """§1.6 for each piece of ``segments(data, seg)`` (``harness.runtime.v1_write_chunk``):
+        """The v1 resuming step for each piece of ``segments(data, seg)`` (``harness.runtime.v1_write_chunk``):
         (errno, bytes accepted)."""
         done = 0
         for piece in segments(data, seg):
@@ -1920,8 +1921,8 @@ class V1Sweep(Sweep):
         return 0, done
 
     def resume(self, dev, data: bytes, seg: int = 0, from_reset: bool = True) -> tuple[str, int, int, int]:
-        """RESUMING (from reset, or ``from_reset`` False: one write from where ``dev`` is), §1.6 for
-        ``data``, clear RESUMING: (what failed or "", errno, bytes written, device_state)."""
+        """RESUMING (from reset, or ``from_reset`` False: one write from where ``dev`` is), the v1
+        resuming steps for ``data``, clear RESUMING: (what failed or "", errno, bytes written, device_state)."""
         if from_reset:
             self.reach(dev, V1_RESUMING)
         else:
@@ -1997,7 +1998,7 @@ class V1Sweep(Sweep):
                        (v1_name(s),), expect(None, unchanged=True), lambda sw, s=s: sw.check_frozen(s))
                   for s in (V1_STOP, V1_SAVING, V1_RESUMING)]
         cases += [Case("save-sequence", v1_name(route[0]), v1_name(V1_STOP),
-                       f"{label}: §1.5 loop reaches pending_bytes 0, window in region, pending_bytes never "
+                       f"{label}: the saving loop reaches pending_bytes 0, window in region, pending_bytes never "
                        "grows in stop-and-copy",
                        tuple(v1_name(s) for s in (*route, V1_STOP)), expect(True), lambda sw, r=route: sw.check_save(r))
                   for label, route in V1_SAVE_ROUTES]

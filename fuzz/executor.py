@@ -505,7 +505,7 @@ class Executor:
         return err
 
     def _v1_save_iteration(self, op, view, dev) -> bool:
-        """One §1.5 iteration; returns True when it ends (pending_bytes 0, or an error)."""
+        """One v1 saving iteration; returns True when it ends (pending_bytes 0, or an error)."""
         answer = v1_save_iteration(dev, V1_FIELDS, model.v1_saving(view.state))
         return self.oracle.on_save_iteration(view, answer, self.fault_fired(op.dev), self.source_digests[op.dev])
 

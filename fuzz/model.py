@@ -3,9 +3,12 @@
 This is the specification the oracles judge a device against.  It is written
 independently of the simulator (``harness/sim``): the simulator implements the
 kernel's next-hop table and skip loop; the model instead states the arcs a
-driver implements (PROTOCOL.md §2.4) and derives every path by a constrained
-breadth-first search (§2.5).  If either is wrong, the tests that compare them
-with each other and with the published tables (§2.6) disagree.
+driver implements (the list in the comment of ``vfio_mig_get_next_state()``,
+drivers/vfio/vfio_main.c) and derives every path by a breadth-first search
+under the rules of the text above ``enum vfio_device_mig_state``
+(include/uapi/linux/vfio.h): the shortest path, no saving-group state as an
+interior hop.  If either is wrong, the tests that compare them with each other
+and with the path tables of the kernel's ``vfio_from_fsm_table`` disagree.
 """
 from __future__ import annotations
 
@@ -71,8 +74,8 @@ STOPPED_STATES = V2_STOPPED_STATES
 # States with an open data session (a saving or a resuming data_fd).
 SESSION_STATES = SAVING_GROUP | {RESUMING}
 
-# The arcs a driver implements (§2.4): (flags that must be set, flags that
-# must be clear) -> arcs.
+# The arcs a driver implements (the list in vfio_mig_get_next_state(), drivers/vfio/vfio_main.c):
+# (flags that must be set, flags that must be clear) -> arcs.
 ARC_RULES = (
     ((SC, 0), ((RESUMING, STOP), (STOP, RESUMING), (STOP, STOP_COPY), (STOP_COPY, STOP))),
     ((SC, P2P), ((RUNNING, STOP), (STOP, RUNNING))),
@@ -211,8 +214,9 @@ def plan(flags: int, cur: int, new: int) -> Plan | None:
 
 def allowed_after_failure(flags: int, cur: int, new: int) -> frozenset:
     """States GET may report after a failed SET: for a request the model refuses,
-    only the old one (§8.3); for a valid one, the old one, any hop of its path, or
-    ERROR (§8.2)."""
+    only the old one (``vfio_mig_get_next_state()`` refuses it with EINVAL before any
+    hop); for a valid one, the old one, any hop of its path, or ERROR (the text above
+    ``struct vfio_device_feature_mig_state`` in include/uapi/linux/vfio.h)."""
     hops = path(flags, cur, new)
     if hops is None:
         return frozenset((cur,))
@@ -220,7 +224,7 @@ def allowed_after_failure(flags: int, cur: int, new: int) -> frozenset:
 
 
 # ---------------------------------------------------------------------------
-# v2: data_fd rules (§2.8)
+# v2: data_fd rules (include/uapi/linux/vfio.h: enum vfio_device_mig_state, struct vfio_precopy_info)
 # ---------------------------------------------------------------------------
 
 EBADF, ENODEV, ESPIPE, EINVAL, ENOMSG, ENOTTY = (
@@ -236,7 +240,8 @@ PRECOPY_INFO_STATES = frozenset({PRE_COPY, PRE_COPY_P2P})
 PRECOPY_TEMP_EOF_ERRNO = ENOMSG
 
 # ---------------------------------------------------------------------------
-# v2: VFIO_DEVICE_FEATURE framing (§2.2, vfio_ioctl_device_feature + vfio_check_feature)
+# v2: VFIO_DEVICE_FEATURE framing (vfio_ioctl_device_feature() in drivers/vfio/vfio_main.c,
+# vfio_check_feature() in include/linux/vfio.h)
 # ---------------------------------------------------------------------------
 
 # feature index -> (operations it supports, minimum payload size)
@@ -274,7 +279,7 @@ def feature_errno(flags: int, argsz: int, dev_flags: int, state: int) -> int | N
 
 
 # ---------------------------------------------------------------------------
-# v1: the device_state bit field (§1.3-1.7)
+# v1: the device_state bit field (struct vfio_device_migration_info, include/uapi/linux/vfio.h 5.8-5.17)
 # ---------------------------------------------------------------------------
 
 V1_VALID = frozenset({0b000, 0b001, 0b010, 0b011, 0b100})
@@ -294,7 +299,7 @@ def v1_write_allowed(cur: int, value: int) -> bool:
 
 
 def v1_states_after_failure(cur: int) -> frozenset:
-    """A failed device_state write leaves the previous state or 110b (§1.7)."""
+    """A failed device_state write leaves the previous state or 110b (the error state)."""
     return frozenset({cur & V1_MASK, V1_ERROR})
 
 
@@ -312,7 +317,7 @@ def v1_saving(state: int) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# a migration (§3, the sequences QEMU makes): the states a source is set to while it saves (each
+# a migration (the sequences QEMU's hw/vfio/migration.c makes): the states a source is set to while it saves (each
 # followed by reading its stream to the end, and in a live one by pre-copy iterations), the state a
 # destination is set to before the stream is written into it, and the states that end its resume
 # session (the load)
@@ -354,11 +359,11 @@ def v1_read_only(name: str, state: int) -> bool:
 
 
 def v1_pending_may_grow(state: int) -> bool:
-    """In stop-and-copy (010b) the device is stopped: pending_bytes only shrinks (§1.5)."""
+    """In stop-and-copy (010b) the device is stopped: pending_bytes only shrinks."""
     return state != V1_SAVING
 
 
-# Reads that move the saving iteration (§1.5): a bare read outside the sequence
+# Reads that move the v1 saving iteration: a bare read outside the sequence
 # makes the user's copy of the stream miss or repeat a chunk.
 V1_READ_SIDE_EFFECTS = {
     "pending_bytes": "acknowledges the staged chunk",
@@ -367,7 +372,7 @@ V1_READ_SIDE_EFFECTS = {
 
 
 # ---------------------------------------------------------------------------
-# races: two calls at once (§8.14) must give the answers and the state of one
+# races: two calls at once must give the answers and the state of one
 # serial order of the two
 # ---------------------------------------------------------------------------
 

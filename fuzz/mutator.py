@@ -105,7 +105,7 @@ def random_op(proto: str, rng: random.Random, code: int | None = None) -> Op:
     return normalize(proto, Op(code, dev, a, b, data))
 
 
-# The races worth most (PROTOCOL §8.14): reset against a data_fd call or a SET, SET against close, reopen
+# The races worth most: reset against a data_fd call or a SET, SET against close, reopen
 # against read, two SETs, two writes into one resume session; either way round.
 RACE_PAIRS = {
     "v2": (("reset", "read"), ("reset", "write"), ("reset", "set"), ("set", "close"), ("reopen", "read"),

@@ -248,7 +248,7 @@ def v1_save_iteration(dev, fields, saving):
 
 
 def v1_write_chunk(dev, fields, piece, header_size):
-    """One v1 resuming step (§1.6): read data_offset, write as much of ``piece`` as the window
+    """One v1 resuming step: read data_offset, write as much of ``piece`` as the window
     holds, then data_size. Returns (errno, data_offset, bytes taken); a data_offset outside
     [header_size, region_size) takes nothing and writes nothing (the caller judges it)."""
     err, offset = v1_read_field(dev, *fields["data_offset"])

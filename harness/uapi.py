@@ -1,7 +1,8 @@
 """Every VFIO migration uAPI layout and constant, declared once.
 
 Source of the facts: include/uapi/linux/vfio.h (v2, Linux 5.18+) and the
-5.8-5.17 header for the v1 migration region; see shared/PROTOCOL.md §1-2.
+5.8-5.17 header for the v1 migration region (``struct vfio_device_migration_info``
+and the comment above it).
 
 Layouts are construct ``Struct`` objects (used for building and parsing and
 checked by the tests against the kernel's sizes and offsets).  Where a hot path
@@ -38,7 +39,7 @@ V1_STATE_NAMES = {
     0: "STOP", 1: "RUNNING", 2: "SAVING", 3: "SAVING|RUNNING", 4: "RESUMING",
     5: "RESUMING|RUNNING", 6: "ERROR", 7: "RESUMING|SAVING|RUNNING",
 }
-# States by what the device does in them (v1 header comment, §1.3).
+# States by what the device does in them (the comment above struct vfio_device_migration_info, 5.8-5.17).
 V1_SAVING_STATES = frozenset({V1_SAVING, V1_SAVING | V1_RUNNING})
 V1_STOPPED_STATES = frozenset({V1_STOP, V1_SAVING, V1_RESUMING, V1_ERROR})
 

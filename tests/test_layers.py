@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,19 @@ def test_the_runtime_is_standalone():
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"fuzz", "harness", "construct", "atheris"}
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+
+
+def test_the_readme_code_map_names_every_module():
+    """A newcomer opens the README's code map to know which file to open: every module is in it."""
+    text = (ROOT / "README.md").read_text()
+    code_map = text[text.index("## Code map"):text.index("## Using it")]
+    named = set()
+    for cell in re.findall(r"`([^`]+)`", code_map):
+        for part in cell.split(", "):
+            braces = re.fullmatch(r"(.*)\{([^}]*)\}(.*)", part)
+            names = [braces[1] + x + braces[3] for x in braces[2].split(",")] if braces else [part]
+            named.update(names)
+    missing = [str(p.relative_to(ROOT)) for p in modules().values()
+               if p.name != "__init__.py" and str(p.relative_to(ROOT)) not in named
+               and f"{p.parent.relative_to(ROOT)}/" not in named]
+    assert not missing, f"not in the README's code map: {missing}"

@@ -1,7 +1,10 @@
-"""fuzz/model.py against PROTOCOL.md §1.3-1.7 and §2.2-2.6, and against the simulator's kernel table.
+"""fuzz/model.py against the uAPI rules (include/uapi/linux/vfio.h: the v1 device_state bits of
+5.8-5.17, VFIO_DEVICE_FEATURE, enum vfio_device_mig_state), against the paths of
+vfio_mig_get_next_state() (drivers/vfio/vfio_main.c), and against the simulator's kernel table.
 
-The four §2.6 path tables are transcribed verbatim below (markdown text) and
-parsed here; nothing is derived from the model under test.
+The four path tables (one per flag set, worked out from the kernel's vfio_from_fsm_table and
+its skip loop) are written out below as markdown text and parsed here; nothing is derived from
+the model under test.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P =
 FLAG_SETS = (0x1, 0x3, 0x5, 0x7)
 
 # ---------------------------------------------------------------------------
-# PROTOCOL.md §2.6, verbatim
+# vfio_mig_get_next_state() paths per flag set (vfio_from_fsm_table, drivers/vfio/vfio_main.c)
 # ---------------------------------------------------------------------------
 
 TABLE_TEXT = {
@@ -144,7 +147,7 @@ def test_states_at_or_above_8_refused(flags):
 
 @pytest.mark.parametrize("flags", FLAG_SETS)
 def test_blocked_arcs(flags):
-    # §2.4: STOP_COPY -> PRE_COPY(_P2P) is forbidden even though a path exists through STOP/RUNNING
+    # vfio_from_fsm_table: STOP_COPY -> PRE_COPY(_P2P) is forbidden even though a path exists through STOP/RUNNING
     assert model.path(flags, STOP_COPY, PRE_COPY) is None
     assert model.path(flags, STOP_COPY, PRE_COPY_P2P) is None
 
@@ -160,7 +163,7 @@ def test_noop_requests():
 # Uniqueness of the shortest constrained path (so BFS tie order cannot matter)
 # ---------------------------------------------------------------------------
 
-# §2.4 arcs, transcribed independently of model.ARC_RULES
+# The arcs listed in vfio_mig_get_next_state(), transcribed independently of model.ARC_RULES
 ALWAYS = {(RESUMING, STOP), (STOP, RESUMING), (STOP, STOP_COPY), (STOP_COPY, STOP)}
 NO_P2P = {(RUNNING, STOP), (STOP, RUNNING)}
 WITH_P2P = {(RUNNING, RUNNING_P2P), (RUNNING_P2P, RUNNING), (RUNNING_P2P, STOP), (STOP, RUNNING_P2P)}
@@ -181,12 +184,12 @@ def _arcs(flags: int) -> set:
 
 
 @pytest.mark.parametrize("flags", FLAG_SETS)
-def test_model_arcs_are_the_section_2_4_arcs(flags):
+def test_model_arcs_are_the_kernel_arcs(flags):
     assert model.arcs(flags) == _arcs(flags)
 
 
 def _shortest_paths(flags: int, cur: int, new: int) -> tuple[int, list]:
-    """(length, every shortest path) under §2.5's rules, by exhaustive layered BFS."""
+    """(length, every shortest path) under the uAPI's path rules, by exhaustive layered BFS."""
     arcs = _arcs(flags)
     supported = SUPPORTED[flags]
 
@@ -269,7 +272,7 @@ def test_sim_kernel_helper_refuses_from_unsupported_or_error(flags):
 
 
 # ---------------------------------------------------------------------------
-# Failure semantics (§2.7, §8.2)
+# Failure semantics (vfio_ioctl_device_feature_mig_device_state(), struct vfio_device_feature_mig_state)
 # ---------------------------------------------------------------------------
 
 
@@ -280,7 +283,7 @@ def test_allowed_after_failure(flags):
             table = TABLES[flags].get((cur, new))
             hops = table[0] if table else None
             allowed = model.allowed_after_failure(flags, cur, new)
-            if hops is None and cur != new:  # refused: the state stays exactly as it was (§8.3)
+            if hops is None and cur != new:  # refused: the state stays exactly as it was
                 assert allowed == frozenset({cur}), (cur, new)
             else:
                 assert allowed == frozenset({cur, ERROR, *(hops or ())}), (cur, new)
@@ -291,7 +294,7 @@ def test_allowed_after_failure(flags):
 
 
 # ---------------------------------------------------------------------------
-# Session bookkeeping (§2.4 arc actions)
+# Session bookkeeping (the arcs that open and end a data session, enum vfio_device_mig_state)
 # ---------------------------------------------------------------------------
 
 
@@ -306,7 +309,7 @@ def test_session_arcs():
 
 
 def test_fd_opening_hop_is_always_last():
-    # §2.6 note: the fd-opening arc is always the last hop
+    # the fd-opening arc is always the last hop (drivers WARN if an interior step returns a file)
     for flags in FLAG_SETS:
         for cur in range(8):
             for new in range(8):
@@ -320,7 +323,7 @@ def test_fd_opening_hop_is_always_last():
 
 
 # ---------------------------------------------------------------------------
-# v1 (§1.3, §1.7)
+# v1 (device_state bits, include/uapi/linux/vfio.h 5.8-5.17)
 # ---------------------------------------------------------------------------
 
 
@@ -355,7 +358,7 @@ def test_v1_helpers():
     assert model.V1_SAVING_STATES == {2, 3}
     assert model.V1_STOPPED_STATES == {0, 2, 4, 6}
     assert [model.v1_saving(s) for s in range(8)] == [False, False, True, True, False, False, False, False]
-    # clearing RESUMING loads (§1.4); setting it starts a session
+    # clearing RESUMING loads; setting it starts a session
     assert model.v1_is_load(4, 1) and model.v1_is_load(4, 0) and not model.v1_is_load(4, 4)
     assert not model.v1_is_load(1, 0)
     assert model.v1_starts_resume(1, 4) and model.v1_starts_resume(0, 4) and not model.v1_starts_resume(4, 4)
@@ -365,7 +368,7 @@ def test_v1_helpers():
 
 
 # ---------------------------------------------------------------------------
-# VFIO_DEVICE_FEATURE framing (§2.2)
+# VFIO_DEVICE_FEATURE framing (vfio_ioctl_device_feature(), vfio_check_feature())
 # ---------------------------------------------------------------------------
 
 GET, SET, PROBE = FEATURE_GET, FEATURE_SET, FEATURE_PROBE
@@ -449,7 +452,7 @@ OPENS = {(RUNNING, PRE_COPY), (RUNNING_P2P, PRE_COPY_P2P), (STOP, STOP_COPY), (S
 
 @pytest.mark.parametrize("flags", FLAG_SETS)
 def test_plans_called_fresh(flags):
-    """Every field of a plan, from the §2.4 arc actions (written out here) and the §2.6 hops."""
+    """Every field of a plan, from the arc actions (written out here) and the kernel's path tables."""
     for cur in range(8):
         for new in range(8):
             got = model._plan(flags, cur, new)

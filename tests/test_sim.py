@@ -1,17 +1,21 @@
 """The simulator (harness/sim) driven directly through its device API (harness/base.py).
 
-Covers: QEMU-like live migrations for v1 and every v2 flag set (§3, §1.8),
-resume resegmentation (§2.8, §8.11), strict stream validation and no
-half-loading (§8.12), data_fd rules (§2.8), reset (§2.9), frozen state while
-stopped (§2.3), the forbidden STOP_COPY->PRE_COPY arc (§6 #1), determinism,
-the v1 region rules (§1.2-1.7) with fault injection, and that every bug-zoo
-variant is really caught by a hand-written program that the correct device
-passes.
+Covers: QEMU-like live migrations for v1 and every v2 flag set (the sequences
+of QEMU's hw/vfio/migration.c), resume resegmentation and round-trip fidelity,
+strict stream validation and no half-loading, data_fd rules, reset (RUNNING,
+files disabled), frozen state while stopped, the forbidden STOP_COPY->PRE_COPY
+arc (the vfio_mig_get_next_state() hang fixed by a26b499b757c), determinism,
+the v1 region rules (include/uapi/linux/vfio.h, 5.8-5.17) with fault
+injection, that every bug-zoo variant is really caught by a hand-written
+program that the correct device passes, and that the README's zoo table
+lists exactly the zoo.
 """
 from __future__ import annotations
 
 import errno
+import re
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +85,8 @@ def write_all(dev, fd, data: bytes, seg: int | None) -> None:
 
 
 def v2_save(flags: int, src, activity=(11, 222, 3333)) -> bytes:
-    """The source side of a QEMU v2 migration (§3 source steps 1-6); returns the stream."""
+    """The source side of a QEMU v2 migration (vfio_save_setup() to vfio_save_cleanup() in
+    hw/vfio/migration.c); returns the stream."""
     captured = bytearray()
     fd = None
     assert src.data_size() == (0, stream.FULL_SIZE)
@@ -180,7 +185,7 @@ def test_v2_resume_random_splits():
 
 
 def test_v2_round_trip_fidelity():
-    # §8.11: a device restored from S and saved again with no activity sends an equivalent stream
+    # a device restored from S and saved again with no activity sends an equivalent stream
     src = V2SimDevice(0x1, 5)
     ok_set(src, STOP)
     fd = ok_set(src, STOP_COPY, want_fd=True)
@@ -299,7 +304,7 @@ def test_device_never_half_loads():
 
 
 # =============================================================================
-# v2: data_fd rules (§2.8)
+# v2: data_fd rules (include/uapi/linux/vfio.h)
 # =============================================================================
 
 
@@ -352,7 +357,7 @@ def test_v2_precopy_info_initial_shrinks():
         if err == ENOMSG:
             break
         assert err == 0 and data
-        assert len(data) <= initial + dirty  # §8.10: readable bytes are announced
+        assert len(data) <= initial + dirty  # readable bytes are announced (struct vfio_precopy_info)
     else:
         pytest.fail("pre-copy never reaches a temporary end")
     assert last == 0
@@ -678,7 +683,7 @@ def v1_set(dev, value) -> int:
 
 
 def v1_iteration(dev) -> bytes | None:
-    """§1.5 a-f: one chunk, or None when pending_bytes is 0."""
+    """The v1 saving iteration: one chunk, or None when pending_bytes is 0."""
     pending = v1_read(dev, "pending_bytes")
     assert v1_read(dev, "pending_bytes") == pending  # no side effects before staging
     if pending == 0:
@@ -704,7 +709,7 @@ def v1_drain(dev) -> bytes:
 
 
 def v1_save(dev, activity=(17, 4242)) -> bytes:
-    """QEMU v1 live migration source (§1.8): 001 -> 011 (iterate, activity) -> 010 (drain) -> 000."""
+    """QEMU 5.2-7.2 live migration source: 001 -> 011 (iterate, activity) -> 010 (drain) -> 000."""
     assert v1_set(dev, 0b011) == 0
     out = bytearray()
     first = v1_iteration(dev)
@@ -726,7 +731,7 @@ def v1_save(dev, activity=(17, 4242)) -> bytes:
 
 
 def v1_resume_data(dev, data: bytes, seg: int) -> None:
-    """§1.6: read data_offset, write the chunk, write data_size."""
+    """The v1 resuming step: read data_offset, write the chunk, write data_size."""
     for i in range(0, len(data), seg):
         piece = data[i:i + seg]
         offset = v1_read(dev, "data_offset")
@@ -938,7 +943,7 @@ def test_v1_window_rules():
 
 
 def test_v1_pending_ack_sequence():
-    """§1.5: pending_bytes, data_offset, data_size, data, pending_bytes again acknowledges."""
+    """The v1 saving sequence: pending_bytes, data_offset, data_size, data, pending_bytes again acknowledges."""
     dev = V1SimDevice(1)
     assert v1_set(dev, 0b010) == 0
     total = v1_read(dev, "pending_bytes")
@@ -1126,6 +1131,29 @@ def _program(name):
 
 def test_every_bug_variant_has_a_program():
     assert set(BUG_PROGRAMS) == set(BUGS)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+ZOO_HEADER = "| variant | proto | defect | modelled on | caught as |"
+
+
+def _readme_zoo_rows() -> list[list[str]]:
+    """The README's zoo table (the section "## The bug zoo"): one list of cells per variant row,
+    backticks and escaped pipes undone."""
+    section = README.read_text().split("\n## The bug zoo\n", 1)[1].split("\n## ", 1)[0]
+    assert ZOO_HEADER in section.splitlines()
+    return [[cell.strip().strip("`").replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_readme_zoo_table_lists_the_zoo():
+    rows = _readme_zoo_rows()
+    assert [len(row) for row in rows] == [5] * len(rows), rows
+    assert [row[0] for row in rows] == list(BUGS)  # every variant once, in the order `migfuzz targets` lists
+    for variant, proto, defect, modelled_on, caught_as in rows:
+        bug = BUGS[variant]
+        assert (proto, defect, caught_as) == (bug.proto, bug.description, bug.finding), variant
+        assert modelled_on and "\u00a7" not in modelled_on, variant  # a public source, no section numbers
 
 
 @pytest.mark.parametrize("name", sorted(BUGS))

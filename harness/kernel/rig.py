@@ -1,7 +1,7 @@
 """A Debian 6.12 guest with the real ``mtty`` migration driver, booted under QEMU.
 
 ``prepare()`` builds everything once into a cache directory without touching
-the host's kernel or initrd (RIG.md, "leave the host untouched"):
+the host's kernel or initrd (the host is left untouched):
 
 * host tools (QEMU, static busybox, kmod, a compiler) via apt-get if missing;
 * ``apt-get download`` of the newest ``linux-image-6.12.N+deb12-amd64`` that
@@ -327,7 +327,7 @@ def _prepare_locked() -> tuple[Rig, float]:
 
 
 def _kvm_usable() -> bool:
-    """KVM is tried only with a real hardware-virtualisation module (RIG.md: the
+    """KVM is tried only with a real hardware-virtualisation module (the
     paravirtual /dev/kvm some machines expose cannot boot a stock kernel) and
     only until one boot with it failed on this machine."""
     hardware = Path("/sys/module/kvm_intel").exists() or Path("/sys/module/kvm_amd").exists()

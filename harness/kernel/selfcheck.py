@@ -155,7 +155,7 @@ def round_trip(src: VfioDevice, dst: VfioDevice) -> dict:
 
 
 def data_fd_rules(dev: VfioDevice, valid_stream: bytes) -> dict:
-    """Errnos of data_fd misuse and invalid requests (RIG.md's measured table)."""
+    """Errnos of data_fd misuse and invalid requests, as the driver answers them."""
     out: dict = {}
     dev.reset()
     err, fd = dev.set_state(S.STOP_COPY)

@@ -7,8 +7,8 @@ Where each protocol rule lives:
   values, and the order in which one write's bit changes take effect (load
   when RESUMING clears, end/open/finish the save session, stop/start).
 * ``read_pending`` / ``read_data_offset`` / ``read_data_size`` — the saving
-  iteration of §1.5 (pending_bytes acknowledges the staged chunk).
-* ``write_data_size`` — the resuming iteration of §1.6 (consume the window).
+  iteration (pending_bytes acknowledges the staged chunk).
+* ``write_data_size`` — the resuming iteration (consume the window).
 * ``enter_resuming`` — wipes what an earlier resume left behind.
 * ``load_stream`` — deserialize and validate when RESUMING is cleared; a
   failed load fails the write and leaves the state as it was.

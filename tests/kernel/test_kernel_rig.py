@@ -1,4 +1,4 @@
-"""The real mtty driver in the rig guest, against PROTOCOL.md and RIG.md.
+"""The real mtty driver (samples/vfio-mdev/mtty.c) in the rig guest, against the uAPI rules.
 
 Boots the guest once per module and runs ``harness.kernel.selfcheck`` in it;
 the tests assert on the JSON it writes. Skipped unless MIGFUZZ_RIG=1 (a cold
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.rig,
 FLAGS = 0x7  # STOP_COPY | P2P | PRE_COPY
 STREAM_BYTES = 96  # mtty-2: 24-byte header + 2 ports x 36 bytes
 
-# PROTOCOL.md §2.6, flags 0x7: hops after `cur` for SET `new`; None = EINVAL.
+# vfio_mig_get_next_state() paths (drivers/vfio/vfio_main.c), flags 0x7: hops after `cur` for SET `new`; None = EINVAL.
 PATHS = {
     (1, 2): [5, 2], (1, 3): [3], (1, 4): [4], (1, 5): [5], (1, 6): [5, 2, 6], (1, 7): [5, 7],
     (2, 1): [5, 1], (2, 3): [5, 1, 3], (2, 4): [5, 1, 4], (2, 5): [5], (2, 6): [6], (2, 7): [5, 7],
@@ -28,7 +28,7 @@ PATHS = {
     (6, 1): [2, 5, 1], (6, 2): [2], (6, 3): [7, 3], (6, 4): [2, 5, 1, 4], (6, 5): [2, 5], (6, 7): [7],
     (7, 1): [5, 1], (7, 2): [5, 2], (7, 3): [3], (7, 4): [5, 1, 4], (7, 5): [5], (7, 6): [6],
 }
-# Hops that open a data session and so return a new data_fd (§2.4).
+# Hops that open a data session and so return a new data_fd (enum vfio_device_mig_state).
 OPENS_FD = {(S.RUNNING, S.PRE_COPY), (S.RUNNING_P2P, S.PRE_COPY_P2P), (S.STOP, S.STOP_COPY), (S.STOP, S.RESUMING)}
 
 
