@@ -12,7 +12,6 @@ defect. The ``expected``/``observed`` strings only render that claim for people.
 """
 from __future__ import annotations
 
-import copy
 import errno
 from typing import NamedTuple
 
@@ -65,6 +64,11 @@ class Slot:
             self.live = False
             self.ended_by = why
 
+    def copy(self) -> Slot:
+        twin = Slot.__new__(Slot)
+        twin.fd, twin.saving, twin.live, twin.ended_by = self.fd, self.saving, self.live, self.ended_by
+        return twin
+
 
 class DeviceView:
     """The protocol-side view of one device during a program (written by the oracle only)."""
@@ -92,6 +96,15 @@ class DeviceView:
         self.pc_initial = -1
         self.entered: set = set()  # byte values the program put into the device (data-in registers, streams)
         self.pending_last = -1  # v1: pending_bytes last read in stop-and-copy
+
+    def copy(self) -> DeviceView:
+        """A copy that shares nothing mutable with this view (what a race replays an order from)."""
+        twin = DeviceView.__new__(DeviceView)
+        for name in DeviceView.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin.slots = [slot.copy() for slot in self.slots]
+        twin.capture, twin.resume, twin.entered = bytearray(self.capture), bytearray(self.resume), set(self.entered)
+        return twin
 
     def slot(self, index: int) -> Slot | None:
         slots = self.slots
@@ -449,11 +462,11 @@ class Oracle:
             self.fail("race-not-serializable", "the results and state of one serial order: "
                       + " or ".join(self.race_text(c, names) for c in allowed), self.race_text(code, names),
                       claim, cause="+".join(sorted(names)))
-        saved = copy.deepcopy((self.views, self.known, self.source_registers, self.observe)) if len(fits) > 1 else None
+        saved = self.snapshot() if len(fits) > 1 else None
         wrong = []  # per order tried: the finding its replay made, or the files it leaves the driver
         for i, (order, mid) in enumerate(fits):
             if i:
-                self.restore(copy.deepcopy(saved))  # the other order, from where the race began
+                self.restore(saved)  # the other order, from where the race began
             try:
                 self.race_replay(replay, order, mid)
             except FindingRaised as fr:
@@ -489,7 +502,7 @@ class Oracle:
         no interleaving makes a refused request succeed); else None, the race's. A call refused
         where both orders allow it is the race's: the other call may have run in its middle."""
         view, sides = replay[0], replay[1]
-        saved = copy.deepcopy((self.views, self.known, self.source_registers, self.observe))
+        saved = self.snapshot()
         slots = tuple(model.RaceSlot(s.live, s.saving) for s in view.slots)
         blamed = []
         for order in (0, 1):
@@ -503,13 +516,18 @@ class Oracle:
                 blamed.append(None)
             except FindingRaised as fr:
                 blamed.append(fr.finding)
-            self.restore(copy.deepcopy(saved))
+            self.restore(saved)
         kinds = {(f.kind, f.check.test) if f is not None else None for f in blamed}
         return blamed[0] if len(kinds) == 1 and None not in kinds and blamed[0].check.test == "ok" else None
+
+    def snapshot(self) -> tuple:
+        """What a race's replay may change (restore() puts it back, as often as needed)."""
+        return [v.copy() for v in self.views], dict(self.known), dict(self.source_registers), self.observe
 
     def restore(self, saved: tuple) -> None:
         views, known, registers, self.observe = saved
         for view, old in zip(self.views, views, strict=True):
+            old = old.copy()  # the snapshot stays as taken, for another restore
             for name in DeviceView.__slots__:
                 setattr(view, name, getattr(old, name))
         self.known.clear()
