@@ -29,6 +29,15 @@ class TargetUnavailable(RuntimeError):
     no migration support (exit 3)."""
 
 
+def bookkeeping(func):
+    """Marks a simulator function that only keeps records (step counters, digests, state copies):
+    its coverage tells the fuzzer nothing about the protocol, so a campaign leaves it
+    uninstrumented (fuzz.engine.instrument); the decisions (the FSM, loaders, fault firing)
+    stay instrumented."""
+    func.__bookkeeping__ = True
+    return func
+
+
 class DeviceHang(Exception):
     """A device call did not return: the simulator's step budget ran out (its watchdog)."""
 

@@ -14,7 +14,7 @@ from fuzz.executor import Executor
 from fuzz.oracles import Finding
 from fuzz.program import parse_program
 from fuzz.targets import parse_target
-from harness.sim import SimTarget, bugs, v1, v2
+from harness.sim import SimTarget, bugs, core, uart, v1, v2
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = {proto: sorted((ROOT / "corpus" / "seeds" / proto).glob("*.txt")) for proto in ("v1", "v2")}
@@ -250,3 +250,12 @@ def test_v1_field_rules_come_from_the_model():
     text = ("migfuzz-program 1 v1\nrd 0 field=reserved\nwr 0 field=reserved value=0x7\nset 0 value=0b010\n"
             "rd 0 field=data_offset\ndrain 0\nset 1 value=0b100\ntransfer 0 dst=1 seg=0\nset 1 value=0b001\n")
     assert Executor(clean).run(parse_program(text)) is None
+
+
+def test_record_keeping_is_not_instrumented_and_decisions_are():
+    functions = set(engine._functions(core)) | set(engine._functions(uart)) | set(engine._functions(v2))
+    for kept in (core.StepCounter.step, core.DeviceCore.digest, uart.Uart.state, v2.V2SimDevice.digest):
+        assert kept not in functions, kept
+    for decision in (core.StepCounter.arm, core.DeviceCore.activity, v2.V2SimDevice.set_state,
+                     v2.V2SimDevice.live_files):
+        assert decision in functions, decision

@@ -15,7 +15,7 @@ import errno
 import random
 import struct
 
-from harness.base import DeviceHang
+from harness.base import DeviceHang, bookkeeping
 
 from . import uart
 
@@ -80,6 +80,7 @@ class DeviceCore:
         self.mem[off] = (self.mem[off] + (seed >> 9) + 1) & 0x7F
         self.dirty |= 1 << page
 
+    @bookkeeping
     def digest(self) -> bytes:
         """The exact internal state (small enough to be its own digest)."""
         return _REGS_PACK(*self.regs) + self.mem + self.uart.state()
@@ -141,6 +142,7 @@ class StepCounter:
         self.fired = False
         self.short = False  # the step that fired asks for a short transfer
 
+    @bookkeeping
     def clear(self) -> None:
         self.fault_at = 0
         self.fault_kind = ""
@@ -153,6 +155,7 @@ class StepCounter:
         self.fault_errno = FAULT_ERRNO[kind]
         self.fired = False
 
+    @bookkeeping
     def step(self) -> int:
         """Advance one step; returns the injected errno or 0."""
         self.steps += 1
@@ -163,6 +166,7 @@ class StepCounter:
             return self.fault_errno
         return 0
 
+    @bookkeeping
     def spin(self, calls: int) -> None:
         if calls > self.budget:
             raise DeviceHang(f"no progress after {calls} iterations")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from construct import Bytes, Int8ul, Int16ul, Struct
 
+from harness.base import bookkeeping
 from harness.uapi import packer
 
 FIFO_SIZE = 16
@@ -78,10 +79,12 @@ class Uart:
     def restore_initial(self) -> None:
         self.restore(self._initial)
 
+    @bookkeeping
     def state(self) -> bytes:
         return _STATE.pack(bytes(self.regs), bytes(self.fifo), self.head, self.tail, self.count,
                            FLAG_DLAB * self.dlab | FLAG_OVERRUN * self.overrun, self.divisor)
 
+    @bookkeeping
     def restore(self, raw) -> None:
         """Take a saved state as it is (validation is the loader's job: :func:`parse_state`)."""
         regs, fifo, self.head, self.tail, self.count, flags, self.divisor = _STATE.unpack_from(raw)

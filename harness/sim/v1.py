@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 
+from harness.base import bookkeeping
 from harness.uapi import V1_ERROR, V1_FIELDS, V1_MASK, V1_RESUMING, V1_RUNNING, V1_SAVING
 
 from . import stream
@@ -268,6 +269,7 @@ class V1SimDevice(Interleaving):
     def activity(self, seed: int) -> None:
         self.core.activity(seed)
 
+    @bookkeeping
     def digest(self) -> bytes:
         return self.core.digest()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 
+from harness.base import bookkeeping
 from harness.uapi import (
     FEATURE_GET,
     FEATURE_MASK,
@@ -413,6 +414,7 @@ class V2SimDevice(Interleaving):
     def activity(self, seed: int) -> None:
         self.core.activity(seed)
 
+    @bookkeeping
     def digest(self) -> bytes:
         return self.core.digest()
 
