@@ -479,6 +479,9 @@ class Oracle:
             if len(fits) > 1:  # which order it was is not known: nor whether a load happened (to compare the
                 self.observe = None  # registers it would have loaded), nor what PRECOPY_INFO's sizes cover
                 view.pc_expect = -1
+                if sides[0].kind == sides[1].kind == "read" and sides[0].index == sides[1].index \
+                        and sides[0].answer[1] and sides[1].answer[1]:
+                    view.capture_tainted = True  # nor in which order their bytes come in the stream
             return
         if isinstance(wrong[0], Finding):  # a call's own claim is no claim on the race's answer
             raise FindingRaised(wrong[0]._replace(check=UNCHECKABLE))
