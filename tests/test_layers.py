@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from fuzz.findings import FINDING_KINDS
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("fuzz", "harness")
 
@@ -205,3 +207,10 @@ def test_the_readme_code_map_names_every_module():
                if p.name != "__init__.py" and str(p.relative_to(ROOT)) not in named
                and f"{p.parent.relative_to(ROOT)}/" not in named]
     assert not missing, f"not in the README's code map: {missing}"
+
+
+def test_the_readme_lists_every_finding_kind():
+    """The README's table of finding kinds (section "## Findings") names exactly fuzz.findings.KINDS."""
+    section = (ROOT / "README.md").read_text().split("\n## Findings\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z-]+)` \|", section, re.M)
+    assert sorted(listed) == sorted(FINDING_KINDS)
