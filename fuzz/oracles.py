@@ -497,6 +497,8 @@ class Oracle:
         loads = first.kind == "set" and not first.answer[0] and self.race_loads(view.state, first.arg)
         digest = load_digest if digest_before is None or loads else (lambda: digest_before)
         self.race_apply(view, first, slot1, data, mid, digest, source_digest)
+        if first.kind == "reopen" and second.kind in model.DEVICE_FD_CALLS and second.answer[0] == model.EBADF:
+            return  # it reached the device fd the reopen closed: no call happened (model.race_outcomes)
         self.race_apply(view, second, slot2, data, state, load_digest, source_digest)
 
     def race_blame(self, replay: tuple, orders: tuple) -> Finding | None:

@@ -345,6 +345,37 @@ def test_executor_judges_real_thread_races():
             assert ex.run(program("v2", text + "\nget 0")) is None, text
 
 
+class StaleDeviceFd(Serialized):
+    """A real device raced against ``reopen``: the other thread's call may reach the device fd the
+    reopen just closed, and fails with EBADF (seen on mtty in the rig: a reset answered EBADF)."""
+
+    def __getattr__(self, name):
+        call = super().__getattr__(name)
+        if name == "reopen":
+            def reopen(*args):
+                self.closed_by_reopen = True
+                return call(*args)
+            return reopen
+        if name in ("reset", "set_state", "get_state") and self.__dict__.get("closed_by_reopen"):
+            self.closed_by_reopen = False
+            return lambda *args: errno.EBADF if name == "reset" else (errno.EBADF, -1)
+        return call
+
+
+def test_a_device_fd_call_that_finds_the_fd_closed_by_a_racing_reopen_is_no_finding():
+    target = SimTarget("v2", 0x7)
+    target.devices = [StaleDeviceFd(d) for d in target.devices]
+    ex = Executor(target)
+    for text in ("race 0 x=reopen y=reset", "set 0 state=STOP\nrace 0 x=reopen y=set yarg=3",
+                 "set 0 state=STOP\nrace 0 x=reopen y=get"):
+        for _ in range(5):
+            assert ex.run(program("v2", text + "\nget 0")) is None, text
+    # a reset refused for another reason is still one
+    target.devices[0].reset = lambda: errno.EIO
+    finding = ex.run(program("v2", "race 0 x=get y=reset\nget 0"))
+    assert finding is not None and finding.kind in ("rejected-valid", "race-not-serializable"), finding
+
+
 # =============================================================================
 # generation and mutation
 # =============================================================================
