@@ -260,8 +260,10 @@ class Oracle:
         if err:
             return
         self.check_bounds(region, off, len(data), limit, "write")
-        if self.profile.write_role(region, off) == "data-in":
-            view.entered.update(data)
+        # Not only a FIFO's bytes enter the device: every register it keeps is device state, which
+        # its stream carries (a 10-minute v1 campaign saw an 0xff written to a control register
+        # come back inside a kernel-shaped window of the stream).
+        view.entered.update(data)
 
     def check_bounds(self, region: int, off: int, size: int, limit: int | None, what: str) -> None:
         """An access past the end of a region must fail: vfio-pci refuses it (vfio_pci_bar_rw(),

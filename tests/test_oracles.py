@@ -1794,6 +1794,16 @@ def test_race_leaving_the_driver_files_of_no_serial_order():
     silent(run(v2(), "set 0 state=STOP_COPY\nrace 0 x=set xarg=1 y=get sched=0\nget 0"))
 
 
+def test_a_byte_written_to_any_register_entered_the_device():
+    # a control register's value is device state: the stream carries it, next to other bytes
+    pointer = (0xFF83_0000_1E04_4D61).to_bytes(8, "little")
+    t = v2().script("read", on_call(1, lambda orig, fd, n: (0, b"\x01" * 3 + pointer)))
+    silent(run(t, "wrreg 0 region=0 off=0x1 size=1 value=0xff\nset 0 state=STOP_COPY\nread 0 fd=0 n=64"))
+    t = v2().script("read", on_call(1, lambda orig, fd, n: (0, b"\x01" * 3 + pointer)))
+    expect(run(t, "wrreg 0 region=0 off=0x1 size=1 value=0x7f\nset 0 state=STOP_COPY\nread 0 fd=0 n=64"),
+           "info-leak", Check("kernel_address"), step=2)
+
+
 def test_a_negative_errno_after_arbitrary_bytes_is_no_kernel_address():
     # an s64 -ENOMEM after 8 arbitrary bytes: the window 3 bytes into it reads 0xfffffffff4010101
     errnos = b"".join(b"\x01" * 8 + (-e).to_bytes(8, "little", signed=True) for e in range(1, 4096, 7))
