@@ -484,6 +484,12 @@ class Oracle:
                 if sides[0].kind == sides[1].kind == "read" and sides[0].index == sides[1].index \
                         and sides[0].answer[1] and sides[1].answer[1]:
                     view.capture_tainted = True  # nor in which order their bytes come in the stream
+                if any(s.kind == "read" and not s.answer[0] and not s.answer[1] for s in sides):
+                    # nor whether a read that found no data came before a SET (PRE_COPY: for now)
+                    # or after it (STOP_COPY: the end): the stream is neither ended nor complete
+                    if view.capture_done and view.original is not None:
+                        self.known.pop(view.original, None)
+                    view.capture_done, view.capture_tainted = False, True
             return
         if isinstance(wrong[0], Finding):  # a call's own claim is no claim on the race's answer
             raise FindingRaised(wrong[0]._replace(check=UNCHECKABLE))

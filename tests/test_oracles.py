@@ -1804,6 +1804,21 @@ def test_a_byte_written_to_any_register_entered_the_device():
            "info-leak", Check("kernel_address"), step=2)
 
 
+def test_an_empty_read_racing_a_set_to_stop_copy_ends_no_stream():
+    # mtty answers 0, not ENOMSG, at the temporary end of PRE_COPY data. Raced against SET
+    # STOP_COPY, an empty read fits both orders: before the SET (for now) or after it (the end).
+    # Seen on mtty: the oracle took the end, and the rest of the stream as data after it.
+    def zero_for_now(orig, fd, n):
+        err, data = orig(fd, n)
+        return (0, b"") if err == errno.ENOMSG else (err, data)
+    body = "set 0 state=PRE_COPY\ndrain 0 fd=0\nrace 0 x=set xarg=3 y=read yarg=0 sched={}\ndrain 0 fd=0"
+    for sched in range(16):
+        silent(run(v2().script("read", zero_for_now), body.format(sched)))
+    # a device that really sends data after the end of its stream is still caught
+    expect(run(v2().script("read", on_call(3, lambda orig, fd, n: (0, b"\x01"))),
+               "set 0 state=STOP_COPY\ndrain 0 fd=0\nread 0 fd=0 n=8"), "stream-protocol", Check("data_after_end"))
+
+
 def test_a_negative_errno_after_arbitrary_bytes_is_no_kernel_address():
     # an s64 -ENOMEM after 8 arbitrary bytes: the window 3 bytes into it reads 0xfffffffff4010101
     errnos = b"".join(b"\x01" * 8 + (-e).to_bytes(8, "little", signed=True) for e in range(1, 4096, 7))
