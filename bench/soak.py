@@ -34,10 +34,12 @@ def sample(pid: int) -> tuple[float, int] | None:
     return (rss[0] / 1024, fds) if rss else None  # a zombie has no VmRSS
 
 
-def soak(target: str, runs: int, every: float) -> dict:
+def soak(target: str, runs: int, every: float, crashes: Path) -> dict:
+    # The corpus is scratch; findings are not: they go to ``crashes`` (a finding on the correct
+    # simulator is a false positive to triage, and must outlive the soak).
     with tempfile.TemporaryDirectory(prefix="migfuzz-soak-") as tmp:
         cmd = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", target, "--runs", str(runs), "--keep-going",
-               "--corpus", f"{tmp}/corpus", "--crashes", f"{tmp}/crashes", "--", "-rss_limit_mb=0"]
+               "--corpus", f"{tmp}/corpus", "--crashes", str(crashes), "--", "-rss_limit_mb=0"]
         started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         samples = []
@@ -50,6 +52,9 @@ def soak(target: str, runs: int, every: float) -> dict:
         err = proc.stderr.read()
         elapsed = time.monotonic() - started
     done = [ln for ln in err.splitlines() if "done:" in ln]
+    for line in err.splitlines():
+        if "FINDING" in line:
+            print(f"  {target}: {line}", flush=True)
     quarter = max(1, len(samples) // 4)
     first, last = samples[:quarter], samples[-quarter:]
 
@@ -69,10 +74,11 @@ def main() -> int:
     ap.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--rss-slack", type=float, default=32.0, help="MiB of RSS growth tolerated")
     ap.add_argument("--fd-slack", type=float, default=2.0, help="open fds of growth tolerated")
+    ap.add_argument("--crashes", default=str(ROOT / "crashes" / "soak"), help="where findings are kept")
     args = ap.parse_args()
     worst = 0
     for target in args.target or ["sim", "sim:proto=v1"]:
-        r = soak(target, args.runs, args.every)
+        r = soak(target, args.runs, args.every, Path(args.crashes))
         grew_rss = r["rss_last"] - r["rss_first"]
         grew_fds = r["fds_last"] - r["fds_first"]
         ok = grew_rss <= args.rss_slack and grew_fds <= args.fd_slack
