@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import random
 import signal
@@ -65,6 +66,10 @@ INSTRUMENT_SCOPES = {
     "all": ("harness.sim", "fuzz.executor", "fuzz.oracles"),
     "none": (),
 }
+# Set by ``migfuzz fuzz --jobs N`` (fuzz.campaign.run_jobs) for each job: a file where the job's
+# finish() writes its summary as JSON, for the parent's one combined summary (the job then prints
+# only its "done:" line).
+JOB_SUMMARY_ENV = "MIGFUZZ_JOB_SUMMARY"
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -182,6 +187,8 @@ class Campaign:
         self.boundaries: layout.BoundaryCoverage | None = None  # fields loaded at a boundary value
         self.groups = mutator.OpGroups(spec.proto or "v2")
         self.scratch_log: Path | None = None  # libFuzzer's output, removed if nothing was found
+        self.libfuzzer_log: Path | None = None  # where libFuzzer's output went (None: the terminal)
+        self.corpus: Path | None = None  # for the summary's corpus size
         # libFuzzer's byte mutation; atheris.Fuzz() rebinds atheris.Mutate, so look it up per call
         self.byte_mutate = lambda data, max_size: atheris.Mutate(data, max_size)
 
@@ -200,7 +207,9 @@ class Campaign:
 
     def load_layout(self, corpus: Path | None) -> None:
         """The target's stream layout (kept in the corpus, else inferred now): field-aware mutations."""
-        found = layout.for_target(self.target, self.spec.text(), corpus)
+        oracle = self.executor.oracle  # what the captures write stays in a real device: entered
+        found = layout.for_target(self.target, self.spec.text(), corpus,
+                                  entered=oracle.entered_before if oracle.retains_data else None)
         if found.fields:
             self.field_edits = mutator.FieldEdits(self.proto, found)
             self.boundaries = layout.BoundaryCoverage(found, lambda f: mutator.boundary_values(
@@ -358,16 +367,20 @@ class Campaign:
         self.say(f"done: {self.execs} programs, {len(self.findings)} finding(s)"
                  + (f" ({len(self.findings) - len(new)} already known)" if len(new) < len(self.findings) else "")
                  + (f"; crash files in {self.crashes}" if self.findings else ""))
-        for finding, path in self.findings:
-            self.say(f"  {finding.kind}: {finding.arc} ({finding.op}) -> {path}")
         if self.report is not None and hasattr(self.report, "close"):
             self.report.close(self.stats())
-        if self.scratch_log is not None:
-            if self.findings:
-                self.say(f"libFuzzer's output: {self.scratch_log}")
-            else:
-                with contextlib.suppress(OSError):
-                    self.scratch_log.unlink()
+        log = self.libfuzzer_log
+        if log is not None and log == self.scratch_log and not self.findings:
+            with contextlib.suppress(OSError):
+                log.unlink()  # a scratch log of a campaign that found nothing
+            log = None
+        job_summary = os.environ.get(JOB_SUMMARY_ENV)
+        if job_summary:  # one of --jobs N: the parent prints the combined summary
+            with contextlib.suppress(OSError):
+                Path(job_summary).write_text(json.dumps(self.summary(log)))
+        else:
+            for line in summary_lines(self.summary(log)):
+                self.say(line)
         if self.target is not None:
             try:
                 self.target.close()
@@ -376,6 +389,20 @@ class Campaign:
         self.out.flush()
         sys.stdout.flush()
         os._exit(EXIT_FINDING if self.findings else EXIT_OK)
+
+    def summary(self, log: Path | None) -> dict:
+        """What the end-of-campaign summary says (:func:`summary_lines`), as plain data."""
+        files = None
+        if self.corpus is not None:
+            with contextlib.suppress(OSError):
+                files = sum(1 for p in self.corpus.iterdir() if p.is_file())
+        reports = getattr(self.report, "dir", None)
+        return {"execs": self.execs, "crashes": str(self.crashes),
+                "findings": [{"kind": f.kind, "arc": f.arc, "op": f.op, "file": str(p),
+                              "known": signature(f, coarse=True) in self.known} for f, p in self.findings],
+                "corpus": str(self.corpus) if self.corpus is not None else None, "corpus_files": files,
+                "reports": str(reports) if reports is not None else None,
+                "libfuzzer_logs": [str(log)] if log is not None else []}
 
     # -- mutation -----------------------------------------------------------------
 
@@ -402,6 +429,20 @@ class Campaign:
         rng = self.rng
         rng.seed(seed)
         return mutator.crossover_bytes(data1, data2, rng)[:max_out]
+
+
+def summary_lines(s: dict) -> list[str]:
+    """The lines after "done:": one per finding (with its crash file), the corpus size, where the
+    reports and libFuzzer's output went. ``s`` is :meth:`Campaign.summary` (or several merged)."""
+    lines = [f"  {f['kind']}: {f['arc']} ({f['op']}) -> {f['file']}" for f in s["findings"]]
+    if s.get("corpus"):
+        size = "?" if s.get("corpus_files") is None else s["corpus_files"]
+        lines.append(f"corpus: {size} files in {s['corpus']}")
+    if s.get("reports"):
+        lines.append(f"reports: {s['reports']} (migfuzz.jsonl, migfuzz.sarif, junit.xml)")
+    for log in s.get("libfuzzer_logs", ()):
+        lines.append(f"libFuzzer's output: {log}")
+    return lines
 
 
 def known_signatures(crashes: Path) -> set:
@@ -458,6 +499,8 @@ def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float 
             Path(tempfile.gettempdir()) / f"migfuzz-{os.getpid()}-{name}"
         camp.out = divert_libfuzzer_output(log)
     camp.scratch_log = log if report is None else None
+    camp.libfuzzer_log = log
+    camp.corpus = corpus
     # Ctrl-C / SIGTERM end the campaign like its time budget does: final stats,
     # reports closed, target released, exit 1 if anything was found.  (Python's
     # handlers take precedence over libFuzzer's, which would exit 72.)

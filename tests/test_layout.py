@@ -263,3 +263,11 @@ def test_op_groups_insert_saves_resumes_and_migrations():
             break
     else:
         pytest.fail("no complete migration among 50 groups")
+
+
+def test_the_captures_report_the_bytes_they_put_into_the_devices():
+    # a real device keeps them (mtty's UART): the campaign's oracle must count them as entered
+    entered: set = set()
+    layout.capture(SimTarget("v2", 0x7), entered=entered)
+    assert len(entered) >= 8  # the register values and activity bytes of the captures
+    assert layout.capture(SimTarget("v2", 0x7))  # and without a set, the same captures
