@@ -428,7 +428,7 @@ def _fuzz_boot(args, report: bool, results: Path, crashes: Path, boot: int,
         # A WARN/oops/KASAN/UBSAN report panicked the guest: blame the program the flight recorder
         # saw running, with the report that panicked it (lockdep's and might_sleep's do not).
         reports = kernel_reports(result.console.splitlines())
-        reports = reports[first_fatal(reports):]
+        reports = reports[first_fatal(reports, warnings_panic=not extra):]
         headline = reports[0].headline if reports else result.splats[0].strip()
         # Written where the guest keeps its crashes too: a later boot knows it (a report seen again is
         # "already known"), and the copy below brings it to --crashes.

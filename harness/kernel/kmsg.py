@@ -132,9 +132,20 @@ _NON_FATAL = re.compile(r"possible circular locking|inconsistent lock state|poss
                         r"|sleeping function called from invalid context|blocked for more than|suspicious RCU usage")
 
 
-def first_fatal(reports: list[KernelReport]) -> int:
-    """Index of the report that ended a guest (the first one panic_on_warn acts on), 0 if none is."""
-    return next((i for i, r in enumerate(reports) if not _NON_FATAL.search(r.title)), 0)
+# What still ends a guest booted with panic_on_warn=0 kasan_multi_shot: an oops (its KASAN
+# null-ptr-deref or general protection fault line comes first), a BUG, a kernel panic of its own.
+_OOPS = re.compile(r"^(BUG|Oops|general protection fault|KASAN: (null-ptr-deref|wild-memory-access)|"
+                   r"unable to handle)")
+
+
+def first_fatal(reports: list[KernelReport], warnings_panic: bool = True) -> int:
+    """Index of the report that ended a guest, 0 if none is: with panic_on_warn (``warnings_panic``)
+    the first one it acts on; without it, WARN, UBSAN and multi-shot KASAN reports let the guest
+    run on, and the oops that ended it is the last report of that kind."""
+    first = next((i for i, r in enumerate(reports) if not _NON_FATAL.search(r.title)), 0)
+    if warnings_panic:
+        return first
+    return next((i for i in range(len(reports) - 1, -1, -1) if _OOPS.search(reports[i].title)), first)
 
 
 def kernel_reports(lines: list[str]) -> list[KernelReport]:

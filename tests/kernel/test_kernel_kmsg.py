@@ -99,3 +99,15 @@ def test_the_self_checks_kasan_report_as_the_debug_kernel_logs_it():
     assert kasan.frames == ("lkdtm_SLAB_LINEAR_OVERFLOW", "lkdtm_do_action", "direct_entry")
     assert "Write of size 4" in kasan.text and "kmalloc-1k" in kasan.text
     assert reports[-1].title == "Kernel panic - not syncing: KASAN: panic_on_warn set ..."
+
+
+def test_without_panic_on_warn_the_oops_that_ended_the_guest_takes_the_blame():
+    # A debug-kernel boot with panic_on_warn=0 kasan_multi_shot (after a first panic): mtty's UBSAN
+    # reports let it run on, then a KASAN null-ptr-deref oops in mtty_set_state() ended it. As logged.
+    reports = reports_of("ubsan-then-oops.console")
+    assert reports[0].title.startswith("UBSAN:") and reports[-1].title.startswith("Kernel panic")
+    fatal = reports[first_fatal(reports, warnings_panic=False)]
+    assert fatal.title.startswith("Oops: general protection fault") and fatal.frames[0] == "mtty_set_state"
+    assert reports[first_fatal(reports)].title.startswith("UBSAN:")  # with panic_on_warn, the first
+    ubsan_only = [r for r in reports if r.title.startswith(("UBSAN", "Kernel panic"))]
+    assert first_fatal(ubsan_only, warnings_panic=False) == 0  # no oops: as before
