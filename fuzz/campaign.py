@@ -6,15 +6,18 @@ a finding lost later.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from harness.runtime import EXIT_FINDING, EXIT_OK, EXIT_UNAVAILABLE
 
-from .engine import run_campaign
+from .engine import JOB_SUMMARY_ENV, run_campaign, summary_lines
 from .errors import UsageError
 from .report import JsonlReporter, merge_job_reports
 from .targets import default_corpus, parse_target, require_opt_in
@@ -82,7 +85,7 @@ def cmd_fuzz(args) -> int:
     try:
         writable_dir(corpus, "the corpus")
     except UsageError as e:
-        if args.seeds:
+        if args.seeds or not corpus.is_dir():  # seeds to add, or not even a corpus to read
             raise
         print(f"migfuzz: warning: {e}: new inputs will not be kept", file=sys.stderr)
     report = JsonlReporter(Path(args.report_dir), spec.text()) if args.report_dir else None
@@ -90,6 +93,33 @@ def cmd_fuzz(args) -> int:
                  keep_going=args.keep_going, instrument_scope=args.instrument, report=report,
                  label=args.job_label, seeds=args.seeds, verbose=args.verbose)
     return EXIT_OK  # not reached: the campaign exits the process itself
+
+
+def print_jobs_summary(summaries: Path, codes: list) -> None:
+    """The campaign's one summary, from the summaries the jobs wrote (``JOB_SUMMARY_ENV``)."""
+    jobs = []
+    for i, code in enumerate(codes):
+        try:
+            jobs.append(json.loads((summaries / f"job{i}.json").read_text()))
+        except (OSError, ValueError):
+            print(f"migfuzz: job{i} ended without a summary (exit {code})", file=sys.stderr)
+    if not jobs:
+        return
+    findings = list({f["file"]: f for s in jobs for f in s["findings"]}.values())  # two jobs, one file: once
+    known = sum(f["known"] for f in findings)
+    merged = dict(jobs[-1], findings=findings, libfuzzer_logs=[log for s in jobs for log in s["libfuzzer_logs"]])
+    if merged.get("corpus"):  # shared by the jobs: its size now
+        try:
+            merged["corpus_files"] = sum(1 for f in Path(merged["corpus"]).iterdir() if f.is_file())
+        except OSError:
+            pass
+    if merged.get("reports"):
+        merged["reports"] = str(Path(merged["reports"]).parent)  # job<i>/ -> the merged reports above
+    print(f"migfuzz: done: {len(codes)} jobs, {sum(s['execs'] for s in jobs)} programs, {len(findings)} finding(s)"
+          + (f" ({known} already known)" if known else "")
+          + (f"; crash files in {merged['crashes']}" if findings else ""), file=sys.stderr)
+    for line in summary_lines(merged):
+        print(f"migfuzz: {line}", file=sys.stderr)
 
 
 def run_jobs(args, corpus: Path) -> int:
@@ -112,15 +142,10 @@ def run_jobs(args, corpus: Path) -> int:
     if args.i_know_this_resets_the_device:
         base.append("--i-know-this-resets-the-device")
     procs = []
-    for i in range(args.jobs):
-        cmd = base + ["--seed", str(args.seed + i), "--job-label", f"job{i}"]
-        if args.report_dir:
-            cmd += ["--report-dir", str(Path(args.report_dir) / f"job{i}")]
-        if args.libfuzzer_args:
-            cmd += ["--", *args.libfuzzer_args]
-        procs.append(subprocess.Popen(cmd, start_new_session=True))
+    stop = []  # the signals received: a job started after one gets it too
 
     def forward(signum, _frame):
+        stop.append(signum)
         for p in procs:
             if p.poll() is None:
                 try:
@@ -128,8 +153,21 @@ def run_jobs(args, corpus: Path) -> int:
                 except ProcessLookupError:
                     pass
 
+    # Handlers first: a job then starts with SIGINT/SIGTERM at their defaults even when this
+    # process was started with SIGINT ignored (a background job of a shell), so it can be stopped.
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    summaries = Path(tempfile.mkdtemp(prefix="migfuzz-jobs-"))
     try:
+        for i in range(args.jobs):
+            cmd = base + ["--seed", str(args.seed + i), "--job-label", f"job{i}"]
+            if args.report_dir:
+                cmd += ["--report-dir", str(Path(args.report_dir) / f"job{i}")]
+            if args.libfuzzer_args:
+                cmd += ["--", *args.libfuzzer_args]
+            env = dict(os.environ, **{JOB_SUMMARY_ENV: str(summaries / f"job{i}.json")})
+            procs.append(subprocess.Popen(cmd, start_new_session=True, env=env))
+        if stop:
+            forward(stop[-1], None)
         codes = []
         for p in procs:
             while True:
@@ -138,11 +176,13 @@ def run_jobs(args, corpus: Path) -> int:
                     break
                 except KeyboardInterrupt:
                     forward(signal.SIGINT, None)
+        if args.report_dir:
+            merge_job_reports(Path(args.report_dir))
+        print_jobs_summary(summaries, codes)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    if args.report_dir:
-        merge_job_reports(Path(args.report_dir))
+        shutil.rmtree(summaries, ignore_errors=True)
     if any(c == EXIT_FINDING for c in codes):
         return EXIT_FINDING
     if any(c == EXIT_UNAVAILABLE for c in codes):

@@ -254,8 +254,12 @@ def write_reports(records: list[dict], sarif: Path | None, junit: Path | None) -
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    crashfile.write_durably(path, text.encode())
+    """Write ``path`` through a temporary file; an error names ``path``, never the temporary file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crashfile.write_durably(path, text.encode())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _version() -> str:

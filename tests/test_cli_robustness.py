@@ -4,6 +4,8 @@ subprocess where the command ends the process itself) and fails on the behaviour
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,17 +130,34 @@ def test_unwritable_crash_directory_is_refused_at_start(tmp_path):
     ["report", "REPORT", "--sarif", "/proc/migfuzz/x.sarif"],
     ["triage", "CRASHES", "--out", "/proc/migfuzz/triage"],
     ["fuzz", "--report-dir", "/proc/migfuzz/r", "--max-time", "5"],
+    ["export", "PROG", "--c", "DIR"],
+    ["export", "PROG", "--python", "/proc/x/r.py"],
 ])
 def test_unwritable_outputs_are_one_line_and_exit_2(argv, tmp_path):
     prog = tmp_path / "prog.txt"
     prog.write_text("migfuzz-program 1 v2\nset 0 state=ERROR\n")
     (tmp_path / "report").mkdir()
     (tmp_path / "crashes").mkdir()
-    r = run_cli([{"PROG": prog, "REPORT": tmp_path / "report", "CRASHES": tmp_path / "crashes"}.get(a, a)
-                 for a in argv] + (["--target", "sim:bug=v2-error-requestable"] if argv[0] == "minimize" else []),
-                tmp_path)
+    (tmp_path / "a-dir").mkdir()
+    # the program shows a finding on this target: export gets as far as writing
+    target = ["--target", "sim:bug=v2-error-requestable"] if argv[0] in ("minimize", "export") else []
+    r = run_cli([{"PROG": prog, "REPORT": tmp_path / "report", "CRASHES": tmp_path / "crashes",
+                  "DIR": tmp_path / "a-dir"}.get(a, a) for a in argv] + target, tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("migfuzz: "), r.stderr
+    if argv[0] == "export":
+        assert one_line(r.stderr), r.stderr
+        out = str(tmp_path / "a-dir") if "DIR" in argv else "/proc/x"
+        assert out in r.stderr, r.stderr
+
+
+def test_report_error_names_the_path_given(tmp_path):
+    """Not the temporary file the report is written through (/proc/x.sarif.wkqrlrz_.tmp)."""
+    (tmp_path / "report").mkdir()
+    for flag, out in (("--sarif", "/proc/x.sarif"), ("--junit", "/proc/x.xml")):
+        r = run_cli(["report", tmp_path / "report", flag, out], tmp_path)
+        assert r.returncode == 2 and one_line(r.stderr), r.stderr
+        assert r.stderr.startswith(f"migfuzz: {out}: ") and ".tmp" not in r.stderr, r.stderr
 
 
 def test_version():
@@ -170,6 +189,53 @@ def test_a_campaign_ends_with_one_summary(tmp_path):
     assert "WARNING: Failed to find function" not in r.stderr
 
 
+def summary_of(err: str, prefix: str = "migfuzz: ") -> list:
+    """The lines from the final "done:" line on (the campaign's summary)."""
+    lines = err.splitlines()
+    [at] = [i for i, ln in enumerate(lines) if ln.startswith(prefix + "done: ")]
+    return lines[at:]
+
+
+def test_a_campaign_summary_names_findings_corpus_and_reports(tmp_path):
+    r = run_cli(["fuzz", "--target", "sim:bug=v2-error-requestable", "--runs", "2000", "--keep-going",
+                 "--report-dir", "R", "--crashes", "K", "--corpus", "C"], tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]
+    crashes = sorted(p for p in (tmp_path / "K").iterdir() if p.name.startswith("crash-") and p.suffix != ".txt")
+    assert crashes
+    corpus_files = len([p for p in (tmp_path / "C").iterdir() if p.is_file()])
+    summary = summary_of(r.stderr)
+    assert summary[0] == f"migfuzz: done: 2000 programs, {len(crashes)} finding(s); crash files in K", summary
+    expected = [f"-> {p.relative_to(tmp_path)}" for p in crashes]
+    expected += [f"migfuzz: corpus: {corpus_files} files in C", "migfuzz: reports: R (",
+                 "migfuzz: libFuzzer's output: R/libfuzzer.log"]
+    for text in expected:  # each said exactly once in the summary (and it is printed once)
+        assert sum(text in ln for ln in summary) == 1, (text, summary)
+    assert len(summary) == 1 + len(expected), summary
+    assert r.stderr.count("migfuzz: done: ") == 1 and r.stderr.count("migfuzz: corpus: ") == 1
+    assert (tmp_path / "R" / "migfuzz.sarif").is_file() and (tmp_path / "R" / "libfuzzer.log").is_file()
+
+
+def test_jobs_print_one_combined_summary_and_one_report(tmp_path):
+    r = run_cli(["fuzz", "--target", "sim:bug=v2-error-requestable", "--runs", "2000", "--keep-going",
+                 "--jobs", "2", "--report-dir", "R", "--crashes", "K", "--corpus", "C"], tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert r.stderr.count("migfuzz[job0]: done: ") == 1 and r.stderr.count("migfuzz[job1]: done: ") == 1
+    crashes = sorted(p for p in (tmp_path / "K").iterdir() if p.name.startswith("crash-") and p.suffix != ".txt")
+    summary = summary_of(r.stderr)
+    assert summary[0].startswith(f"migfuzz: done: 2 jobs, 4000 programs, {len(crashes)} finding(s)"), summary
+    expected = [f"-> {p.relative_to(tmp_path)}" for p in crashes]
+    expected += [f"migfuzz: corpus: {len([p for p in (tmp_path / 'C').iterdir() if p.is_file()])} files in C",
+                 "migfuzz: reports: R (", "R/job0/libfuzzer.job0.log", "R/job1/libfuzzer.job1.log"]
+    for text in expected:
+        assert sum(text in ln for ln in r.stderr.splitlines() if ln.startswith("migfuzz: ")) == 1, (text, summary)
+    assert len(summary) == 1 + len(expected), summary
+    # the jobs' crash lists are not printed again under each job
+    assert not [ln for ln in r.stderr.splitlines() if ln.startswith("migfuzz[job") and "corpus: " in ln]
+    rep = run_cli(["report", "R"], tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    assert re.match(r"migfuzz: [1-9]\d* distinct finding\(s\)", rep.stderr), rep.stderr
+
+
 def test_runs_stops_at_the_number_given(tmp_path):
     r = run_cli(["fuzz", "--runs", "10", "--no-seeds", "--crashes", tmp_path / "k", "--corpus", tmp_path / "c"],
                 tmp_path)
@@ -199,7 +265,54 @@ def test_jobs_end_on_sigterm_and_merge_their_reports(tmp_path):
     # one merged report for the campaign, readable by `migfuzz report`
     sarif = json.loads((report / "migfuzz.sarif").read_text())
     assert sarif["runs"][0]["results"]
-    assert cli.main(["report", str(report)]) == 0
+    assert err.count("migfuzz: done: 2 jobs, ") == 1, err[-2000:]  # and one summary for the campaign
+    r = run_cli(["report", report], tmp_path)
+    assert r.returncode == 0, r.stderr
+    distinct = re.match(r"migfuzz: (\d+) distinct finding\(s\)", r.stderr)
+    assert distinct and int(distinct.group(1)) > 0, r.stderr
+
+
+def test_sigint_to_a_backgrounded_jobs_parent_stops_every_job(tmp_path):
+    """A shell's background job starts with SIGINT ignored; `kill -INT` to the parent must still end
+    every job like its time budget (a "done:" line each, one summary) and leave no worker behind."""
+    corpus = tmp_path / "C"
+    log = tmp_path / "err.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fuzz.cli", "fuzz", "--target", "sim", "--jobs", "2",
+                                 "--max-time", "60", "--crashes", str(tmp_path / "K"), "--corpus", str(corpus)],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(f"migfuzz[job{i}]: fuzzing " in log.read_text()
+                                                      for i in range(2)):
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.5)
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert time.monotonic() - stopped < 10, "the jobs ran on after SIGINT"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert text.count("migfuzz[job0]: done: ") == 1 and text.count("migfuzz[job1]: done: ") == 1, text[-2000:]
+    assert text.count("migfuzz: done: 2 jobs, ") == 1, text[-2000:]
+    leftover = subprocess.run(["pgrep", "-f", f"--corpus {corpus}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_jobs_above_the_core_count_warn(tmp_path):
+    cores = os.cpu_count() or 1
+    r = run_cli(["fuzz", "--jobs", cores + 1, "--runs", "20", "--no-seeds", "--crashes", tmp_path / "K",
+                 "--corpus", tmp_path / "C"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count(f"migfuzz: warning: {cores + 1} jobs on {cores} cores") == 1, r.stderr[-2000:]
+    r = run_cli(["fuzz", "--jobs", cores, "--runs", "20", "--no-seeds", "--crashes", tmp_path / "K",
+                 "--corpus", tmp_path / "C"], tmp_path)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr[-2000:]
 
 
 def test_two_jobs_keep_their_lines_whole(tmp_path):
@@ -231,3 +344,22 @@ def test_writability_is_probed_by_writing(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UsageError, match="not a directory"):
         campaign.writable_dir(tmp_path / "f", "the corpus")
+    # the real CLI on a directory that exists and refuses files even to root (sysfs)
+    readonly = next((Path(d) for d in ("/sys/class/nd", "/sys/class/macvtap", "/sys/kernel/software_nodes",
+                                       "/sys/class/devlink", "/sys/class/dma")
+                     if Path(d).is_dir() and not any(Path(d).iterdir())), None)
+    if readonly is None:
+        pytest.skip("no empty sysfs directory here")
+    with pytest.raises(UsageError, match="not writable"):
+        campaign.writable_dir(readonly, "the corpus")
+    r = run_cli(["fuzz", "--no-seeds", "--runs", "10", "--crashes", tmp_path / "K", "--corpus", readonly], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    warning = f"migfuzz: warning: the corpus {readonly} is not writable"
+    assert r.stderr.startswith(warning) and r.stderr.count(warning) == 1, r.stderr[-2000:]
+    assert "new inputs will not be kept" in r.stderr
+    r = run_cli(["fuzz", "--runs", "10", "--crashes", tmp_path / "K", "--corpus", readonly], tmp_path)
+    assert r.returncode == 2 and one_line(r.stderr) and "not writable" in r.stderr, r.stderr
+    # --no-seeds and a corpus that cannot even be created: nothing to read either, an error
+    r = run_cli(["fuzz", "--no-seeds", "--runs", "10", "--crashes", tmp_path / "K", "--corpus",
+                 "/proc/migfuzz-corpus"], tmp_path)
+    assert r.returncode == 2 and one_line(r.stderr) and "/proc/migfuzz-corpus" in r.stderr, r.stderr

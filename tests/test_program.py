@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,12 +12,16 @@ from hypothesis import strategies as st
 from fuzz import codec, mutator
 from fuzz.program import (
     FAULT_KINDS,
+    FIX_KINDS,
     MANGLE_KINDS,
     MAX_OPS,
     MAX_PAYLOAD,
     NDEVICES,
     OPCODES,
     OPS,
+    RACE_CALLS,
+    SIZES,
+    SLOT_RANGE,
     Op,
     Program,
     ProgramError,
@@ -283,6 +289,74 @@ def test_payload_limit_is_an_error():
     half = "00" * (MAX_PAYLOAD // 2 + 1)
     with pytest.raises(ProgramError, match=f"at most {MAX_PAYLOAD}"):
         parse_program(f"migfuzz-program 1 v2\nwrite 0 fd=0 data={half}\nwrite 0 fd=0 data={half}\n")
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_limits() -> dict:
+    """The README's limits table (section "## Programs", after "**Limits.**"): (op, argument) -> the
+    code spans of its values cell (an op cell without backticks, e.g. "program", is kept as is)."""
+    section = README.read_text().split("\n## Programs\n", 1)[1].split("\n## ", 1)[0]
+    table = section.split("**Limits.**", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        ops_cell, arg_cell, values_cell = (c.strip() for c in line.strip("|").split(" | "))
+        ops = re.findall(r"`([^`]+)`", ops_cell) or [ops_cell]
+        args = re.findall(r"`([^`]+)`", arg_cell) or [arg_cell]
+        values = [v.replace("\\|", "|") for v in re.findall(r"`([^`]+)`", values_cell)]
+        for op in ops:
+            for arg in args:
+                assert (op, arg) not in rows, f"{op} {arg} twice in the README's limits table"
+                rows[op, arg] = values
+    return rows
+
+
+def stated_values(f) -> list:
+    """What the README must say about field ``f``, from its definition in fuzz/program.py."""
+    names = {"fault": FAULT_KINDS, "mangle": MANGLE_KINDS, "fix": FIX_KINDS, "race": RACE_CALLS,
+             "v1field": V1_FIELD_NAMES, "size": [str(s) for s in SIZES]}
+    if f.kind in names:
+        assert f.limit == len(names[f.kind])
+        return ["|".join(names[f.kind])]
+    if f.kind == "bytes":
+        return [str(MAX_PAYLOAD)]
+    top = (f.limit or SLOT_RANGE[f.slot]) - 1
+    if f.kind == "signed":
+        return [f"{-(f.limit >> 1)}..{(f.limit >> 1) - 1}"]
+    if f.kind == "state":
+        return [f"0..{top}", "|".join(MigState.__members__)]
+    return [f"0..{top}"]
+
+
+def test_readme_states_every_limit_of_program_py():
+    """Every argument of every op, the device index and the program's size limits are in the README
+    with the ranges fuzz/program.py defines, and the parser refuses the first value past each."""
+    rows = readme_limits()
+    expected = {("program", "ops"): [str(MAX_OPS)],
+                ("program", "payload bytes, all ops together"): [str(MAX_PAYLOAD)],
+                ("every op", "device (after the op name)"): [f"0..{NDEVICES - 1}"]}
+    for proto, table in OPS.items():
+        for spec in table:
+            for f in spec.fields:
+                values = stated_values(f)
+                assert expected.setdefault((spec.name, f.name), values) == values, (proto, spec.name, f.name)
+    assert rows == expected
+    # the parser enforces the stated ranges (an error naming them), the top value itself is accepted
+    for proto, table in OPS.items():
+        for spec in table:
+            for f in spec.fields:
+                if f.kind not in ("int", "hex", "signed", "state", "v1state"):
+                    continue
+                lo, hi = map(int, stated_values(f)[0].split(".."))
+                for bad in (lo - 1, hi + 1):
+                    with pytest.raises(ProgramError, match=rf"out of range \({lo}\.\.{hi}\)"):
+                        parse_program(f"migfuzz-program 1 {proto}\n{spec.name} 0 {f.name}={bad}\n")
+    with pytest.raises(ProgramError, match=rf"device index 0\.\.{NDEVICES - 1}"):
+        parse_program(f"migfuzz-program 1 v2\nget {NDEVICES}\n")
+    parse_program("migfuzz-program 1 v2\n" + "get 0\n" * MAX_OPS)
+    with pytest.raises(ProgramError, match=f"at most {MAX_OPS}"):
+        parse_program("migfuzz-program 1 v2\n" + "get 0\n" * (MAX_OPS + 1))
 
 
 def test_bad_header_names_the_line():

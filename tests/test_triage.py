@@ -277,6 +277,24 @@ def test_triage_coarse_merges_the_arc_start_states(tmp_path):
     assert coarse.groups[0].result.program.text() == "migfuzz-program 1 v2\nset 0 state=ERROR\n"
 
 
+def test_triage_output_is_replaced_not_merged(tmp_path, capsys):
+    """--strict makes one folder per arc start state; a default triage into the same OUT afterwards
+    leaves exactly its own folder, none of the strict run's."""
+    crashes, out = tmp_path / "crashes", tmp_path / "OUT"
+    target = bug_target("v2-error-requestable")
+    for start in ("", "set 0 state=STOP\n", "set 0 state=STOP_COPY\n", "set 0 state=PRE_COPY\n"):
+        write_crash(crashes, parse_program(f"migfuzz-program 1 v2\n{start}get 0\nset 0 state=ERROR\n"), target)
+    assert cli.main(["triage", str(crashes), "--out", str(out), "--strict", "--no-minimize"]) == 1
+    strict = sorted(p.name for p in out.iterdir())
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 4, strict
+    assert cli.main(["triage", str(crashes), "--out", str(out), "--no-minimize"]) == 1
+    capsys.readouterr()
+    result = triage_dir(crashes, tmp_path / "fresh", minimize=False)  # what the default run alone writes
+    fresh = sorted(p.name for p in (tmp_path / "fresh").iterdir())
+    assert len(result.groups) == 1 and len([p for p in (tmp_path / "fresh").iterdir() if p.is_dir()]) == 1
+    assert sorted(p.name for p in out.iterdir()) == fresh, (strict, fresh)
+
+
 def test_triage_bad_input(tmp_path):
     assert cli.main(["triage", str(tmp_path / "nope")]) == 2
     assert cli.main(["triage", str(tmp_path), "--target", "bogus"]) == 2
