@@ -214,3 +214,20 @@ def test_the_readme_lists_every_finding_kind():
     section = (ROOT / "README.md").read_text().split("\n## Findings\n", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `([a-z-]+)` \|", section, re.M)
     assert sorted(listed) == sorted(FINDING_KINDS)
+
+
+def test_nothing_cites_notes_users_do_not_have():
+    """Users get this repository, not the notes it was written from: the product cites kernel
+    sources and commits, never PROTOCOL.md, RIG.md, FUZZING.md or their section numbers."""
+    cited = []
+    for path in sorted(ROOT.rglob("*")):
+        rel = path.relative_to(ROOT)
+        generated = rel.parts[0] in (".git", ".venv", "build", "crashes") or rel.parts[:2] == ("bench", "results") \
+            or rel.parts[0].endswith(".egg-info") or "__pycache__" in rel.parts
+        if generated or not path.is_file() or rel.suffix not in (".py", ".c", ".md", ".toml", ".sh", ".txt", ".config"):
+            continue
+        text = path.read_text(errors="replace")
+        for needle in ("PROTOCOL.md", "RIG.md", "FUZZING.md", "PROTOCOL §", "\u00a7"):
+            if needle in text and rel != Path("tests/test_layers.py"):
+                cited.append(f"{rel}: {needle}")
+    assert not cited, cited
