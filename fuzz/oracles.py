@@ -75,7 +75,7 @@ class DeviceView:
 
     __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled", "edited", "original",
                  "resume", "resume_kind", "resume_opaque", "write_failed", "frozen", "pc_expect", "pc_initial",
-                 "entered", "pending_last")
+                 "entered", "own", "pending_last")
 
     def __init__(self, state: int):
         self.state = state
@@ -94,7 +94,8 @@ class DeviceView:
         self.frozen: bytes | None = None  # digest when the device last stopped
         self.pc_expect = -1  # pre-copy bytes still announced by PRECOPY_INFO
         self.pc_initial = -1
-        self.entered: set = set()  # byte values the program put into the device (data-in registers, streams)
+        self.entered: set = set()  # byte values put into the device (registers, streams), by earlier programs too
+        self.own: set = set()  # those this program put in
         self.pending_last = -1  # v1: pending_bytes last read in stop-and-copy
 
     def copy(self) -> DeviceView:
@@ -104,7 +105,13 @@ class DeviceView:
             setattr(twin, name, getattr(self, name))
         twin.slots = [slot.copy() for slot in self.slots]
         twin.capture, twin.resume, twin.entered = bytearray(self.capture), bytearray(self.resume), set(self.entered)
+        twin.own = set(self.own)
         return twin
+
+    def enter(self, data) -> None:
+        """Bytes the program put into the device."""
+        self.entered.update(data)
+        self.own.update(data)
 
     def slot(self, index: int) -> Slot | None:
         slots = self.slots
@@ -141,6 +148,9 @@ class Oracle:
         # a device hands out may be their bytes, not device-internal memory.
         self.retains_data = target.retains_data
         self.entered_before: set = set()
+        # A profile's [[init]] writes start every program with its data registers empty (mtty's FCR
+        # clears both FIFOs): what a data-out register hands out then entered in this program.
+        self.data_regs_reset = bool(target.profile.init)
         self.known: dict[bytes, bytes | None] = {}  # complete untouched streams -> source digest
         self.source_registers: dict[bytes, tuple] = {}  # complete streams -> the source's registers then
         # ("source"|"dest", device index, stream): observation registers the executor must read now
@@ -248,9 +258,10 @@ class Oracle:
         if not guard_ok:
             return
         profile = self.profile
+        held = view.own if self.data_regs_reset else view.entered
         for i, byte in enumerate(data):
             reg = profile.register(region, off + i)
-            if reg is not None and reg.read == "data-out" and byte not in view.entered and byte not in reg.idle:
+            if reg is not None and reg.read == "data-out" and byte not in held and byte not in reg.idle:
                 self.fail("info-leak", f"{reg.name} hands out only bytes the program put into the device",
                           f"{byte:#04x} (byte {i} of a {len(data)}-byte read at region {region} +{off:#x}), "
                           f"never written", Check("not_entered", (i, reg.idle)), cause=f"{reg.name} data")
@@ -263,7 +274,7 @@ class Oracle:
         # Not only a FIFO's bytes enter the device: every register it keeps is device state, which
         # its stream carries (a 10-minute v1 campaign saw an 0xff written to a control register
         # come back inside a kernel-shaped window of the stream).
-        view.entered.update(data)
+        view.enter(data)
 
     def check_bounds(self, region: int, off: int, size: int, limit: int | None, what: str) -> None:
         """An access past the end of a region must fail: vfio-pci refuses it (vfio_pci_bar_rw(),
@@ -391,7 +402,7 @@ class Oracle:
         """``sent``: bytes the activity put through data-in registers (a real UART's TX, looped back)."""
         view.pc_expect = -1
         if sent:
-            view.entered.update(sent)
+            view.enter(sent)
         if digest is not None and view.state in self.stopped_states:
             self.check_frozen(view, digest)
 
@@ -743,7 +754,7 @@ class V2Oracle(Oracle):
             return
         if err == 0:
             view.resume += data[:written]
-            view.entered.update(data[:written])
+            view.enter(data[:written])
         elif not fault:
             view.write_failed = True
         view.resume_kind = "mixed"
@@ -754,7 +765,7 @@ class V2Oracle(Oracle):
             self.fail("stream-protocol", f"write of {len(piece)} bytes makes progress", f"returned {n}",
                       Check("stalled"))
         dst.resume += piece[:n]
-        dst.entered.update(piece[:n])
+        dst.enter(piece[:n])
 
     @staticmethod
     def misuse(slot: Slot, call: str) -> str:
@@ -971,7 +982,7 @@ class V1Oracle(Oracle):
         if wrote is not None:
             if not err and view.state == model.V1_RESUMING_STATE:
                 view.resume += wrote
-                view.entered.update(wrote)
+                view.enter(wrote)
             elif err and not fault and view.state == model.V1_RESUMING_STATE:
                 view.write_failed = True
             view.resume_kind = "mixed"
@@ -1021,7 +1032,7 @@ class V1Oracle(Oracle):
         if offset is not None:
             self.check_window(offset, 1)  # room for at least one byte
         dst.resume += chunk[:taken]
-        dst.entered.update(chunk[:taken])
+        dst.enter(chunk[:taken])
 
     def on_reset(self, view: DeviceView, err: int, got: int | None, live: int | None) -> None:
         if err:

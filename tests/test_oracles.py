@@ -14,6 +14,7 @@ A scripted fault is armed by the program's ``fault`` op and "fires" when a scrip
 from __future__ import annotations
 
 import ast
+import dataclasses
 import errno
 
 import pytest
@@ -1745,6 +1746,20 @@ def test_bytes_an_earlier_program_wrote_into_a_device_that_keeps_them_entered_it
     silent(executor.run(parse_program("migfuzz-program 1 v2\nwrreg 0 region=0 off=0x0 size=1 value=0x5d\n")))
     expect(executor.run(parse_program("migfuzz-program 1 v2\nrdreg 0 region=0 off=0x0 size=1\n")), "info-leak",
            Check("not_entered", (0, (0,))), step=0)
+
+
+def test_a_device_whose_profile_empties_its_fifos_before_each_program_hands_out_only_its_bytes():
+    # mtty's profile clears both FIFOs ([[init]] FCR writes) before every program: an earlier
+    # program's bytes can no longer come out of RX, while the stream may still carry them
+    stale = lambda orig, region, off, size: (0, b"\x5d") if region == 0 and off == 0 else orig(region, off, size)
+    t = v2(retains_data=True).script("reg_read", stale)
+    t.profile = dataclasses.replace(t.profile, init=((0, 2, 0x07),))
+    executor = Executor(t)
+    silent(executor.run(parse_program("migfuzz-program 1 v2\nwrreg 0 region=0 off=0x0 size=1 value=0x5d\n")))
+    expect(executor.run(parse_program("migfuzz-program 1 v2\nrdreg 0 region=0 off=0x0 size=1\n")), "info-leak",
+           Check("not_entered", (0, (0,))), step=0)
+    silent(executor.run(parse_program("migfuzz-program 1 v2\nwrreg 0 region=0 off=0x0 size=1 value=0x5d\n"
+                                      "rdreg 0 region=0 off=0x0 size=1\n")))  # its own byte
 
 
 def test_v1_data_size_written_in_resuming_makes_the_session_opaque():
