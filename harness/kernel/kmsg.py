@@ -138,6 +138,9 @@ _OOPS = re.compile(r"^(BUG|Oops|general protection fault|KASAN: (null-ptr-deref|
                    r"unable to handle)")
 
 
+OOPS_FOLLOWS = 8  # lines between an oops' first line and its "Oops:" line
+
+
 def first_fatal(reports: list[KernelReport], warnings_panic: bool = True) -> int:
     """Index of the report that ended a guest, 0 if none is: with panic_on_warn (``warnings_panic``)
     the first one it acts on; without it, WARN, UBSAN and multi-shot KASAN reports let the guest
@@ -153,6 +156,11 @@ def kernel_reports(lines: list[str]) -> list[KernelReport]:
     next splat line or the end (at most REPORT_LINES lines)."""
     text = [strip_prefix(line) for line in lines]
     starts = [i for i, line in enumerate(text) if is_splat(line)]
+    # "BUG: kernel NULL pointer dereference" (or a KASAN line), a few lines later "Oops: 0000 [#1]"
+    # and the call trace: one report, titled by the first line, its frames from the trace
+    starts = [i for n, i in enumerate(starts)
+              if not (n and text[i].startswith("Oops") and i - starts[n - 1] <= OOPS_FOLLOWS
+                      and _OOPS.search(text[starts[n - 1]]))]
     reports = []
     for n, start in enumerate(starts):
         end = min(starts[n + 1] if n + 1 < len(starts) else len(text), start + REPORT_LINES)

@@ -111,3 +111,14 @@ def test_without_panic_on_warn_the_oops_that_ended_the_guest_takes_the_blame():
     assert reports[first_fatal(reports)].title.startswith("UBSAN:")  # with panic_on_warn, the first
     ubsan_only = [r for r in reports if r.title.startswith(("UBSAN", "Kernel panic"))]
     assert first_fatal(ubsan_only, warnings_panic=False) == 0  # no oops: as before
+
+
+def test_an_oops_is_titled_by_its_bug_line():
+    # mtty_set_state()'s NULL dereference on the stock kernel, as logged: "BUG: kernel NULL pointer
+    # dereference" then "Oops: Oops: 0000 [#1]" are one oops; the BUG line names it
+    reports = reports_of("null-deref-oops.console")
+    for warnings_panic in (True, False):
+        fatal = reports[first_fatal(reports, warnings_panic=warnings_panic)]
+        assert fatal.title.startswith("BUG: kernel NULL pointer dereference"), fatal.title
+        assert fatal.frames == ("mtty_set_state", "vfio_device_fops_unl_ioctl", "__x64_sys_ioctl")
+    assert len(reports) == 2 and reports[1].title.startswith("Kernel panic")
