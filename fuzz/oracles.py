@@ -268,13 +268,14 @@ class Oracle:
 
     def on_reg_write(self, view: DeviceView, region: int, off: int, data: bytes, err: int,
                      limit: int | None) -> None:
+        # Not only a FIFO's bytes enter the device: every register it keeps is device state, which
+        # its stream carries (a 10-minute v1 campaign saw an 0xff written to a control register
+        # come back inside a kernel-shaped window of the stream); and a wide write that fails may
+        # have stored its first bytes (mtty_write() goes byte by byte and fails at the end).
+        view.enter(data)
         if err:
             return
         self.check_bounds(region, off, len(data), limit, "write")
-        # Not only a FIFO's bytes enter the device: every register it keeps is device state, which
-        # its stream carries (a 10-minute v1 campaign saw an 0xff written to a control register
-        # come back inside a kernel-shaped window of the stream).
-        view.enter(data)
 
     def check_bounds(self, region: int, off: int, size: int, limit: int | None, what: str) -> None:
         """An access past the end of a region must fail: vfio-pci refuses it (vfio_pci_bar_rw(),
@@ -439,6 +440,7 @@ class Oracle:
 
     def transfer_failed(self, dst: DeviceView, data: bytes, err: int, fault: bool, complete: bool) -> None:
         """A write of a transfer failed after ``dst.resume`` was accepted."""
+        dst.enter(data)  # its bytes may be kept all the same (mtty_resume_write())
         if complete and not fault:
             self.fail("valid-stream-rejected", "every write of a complete untouched stream succeeds",
                       f"{errname(err)} after {len(dst.resume)} bytes", FAILED)
@@ -745,6 +747,7 @@ class V2Oracle(Oracle):
         return False
 
     def on_write(self, view: DeviceView, slot: Slot, err: int, written: int, data: bytes, fault: bool) -> None:
+        view.enter(data)  # a driver may keep bytes of a write it fails (mtty_resume_write() does)
         if slot.live is None:
             return
         if not slot.live or slot.saving:
@@ -754,7 +757,6 @@ class V2Oracle(Oracle):
             return
         if err == 0:
             view.resume += data[:written]
-            view.enter(data[:written])
         elif not fault:
             view.write_failed = True
         view.resume_kind = "mixed"
@@ -765,7 +767,7 @@ class V2Oracle(Oracle):
             self.fail("stream-protocol", f"write of {len(piece)} bytes makes progress", f"returned {n}",
                       Check("stalled"))
         dst.resume += piece[:n]
-        dst.enter(piece[:n])
+        dst.enter(piece)
 
     @staticmethod
     def misuse(slot: Slot, call: str) -> str:
