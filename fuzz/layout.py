@@ -264,7 +264,8 @@ def infer(caps: list[bytes], target: str = "", proto: str = "v2") -> Layout:
 
 
 class BoundaryCoverage:
-    """Which inferred fields a loaded stream held at a boundary value its captures never showed
+    """Which inferred fields a stream given to a loader (taken or refused: the loader read it either
+    way) held at a boundary value its captures never showed
     (``values``: per field, the values to count, e.g. ``fuzz.mutator.boundary_values``)."""
 
     def __init__(self, layout: Layout, values):
@@ -274,7 +275,7 @@ class BoundaryCoverage:
         self.reached = [False] * len(self.fields)
 
     def note(self, data) -> None:
-        """A stream that loaded."""
+        """A stream a load was given."""
         if len(data) != self.size:
             return
         reached = self.reached
@@ -283,7 +284,7 @@ class BoundaryCoverage:
                 reached[i] = True
 
     def counts(self) -> tuple[int, int]:
-        """(fields that took a boundary value in a loaded stream, fields)."""
+        """(fields that took a boundary value in a stream given to a load, fields)."""
         return sum(self.reached), len(self.fields)
 
 

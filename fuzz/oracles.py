@@ -157,7 +157,7 @@ class Oracle:
         self.observe: tuple | None = None
         # (state before, op name, requested value or None): formatted only for a finding
         self.arc_at: tuple = (0, "", None)
-        self.loaded_stream: bytearray | None = None  # what the last successful load was written (the campaign's)
+        self.loaded_stream: bytearray | None = None  # what the last load was given, taken or refused (the campaign's)
 
     def begin(self) -> list[DeviceView]:
         """A fresh view of every device (all in the power-on state) for a new program."""
@@ -349,8 +349,8 @@ class Oracle:
     def loaded(self, view: DeviceView, ok: bool, digest: bytes | None, fault: bool) -> None:
         """Judge the end of a resume session (v1: RESUMING cleared; v2: RESUMING->STOP)."""
         verdict, source = self.resume_verdict(view)
+        self.loaded_stream = view.resume  # the loader saw it, whether it took it or not
         if ok:
-            self.loaded_stream = view.resume
             self.accepted_bytes(view)
             if verdict == "valid" and self.observed:
                 self.observe = ("dest", self.views.index(view), bytes(view.resume))
