@@ -491,23 +491,29 @@ class Oracle:
             if live is not None and files is not None and live != files:
                 wrong.append(files)  # the answers are those of this order, the driver's state is not
                 continue
-            if len(fits) > 1:  # which order it was is not known: nor whether a load happened (to compare the
-                self.observe = None  # registers it would have loaded), nor what PRECOPY_INFO's sizes cover
-                view.pc_expect = -1
-                if sides[0].kind == sides[1].kind == "read" and sides[0].index == sides[1].index \
-                        and sides[0].answer[1] and sides[1].answer[1]:
-                    view.capture_tainted = True  # nor in which order their bytes come in the stream
-                if any(s.kind == "read" and not s.answer[0] and not s.answer[1] for s in sides):
-                    # nor whether a read that found no data came before a SET (PRE_COPY: for now)
-                    # or after it (STOP_COPY: the end): the stream is neither ended nor complete
-                    if view.capture_done and view.original is not None:
-                        self.known.pop(view.original, None)
-                    view.capture_done, view.capture_tainted = False, True
+            if len(fits) > 1:
+                self.forget_the_order(view, sides)
             return
         if isinstance(wrong[0], Finding):  # a call's own claim is no claim on the race's answer
             raise FindingRaised(wrong[0]._replace(check=UNCHECKABLE))
         self.fail("race-not-serializable", f"{wrong[0]} migration file(s) held by the driver, as after the serial "
                   f"order the answers fit", f"{live}", UNCHECKABLE, cause="+".join(sorted(s.kind for s in sides)))
+
+    def forget_the_order(self, view: DeviceView, sides: tuple) -> None:
+        """Both serial orders fit a race's answers, and the view went through one of them: drop what
+        only that order would tell. Whether a load happened (to compare the registers it would have
+        loaded), what PRECOPY_INFO's sizes cover; for two reads of one data_fd that both got bytes, in
+        which order those bytes come in the stream; for a read that found no data, whether it came
+        before a SET (PRE_COPY: no data for now) or after it (STOP_COPY: the end of the stream)."""
+        self.observe = None
+        view.pc_expect = -1
+        reads = [s for s in sides if s.kind == "read"]
+        if len(reads) == 2 and reads[0].index == reads[1].index and reads[0].answer[1] and reads[1].answer[1]:
+            view.capture_tainted = True
+        if any(not s.answer[0] and not s.answer[1] for s in reads):
+            if view.capture_done and view.original is not None:
+                self.known.pop(view.original, None)
+            view.capture_done, view.capture_tainted = False, True
 
     def race_replay(self, replay: tuple, order: int, mid: int) -> None:
         """The view through a race's calls in serial order ``order`` (0: a then b), the first leaving
