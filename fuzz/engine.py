@@ -263,11 +263,10 @@ class Campaign:
         finding = self.executor.run(prog)
         if self.kernel_coverage is not None:
             self.kernel_coverage.end_program()
-        oracle = self.executor.oracle
-        if oracle.loaded_stream is not None:
-            if self.boundaries is not None:
-                self.boundaries.note(oracle.loaded_stream)
-            oracle.loaded_stream = None
+        boundaries = self.boundaries
+        if boundaries is not None:
+            for stream, given in self.executor.oracle.given_streams:
+                boundaries.note(stream, given)
         self.execs += 1
         if finding is not None:
             self.on_finding(data, prog, finding)

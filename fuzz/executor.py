@@ -303,6 +303,7 @@ class Executor:
         ddev = self.devices[op.a]
         complete = data in oracle.known and not dst.resume  # bytes past one stream may be refused (mtty: ENOMEM)
         write = ddev.write
+        sent = 0
         for piece in segments(data, op.b):
             while piece:
                 for _ in range(EINTR_RETRIES):
@@ -312,9 +313,10 @@ class Executor:
                 if err:
                     if self.trace_on:
                         self.note(f"transfer write of {len(piece)} bytes -> {model.errname(err)}")
-                    oracle.transfer_failed(dst, data, err, self.fault_fired(op.a), complete)
+                    oracle.transfer_failed(dst, data, sent + len(piece), err, self.fault_fired(op.a), complete)
                     return err
                 oracle.on_transfer_write(dst, piece, n)
+                sent += n
                 piece = piece[n:]
         if self.trace_on:
             self.note(f"transferred {len(data)} bytes{' (a complete stream)' if complete else ''}")
@@ -565,15 +567,17 @@ class Executor:
         self._arc(dst, "transfer")
         ddev = self.devices[op.a]
         complete = data in oracle.known and not dst.resume  # after junk in the session, a refusal is fair
+        sent = 0
         for piece in segments(data, op.b):
             while piece:
                 err, offset, taken = v1_write_chunk(ddev, V1_FIELDS, piece, V1_HEADER_SIZE)
                 if err == errno.EINTR and self.fault_fired(op.a):
                     continue
                 if err:
-                    oracle.transfer_failed(dst, data, err, self.fault_fired(op.a), complete)
+                    oracle.transfer_failed(dst, data, sent + len(piece), err, self.fault_fired(op.a), complete)
                     return err
                 oracle.on_transfer_chunk(dst, piece, offset, taken)
+                sent += taken
                 piece = piece[taken:]
                 if self.has_digest:
                     oracle.check_frozen(dst, ddev.digest())

@@ -265,7 +265,8 @@ def infer(caps: list[bytes], target: str = "", proto: str = "v2") -> Layout:
 
 class BoundaryCoverage:
     """Which inferred fields a stream given to a loader (taken or refused: the loader read it either
-    way) held at a boundary value its captures never showed
+    way; at a load, or as it was written, where a driver checks its header then) held at a boundary
+    value its captures never showed
     (``values``: per field, the values to count, e.g. ``fuzz.mutator.boundary_values``)."""
 
     def __init__(self, layout: Layout, values):
@@ -274,13 +275,13 @@ class BoundaryCoverage:
                        for f in layout.fields]
         self.reached = [False] * len(self.fields)
 
-    def note(self, data) -> None:
-        """A stream a load was given."""
+    def note(self, data, given: int) -> None:
+        """A stream whose first ``given`` bytes a loader was given."""
         if len(data) != self.size:
             return
         reached = self.reached
         for i, (off, width, targets) in enumerate(self.fields):
-            if not reached[i] and int.from_bytes(data[off:off + width], "little") in targets:
+            if not reached[i] and off + width <= given and int.from_bytes(data[off:off + width], "little") in targets:
                 reached[i] = True
 
     def counts(self) -> tuple[int, int]:

@@ -157,12 +157,15 @@ class Oracle:
         self.observe: tuple | None = None
         # (state before, op name, requested value or None): formatted only for a finding
         self.arc_at: tuple = (0, "", None)
-        self.loaded_stream: bytearray | None = None  # what the last load was given, taken or refused (the campaign's)
+        # (stream, bytes of it a loader was given) of every load and refused transfer of this
+        # program, taken or refused: the campaign's boundary-field figure (fuzz.layout.BoundaryCoverage)
+        self.given_streams: list = []
 
     def begin(self) -> list[DeviceView]:
         """A fresh view of every device (all in the power-on state) for a new program."""
         self.known.clear()
         self.source_registers.clear()
+        self.given_streams.clear()
         self.observe = None
         if self.retains_data:
             for view in self.views:
@@ -349,7 +352,7 @@ class Oracle:
     def loaded(self, view: DeviceView, ok: bool, digest: bytes | None, fault: bool) -> None:
         """Judge the end of a resume session (v1: RESUMING cleared; v2: RESUMING->STOP)."""
         verdict, source = self.resume_verdict(view)
-        self.loaded_stream = view.resume  # the loader saw it, whether it took it or not
+        self.given_streams.append((view.resume, len(view.resume)))  # the loader saw it, taken or not
         if ok:
             self.accepted_bytes(view)
             if verdict == "valid" and self.observed:
@@ -438,8 +441,12 @@ class Oracle:
             "derived-edited" if src.edited else "derived-damaged" if src.mangled else "derived")
         return data
 
-    def transfer_failed(self, dst: DeviceView, data: bytes, err: int, fault: bool, complete: bool) -> None:
-        """A write of a transfer failed after ``dst.resume`` was accepted."""
+    def transfer_failed(self, dst: DeviceView, data: bytes, offered: int, err: int, fault: bool,
+                        complete: bool) -> None:
+        """A write of a transfer failed after ``dst.resume`` was accepted; the first ``offered`` bytes
+        of ``data`` were given to the device, the refused write's included."""
+        # A loader may judge a stream as it is written: mtty_resume_write() checks the header.
+        self.given_streams.append((data, offered))
         dst.enter(data)  # its bytes may be kept all the same (mtty_resume_write())
         if complete and not fault:
             self.fail("valid-stream-rejected", "every write of a complete untouched stream succeeds",

@@ -194,6 +194,35 @@ def test_boundary_values_of_a_field():
     assert {0xFFFF, 0x8000, -1, 512, 301, 0x10} <= set(wide) and 0x4A4948 not in wide  # too big to carry
 
 
+def test_boundary_coverage_counts_a_field_only_at_an_unseen_boundary_value_a_loader_was_given():
+    lay = layout.Layout("t", "v2", 8, 2, (), (layout.Field(2, 1, "varying", (5, 6)),
+                                             layout.Field(4, 2, "length", (8,))), (), ())
+    cover = layout.BoundaryCoverage(lay, lambda f: mutator.boundary_values(f.width, f.values, lay.size))
+    cover.note(bytes([0, 0, 5, 0, 8, 0, 0, 0]), 8)  # the values the captures showed
+    cover.note(bytes([0, 0, 0x80, 0, 9, 0, 0]), 7)  # not the stream's size
+    cover.note(bytes([0, 0, 0x80, 0, 9, 0, 0, 0]), 2)  # its fields past what the loader was given
+    assert cover.counts() == (0, 2)
+    cover.note(bytes([0, 0, 0x80, 0, 9, 0, 0, 0]), 5)  # the loader refused it inside the length
+    assert cover.counts() == (1, 2) and cover.reached == [True, False]
+    cover.note(bytes([0, 0, 0, 0, 0xFF, 0xFF, 0, 0]), 8)
+    assert cover.counts() == (2, 2)
+
+
+def test_every_stream_given_to_a_loader_is_reported_refused_transfers_too():
+    """A load reports what the session held; a transfer refused partway (mtty_resume_write() checks
+    the header as it is written) reports the stream and how much of it the device was given."""
+    ex = Executor(SimTarget("v2", 0x7))
+    migrate = "set 0 state=STOP_COPY\ndrain 0 fd=0\nset 1 state=RESUMING\n{}transfer 0 dst=1 seg={}\nset 1 state=STOP\n"
+    ex.run(parse_program("migfuzz-program 1 v2\n" + migrate.format("", 0)))
+    (stream_, given), = ex.oracle.given_streams
+    assert given == len(stream_) == stream.FULL_SIZE
+    ex.run(parse_program("migfuzz-program 1 v2\n" + migrate.format("fault 1 nth=3 kind=hwerror\n", 16)))
+    (refused, offered), (loaded, given) = ex.oracle.given_streams
+    assert len(refused) == stream.FULL_SIZE and 16 < offered < stream.FULL_SIZE and offered % 16 == 0
+    assert len(loaded) == given < offered
+    ex.run(parse_program("migfuzz-program 1 v2\nget 0\n"))
+    assert ex.oracle.given_streams == []  # each program's own
+
 def test_field_edits_go_before_a_transfer_on_its_source(sim_layout):
     edits = mutator.FieldEdits("v2", sim_layout)
     migrate = parse_program("migfuzz-program 1 v2\nset 1 state=STOP_COPY\ndrain 1 fd=0\nset 0 state=RESUMING\n"
