@@ -11,6 +11,11 @@ programs from the structured generator, seeded), in three configurations:
   campaign      a real `migfuzz fuzz` run for --seconds (libFuzzer loop,
                 mutator, arc feedback), programs/s from its final stats line
                 (wall clock and CPU time), for both instrumentation levels
+  plain on its corpus
+                the plain executor again, on the programs that campaign kept:
+                a campaign's programs are longer than the fixed workload's (it
+                keeps the ones that reach deeper), so the loop's own cost is
+                the campaign's rate over this one (the same programs both ways)
 
 Usage: python bench/throughput.py [--target sim] [--seconds 10] [--json OUT]
 """
@@ -30,6 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def corpus_inputs(corpus: Path) -> list:
+    """The binary programs a campaign kept in its corpus directory (not its stream layout)."""
+    return [p.read_bytes() for p in sorted(Path(corpus).iterdir()) if p.is_file() and p.suffix != ".json"]
+
+
 def workload(proto: str, n: int = 1500) -> list:
     """A fixed, reproducible list of inputs: the seeds, then mutated seeds and random programs."""
     from fuzz.codec import encode
@@ -47,8 +57,10 @@ def workload(proto: str, n: int = 1500) -> list:
     return [encode(p) for p in progs]
 
 
-def measure_here(spec_text: str, scope: str, seconds: float) -> dict:
-    """Programs per CPU second of the campaign's own input path, in this process."""
+def measure_here(spec_text: str, scope: str, seconds: float, corpus: str = "") -> dict:
+    """Programs per CPU second of the campaign's own input path, in this process, on the fixed
+    workload or on the programs kept in ``corpus``."""
+    from fuzz.codec import decode
     from fuzz.engine import Campaign
     from fuzz.targets import parse_target
 
@@ -56,7 +68,7 @@ def measure_here(spec_text: str, scope: str, seconds: float) -> dict:
     camp.load_target(scope)
     if scope != "none":
         camp.enable_arc_feedback()
-    inputs = workload(camp.proto)
+    inputs = corpus_inputs(Path(corpus)) if corpus else workload(camp.proto)
     run = camp.test_one_input
     n = 0
     t0 = time.process_time()  # CPU time: other processes on the machine do not count
@@ -65,17 +77,20 @@ def measure_here(spec_text: str, scope: str, seconds: float) -> dict:
             run(data)
         n += len(inputs)
     dt = time.process_time() - t0
-    return {"programs_per_s": round(n / dt), "programs": n, "findings": len(camp.findings)}
+    ops = sum(len(decode(d, camp.proto).ops) for d in inputs) / max(len(inputs), 1)
+    return {"programs_per_s": round(n / dt), "programs": n, "findings": len(camp.findings),
+            "ops_per_program": round(ops, 1)}
 
 
-def measure(spec_text: str, scope: str, seconds: float) -> dict:
+def measure(spec_text: str, scope: str, seconds: float, corpus: str = "") -> dict:
     """``measure_here`` in a fresh interpreter (instrumentation patches the loaded functions for good)."""
-    out = subprocess.run([sys.executable, __file__, "--measure", spec_text, scope, str(seconds)],
+    out = subprocess.run([sys.executable, __file__, "--measure", spec_text, scope, str(seconds), corpus],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def campaign(spec_text: str, seconds: float, instrument: str) -> dict:
+    """The campaign's figures, and the plain executor's rate on the programs it kept."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", spec_text, "--corpus", f"{tmp}/corpus",
                "--crashes", f"{tmp}/crashes", "--max-time", str(seconds), "--instrument", instrument]
@@ -85,8 +100,10 @@ def campaign(spec_text: str, seconds: float, instrument: str) -> dict:
                       lines[-1]) if lines else None
         if not m:
             return {"error": proc.stderr[-500:]}
+        plain = measure(spec_text, "none", seconds, f"{tmp}/corpus")
         return {"programs_per_s": int(m.group(2)), "programs_per_cpu_s": int(m.group(3)), "programs": int(m.group(1)),
-                "arcs": int(m.group(4)), "findings": int(m.group(5)), "exit": proc.returncode}
+                "arcs": int(m.group(4)), "findings": int(m.group(5)), "exit": proc.returncode,
+                "plain_on_its_corpus": plain}
 
 
 def main() -> None:
@@ -95,11 +112,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--no-campaign", action="store_true")
     ap.add_argument("--json", help="write the figures here")
-    ap.add_argument("--measure", nargs=3, metavar=("SPEC", "SCOPE", "SECONDS"), help=argparse.SUPPRESS)
+    ap.add_argument("--measure", nargs=4, metavar=("SPEC", "SCOPE", "SECONDS", "CORPUS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        spec, scope, seconds = args.measure
-        print(json.dumps(measure_here(spec, scope, float(seconds))))
+        spec, scope, seconds, corpus = args.measure
+        print(json.dumps(measure_here(spec, scope, float(seconds), corpus)))
         return
     targets = args.target or ["sim", "sim:proto=v1"]
     results = {}
@@ -110,15 +127,22 @@ def main() -> None:
             row["campaign"] = campaign(spec, args.seconds, "target")
             row["campaign-all"] = campaign(spec, args.seconds, "all")
         results[spec] = row
-        line = (f"{spec:16} plain {row['plain']['programs_per_s']:>6}/s"
-                f"  instrumented {row['instrumented']['programs_per_s']:>6}/s"
-                f"  instr-all {row['instr-all']['programs_per_s']:>6}/s")
+        plain = row["plain"]["programs_per_s"]
+        print(f"{spec:16} plain {plain:>6}/s ({row['plain']['ops_per_program']} ops/program)"
+              f"  instrumented {row['instrumented']['programs_per_s']:>6}/s"
+              f" ({row['instrumented']['programs_per_s'] / plain:.2f})"
+              f"  instr-all {row['instr-all']['programs_per_s']:>6}/s"
+              f" ({row['instr-all']['programs_per_s'] / plain:.2f})", flush=True)
         for key in ("campaign", "campaign-all"):
-            if key in row:
-                c = row[key]
-                line += (f"  {key} {c.get('programs_per_s', '?'):>6}/s ({c.get('programs_per_cpu_s', '?')}/cpu-s,"
-                         f" arcs {c.get('arcs', '?')})")
-        print(line, flush=True)
+            c = row.get(key)
+            if c is None or "error" in c:
+                print(f"{'':16} {key}: {c and c['error']}", flush=True)
+                continue
+            same = c["plain_on_its_corpus"]
+            print(f"{'':16} {key} {c['programs_per_cpu_s']:>6}/cpu-s ({c['programs_per_cpu_s'] / plain:.2f} of plain;"
+                  f" arcs {c['arcs']});  plain on its corpus {same['programs_per_s']}/s"
+                  f" ({same['ops_per_program']} ops/program): the loop at"
+                  f" {c['programs_per_cpu_s'] / same['programs_per_s']:.2f} of plain on the same programs", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
