@@ -240,6 +240,8 @@ def _vm_parser(sub) -> None:
     q.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
     q.add_argument("--no-instrument", action="store_true", help="protocol-arc feedback only")
     q.add_argument("--no-confirm", action="store_true", help="after a kernel panic, do not replay the program")
+    q.add_argument("--jobs", type=int, default=1,
+                   help="guests side by side, one campaign each (a TCG guest keeps one core busy; default 1)")
     q.add_argument("libfuzzer_args", nargs="*", metavar="-- LIBFUZZER_FLAGS")
     common(q)
     q = vsub.add_parser("selfcheck", help="record what the mtty driver answers (harness.kernel.selfcheck)")

@@ -20,7 +20,11 @@ the campaign's corpus, crashes and reports, and ``vm-summary.json``.
 ``vm fuzz`` runs ``migfuzz fuzz --target mtty --i-know-this-resets-the-device``
 in the guest, copies ``--corpus`` in and the grown corpus back, copies crash
 files into ``--crashes`` and prints setup time, boot time, programs/s against
-mtty, protocol arcs and findings.
+mtty, protocol arcs and findings. ``--jobs N`` boots N guests side by side, each
+with its own campaign (seeds ``--seed`` + i) and results directory (``job-i``
+under ``--results``; ``--report-dir``/``job-i`` for reports), sharing
+``--corpus`` and ``--crashes``: a TCG guest runs on one host core, so N cores
+run N guests.
 
 A kernel WARN/oops panics the guest (``panic_on_warn=1 oops=panic``), which
 ends QEMU at once. The host then reports it as a ``kernel-splat`` finding:
@@ -38,6 +42,7 @@ message says which.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -45,6 +50,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from harness.base import TargetUnavailable
@@ -82,8 +88,11 @@ class RigUnavailable(TargetUnavailable):
     what = "vm: rig unavailable"
 
 
+_job = threading.local()  # ``--jobs``: which guest a thread's lines are about ("[job 2] ")
+
+
 def say(text: str) -> None:
-    print(f"migfuzz vm: {text}", flush=True)
+    print(f"migfuzz vm: {getattr(_job, 'label', '')}{text}", flush=True)
 
 
 # ---------------------------------------------------------------------------- preparing
@@ -341,9 +350,72 @@ def _console_log(results: Path, boot: int) -> Path:
     return results / ("console.log" if boot == 1 else f"console.{boot}.log")
 
 
+def merge_jobs(summaries: list[dict]) -> dict:
+    """The figures of guests that fuzzed side by side (``--jobs``): programs and findings summed, the
+    rate the sum of the guests' rates (they ran at the same time), protocol arcs the most any reached,
+    every crash file once."""
+    timed = [s for s in summaries if "execs" in s]
+    out: dict = {"jobs": len(summaries), "boots": sum(s.get("boots", 1) for s in summaries),
+                 "crash_files": sorted({f for s in summaries for f in s.get("crash_files", ())}),
+                 "job_programs_per_s": [s.get("programs_per_s") for s in summaries]}
+    if timed:
+        out.update(execs=sum(s["execs"] for s in timed), elapsed_s=max(s["elapsed_s"] for s in timed),
+                   programs_per_s=round(sum(s["programs_per_s"] or 0 for s in timed), 1),
+                   findings=sum(s["findings"] for s in timed), arcs=max(s["arcs"] for s in timed))
+    return out
+
+
+def _fuzz_jobs(args) -> int:
+    """``--jobs N``: N guests, each running :func:`cmd_fuzz` in a thread of its own."""
+    prepare(args.kernel)  # once, before the guests boot from the same cache
+    results = Path(args.results).resolve() if args.results else rig._new_results_dir()
+    codes = [EXIT_UNAVAILABLE] * args.jobs
+
+    def job(i: int) -> None:
+        _job.label = f"[job {i + 1}] "
+        one = argparse.Namespace(**vars(args))
+        one.jobs, one.seed, one.results = 1, args.seed + i, str(results / f"job-{i + 1}")
+        one.report_dir = str(Path(args.report_dir) / f"job-{i + 1}") if args.report_dir else None
+        try:
+            codes[i] = cmd_fuzz(one)
+        except (RigBroken, TargetUnavailable, OSError) as e:
+            say(f"failed: {e}")
+
+    threads = [threading.Thread(target=job, args=(i,), name=f"vm-job-{i + 1}") for i in range(args.jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    summaries = []
+    for i in range(args.jobs):
+        path = results / f"job-{i + 1}" / SUMMARY_FILE
+        summaries.append(json.loads(path.read_text()) if path.exists() else {})
+    merged = merge_jobs(summaries)
+    if "execs" in merged:
+        say(f"campaign: {merged['execs']} programs in {merged['elapsed_s']} s = {merged['programs_per_s']} "
+            f"programs/s against mtty, {args.jobs} guests side by side ("
+            + " + ".join(f"{r}/s" for r in merged["job_programs_per_s"]) + f"); protocol arcs {merged['arcs']}; "
+            f"findings {merged['findings']}")
+    say(f"crash files: {len(merged['crash_files'])} -> {Path(args.crashes).resolve()}"
+        if merged["crash_files"] else "no findings")
+    code = (EXIT_FINDING if EXIT_FINDING in codes else EXIT_OK if all(c == EXIT_OK for c in codes)
+            else max(codes))
+    merged["exit"] = code
+    (results / SUMMARY_FILE).write_text(json.dumps(merged, indent=1) + "\n")
+    return code
+
+
 def cmd_fuzz(args) -> int:
     """Boot, fuzz, bring back. With ``--keep-going`` a kernel panic (a sanitizer report, a WARN) is
     recorded and the guest booted again for the rest of ``--max-time``: the corpus carries over."""
+    jobs = getattr(args, "jobs", 1)
+    cores = os.cpu_count() or 1
+    if not 1 <= jobs <= 4 * cores:
+        raise UsageError(f"--jobs must be between 1 and {4 * cores} (4 x the {cores} cores here), not {jobs}")
+    if jobs > 1:
+        if jobs > cores:
+            say(f"warning: {jobs} guests on {cores} cores: they will share the cores")
+        return _fuzz_jobs(args)
     report = True
     if args.max_time is None and args.runs is None:
         args.max_time = 60.0

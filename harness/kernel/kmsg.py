@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import select
 from typing import NamedTuple
 
 # Splat headers are matched at the start of the message text only: boot-time
@@ -179,10 +180,16 @@ class KmsgWatch:
     def __init__(self, path: str = "/dev/kmsg") -> None:
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         os.lseek(self._fd, 0, os.SEEK_END)
+        self._ready = select.poll()
+        self._ready.register(self._fd, select.POLLIN)
 
     def new_lines(self) -> list[str]:
         """Message text of every record logged since the last call."""
         lines = []
+        # Asked after every program, and nearly always nothing is new: a poll answers that without
+        # the read's BlockingIOError (reading for new reports took 0.7 ms a program in a TCG guest).
+        if not self._ready.poll(0):
+            return lines
         while True:
             try:
                 record = os.read(self._fd, 8192)

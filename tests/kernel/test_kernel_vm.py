@@ -133,6 +133,37 @@ def test_a_finding_in_the_guest_comes_back(host, monkeypatch):
     assert summary["crash_files"] == [str(host / "crashes" / "crash-abc")]
 
 
+def test_jobs_are_guests_side_by_side_sharing_corpus_and_crashes(host, monkeypatch, capsys):
+    (host / "corpus").mkdir()
+
+    def clean(results):
+        (results / "corpus" / f"new-{results.name}").write_bytes(b"\x02")
+        return guest_result(results)
+
+    def finding(results):
+        (results / "corpus" / f"new-{results.name}").write_bytes(b"\x03")
+        (results / "crashes").mkdir()
+        (results / "crashes" / "crash-abc").write_bytes(encode(PROGRAM))
+        (results / "crashes" / "crash-abc.txt").write_text("# migfuzz finding: valid-stream-rejected\n")
+        return guest_result(results, exit_status=1, output=OUTPUT.replace("findings 0", "findings 1"))
+
+    guest = FakeGuest(clean, finding)
+    code, summary = run_vm(host, guest, monkeypatch, "--jobs", "2", "--report-dir", str(host / "report"))
+    assert code == 1  # one guest found something
+    assert sorted(c.split("--seed ")[1].split()[0] for c in guest.commands) == ["0", "1"]  # a seed each
+    assert summary["jobs"] == 2 and summary["execs"] == 2 * 8192 and summary["findings"] == 1
+    assert summary["programs_per_s"] == round(2 * round(8192 / 61.3, 1), 1)  # side by side: the rates add
+    assert summary["crash_files"] == [str(host / "crashes" / "crash-abc")]
+    assert (host / "crashes" / "crash-abc.txt").exists()
+    assert {p.name for p in (host / "corpus").iterdir()} == {"new-job-1", "new-job-2"}  # both guests' finds
+    for job in ("job-1", "job-2"):
+        assert (host / "results" / job / vm.SUMMARY_FILE).exists() and (host / "results" / job / "console.log").exists()
+    out = capsys.readouterr().out
+    assert "[job 1]" in out and "[job 2]" in out and "2 guests side by side" in out
+    assert main(["vm", "fuzz", "--jobs", "0"]) == 2  # refused before anything boots
+    assert "--jobs must be between 1 and" in capsys.readouterr().err
+
+
 def flight_with(results: Path, *programs: bytes, state=flight.RUNNING) -> None:
     buf = bytearray(flight.SIZE)
     rec = flight.FlightRecorder(buf, "v2", "mtty")
