@@ -368,27 +368,55 @@ def race_outcome(result_a, result_b, state):
     return state | result_a << 8 | result_b << 16
 
 
-def race_threads(fa, fb):
-    """``fa`` on this thread and ``fb`` on a new one, both released by one barrier: (fa's answer,
-    fb's answer). An exception raised by either is raised here once both are done."""
-    barrier = threading.Barrier(2)
-    out = [None, None]
-    raised = []
+class _RacePartner:
+    """The second thread of every race, started once: a thread start per race cost more than the
+    race's two device calls in a TCG guest (bench/rigcost.py). It waits for a call, meets the
+    caller at a barrier, makes the call and hands back its answer or exception."""
 
-    def side(i, call):
+    def __init__(self):
+        self.barrier = threading.Barrier(2)
+        self.go, self.done = threading.Semaphore(0), threading.Semaphore(0)
+        self.call = None
+        self.answer = self.error = None
+        threading.Thread(target=self._serve, name="migfuzz-race", daemon=True).start()
+
+    def _serve(self):
+        while True:
+            self.go.acquire()
+            try:
+                self.barrier.wait()
+                self.answer = self.call()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                self.error = e
+            self.done.release()
+
+    def race(self, fa, fb):
+        self.call, self.answer, self.error = fb, None, None
+        self.go.release()
+        raised = None
         try:
-            barrier.wait()
-            out[i] = call()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller below
-            raised.append(e)
+            self.barrier.wait()
+            mine = fa()
+        except BaseException as e:  # noqa: BLE001 - raised once both are done
+            raised = e
+        self.done.acquire()
+        if raised is None:
+            raised = self.error
+        if raised is not None:
+            raise raised
+        return mine, self.answer
 
-    other = threading.Thread(target=side, args=(1, fb), name="migfuzz-race", daemon=True)
-    other.start()
-    side(0, fa)
-    other.join()
-    if raised:
-        raise raised[0]
-    return out[0], out[1]
+
+_partner = []  # the one _RacePartner, started by the first race
+
+
+def race_threads(fa, fb):
+    """``fa`` on this thread and ``fb`` on the race partner thread, both released by one barrier:
+    (fa's answer, fb's answer). An exception raised by either is raised here once both are done.
+    One race at a time (the executor's thread makes them)."""
+    if not _partner:
+        _partner.append(_RacePartner())
+    return _partner[0].race(fa, fb)
 
 
 def run_race(dev, fa, fb, sched):

@@ -346,19 +346,30 @@ def test_executor_judges_real_thread_races():
 
 
 class StaleDeviceFd(Serialized):
-    """A real device raced against ``reopen``: the other thread's call may reach the device fd the
-    reopen just closed, and fails with EBADF (seen on mtty in the rig: a reset answered EBADF)."""
+    """A real device raced against ``reopen``: the other thread's call reaches the device fd the
+    reopen just closed, and fails with EBADF (seen on mtty in the rig: a reset answered EBADF).
+    The racing call waits for the reopen, so that interleaving happens every time."""
+
+    def __init__(self, dev):
+        super().__init__(dev)
+        self.reopened = threading.Event()
+        self.stale_answers = 0
 
     def __getattr__(self, name):
         call = super().__getattr__(name)
         if name == "reopen":
             def reopen(*args):
-                self.closed_by_reopen = True
-                return call(*args)
+                answer = call(*args)
+                self.reopened.set()
+                return answer
             return reopen
-        if name in ("reset", "set_state", "get_state") and self.__dict__.get("closed_by_reopen"):
-            self.closed_by_reopen = False
-            return lambda *args: errno.EBADF if name == "reset" else (errno.EBADF, -1)
+        if name in ("reset", "set_state", "get_state") and threading.current_thread() is not threading.main_thread():
+            def stale(*args):  # the race partner's call, after the reopen closed the fd it had
+                self.reopened.wait(5)
+                self.reopened.clear()
+                self.stale_answers += 1
+                return errno.EBADF if name == "reset" else (errno.EBADF, -1)
+            return stale
         return call
 
 
@@ -370,6 +381,7 @@ def test_a_device_fd_call_that_finds_the_fd_closed_by_a_racing_reopen_is_no_find
                  "set 0 state=STOP\nrace 0 x=reopen y=get"):
         for _ in range(5):
             assert ex.run(program("v2", text + "\nget 0")) is None, text
+    assert target.devices[0].stale_answers == 15
     # a reset refused for another reason is still one
     target.devices[0].reset = lambda: errno.EIO
     finding = ex.run(program("v2", "race 0 x=get y=reset\nget 0"))
