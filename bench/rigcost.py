@@ -92,7 +92,8 @@ def main() -> None:
     camp = Campaign(parse_target(args.target), Path(tempfile.gettempdir()), None, None, True, 0)
     camp.load_target("none")
     reopen = OPCODES[camp.proto]["reopen"]
-    inputs = [d for d in workload(camp.proto) if all(op.code != reopen for op in decode(d, camp.proto).ops)]
+    programs = [(d, len(decode(d, camp.proto).ops)) for d in workload(camp.proto)]
+    inputs = [(d, n) for d, n in programs if all(op.code != reopen for op in decode(d, camp.proto).ops)]
     instrument(camp)
     run = camp.test_one_input
     n, ops = 0, 0
@@ -101,10 +102,10 @@ def main() -> None:
         profiler.enable()
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < args.seconds:
-        for data in inputs:
+        for data, length in inputs:
             run(data)
             n += 1
-            ops += len(decode(data, camp.proto).ops)
+            ops += length
             if time.perf_counter() - t0 >= args.seconds:
                 break
     total = time.perf_counter() - t0
