@@ -75,7 +75,8 @@ RESTART_MIN = 30.0  # --keep-going: seconds left of --max-time that are worth bo
 # sanitizer reports are the in-guest kernel-splat findings of the program that ran (/dev/kmsg).
 KEEP_RUNNING_ARGS = "panic_on_warn=0 kasan_multi_shot"
 STATS = re.compile(r"migfuzz: stats: ([\d.]+)s execs (\d+) \([^)]*\) protocol arcs (\d+) findings (\d+)"
-                   r"(?: kernel PCs (\d+) \(VFIO core (\d+), driver (\d+)\))?")
+                   r"(?: kernel PCs (\d+) \(VFIO core (\d+), driver (\d+)\))?"
+                   r"(?: fields at a boundary (\d+)/(\d+))?")
 EXCERPT_BEFORE, EXCERPT_AFTER = 5, 60
 SELFCHECK = '"$MIGFUZZ_PYTHON" -m harness.kernel.selfcheck'
 SENSES_FILE = "senses.json"
@@ -236,6 +237,8 @@ def parse_output(output: str) -> dict:
             out.update(kernel_pcs=int(last.group(5)), kernel_pcs_vfio=int(last.group(6)),
                        kernel_pcs_driver=int(last.group(7)),
                        kernel_pcs_over_time=[[float(m.group(1)), int(m.group(5))] for m in lines if m.group(5)])
+        if last.group(8) is not None:  # stream fields that took a boundary value (fuzz.layout.BoundaryCoverage)
+            out.update(fields_at_boundary=int(last.group(8)), fields=int(last.group(9)))
         # The campaign's clock includes start-up (instrumenting, loading the corpus): the rate
         # between its first and last stats lines (5 s apart at least) is the running speed.
         first = lines[0]
@@ -308,6 +311,8 @@ def merge_runs(runs: list[dict]) -> dict:
     out.update(execs=execs, elapsed_s=round(elapsed, 1), programs_per_s=round(execs / elapsed, 1) if elapsed else None,
                findings=sum(r["findings"] for r in timed), arcs=max(r["arcs"] for r in timed),
                steady_programs_per_s=None)
+    if any("fields" in r for r in timed):  # each boot counts from zero: the most one reached
+        out["fields_at_boundary"] = max(r.get("fields_at_boundary", 0) for r in timed)
     if any("kernel_pcs" in r for r in timed):
         # Each boot counts its PCs from zero while it replays the corpus: the series keeps the most
         # reached so far (a lower bound of the union; boots share module addresses under nokaslr,
@@ -362,6 +367,9 @@ def merge_jobs(summaries: list[dict]) -> dict:
         out.update(execs=sum(s["execs"] for s in timed), elapsed_s=max(s["elapsed_s"] for s in timed),
                    programs_per_s=round(sum(s["programs_per_s"] or 0 for s in timed), 1),
                    findings=sum(s["findings"] for s in timed), arcs=max(s["arcs"] for s in timed))
+        if any("fields" in s for s in timed):
+            out.update(fields_at_boundary=max(s.get("fields_at_boundary", 0) for s in timed),
+                       fields=max(s["fields"] for s in timed if "fields" in s))
     return out
 
 
@@ -395,7 +403,9 @@ def _fuzz_jobs(args) -> int:
         say(f"campaign: {merged['execs']} programs in {merged['elapsed_s']} s = {merged['programs_per_s']} "
             f"programs/s against mtty, {args.jobs} guests side by side ("
             + " + ".join(f"{r}/s" for r in merged["job_programs_per_s"]) + f"); protocol arcs {merged['arcs']}; "
-            f"findings {merged['findings']}")
+            f"findings {merged['findings']}"
+            + (f"; stream fields at a boundary {merged['fields_at_boundary']}/{merged['fields']}" if "fields" in merged
+               else ""))
     say(f"crash files: {len(merged['crash_files'])} -> {Path(args.crashes).resolve()}"
         if merged["crash_files"] else "no findings")
     code = (EXIT_FINDING if EXIT_FINDING in codes else EXIT_OK if all(c == EXIT_OK for c in codes)
@@ -454,6 +464,8 @@ def cmd_fuzz(args) -> int:
         say(f"campaign: {stats['execs']} programs in {stats['elapsed_s']} s = {stats['programs_per_s']} "
             f"programs/s against mtty" + (f" ({steady}/s after start-up)" if steady else "")
             + f"; protocol arcs {stats['arcs']}; findings {stats['findings']}"
+            + (f"; stream fields at a boundary {stats['fields_at_boundary']}/{stats['fields']}" if "fields" in stats
+               else "")
             + (f"; {len(runs)} boots" if len(runs) > 1 else ""))
     elif code != EXIT_UNAVAILABLE:
         say("campaign: no stats line in the guest output")

@@ -82,6 +82,12 @@ def test_parse_output_rates():
     assert stats["steady_programs_per_s"] == round((8192 - 256) / (61.3 - 8.9), 1)
     assert len(stats["findings_lines"]) == 1
     assert vm.parse_output("nothing") == {"findings_lines": []}
+    fields = vm.parse_output("migfuzz: stats: 9.0s execs 10 (1/s) protocol arcs 3 findings 0 fields at a boundary 7/43")
+    assert (fields["fields_at_boundary"], fields["fields"], fields["execs"]) == (7, 43, 10)
+    runs = [dict(fields), dict(fields, fields_at_boundary=43), dict(fields, fields_at_boundary=29)]
+    assert vm.merge_runs(runs)["fields_at_boundary"] == 43  # the most one boot reached
+    assert vm.merge_jobs([{**runs[0], "programs_per_s": 1.0}, {**runs[1], "programs_per_s": 2.0}])[
+        "fields_at_boundary"] == 43
 
 
 def test_fuzz_command_runs_the_real_cli_against_mtty():
