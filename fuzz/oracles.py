@@ -75,7 +75,7 @@ class DeviceView:
 
     __slots__ = ("state", "slots", "capture", "capture_done", "capture_tainted", "mangled", "edited", "original",
                  "resume", "resume_kind", "resume_opaque", "write_failed", "frozen", "pc_expect", "pc_initial",
-                 "entered", "own", "pending_last")
+                 "_entered", "_own", "entering", "pending_last")
 
     def __init__(self, state: int):
         self.state = state
@@ -94,9 +94,38 @@ class DeviceView:
         self.frozen: bytes | None = None  # digest when the device last stopped
         self.pc_expect = -1  # pre-copy bytes still announced by PRECOPY_INFO
         self.pc_initial = -1
-        self.entered: set = set()  # byte values put into the device (registers, streams), by earlier programs too
-        self.own: set = set()  # those this program put in
+        self._entered: set = set()  # see entered
+        self._own: set = set()  # see own
+        # Bytes entered and not yet in those sets: a transfer enters every piece it writes, and
+        # most programs never ask which byte values entered, so they are added only when asked.
+        self.entering: list[bytes] = []
         self.pending_last = -1  # v1: pending_bytes last read in stop-and-copy
+
+    @property
+    def entered(self) -> set:
+        """Byte values put into the device (registers, streams), by earlier programs too."""
+        if self.entering:
+            self._take_entering()
+        return self._entered
+
+    @entered.setter
+    def entered(self, values: set) -> None:
+        if self.entering:
+            self._take_entering()  # this program's bytes stay in own
+        self._entered = values
+
+    @property
+    def own(self) -> set:
+        """Byte values this program put into the device."""
+        if self.entering:
+            self._take_entering()
+        return self._own
+
+    def _take_entering(self) -> None:
+        data = b"".join(self.entering)
+        self.entering.clear()
+        self._entered.update(data)
+        self._own.update(data)
 
     def copy(self) -> DeviceView:
         """A copy that shares nothing mutable with this view (what a race replays an order from)."""
@@ -104,14 +133,13 @@ class DeviceView:
         for name in DeviceView.__slots__:
             setattr(twin, name, getattr(self, name))
         twin.slots = [slot.copy() for slot in self.slots]
-        twin.capture, twin.resume, twin.entered = bytearray(self.capture), bytearray(self.resume), set(self.entered)
-        twin.own = set(self.own)
+        twin.capture, twin.resume, twin._entered = bytearray(self.capture), bytearray(self.resume), set(self._entered)
+        twin._own, twin.entering = set(self._own), list(self.entering)
         return twin
 
     def enter(self, data) -> None:
         """Bytes the program put into the device."""
-        self.entered.update(data)
-        self.own.update(data)
+        self.entering.append(bytes(data))  # a copy if the caller may change them (bytes are kept as they are)
 
     def slot(self, index: int) -> Slot | None:
         slots = self.slots
@@ -234,7 +262,7 @@ class Oracle:
         if view.capture_done:
             self.fail("stream-protocol", "no data after the end of the stream", f"{len(data)} more bytes",
                       Check("data_after_end"))
-        if self.leak_check_stream:
+        if self.leak_check_stream and b"\xff" in data:  # an address's top byte would be in the new bytes
             self.check_addresses(view, bytes(view.capture[-7:]) + data, "the data_fd")
         view.capture += data
 
@@ -1046,8 +1074,9 @@ class V1Oracle(Oracle):
         """One v1 resuming step of a transfer succeeded: data_offset was ``offset``, ``taken`` bytes went in."""
         if offset is not None:
             self.check_window(offset, 1)  # room for at least one byte
-        dst.resume += chunk[:taken]
-        dst.enter(chunk[:taken])
+        taken_bytes = chunk[:taken]
+        dst.resume += taken_bytes
+        dst.enter(taken_bytes)
 
     def on_reset(self, view: DeviceView, err: int, got: int | None, live: int | None) -> None:
         if err:

@@ -225,22 +225,43 @@ class Program(NamedTuple):
         return format_program(self)
 
 
+def _when_chain(fields: tuple, f: Field) -> tuple:
+    """What :func:`applies` tests for ``f``, flattened: the (field, values) pairs that must all hold
+    (its ``when``, that field's ``when``, ...; a spec's field names are unique)."""
+    chain = []
+    while f.when:
+        name, values = f.when
+        f = next(g for g in fields if g.name == name)
+        chain.append((f, values))
+    return tuple(chain)
+
+
+# Per protocol and op code: (field, its when chain) for each field, so that normalize(), which
+# decode runs on every op with conditional fields (a mangle), need not walk applies() per field.
+_FIELD_CHAINS = {proto: tuple(tuple((f, _when_chain(spec.fields, f)) for f in spec.fields) for spec in table)
+                 for proto, table in OPS.items()}
+
+
 def normalize(proto: str, op: Op) -> Op:
     """Bring every field into its declared range (what decode also does)."""
-    spec = OPS[proto][op.code]
     a, b, data = 0, 0, b""
-    for f in spec.fields:
-        if f.when and not applies(spec.fields, f, op):
-            continue
-        if f.slot == "data":
-            data = bytes(op.data[:MAX_PAYLOAD])
-        elif f.shift >= 0:  # packed fields fill their slot's bits exactly
-            a |= field_value(f, op) << f.shift if f.slot == "a" else 0
-            b |= field_value(f, op) << f.shift if f.slot == "b" else 0
-        elif f.slot == "a":
-            a = op.a % f.limit if f.limit else op.a & 0xFFFF
+    for f, chain in _FIELD_CHAINS[proto][op.code]:
+        for g, values in chain:
+            if field_value(g, op) not in values:
+                break  # a field not in use in this op: its bits are dropped
         else:
-            b = op.b % f.limit if f.limit else op.b & 0xFFFFFFFF
+            slot, shift, limit = f.slot, f.shift, f.limit
+            if slot == "data":
+                data = bytes(op.data[:MAX_PAYLOAD])
+            elif shift >= 0:  # packed fields fill their slot's bits exactly
+                if slot == "a":
+                    a |= (op.a >> shift) % limit << shift
+                else:
+                    b |= (op.b >> shift) % limit << shift
+            elif slot == "a":
+                a = op.a % limit if limit else op.a & 0xFFFF
+            else:
+                b = op.b % limit if limit else op.b & 0xFFFFFFFF
     return Op(op.code, op.dev % NDEVICES, a, b, data)
 
 

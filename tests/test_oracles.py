@@ -1809,6 +1809,24 @@ def test_race_leaving_the_driver_files_of_no_serial_order():
     silent(run(v2(), "set 0 state=STOP_COPY\nrace 0 x=set xarg=1 y=get sched=0\nget 0"))
 
 
+def test_a_view_counts_every_byte_entered_whenever_asked():
+    # enter() defers adding the bytes to entered and own until one of them is read
+    view = fuzz.oracles.DeviceView(0)
+    kept = bytearray(b"\x03")
+    view.enter(b"\x01\x02")
+    view.enter(kept)
+    kept[0] = 0x7E  # the caller's buffer changes after the call: what entered stays
+    twin = view.copy()
+    view.enter(b"\x04")
+    assert view.entered == view.own == {1, 2, 3, 4}
+    assert twin.own == {1, 2, 3}
+    twin.enter(b"\x05")
+    twin.entered = {9}  # what earlier programs put in (Oracle.begin): this program's bytes stay in own
+    assert twin.entered == {9} and twin.own == {1, 2, 3, 5}
+    twin.enter(b"\x06")
+    assert twin.entered == {6, 9} and twin.own == {1, 2, 3, 5, 6} and view.own == {1, 2, 3, 4}
+
+
 def test_a_byte_written_to_any_register_entered_the_device():
     # a control register's value is device state: the stream carries it, next to other bytes
     pointer = (0xFF83_0000_1E04_4D61).to_bytes(8, "little")

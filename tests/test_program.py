@@ -25,6 +25,8 @@ from fuzz.program import (
     Op,
     Program,
     ProgramError,
+    applies,
+    field_value,
     format_program,
     mangle_args,
     normalize,
@@ -190,6 +192,34 @@ def test_normalize_reduces_values_into_range():
     assert normalize("v2", Op(set_code, 0, 99, 1 << 40)) == Op(set_code, 0, 0, 0)
     with pytest.raises(ProgramError, match="out of range"):  # the text form refuses what decode would wrap
         parse_program("migfuzz-program 1 v2\nread 0 fd=5 n=1\n")
+
+
+def _normalized_by_the_rules(proto: str, op: Op) -> Op:
+    """normalize() as Field.when defines it, field by field through applies()."""
+    fields = OPS[proto][op.code].fields
+    a, b, data = 0, 0, b""
+    for f in fields:
+        if not applies(fields, f, op):
+            continue
+        if f.slot == "data":
+            data = bytes(op.data[:MAX_PAYLOAD])
+        elif f.shift >= 0:
+            a |= field_value(f, op) << f.shift if f.slot == "a" else 0
+            b |= field_value(f, op) << f.shift if f.slot == "b" else 0
+        elif f.slot == "a":
+            a = op.a % f.limit if f.limit else op.a & 0xFFFF
+        else:
+            b = op.b % f.limit if f.limit else op.b & 0xFFFFFFFF
+    return Op(op.code, op.dev % NDEVICES, a, b, data)
+
+
+@given(st.sampled_from(sorted(OPS)), st.data())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_normalize_drops_exactly_the_fields_not_in_use(proto, data):
+    code = data.draw(st.integers(0, len(OPS[proto]) - 1) | st.just(OPCODES[proto]["mangle"]))  # mangle: when chains
+    a = data.draw(st.integers(0, 0xFFFF) | st.sampled_from(range(0, 0x10000, 0x7F3)))
+    op = Op(code, data.draw(st.integers(0, 255)), a, data.draw(st.integers(0, 0xFFFFFFFF)), data.draw(st.binary()))
+    assert normalize(proto, op) == _normalized_by_the_rules(proto, op)
 
 
 BAD_PROGRAMS = [

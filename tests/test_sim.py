@@ -652,6 +652,45 @@ def test_sim_target_fresh_restores_power_on_state():
     assert SimTarget("v1", 0x7).flags == 0
 
 
+@pytest.mark.parametrize("bug", [None, *BUGS])
+def test_uart_changes_drop_its_packed_state_and_fresh_undoes_them(bug):
+    """The UART keeps its packed state until a field changes (uart.Uart.packed) and fresh() skips
+    restoring an unchanged one: every register access and load that changes it, a bug variant's
+    too, must be seen, and fresh() must bring a changed one back to power-on."""
+    proto = BUGS[bug].proto if bug else "v2"
+    t = SimTarget(proto, 0x7, bug)
+    dev = t.devices[0]
+    u = dev.core.uart
+    initial, initial_uart = dev.digest(), u.state()
+
+    def from_fields():
+        u.packed = None  # packed anew from the fields
+        return u.state()
+
+    accesses = [("w", uart.RX, 0x41), ("w", uart.RX, 0x42), ("r", uart.RX), ("w", uart.SCR, 0x33),
+                ("w", uart.LCR, uart.LCR_DLAB), ("w", uart.RX, 0x07), ("w", uart.IER, 0x01), ("r", uart.RX),
+                ("w", uart.LCR, 0), ("r", uart.RX), ("r", uart.RX), ("w", uart.IIR, uart.FCR_CLEAR)]
+    for access in accesses:
+        before = u.state()
+        if access[0] == "w":
+            assert dev.reg_write(uart.UART_REGION, access[1], bytes((access[2],))) == (0, 1)
+        else:
+            assert dev.reg_read(uart.UART_REGION, access[1], 1)[0] == 0
+        now = u.state()
+        assert now == from_fields(), access
+        assert dev.digest()[-len(now):] == now
+        if access[0] == "w" and access[1] != uart.IIR:
+            assert now != before, access
+    t.fresh()
+    assert dev.digest() == initial and from_fields() == initial_uart
+    loaded = bytearray(initial_uart)
+    loaded[uart.SCR] ^= 0x11
+    dev.core.load(list(dev.core.regs), bytes(dev.core.mem), bytes(loaded))
+    assert u.state() == from_fields() == loaded
+    t.fresh()
+    assert dev.digest() == initial and from_fields() == initial_uart
+
+
 # =============================================================================
 # v1 helpers
 # =============================================================================

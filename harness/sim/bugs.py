@@ -397,6 +397,7 @@ class UncheckedTailUart(uart.Uart):
     def read(self, off: int) -> int:
         if off == uart.RX and not self.dlab and self.head != self.tail:  # the FIFO is not empty
             value = _port_memory(self)[self.tail]  # fifo[tail], with tail as loaded
+            self.packed = None
             self.tail = (self.tail + 1) & (uart.FIFO_SIZE - 1)
             self.count = (self.count - 1) & 0xFF
             return value
