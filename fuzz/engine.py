@@ -283,8 +283,10 @@ class Campaign:
         new = sig not in self.signatures
         self.signatures.add(sig)
         if new or not self.keep_going:
-            tracer = Executor(self.target, trace=True)
+            tracer = Executor(self.target, trace=True)  # the same devices: it starts from what they hold
+            tracer.oracle.inherit(self.executor.oracle)
             again = tracer.run(prog)
+            self.executor.oracle.inherit(tracer.oracle)  # the replay may have gone further, or raced otherwise
             finding = again or finding
             path = self.save(data, prog, finding, tracer.trace)
             known = " (already known from an earlier run)" if sig in self.known else ""

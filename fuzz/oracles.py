@@ -189,6 +189,17 @@ class Oracle:
         # program, taken or refused: the campaign's boundary-field figure (fuzz.layout.BoundaryCoverage)
         self.given_streams: list = []
 
+    def retained(self) -> set:
+        """Byte values a device that keeps what programs put into it (``retains_data``) may hold
+        now: those of earlier programs and of this one so far (empty for any other device)."""
+        if not self.retains_data:
+            return set()
+        return set(self.entered_before).union(*(view.entered for view in self.views))
+
+    def inherit(self, other: Oracle) -> None:
+        """Judge the next programs on the same devices as ``other`` has so far (what they retain)."""
+        self.entered_before = other.retained()
+
     def begin(self) -> list[DeviceView]:
         """A fresh view of every device (all in the power-on state) for a new program."""
         self.known.clear()
@@ -493,6 +504,10 @@ class Oracle:
         would be on its own (a stream read, a load, a misused data_fd ...). Only a load changes
         the device's digest: after the first call of an order it is ``digest_before`` (taken
         before the race) unless that call is the load."""
+        if data and (sides[0].kind == "write" or sides[1].kind == "write"):
+            # The device may have kept them whatever is judged below: a finding here ends the
+            # program before a replay enters them, and a later program must not take them for a leak.
+            view.enter(data)
         if gerr or got is None:
             self.fail("rejected-valid", "reading the state after a race succeeds", errname(gerr), GET_FAILED)
         state = got & self.race_mask

@@ -173,6 +173,35 @@ def test_campaign_infers_keeps_and_uses_the_stream_layout(tmp_path):
     assert camp.stats()["fields_at_boundary"] == reached
 
 
+def test_a_findings_replay_starts_from_and_adds_to_what_the_devices_kept(tmp_path):
+    """A new finding is replayed with a trace on the same devices. On a device that keeps what
+    programs put into it (mtty), the replay starts from the bytes earlier programs entered (else an
+    earlier program's byte read back is a false info-leak, and the crash file reports that), and
+    what the replay puts in counts for the programs after it (a replay may run further)."""
+    camp = _campaign(tmp_path, "sim")
+    camp.target.retains_data = True
+    camp.executor = Executor(camp.target)
+    dev = camp.target.devices[0]
+    real, reads = dev.reg_read, []
+
+    def kept_and_flaky(region, off, size):
+        if (region, off) == (0, 0):
+            return 0, b"\x5d"  # RX hands out the byte an earlier program wrote
+        if region == 7 and off == 0xFC and not reads:
+            reads.append(1)
+            return 0, bytes(size)  # past the end of config space: succeeds once only
+        return real(region, off, size)
+
+    dev.reg_read = kept_and_flaky
+    earlier = "migfuzz-program 1 v2\nwrreg 0 region=0 off=0x0 size=1 value=0x5d\n"
+    camp.test_one_input(codec.encode(parse_program(earlier)))
+    found = ("migfuzz-program 1 v2\nrdreg 0 region=0 off=0x0 size=1\nrdreg 0 region=7 off=0xfc size=4\n"
+             "wrreg 1 region=0 off=0x7 size=1 value=0x6e\n")
+    camp.test_one_input(codec.encode(parse_program(found)))
+    assert [f.kind for f, _ in camp.findings] == ["out-of-bounds"]  # not the replay's false info-leak
+    assert 0x6E in camp.executor.oracle.retained()  # the replay went past the read that failed once
+
+
 def test_only_the_simulator_classes_a_target_runs_are_instrumented():
     skipped = engine.unused_classes(SimTarget("v2", 0x7, "v2-uart-tail-trusted"))
     assert v1.V1SimDevice in skipped and bugs.V1Accept101 in skipped and bugs.UncheckedTailUart in skipped

@@ -1871,3 +1871,17 @@ def test_bytes_of_a_failed_write_may_have_entered_the_device():
     silent(run(t, "wrreg 0 region=0 off=0x7 size=1 value=0xff\nset 0 state=STOP_COPY\nread 0 fd=0 n=64"))
     t = v2().script("read", on_call(1, lambda orig, fd, n: (0, b"\x01" * 3 + pointer)))
     expect(run(t, "set 0 state=STOP_COPY\nread 0 fd=0 n=64"), "info-leak", Check("kernel_address"), step=1)
+
+
+def test_a_racing_writes_bytes_entered_the_device_even_when_the_race_is_a_finding():
+    # The race is judged before its calls are replayed; a finding there ends the program, and the
+    # bytes a racing write gave a device that keeps them must still count as entered afterwards.
+    for race, kept in (("x=write y=reset", True), ("x=get y=reset", False)):
+        t = v2(retains_data=True)
+        t.script("get_state", lambda orig, gets=[]: (errno.EIO, -1) if gets.append(1) or len(gets) > 1 else orig(),
+                 dev=1)  # the GET after the SET answers, the one after the race fails
+        executor = Executor(t)
+        found = executor.run(parse_program(f"migfuzz-program 1 v2\nset 1 state=RESUMING\nrace 1 {race} data=fe\n"))
+        expect(found, "rejected-valid", GET_FAILED, step=1)
+        assert (0xFE in executor.oracle.retained()) is kept
+    assert Executor(v2()).oracle.retained() == set()  # a device that keeps nothing
