@@ -202,6 +202,13 @@ def test_a_findings_replay_starts_from_and_adds_to_what_the_devices_kept(tmp_pat
     assert 0x6E in camp.executor.oracle.retained()  # the replay went past the read that failed once
 
 
+def test_the_simulator_is_instrumented_only_when_it_is_the_target():
+    assert engine.instrumented_modules("target", SimTarget("v2")) == ("harness.sim",)
+    assert engine.instrumented_modules("target", object()) == ()  # a real device runs none of it
+    assert engine.instrumented_modules("all", object()) == ("fuzz.executor", "fuzz.oracles")
+    assert engine.instrumented_modules("none", SimTarget("v1")) == ()
+
+
 def test_only_the_simulator_classes_a_target_runs_are_instrumented():
     skipped = engine.unused_classes(SimTarget("v2", 0x7, "v2-uart-tail-trusted"))
     assert v1.V1SimDevice in skipped and bugs.V1Accept101 in skipped and bugs.UncheckedTailUart in skipped
