@@ -218,9 +218,7 @@ class Campaign:
 
     def load_layout(self, corpus: Path | None) -> None:
         """The target's stream layout (kept in the corpus, else inferred now): field-aware mutations."""
-        oracle = self.executor.oracle  # what the captures write stays in a real device: entered
-        found = layout.for_target(self.target, self.spec.text(), corpus,
-                                  entered=oracle.entered_before if oracle.retains_data else None)
+        found = layout.for_target(self.target, self.spec.text(), corpus, oracle=self.executor.oracle)
         if found.fields:
             self.field_edits = mutator.FieldEdits(self.proto, found)
             self.boundaries = layout.BoundaryCoverage(found, lambda f: mutator.boundary_values(

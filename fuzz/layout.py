@@ -133,20 +133,22 @@ def capture_programs(proto: str, profile, count: int = CAPTURES) -> list[Program
     return progs
 
 
-def capture(target, count: int = CAPTURES, entered: set | None = None) -> list[bytes]:
+def capture(target, count: int = CAPTURES, oracle=None) -> list[bytes]:
     """The complete streams device 0 of ``target`` sent for :func:`capture_programs` (a program
-    that ends in a finding or an incomplete stream gives none). ``entered`` collects the byte
-    values the captures put into the devices (a real device keeps them: fuzz.oracles)."""
+    that ends in a finding or an incomplete stream gives none). ``oracle``: the campaign's, judging
+    the same devices; a device that keeps what programs put in starts the captures from what it
+    holds and keeps their bytes after them (``Oracle.inherit``)."""
     executor = Executor(target)
+    if oracle is not None:
+        executor.oracle.inherit(oracle)
     out = []
     for prog in capture_programs(target.proto, target.profile, count):
         executor.run(prog)
-        if entered is not None:
-            for view in executor.views:
-                entered |= view.entered
         view = executor.views[0]
         if view.capture_done and not view.capture_tainted and view.capture:
             out.append(bytes(view.capture))
+    if oracle is not None:
+        oracle.inherit(executor.oracle)
     return out
 
 
@@ -313,14 +315,15 @@ def save(path: Path, layout: Layout) -> None:
     tmp.replace(path)
 
 
-def for_target(target, name: str, corpus: Path | None, refresh: bool = False, entered: set | None = None) -> Layout:
-    """The layout of an open target: the one kept in ``corpus``, else inferred now (and kept)."""
+def for_target(target, name: str, corpus: Path | None, refresh: bool = False, oracle=None) -> Layout:
+    """The layout of an open target: the one kept in ``corpus``, else inferred now (and kept;
+    ``oracle``: see :func:`capture`)."""
     path = layout_path(corpus, name) if corpus is not None else None
     if path is not None and not refresh:
         kept = load(path)
         if kept is not None and kept.target == name:
             return kept
-    layout = infer(capture(target, entered=entered), name, target.proto)
+    layout = infer(capture(target, oracle=oracle), name, target.proto)
     if path is not None:
         try:
             save(path, layout)
