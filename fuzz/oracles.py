@@ -391,7 +391,8 @@ class Oracle:
     def loaded(self, view: DeviceView, ok: bool, digest: bytes | None, fault: bool) -> None:
         """Judge the end of a resume session (v1: RESUMING cleared; v2: RESUMING->STOP)."""
         verdict, source = self.resume_verdict(view)
-        self.given_streams.append((view.resume, len(view.resume)))  # the loader saw it, taken or not
+        # the loader saw it, taken or not (a copy: a session a load refused goes on growing)
+        self.given_streams.append((bytes(view.resume), len(view.resume)))
         if ok:
             self.accepted_bytes(view)
             if verdict == "valid" and self.observed:

@@ -53,12 +53,20 @@ class Field(NamedTuple):
     when: tuple = ()  # (name, values): the field exists only while the op's field `name` has one of these values
 
 
+def _when_chain(fields: tuple, f: Field) -> tuple:
+    """What :func:`applies` tests for ``f``, flattened: the (field, values) pairs that must all hold
+    (its ``when``, that field's ``when``, ...; a spec's field names are unique)."""
+    chain = []
+    while f.when:
+        name, values = f.when
+        f = next(g for g in fields if g.name == name)
+        chain.append((f, values))
+    return tuple(chain)
+
+
 def applies(fields: tuple, f: Field, op) -> bool:
     """Whether field ``f`` is in use in ``op`` (an op whose spec has ``fields``): see ``Field.when``."""
-    if not f.when:
-        return True
-    name, values = f.when
-    return any(field_value(g, op) in values and applies(fields, g, op) for g in fields if g.name == name)
+    return all(field_value(g, op) in values for g, values in _when_chain(fields, f))
 
 
 def signed(value: int, limit: int) -> int:
@@ -223,17 +231,6 @@ class Program(NamedTuple):
 
     def text(self) -> str:
         return format_program(self)
-
-
-def _when_chain(fields: tuple, f: Field) -> tuple:
-    """What :func:`applies` tests for ``f``, flattened: the (field, values) pairs that must all hold
-    (its ``when``, that field's ``when``, ...; a spec's field names are unique)."""
-    chain = []
-    while f.when:
-        name, values = f.when
-        f = next(g for g in fields if g.name == name)
-        chain.append((f, values))
-    return tuple(chain)
 
 
 # Per protocol and op code: (field, its when chain) for each field, so that normalize(), which
