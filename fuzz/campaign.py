@@ -59,6 +59,16 @@ def writable_dir(path: Path, what: str) -> None:
         raise UsageError(f"{what} {path} is not writable: {e.strerror or e}") from None
 
 
+def check_jobs(jobs: int, what: str) -> None:
+    """``--jobs``: between 1 and 4 per core (UsageError), with a warning past one per core (the
+    ``what`` share them: campaigns, or guests for ``migfuzz vm fuzz``)."""
+    cores = os.cpu_count() or 1
+    if not 1 <= jobs <= 4 * cores:
+        raise UsageError(f"--jobs must be between 1 and {4 * cores} (4 x the {cores} cores here), not {jobs}")
+    if jobs > cores:
+        print(f"migfuzz: warning: {jobs} {what} on {cores} cores: they will share the cores", file=sys.stderr)
+
+
 def cmd_fuzz(args) -> int:
     spec = parse_target(args.target)
     require_opt_in(spec, args.i_know_this_resets_the_device, "a campaign resets it before every program")
@@ -66,9 +76,7 @@ def cmd_fuzz(args) -> int:
         raise UsageError(f"--max-time must be a positive number of seconds, not {args.max_time:g}")
     if args.runs is not None and args.runs < 1:
         raise UsageError(f"--runs must be at least 1, not {args.runs}")
-    cores = os.cpu_count() or 1
-    if not 1 <= args.jobs <= 4 * cores:
-        raise UsageError(f"--jobs must be between 1 and {4 * cores} (4 x the {cores} cores here), not {args.jobs}")
+    check_jobs(args.jobs, "jobs")
     check_libfuzzer_args(args.libfuzzer_args)
     proto = spec.proto or "v2"
     corpus = Path(args.corpus) if args.corpus else default_corpus(proto)
@@ -79,8 +87,6 @@ def cmd_fuzz(args) -> int:
     if args.report_dir:
         writable_dir(Path(args.report_dir), "the report directory")
     if args.jobs > 1:
-        if args.jobs > cores:
-            print(f"migfuzz: warning: {args.jobs} jobs on {cores} cores: they will share the cores", file=sys.stderr)
         return run_jobs(args, corpus)
     try:
         writable_dir(corpus, "the corpus")

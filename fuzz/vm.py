@@ -58,6 +58,7 @@ from harness.kernel import debugkernel, flight, rig, selfcheck
 from harness.kernel.kmsg import first_fatal, kernel_reports
 from harness.runtime import EXIT_FINDING, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
+from .campaign import check_jobs
 from .codec import decode
 from .crashfile import read_meta, save_finding
 from .errors import UsageError
@@ -355,6 +356,11 @@ def _console_log(results: Path, boot: int) -> Path:
     return results / ("console.log" if boot == 1 else f"console.{boot}.log")
 
 
+def _fields_text(stats: dict) -> str:
+    """The campaign line's boundary-field figure, if the campaign had a stream layout."""
+    return f"; stream fields at a boundary {stats['fields_at_boundary']}/{stats['fields']}" if "fields" in stats else ""
+
+
 def merge_jobs(summaries: list[dict]) -> dict:
     """The figures of guests that fuzzed side by side (``--jobs``): programs and findings summed, the
     rate the sum of the guests' rates (they ran at the same time), protocol arcs the most any reached,
@@ -403,9 +409,7 @@ def _fuzz_jobs(args) -> int:
         say(f"campaign: {merged['execs']} programs in {merged['elapsed_s']} s = {merged['programs_per_s']} "
             f"programs/s against mtty, {args.jobs} guests side by side ("
             + " + ".join(f"{r}/s" for r in merged["job_programs_per_s"]) + f"); protocol arcs {merged['arcs']}; "
-            f"findings {merged['findings']}"
-            + (f"; stream fields at a boundary {merged['fields_at_boundary']}/{merged['fields']}" if "fields" in merged
-               else ""))
+            f"findings {merged['findings']}{_fields_text(merged)}")
     say(f"crash files: {len(merged['crash_files'])} -> {Path(args.crashes).resolve()}"
         if merged["crash_files"] else "no findings")
     code = (EXIT_FINDING if EXIT_FINDING in codes else EXIT_OK if all(c == EXIT_OK for c in codes)
@@ -418,13 +422,8 @@ def _fuzz_jobs(args) -> int:
 def cmd_fuzz(args) -> int:
     """Boot, fuzz, bring back. With ``--keep-going`` a kernel panic (a sanitizer report, a WARN) is
     recorded and the guest booted again for the rest of ``--max-time``: the corpus carries over."""
-    jobs = getattr(args, "jobs", 1)
-    cores = os.cpu_count() or 1
-    if not 1 <= jobs <= 4 * cores:
-        raise UsageError(f"--jobs must be between 1 and {4 * cores} (4 x the {cores} cores here), not {jobs}")
-    if jobs > 1:
-        if jobs > cores:
-            say(f"warning: {jobs} guests on {cores} cores: they will share the cores")
+    check_jobs(args.jobs, "guests")
+    if args.jobs > 1:
         return _fuzz_jobs(args)
     report = True
     if args.max_time is None and args.runs is None:
@@ -464,8 +463,7 @@ def cmd_fuzz(args) -> int:
         say(f"campaign: {stats['execs']} programs in {stats['elapsed_s']} s = {stats['programs_per_s']} "
             f"programs/s against mtty" + (f" ({steady}/s after start-up)" if steady else "")
             + f"; protocol arcs {stats['arcs']}; findings {stats['findings']}"
-            + (f"; stream fields at a boundary {stats['fields_at_boundary']}/{stats['fields']}" if "fields" in stats
-               else "")
+            + _fields_text(stats)
             + (f"; {len(runs)} boots" if len(runs) > 1 else ""))
     elif code != EXIT_UNAVAILABLE:
         say("campaign: no stats line in the guest output")
