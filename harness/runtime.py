@@ -22,6 +22,7 @@ writes and damaged); procedures on any device of ``harness.base``; raw VFIO acce
 import argparse
 import errno
 import fcntl
+import functools
 import os
 import struct
 import sys
@@ -407,16 +408,17 @@ class _RacePartner:
         return mine, self.answer
 
 
-_partner = []  # the one _RacePartner, started by the first race
+@functools.cache
+def _race_partner() -> _RacePartner:
+    """The one race partner, started by the first race."""
+    return _RacePartner()
 
 
 def race_threads(fa, fb):
     """``fa`` on this thread and ``fb`` on the race partner thread, both released by one barrier:
     (fa's answer, fb's answer). An exception raised by either is raised here once both are done.
     One race at a time (the executor's thread makes them)."""
-    if not _partner:
-        _partner.append(_RacePartner())
-    return _partner[0].race(fa, fb)
+    return _race_partner().race(fa, fb)
 
 
 def run_race(dev, fa, fb, sched):

@@ -187,7 +187,7 @@ class KmsgWatch:
         """Message text of every record logged since the last call."""
         lines = []
         # Asked after every program, and nearly always nothing is new: a poll answers that without
-        # the read's BlockingIOError (reading for new reports took 0.7 ms a program in a TCG guest).
+        # the read's BlockingIOError (18 us against 69 us a call, measured in the TCG guest).
         if not self._ready.poll(0):
             return lines
         while True:
