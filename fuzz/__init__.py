@@ -1,20 +1,31 @@
 """migfuzz, the fuzzer: model, programs, executor, oracles, engine, tools and the command line.
 
-:func:`main` is the ``migfuzz`` command. It starts by making a Ctrl-C that arrives while the
-modules are still loading end the process quietly (exit 130), as one arriving later does,
-then hands over to ``fuzz.cli``.
+:func:`main` is the ``migfuzz`` command. A Ctrl-C ends it the same way wherever it arrives:
+one line, exit 130 (:func:`exit_interrupted`). While the modules load, that function is the
+SIGINT handler itself; once ``fuzz.cli`` runs, the KeyboardInterrupt it catches ends here.
 """
 import importlib
 import os
 import signal
 import sys
 
+from harness.runtime import EXIT_INTERRUPTED
 
-def interrupted_while_loading(_signum, _frame) -> None:
-    sys.stderr.write("migfuzz: interrupted\n")
-    os._exit(130)
+
+def exit_interrupted(_signum=None, _frame=None) -> None:
+    """Say so and end with exit 130, now. ``os._exit`` because a normal exit after a caught
+    KeyboardInterrupt can still end by SIGINT (exit -2): CPython kills the process with the
+    signal at shutdown when any interpreter-level code run saw the interrupt unhandled."""
+    with_stdout_flushed = getattr(sys.stdout, "flush", None)
+    if with_stdout_flushed is not None:
+        try:
+            with_stdout_flushed()
+        except (OSError, ValueError):  # a closed pipe or stream: the message below still goes out
+            pass
+    os.write(2, b"migfuzz: interrupted\n")
+    os._exit(EXIT_INTERRUPTED)
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, interrupted_while_loading)
+    signal.signal(signal.SIGINT, exit_interrupted)
     return importlib.import_module("fuzz.cli").main()

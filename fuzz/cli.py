@@ -6,6 +6,7 @@ Exit codes (every command; ``harness.runtime.EXIT_*``):
     1  a finding (its crash file was written first) / a check failed
     2  usage or input error (one clear line on stderr)
     3  target unavailable (no device, no rig)
+  130  interrupted before a campaign started (:func:`fuzz.exit_interrupted`)
 
 Each command is a function ``cmd_*(args) -> exit code`` in its own module, imported only
 when that command runs (:data:`COMMANDS`), so ``migfuzz --help`` or ``migfuzz show`` never
@@ -18,9 +19,9 @@ from __future__ import annotations
 import signal
 
 if __name__ == "__main__":  # `python -m fuzz.cli`: a Ctrl-C while the modules below load ends quietly
-    from fuzz import interrupted_while_loading
+    from fuzz import exit_interrupted
 
-    signal.signal(signal.SIGINT, interrupted_while_loading)
+    signal.signal(signal.SIGINT, exit_interrupted)
 
 import argparse
 import importlib
@@ -31,7 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from harness.base import TargetError, TargetUnavailable
 from harness.runtime import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
-from . import interrupted_while_loading
+from . import exit_interrupted
 from .errors import UsageError
 from .program import ProgramError
 
@@ -285,9 +286,16 @@ def _fail(text: str, code: int) -> int:
 
 
 def main(argv: list | None = None) -> int:
-    if signal.getsignal(signal.SIGINT) is interrupted_while_loading:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: a Ctrl-C now ends like any error
-    argv = list(sys.argv[1:] if argv is None else argv)
+    if signal.getsignal(signal.SIGINT) is exit_interrupted:
+        # loaded: a Ctrl-C now raises KeyboardInterrupt, so `finally` blocks below run first
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        exit_interrupted()
+
+
+def _run(argv: list) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -301,13 +309,11 @@ def main(argv: list | None = None) -> int:
         return _fail(str(e), EXIT_USAGE)
     except TargetUnavailable as e:
         return _fail(f"{getattr(e, 'what', 'target unavailable')}: {e}", EXIT_UNAVAILABLE)
+    except BrokenPipeError:  # `migfuzz ... | head`: the reader has what it wanted
+        os._exit(EXIT_OK)
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         return _fail(f"{where}{e.strerror or e}", EXIT_USAGE)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except BrokenPipeError:
-        os._exit(EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ EXIT_FINDING = 1       # a finding / the reproducer saw the defect
 EXIT_USAGE = 2         # usage or input error
 EXIT_UNAVAILABLE = 3   # the target (device, rig) cannot be opened or prepared
 EXIT_INCONCLUSIVE = 4  # a reproducer cannot judge the claim from user space, or saw a different problem
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, what a shell reports for it)
 
 DRAIN_LIMIT = 256      # reads (v2) or saving iterations (v1) before "the stream never ends"
 DRAIN_CHUNK = 4096     # bytes asked for by each read of a drain

@@ -154,7 +154,8 @@ SINGLE = {
     "drain limits": {"DRAIN_LIMIT", "DRAIN_CHUNK", "EINTR_RETRIES"},
     "fault kinds": {"FAULT_KINDS", "FAULT_ERRNO"},
     "transport": {"MANGLE_KINDS", "MANGLE_CHUNK", "segments", "mangle"},
-    "exit codes": {"EXIT_OK", "EXIT_FINDING", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_INCONCLUSIVE"},
+    "exit codes": {"EXIT_OK", "EXIT_FINDING", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_INCONCLUSIVE",
+                   "EXIT_INTERRUPTED"},
     "finding kinds": {"KINDS", "FINDING_KINDS"},
 }
 
