@@ -67,6 +67,7 @@ def measure_here(spec_text: str, scope: str, seconds: float, corpus: str = "") -
     camp = Campaign(parse_target(spec_text), Path(tempfile.gettempdir()), None, None, False, 0)
     camp.load_target(scope)
     if scope != "none":
+        camp.private_counters = memoryview(bytearray(1 << 20))  # no libFuzzer here: hits cost what they would
         camp.enable_arc_feedback()
     inputs = corpus_inputs(Path(corpus)) if corpus else workload(camp.proto)
     run = camp.test_one_input

@@ -46,31 +46,44 @@ def record_count(data: bytes) -> int:
     return min(data[0] % (MAX_OPS + 1), (len(data) - 1) // RECORD.size) if data else 0
 
 
+# record -> op, for the records that take no payload: a campaign decodes every input it runs,
+# and most of an input's records are its parent's (a mutation changes one), so an op is
+# built once (ops are immutable tuples; cleared when it grows past _MEMO_LIMIT entries).
+_OPS_OF_RECORD: dict = {proto: {} for proto in OPS}
+_MEMO_LIMIT = 1 << 16
+
+
+def _op(proto: str, record: tuple, payload: bytes) -> tuple:
+    """(op, whether it depends on the record alone)."""
+    code, dev, a, b = record
+    code %= len(LIMITS[proto])
+    a_lim, b_lim, has_data, conditional = LIMITS[proto][code]
+    if conditional:  # bits of fields not in use (a mangle's arg or its field change) are dropped
+        return normalize(proto, Op(code, dev % NDEVICES, a, b)), True
+    if has_data:
+        plen = len(payload)
+        chunk = payload[(b & 0xFFFF) % plen:(b & 0xFFFF) % plen + (b >> 16)] if plen else b""
+        return Op(code, dev % NDEVICES, a % a_lim, 0, chunk), False
+    return Op(code, dev % NDEVICES, a % a_lim, b % b_lim, b""), True
+
+
 def decode(data: bytes, proto: str) -> Program:
     """Bytes -> program (never fails)."""
     if not data:
         return Program(proto, ())
-    limits = LIMITS[proto]
-    ncodes = len(limits)
     end = 1 + record_count(data) * RECORD.size
     payload = data[end:end + MAX_PAYLOAD]
-    plen = len(payload)
+    memo = _OPS_OF_RECORD[proto]
     ops = []
-    for code, dev, a, b in RECORD.iter_unpack(data[1:end]):
-        code %= ncodes
-        a_lim, b_lim, has_data, conditional = limits[code]
-        if conditional:  # bits of fields not in use (a mangle's arg or its field change) are dropped
-            ops.append(normalize(proto, Op(code, dev % NDEVICES, a, b)))
-            continue
-        if has_data:
-            if plen:
-                off = (b & 0xFFFF) % plen
-                chunk = payload[off:off + (b >> 16)]
-            else:
-                chunk = b""
-            ops.append(Op(code, dev % NDEVICES, a % a_lim, 0, chunk))
-        else:
-            ops.append(Op(code, dev % NDEVICES, a % a_lim, b % b_lim, b""))
+    for record in RECORD.iter_unpack(data[1:end]):
+        op = memo.get(record)
+        if op is None:
+            op, alone = _op(proto, record, payload)
+            if alone:
+                if len(memo) >= _MEMO_LIMIT:
+                    memo.clear()
+                memo[record] = op
+        ops.append(op)
     return Program(proto, tuple(ops))
 
 

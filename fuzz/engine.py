@@ -5,7 +5,8 @@ every function of the modules in scope after they were imported, so nothing depe
 import order) plus protocol-state coverage: every (state, op, outcome, state) arc the
 executor reports lights one of ``ARC_COUNTERS`` counters reserved in libFuzzer's
 coverage map, so a new protocol arc keeps an input even on a real device, which gives
-no code coverage at all.
+no code coverage at all. All of it reaches libFuzzer through ``fuzz.feedback.HitTrail``: a set
+insert per hit, the counters written once per program (not a call into atheris per basic block).
 
 The mutator works on ops (``fuzz.mutator``) and falls back to libFuzzer's byte mutation
 for arguments and payloads. A finding is written to the crash directory the moment it is
@@ -38,6 +39,7 @@ from harness.runtime import EXIT_FINDING, EXIT_OK
 from . import crashfile, layout, mutator
 from .codec import decode, encode
 from .executor import Executor
+from .feedback import HitTrail, libfuzzer_running
 from .findings import Finding, signature
 from .program import Program, format_op, seed_programs
 from .targets import TargetSpec, open_target, parse_target
@@ -62,6 +64,12 @@ EARLY = 2000
 SIM_ZOO_MODULE = "harness.sim.bugs"
 SIM_DEVICE_MODULES = ("harness.sim.v1", "harness.sim.v2")  # one device class per protocol
 SIM_PACKAGE = "harness.sim"
+# Comparisons are traced (atheris' dataflow tracing, for libFuzzer's table of recent compares, which
+# its byte mutation copies values from) only in the stream loader, where a compared value is a
+# magic, a length or a checksum. Elsewhere the simulator compares states and offsets the op-level
+# mutator already enumerates, and each traced comparison cost ~2,200 instructions (callgrind:
+# 138 of them in an average v1 program, 0.2 of its instrumented cost).
+DATAFLOW_MODULES = ("harness.sim.stream",)
 INSTRUMENT_SCOPES = {
     "target": (SIM_PACKAGE,),
     "all": (SIM_PACKAGE, "fuzz.executor", "fuzz.oracles"),
@@ -114,6 +122,16 @@ def _functions(module: types.ModuleType, skip=frozenset()):
                 yield f
 
 
+def _named(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def patched_code(code: types.CodeType, module: str, dataflow=DATAFLOW_MODULES) -> types.CodeType:
+    """``code`` with atheris' instrumentation: branch coverage, and comparisons when ``module`` is
+    one of ``dataflow``."""
+    return atheris.patch_code(code, _named(module, dataflow), True)
+
+
 def instrument(prefixes, skip=frozenset()) -> int:
     """Instrument (atheris, in place) every function of the loaded modules named by ``prefixes``
     (not the methods of the classes in ``skip``); returns how many. The function objects stay the
@@ -123,10 +141,10 @@ def instrument(prefixes, skip=frozenset()) -> int:
     quiet = contextlib.redirect_stderr(io.StringIO())
     with quiet:
         for name, module in sorted(sys.modules.items()):
-            if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):
+            if module is None or not _named(name, prefixes):
                 continue
             for func in _functions(module, skip):
-                atheris.instrument_func(func)
+                func.__code__ = patched_code(func.__code__, name)
                 count += 1
     return count
 
@@ -190,6 +208,8 @@ class Campaign:
         self.label = label  # names this campaign's lines when several run side by side
         self.arc_unbound = False
         self.arc_base = 0
+        self.trail = HitTrail()  # every counter hit of a program, folded into libFuzzer's at its end
+        self.private_counters = None  # a benchmark without libFuzzer: counters that cost what libFuzzer's do
         self.kernel_coverage = None  # harness.kernel.kcov.KernelCoverage of a kernel target with KCOV
         self.kernel_base = 0
         self.tick_mask = 255  # look at the clock (budget, stats line) every tick_mask + 1 programs
@@ -256,9 +276,14 @@ class Campaign:
         self.arc_unbound = True
 
     def bind_arc_feedback(self) -> None:
-        self.executor.set_arc_feedback(atheris._trace_branch, self.arc_base, ARC_COUNTERS)
+        """Instrumented code, protocol arcs and kernel PCs all report through the hit trail."""
+        hit = self.trail.bind(self.private_counters)
+        if not self.trail.bound and libfuzzer_running():
+            self.say("coverage: atheris' counter array not found (another atheris build?): every hit "
+                     "is a call into atheris, slower")
+        self.executor.set_arc_feedback(hit, self.arc_base, ARC_COUNTERS)
         if self.kernel_coverage is not None:
-            self.kernel_coverage.bind(atheris._trace_branch, self.kernel_base, KERNEL_PC_COUNTERS,
+            self.kernel_coverage.bind(hit, self.kernel_base, KERNEL_PC_COUNTERS,
                                       self.kernel_base + KERNEL_PC_COUNTERS, KERNEL_CMP_COUNTERS)
         self.arc_unbound = False
 
@@ -269,9 +294,13 @@ class Campaign:
             self.bind_arc_feedback()
         self.current = data
         prog = decode(data, self.proto)
+        trail = self.trail
+        trail.begin()
         finding = self.executor.run(prog)
         if self.kernel_coverage is not None:
             self.kernel_coverage.end_program()
+        if trail.bound:
+            trail.flush()
         boundaries = self.boundaries
         if boundaries is not None:
             for stream, given in self.executor.oracle.given_streams:

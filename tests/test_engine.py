@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -295,3 +296,16 @@ def test_record_keeping_is_not_instrumented_and_decisions_are():
     for decision in (core.StepCounter.arm, core.DeviceCore.activity, v2.V2SimDevice.set_state,
                      v2.V2SimDevice.live_files):
         assert decision in functions, decision
+
+
+@pytest.mark.slow
+def test_a_campaign_feeds_libfuzzer_through_the_hit_trail(tmp_path):
+    """Under libFuzzer the trail binds to atheris' counters (fuzz/feedback.py): every counter hit
+    reads 1, so each covered counter is one feature (atheris' own ++ gives more features than
+    counters, from the counts), and there is no fallback warning."""
+    r = run_cli(["fuzz", "--target", "sim", "--no-seeds", "--runs", "400", "--verbose", "--corpus", tmp_path / "c",
+                 "--crashes", tmp_path / "k"], tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "counter array not found" not in r.stderr
+    cov, ft = map(int, re.findall(r" cov: (\d+) ft: (\d+) ", r.stderr)[-1])
+    assert cov > 100 and ft == cov

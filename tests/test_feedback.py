@@ -1,0 +1,84 @@
+"""Coverage feedback (fuzz/feedback.py and the instrumentation policy in fuzz/engine.py)."""
+from __future__ import annotations
+
+import sys
+
+import atheris
+import pytest
+
+from fuzz import engine, feedback
+from fuzz.feedback import HitTrail
+from harness.sim import stream, v2
+
+
+def branchy(x: int) -> int:
+    if x > 2:
+        return x * 2
+    return -x
+
+
+@pytest.fixture
+def trail(monkeypatch):
+    """A trail bound to a private counter array; atheris' function is put back afterwards."""
+    monkeypatch.setattr(atheris, "_trace_branch", atheris._trace_branch)
+    t = HitTrail()
+    t.bind(memoryview(bytearray(1 << 20)))
+    return t
+
+
+def instrumented(func):
+    copy = type(func)(engine.patched_code(func.__code__, __name__), func.__globals__, func.__name__)
+    return copy
+
+
+def test_instrumented_code_reports_through_the_trail_and_reaches_the_counters_at_the_end(trail):
+    f = instrumented(branchy)
+    assert atheris._trace_branch == trail.hits.add
+    assert f(5) == 10 and f(5) == 10
+    hit = set(trail.hits)
+    assert hit and not any(trail.counters)  # nothing reaches libFuzzer before the program ends
+    trail.flush()
+    assert not trail.hits
+    assert {i for i, c in enumerate(trail.counters) if c} == hit
+    assert set(trail.counters[i] for i in hit) == {1}  # which counters, not how often
+    f(1)  # the other branch: a counter the first calls did not hit
+    assert trail.hits - hit
+
+
+def test_a_program_starts_without_the_hits_recorded_after_the_last_flush(trail):
+    instrumented(branchy)(7)
+    trail.begin()
+    assert not trail.hits
+    trail.flush()
+    assert not any(trail.counters)
+
+
+def test_without_libfuzzer_the_trail_leaves_atheris_alone(monkeypatch):
+    monkeypatch.delitem(sys.modules, feedback.CORE_MODULE, raising=False)
+    before = atheris._trace_branch
+    t = HitTrail()
+    assert t.bind() is before and atheris._trace_branch is before
+    assert not t.bound and feedback.atheris_counters() is None and not feedback.libfuzzer_running()
+
+
+def test_a_core_module_without_the_symbols_is_not_used(monkeypatch):
+    class NotAtheris:
+        __file__ = None
+
+    monkeypatch.setitem(sys.modules, feedback.CORE_MODULE, NotAtheris())
+    assert feedback.atheris_counters() is None
+
+
+def names(code) -> set:
+    out = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            out |= names(const)
+    return out
+
+
+def test_comparisons_are_traced_in_the_stream_loader_only():
+    loader = engine.patched_code(stream.load.__code__, stream.__name__)
+    fsm = engine.patched_code(v2.V2SimDevice.set_state.__code__, v2.__name__)
+    assert {"_trace_branch", "_trace_cmp"} <= names(loader)
+    assert "_trace_branch" in names(fsm) and "_trace_cmp" not in names(fsm)
