@@ -228,9 +228,13 @@ def mutate_bytes(proto: str, data: bytes, rng: random.Random, donor: bytes | Non
 
 
 def crossover_bytes(a: bytes, b: bytes, rng: random.Random) -> bytes:
-    ra, pa = _split(a)
-    rb, _ = _split(b)
-    return _join(ra[:rng.randint(0, len(ra))] + rb[rng.randint(0, len(rb)):], pa)
+    """A prefix of ``a``'s records, then a suffix of ``b``'s (at most MAX_OPS), with ``a``'s payload.
+    Sliced out of the binary forms whole: records are fixed-width."""
+    na, nb = codec.record_count(a), codec.record_count(b)
+    i, j = rng.randint(0, na), rng.randint(0, nb)
+    n = min(i + nb - j, MAX_OPS)
+    records = (a[1:1 + i * RECORD] + b[1 + j * RECORD:1 + nb * RECORD])[:n * RECORD]
+    return bytes((n,)) + records + a[1 + na * RECORD:]
 
 
 # ----------------------------------------------------------------------------- op groups

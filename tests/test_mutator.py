@@ -189,6 +189,22 @@ def test_crossover_mixes_both_parents(proto):
     assert only_a and only_b
 
 
+@pytest.mark.parametrize("proto", sorted(OPS))
+def test_crossover_of_two_full_programs_keeps_at_most_max_ops_head_first(proto):
+    names = (NAMES[proto] * MAX_OPS)[:MAX_OPS]
+    a, b = make(proto, names, 0x10, b"\x01\x02"), make(proto, names, 0x80)
+    rng = random.Random(3)
+    for _ in range(300):
+        out = mutator.crossover_bytes(a, b, rng)
+        check_output(proto, out)
+        rec = records_of(out)
+        head = [r for r in rec if r[1] < 0x80]
+        tail, rb = rec[len(head):], records_of(b)
+        assert head == records_of(a)[:len(head)]
+        assert not tail or any(rb[j:j + len(tail)] == tail for j in range(len(rb)))  # a run of b's, cut at MAX_OPS
+        assert payload_of(out) == b"\x01\x02"
+
+
 def test_program_level_wrappers():
     rng = random.Random(2)
     for proto in OPS:
