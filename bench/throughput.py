@@ -10,7 +10,14 @@ programs from the structured generator, seeded), in three configurations:
   instr-all     the same with the executor and oracles instrumented too
   campaign      a real `migfuzz fuzz` run for --seconds (libFuzzer loop,
                 mutator, arc feedback), programs/s from its final stats line
-                (wall clock and CPU time), for both instrumentation levels
+                (wall clock and CPU time since its first program), for both
+                instrumentation levels; its ratio is to the plain executor
+                measured just before and just after it (the machine's speed
+                drifts within a run: a figure taken a minute earlier does not
+                compare)
+  start-up      `migfuzz fuzz --runs 1`, wall clock from the command to its
+                exit (interpreter, imports, instrumentation, stream layout,
+                seeds, one program), the median of three
   plain on its corpus
                 the plain executor again, on the programs that campaign kept:
                 a campaign's programs are longer than the fixed workload's (it
@@ -90,12 +97,27 @@ def measure(spec_text: str, scope: str, seconds: float, corpus: str = "") -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def startup(spec_text: str, tries: int = 3) -> float:
+    """Seconds from ``migfuzz fuzz --runs 1`` to its exit (median of ``tries``)."""
+    times = []
+    for _ in range(tries):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "fuzz.cli", "fuzz", "--target", spec_text, "--runs", "1", "--corpus",
+                            f"{tmp}/corpus", "--crashes", f"{tmp}/crashes"], capture_output=True, cwd=ROOT, check=True)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def campaign(spec_text: str, seconds: float, instrument: str) -> dict:
-    """The campaign's figures, and the plain executor's rate on the programs it kept."""
+    """The campaign's figures, the plain executor's rate on the fixed workload just before and just
+    after it, and its rate on the programs the campaign kept."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "fuzz.cli", "fuzz", "--target", spec_text, "--corpus", f"{tmp}/corpus",
                "--crashes", f"{tmp}/crashes", "--max-time", str(seconds), "--instrument", instrument]
+        before = measure(spec_text, "none", seconds / 2)
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        after = measure(spec_text, "none", seconds / 2)
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("migfuzz: stats:")]
         m = re.search(r"execs (\d+) \((\d+)/s, (\d+)/cpu-s\) protocol arcs (\d+) findings (\d+)",
                       lines[-1]) if lines else None
@@ -104,7 +126,7 @@ def campaign(spec_text: str, seconds: float, instrument: str) -> dict:
         plain = measure(spec_text, "none", seconds, f"{tmp}/corpus")
         return {"programs_per_s": int(m.group(2)), "programs_per_cpu_s": int(m.group(3)), "programs": int(m.group(1)),
                 "arcs": int(m.group(4)), "findings": int(m.group(5)), "exit": proc.returncode,
-                "plain_on_its_corpus": plain}
+                "plain_around": [before["programs_per_s"], after["programs_per_s"]], "plain_on_its_corpus": plain}
 
 
 def main() -> None:
@@ -125,6 +147,7 @@ def main() -> None:
         row = {"plain": measure(spec, "none", args.seconds), "instrumented": measure(spec, "target", args.seconds),
                "instr-all": measure(spec, "all", args.seconds)}
         if not args.no_campaign:
+            row["startup_s"] = startup(spec)
             row["campaign"] = campaign(spec, args.seconds, "target")
             row["campaign-all"] = campaign(spec, args.seconds, "all")
         results[spec] = row
@@ -133,14 +156,17 @@ def main() -> None:
               f"  instrumented {row['instrumented']['programs_per_s']:>6}/s"
               f" ({row['instrumented']['programs_per_s'] / plain:.2f})"
               f"  instr-all {row['instr-all']['programs_per_s']:>6}/s"
-              f" ({row['instr-all']['programs_per_s'] / plain:.2f})", flush=True)
+              f" ({row['instr-all']['programs_per_s'] / plain:.2f})"
+              + (f"  start-up {row['startup_s']:.2f} s" if "startup_s" in row else ""), flush=True)
         for key in ("campaign", "campaign-all"):
             c = row.get(key)
             if c is None or "error" in c:
                 print(f"{'':16} {key}: {c and c['error']}", flush=True)
                 continue
             same = c["plain_on_its_corpus"]
-            print(f"{'':16} {key} {c['programs_per_cpu_s']:>6}/cpu-s ({c['programs_per_cpu_s'] / plain:.2f} of plain;"
+            around = sum(c["plain_around"]) / 2
+            print(f"{'':16} {key} {c['programs_per_cpu_s']:>6}/cpu-s ({c['programs_per_cpu_s'] / around:.2f} of plain"
+                  f" measured around it, {c['plain_around'][0]}/s and {c['plain_around'][1]}/s;"
                   f" arcs {c['arcs']});  plain on its corpus {same['programs_per_s']}/s"
                   f" ({same['ops_per_program']} ops/program): the loop at"
                   f" {c['programs_per_cpu_s'] / same['programs_per_s']:.2f} of plain on the same programs", flush=True)

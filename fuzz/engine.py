@@ -200,6 +200,9 @@ class Campaign:
         self.findings: list[tuple[Finding, Path | None]] = []
         self.started = time.monotonic()
         self.cpu_started = time.process_time()
+        # Rates count from the first program (set when it binds the feedback): start-up (the target,
+        # instrumentation, the stream layout, libFuzzer reading the corpus) is not the loop's cost.
+        self.loop_started, self.loop_cpu_started = self.started, self.cpu_started
         self.last_stats = self.started
         self.executor: Executor | None = None
         self.target = None
@@ -277,6 +280,7 @@ class Campaign:
 
     def bind_arc_feedback(self) -> None:
         """Instrumented code, protocol arcs and kernel PCs all report through the hit trail."""
+        self.loop_started, self.loop_cpu_started = time.monotonic(), time.process_time()
         hit = self.trail.bind(self.private_counters)
         if not self.trail.bound and libfuzzer_running():
             self.say("coverage: atheris' counter array not found (another atheris build?): every hit "
@@ -371,8 +375,9 @@ class Campaign:
     def stats(self, now: float | None = None) -> dict:
         now = now or time.monotonic()
         elapsed = max(now - self.started, 1e-9)
-        cpu = max(time.process_time() - self.cpu_started, 1e-9)
-        out = {"execs": self.execs, "execs_per_s": round(self.execs / elapsed, 1),
+        looping = max(now - self.loop_started, 1e-9)
+        cpu = max(time.process_time() - self.loop_cpu_started, 1e-9)
+        out = {"execs": self.execs, "execs_per_s": round(self.execs / looping, 1),
                "execs_per_cpu_s": round(self.execs / cpu, 1), "arcs": self.arcs(),
                "findings": len(self.findings), "elapsed_s": round(elapsed, 1)}
         if self.kernel_coverage is not None:
