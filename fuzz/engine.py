@@ -44,7 +44,7 @@ from .findings import Finding, signature
 from .program import Program, format_op, seed_programs
 from .targets import TargetSpec, open_target, parse_target
 
-ARC_COUNTERS = 1 << 13  # hashed (fuzz.executor.ARC_HASH): libFuzzer scans every counter after each input
+ARC_COUNTERS = 1 << 14
 # Kernel coverage (KCOV, harness.kernel.kcov): one counter per distinct kernel PC (wrapping after
 # this many) and per comparison feature.
 KERNEL_PC_COUNTERS = 1 << 16

@@ -45,12 +45,6 @@ from .program import OPS, SIZES, Program, format_op, mangle_args, race_args
 # Outcomes of an op beyond an errno, for the arc feedback.
 OUTCOME_SKIPPED = 255  # nothing to act on: no such data_fd, nothing to transfer
 OUTCOME_EMPTY = 64     # a read that succeeded with 0 bytes
-# An arc's key, ((before * 32 + op code) * 128 + outcome) * 8 + after (18 bits), picks its counter by
-# Knuth's multiplicative hash: the top bits of key * 2^32/phi (mod 2^32). The table is smaller than
-# the key space (libFuzzer scans all of it after every input); hashed into 1 << 13 counters, 925 of
-# the 951 arcs of a v2 campaign's corpus keep a counter of their own (v1: 390 of 399), where the
-# low 14 bits of the key (what was used before) dropped the state the arc started from: 767 (280).
-ARC_HASH = 0x9E3779B1
 
 _DEVICE_STATE = V1_FIELDS["device_state"]
 
@@ -70,7 +64,7 @@ class Executor:
         self.trace: list = []
         self.step = 0
         self.arc_trace = None
-        self.arc_base = self.arc_shift = 0
+        self.arc_base = self.arc_mask = 0
         self.arcs_seen = bytearray(1)
         self.after_program = getattr(target, "after_program", None)  # kernel log splats (harness.kernel)
         self.views: list[DeviceView] = []
@@ -91,11 +85,8 @@ class Executor:
     # -- running ------------------------------------------------------------------
 
     def set_arc_feedback(self, trace_branch, base: int, size: int) -> None:
-        """Report each (state, op, outcome, state) arc to one of ``size`` (a power of two) counters
-        from ``base``, chosen by :data:`ARC_HASH`."""
-        if size & (size - 1) or size < 2:
-            raise ValueError(f"arc counters: {size} is not a power of two")
-        self.arc_trace, self.arc_base, self.arc_shift = trace_branch, base, 33 - size.bit_length()
+        """Report each (state, op, outcome, state) arc to counter ``base + key % size``."""
+        self.arc_trace, self.arc_base, self.arc_mask = trace_branch, base, size - 1
         self.arcs_seen = bytearray(size)
 
     def run(self, prog: Program) -> Finding | None:
@@ -104,7 +95,7 @@ class Executor:
         oracle = self.oracle
         views = self.views = oracle.begin()
         self.trace = []
-        trace_branch, base, shift, seen = self.arc_trace, self.arc_base, self.arc_shift, self.arcs_seen
+        trace_branch, base, mask, seen = self.arc_trace, self.arc_base, self.arc_mask, self.arcs_seen
         handlers = self.handlers
         devices = self.devices
         armed = self.armed = [False] * len(views)
@@ -120,8 +111,7 @@ class Executor:
                 if oracle.observe is not None:  # a stream completed or loaded: its registers, now
                     self._observe()
                 if trace_branch is not None:
-                    key = ((((before * 32 + op.code) * 128 + (outcome & 127)) * 8 + (view.state & 7)) * ARC_HASH
-                           & 0xFFFFFFFF) >> shift
+                    key = (((before * 32 + op.code) * 128 + (outcome & 127)) * 8 + (view.state & 7)) & mask
                     seen[key] = 1
                     trace_branch(base + key)
             if self.after_program is not None:

@@ -309,19 +309,3 @@ def test_a_campaign_feeds_libfuzzer_through_the_hit_trail(tmp_path):
     assert "counter array not found" not in r.stderr
     cov, ft = map(int, re.findall(r" cov: (\d+) ft: (\d+) ", r.stderr)[-1])
     assert cov > 100 and ft == cov
-
-
-def test_an_arc_counter_tells_the_state_an_arc_started_from():
-    """(RUNNING -reset-> RUNNING) and (STOP -reset-> RUNNING) are two arcs: two counters (the low
-    bits of the key, used before, dropped the state it started from)."""
-    ex = Executor(SimTarget("v2"))
-    hits = []
-    ex.set_arc_feedback(hits.append, 100, engine.ARC_COUNTERS)
-    ex.run(parse_program("migfuzz-program 1 v2\nreset 0\n"))
-    from_running = hits[-1]
-    ex.run(parse_program("migfuzz-program 1 v2\nset 0 state=STOP\nreset 0\n"))
-    assert from_running != hits[-1]
-    assert all(100 <= h < 100 + engine.ARC_COUNTERS for h in hits)
-    assert sum(ex.arcs_seen) == 3  # reset from RUNNING, SET STOP, reset from STOP
-    with pytest.raises(ValueError):
-        ex.set_arc_feedback(hits.append, 0, 3000)
