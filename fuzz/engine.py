@@ -2,7 +2,7 @@
 
 Feedback is code coverage of the simulator (:func:`instrument` patches the bytecode of
 every function of the modules in scope after they were imported, so nothing depends on
-import order) plus protocol-state coverage: every (state, op, outcome, state) arc the
+import order) plus protocol-state coverage: every (op, outcome, state after) the
 executor reports lights one of ``ARC_COUNTERS`` counters reserved in libFuzzer's
 coverage map, so a new protocol arc keeps an input even on a real device, which gives
 no code coverage at all. All of it reaches libFuzzer through ``fuzz.feedback.HitTrail``: a set

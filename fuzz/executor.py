@@ -9,9 +9,9 @@ never writes to the oracle's view of a device.
 With ``trace=True`` it also records, for every op, what the device answered
 (``executor.trace``), which ``repro`` prints; the fuzzing loop runs without it.
 
-Protocol-state feedback (``set_arc_feedback``): a coverage counter for each (state
-before, op, outcome, state after), so a never-seen protocol arc counts as new coverage
-even where code coverage is flat.
+Protocol-state feedback (``set_arc_feedback``): a coverage counter for each (op, outcome,
+state after), so a never-seen protocol arc counts as new coverage even where code coverage
+is flat.
 """
 from __future__ import annotations
 
@@ -85,7 +85,13 @@ class Executor:
     # -- running ------------------------------------------------------------------
 
     def set_arc_feedback(self, trace_branch, base: int, size: int) -> None:
-        """Report each (state, op, outcome, state) arc to counter ``base + key % size``."""
+        """Report each arc to counter ``base + key % size``. The key is built from (state before,
+        op, outcome, state after), but with ``size`` 1 << 14 its low bits keep only the op code's
+        low 4 bits, the outcome and the state after: the state before is dropped. Measured on
+        2026-12-02: hashing the whole key into 1 << 13 counters kept 925 of a v2 corpus' 951
+        distinct arcs apart (767 this way), but found the zoo's field-edit variant
+        (v2-fifo-tail-oob-read) 2.4x later (median 4.5 s against 1.9 s, 5 seeds; more arcs, a
+        larger corpus, fewer mutations of the program that matters). Measure before changing."""
         self.arc_trace, self.arc_base, self.arc_mask = trace_branch, base, size - 1
         self.arcs_seen = bytearray(size)
 
