@@ -13,7 +13,9 @@ and with the path tables of the kernel's ``vfio_from_fsm_table`` disagree.
 from __future__ import annotations
 
 import errno as _errno
+import functools
 from collections import deque
+from types import MappingProxyType
 from typing import NamedTuple
 
 from harness.runtime import (
@@ -443,9 +445,12 @@ def _race_set(proto: str, flags: int, state: int, slots: tuple, arg: int) -> lis
     return out
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def race_outcomes(proto: str, flags: int, state: int, slots: tuple, a: RaceCall, b: RaceCall) -> tuple:
     """The outcomes (harness.runtime.race_outcome) a correct device may give when ``a`` and ``b``
-    race from ``state``: ({outcome: state after the first call} for a then b, the same for b then a)."""
+    race from ``state``: ({outcome: state after the first call} for a then b, the same for b then a).
+    Memoized (a pure function of its arguments; a campaign's races repeat a few hundred of them),
+    so the tables are read-only."""
     orders = []
     for first, second, a_first in ((a, b, True), (b, a, False)):
         table: dict = {}
@@ -457,7 +462,7 @@ def race_outcomes(proto: str, flags: int, state: int, slots: tuple, a: RaceCall,
                 answers = answers + [(RACE_FAILED, s1, slots1)]
             for r2, s2, _ in answers:
                 table.setdefault(race_outcome(*((r1, r2) if a_first else (r2, r1)), s2), s1)
-        orders.append(table)
+        orders.append(MappingProxyType(table))
     return orders[0], orders[1]
 
 

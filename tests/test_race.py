@@ -429,3 +429,13 @@ def test_race_arguments_in_both_protocols():
     for proto in ("v1", "v2"):
         op = Op(OPCODES[proto]["race"], 0, race_slot("set", 4, "reset", 0, 9))
         assert race_args(op) == (("set", 4), ("reset", 0), 9)
+
+
+def test_race_outcomes_are_computed_once_and_cannot_be_changed():
+    """Memoized: the same race from the same state is the same tables, which no caller can edit."""
+    live = (model.RaceSlot(True, True),)
+    read, reset = model.RaceCall("read", 0, 0), model.RaceCall("reset")
+    first = model.race_outcomes("v2", 0x7, STOP_COPY, live, read, reset)
+    assert model.race_outcomes("v2", 0x7, STOP_COPY, live, read, reset) is first
+    with pytest.raises(TypeError):
+        first[0][0] = STOP_COPY
