@@ -16,12 +16,10 @@ def exit_interrupted(_signum=None, _frame=None) -> None:
     """Say so and end with exit 130, now. ``os._exit`` because a normal exit after a caught
     KeyboardInterrupt can still end by SIGINT (exit -2): CPython kills the process with the
     signal at shutdown when any interpreter-level code run saw the interrupt unhandled."""
-    with_stdout_flushed = getattr(sys.stdout, "flush", None)
-    if with_stdout_flushed is not None:
-        try:
-            with_stdout_flushed()
-        except (OSError, ValueError):  # a closed pipe or stream: the message below still goes out
-            pass
+    try:
+        sys.stdout.flush()
+    except (AttributeError, OSError, ValueError):  # no stdout, a closed pipe: the line below still goes out
+        pass
     os.write(2, b"migfuzz: interrupted\n")
     os._exit(EXIT_INTERRUPTED)
 

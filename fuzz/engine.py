@@ -126,10 +126,10 @@ def _named(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def patched_code(code: types.CodeType, module: str, dataflow=DATAFLOW_MODULES) -> types.CodeType:
+def patched_code(code: types.CodeType, module: str) -> types.CodeType:
     """``code`` with atheris' instrumentation: branch coverage, and comparisons when ``module`` is
-    one of ``dataflow``."""
-    return atheris.patch_code(code, _named(module, dataflow), True)
+    one of :data:`DATAFLOW_MODULES`."""
+    return atheris.patch_code(code, _named(module, DATAFLOW_MODULES), True)
 
 
 def instrument(prefixes, skip=frozenset()) -> int:
@@ -209,7 +209,7 @@ class Campaign:
         self.proto = spec.proto
         self.current = b""
         self.label = label  # names this campaign's lines when several run side by side
-        self.arc_unbound = False
+        self.feedback_unbound = False  # set by enable_arc_feedback, cleared by the first input
         self.arc_base = 0
         self.trail = HitTrail()  # every counter hit of a program, folded into libFuzzer's at its end
         self.private_counters = None  # a benchmark without libFuzzer: counters that cost what libFuzzer's do
@@ -270,16 +270,17 @@ class Campaign:
     def enable_arc_feedback(self) -> None:
         """Reserve one libFuzzer coverage counter per protocol-arc slot.
 
-        The counters are bound to the executor on the first input: atheris.Fuzz()
-        replaces atheris._trace_branch with the live function, and the one seen
-        before it starts records nothing."""
+        The counters are bound to the executor on the first input (:meth:`bind_feedback`):
+        atheris.Fuzz() replaces atheris._trace_branch with the live function, and the one
+        seen before it starts records nothing."""
         self.arc_base = atheris._reserve_counter()
         for _ in range(ARC_COUNTERS - 1):
             atheris._reserve_counter()
-        self.arc_unbound = True
+        self.feedback_unbound = True
 
-    def bind_arc_feedback(self) -> None:
-        """Instrumented code, protocol arcs and kernel PCs all report through the hit trail."""
+    def bind_feedback(self) -> None:
+        """The first input: instrumented code, protocol arcs and kernel PCs report through the hit
+        trail from now on, and the rates count from here."""
         self.loop_started, self.loop_cpu_started = time.monotonic(), time.process_time()
         hit = self.trail.bind(self.private_counters)
         if not self.trail.bound and libfuzzer_running():
@@ -289,22 +290,19 @@ class Campaign:
         if self.kernel_coverage is not None:
             self.kernel_coverage.bind(hit, self.kernel_base, KERNEL_PC_COUNTERS,
                                       self.kernel_base + KERNEL_PC_COUNTERS, KERNEL_CMP_COUNTERS)
-        self.arc_unbound = False
+        self.feedback_unbound = False
 
     # -- one input --------------------------------------------------------------
 
     def test_one_input(self, data: bytes) -> None:
-        if self.arc_unbound:
-            self.bind_arc_feedback()
+        if self.feedback_unbound:
+            self.bind_feedback()
         self.current = data
         prog = decode(data, self.proto)
-        trail = self.trail
-        trail.begin()
         finding = self.executor.run(prog)
         if self.kernel_coverage is not None:
             self.kernel_coverage.end_program()
-        if trail.bound:
-            trail.flush()
+        self.trail.flush()
         boundaries = self.boundaries
         if boundaries is not None:
             for stream, given in self.executor.oracle.given_streams:
@@ -328,6 +326,7 @@ class Campaign:
             tracer = Executor(self.target, trace=True)  # the same devices: it starts from what they hold
             tracer.oracle.inherit(self.executor.oracle)
             again = tracer.run(prog)
+            self.trail.discard()  # the replay's hits are not the next input's coverage
             self.executor.oracle.inherit(tracer.oracle)  # the replay may have gone further, or raced otherwise
             finding = again or finding
             path = self.save(data, prog, finding, tracer.trace)

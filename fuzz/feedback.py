@@ -62,7 +62,8 @@ class HitTrail:
     """The counters hit during one program; written into libFuzzer's at its end.
 
     :meth:`bind` (once libFuzzer runs, on the first input) returns the function every feedback
-    source calls with a counter index; :meth:`begin` and :meth:`flush` go around each program.
+    source calls with a counter index; :meth:`flush` ends each program (nothing to do when
+    unbound: the set stays empty).
     Without libFuzzer (a benchmark), :meth:`bind` takes a private array, so the cost is the
     campaign's."""
 
@@ -86,8 +87,8 @@ class HitTrail:
         atheris._trace_branch = self.hits.add
         return self.hits.add
 
-    def begin(self) -> None:
-        """A program starts: hits recorded since the last flush (a finding's traced replay) go."""
+    def discard(self) -> None:
+        """Forget hits that are no program's coverage (a finding's traced replay, after the flush)."""
         self.hits.clear()
 
     def flush(self) -> None:

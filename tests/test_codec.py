@@ -250,6 +250,18 @@ def test_payload_references():
     assert codec.decode(h(f"01 0c 01 0900 01000200 {payload}"), "v1").ops[0] == Op(V1["wrwin"], 1, 0, 0, h("1122"))
 
 
+def test_a_record_decodes_the_same_every_time_and_a_write_takes_its_own_payload():
+    """decode() builds an op once per record (a campaign decodes the same records over and over):
+    a record read again gives the same op, but a write's record names bytes of its input's payload,
+    so the same record in another input takes that input's bytes."""
+    record = "01 09 00 0000 00000200"  # write 0, 2 bytes from payload offset 0
+    assert codec.decode(h(record + " aabb"), "v2").ops[0].data == h("aabb")
+    assert codec.decode(h(record + " ccdd"), "v2").ops[0].data == h("ccdd")
+    mangle = h("01 " + f"{V2['mangle']:02x}" + " 01 ffff ffffffff")
+    assert codec.decode(mangle, "v2") == codec.decode(mangle, "v2")
+    assert codec.decode(mangle, "v2").ops[0] is codec.decode(mangle, "v2").ops[0]  # built once
+
+
 def test_payload_beyond_the_limit_is_ignored():
     big = bytes(range(256)) * 17  # 4352 bytes
     # offset 4095 + 4 bytes: only the first MAX_PAYLOAD bytes are payload, so the piece is cut at byte 4096

@@ -1,6 +1,7 @@
 """Coverage feedback (fuzz/feedback.py and the instrumentation policy in fuzz/engine.py)."""
 from __future__ import annotations
 
+import _ctypes
 import sys
 
 import atheris
@@ -27,8 +28,8 @@ def trail(monkeypatch):
 
 
 def instrumented(func):
-    copy = type(func)(engine.patched_code(func.__code__, __name__), func.__globals__, func.__name__)
-    return copy
+    """An instrumented copy (the module's own function stays as it is)."""
+    return type(func)(engine.patched_code(func.__code__, __name__), func.__globals__, func.__name__)
 
 
 def test_instrumented_code_reports_through_the_trail_and_reaches_the_counters_at_the_end(trail):
@@ -45,10 +46,10 @@ def test_instrumented_code_reports_through_the_trail_and_reaches_the_counters_at
     assert trail.hits - hit
 
 
-def test_a_program_starts_without_the_hits_recorded_after_the_last_flush(trail):
+def test_discarded_hits_never_reach_the_counters(trail):
     instrumented(branchy)(7)
-    trail.begin()
-    assert not trail.hits
+    assert trail.hits
+    trail.discard()
     trail.flush()
     assert not any(trail.counters)
 
@@ -62,11 +63,12 @@ def test_without_libfuzzer_the_trail_leaves_atheris_alone(monkeypatch):
 
 
 def test_a_core_module_without_the_symbols_is_not_used(monkeypatch):
-    class NotAtheris:
-        __file__ = None
-
-    monkeypatch.setitem(sys.modules, feedback.CORE_MODULE, NotAtheris())
+    """A loaded shared library that is not atheris' core (no ``atheris::counters``): not used."""
+    monkeypatch.setitem(sys.modules, feedback.CORE_MODULE, _ctypes)
     assert feedback.atheris_counters() is None
+    before = atheris._trace_branch
+    t = HitTrail()
+    assert t.bind() is before and not t.bound
 
 
 def names(code) -> set:
