@@ -383,6 +383,9 @@ class Campaign:
             out.update(self.kernel_coverage.stats())  # kernel_pcs, kernel_pcs_vfio, kernel_pcs_driver
         if self.boundaries is not None:
             out["fields_at_boundary"], out["fields"] = self.boundaries.counts()
+            # which ones, for the report: a campaign of several boots (migfuzz vm) counts their union
+            out["fields_reached"] = self.boundaries.offsets(reached=True)
+            out["fields_missed"] = self.boundaries.offsets(reached=False)
         return out
 
     def stats_line(self, now: float | None = None) -> None:
@@ -406,6 +409,9 @@ class Campaign:
             os._exit(EXIT_FINDING if self.findings else EXIT_OK)
         self.finished = True
         self.stats_line()
+        missed = self.boundaries.offsets(reached=False) if self.boundaries is not None else ()
+        if missed:
+            self.say("stream fields never loaded at a boundary value, by offset: " + " ".join(map(str, missed)))
         new = [(f, p) for f, p in self.findings if signature(f, coarse=True) not in self.known]
         self.say(f"done: {self.execs} programs, {len(self.findings)} finding(s)"
                  + (f" ({len(self.findings) - len(new)} already known)" if len(new) < len(self.findings) else "")

@@ -286,6 +286,11 @@ class BoundaryCoverage:
             if not reached[i] and off + width <= given and int.from_bytes(data[off:off + width], "little") in targets:
                 reached[i] = True
 
+    def offsets(self, reached: bool) -> list[int]:
+        """The offsets of the fields that took a boundary value (``reached``), or of those that never
+        did: a field's offset names it (fields never overlap)."""
+        return [off for (off, _, _), hit in zip(self.fields, self.reached, strict=True) if hit == reached]
+
     def counts(self) -> tuple[int, int]:
         """(fields that took a boundary value in a stream given to a load, fields)."""
         return sum(self.reached), len(self.fields)

@@ -51,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from harness.base import TargetUnavailable
@@ -70,6 +71,7 @@ GUEST_RESULTS = "$MIGFUZZ_RESULTS"
 # Boot + Python/atheris start-up under TCG + shutdown, on a loaded host, by --kernel (KASAN and
 # lockdep make the debug kernel's boot and every system call slower).
 BOOT_ALLOWANCE = {"stock": 180.0, "debug": 420.0}
+wall_clock = time.monotonic  # what --max-time is counted on (the tests' guests take no time)
 RESTART_MIN = 30.0  # --keep-going: seconds left of --max-time that are worth booting again after a panic
 # --keep-going after a panic: the boots that follow report instead of panicking (every KASAN report, not
 # just the first), so the program that panicked the guest cannot end every later boot in seconds; their
@@ -361,6 +363,26 @@ def _fields_text(stats: dict) -> str:
     return f"; stream fields at a boundary {stats['fields_at_boundary']}/{stats['fields']}" if "fields" in stats else ""
 
 
+def boundary_union(jsonl: Path, stats: dict) -> dict:
+    """The stream fields that took a boundary value in any boot of a campaign (each boot's guest
+    counts its own from zero; its stats records in the JSON lines name them), as
+    ``fields_at_boundary`` and ``fields_missed``; nothing if the records name none."""
+    reached: set = set()
+    every: set = set()
+    try:
+        records = read_jsonl(jsonl) if jsonl.exists() else []
+    except (OSError, ValueError):
+        return {}
+    for record in records:
+        if record.get("type") == "stats" and "fields_reached" in record:
+            reached.update(record["fields_reached"])
+            every.update(record["fields_reached"], record.get("fields_missed", ()))
+    if not every:
+        return {}
+    return {"fields_at_boundary": max(len(reached), stats.get("fields_at_boundary", 0)),
+            "fields": len(every), "fields_missed": sorted(every - reached)}
+
+
 def merge_jobs(summaries: list[dict]) -> dict:
     """The figures of guests that fuzzed side by side (``--jobs``): programs and findings summed, the
     rate the sum of the guests' rates (they ran at the same time), protocol arcs the most any reached,
@@ -376,6 +398,10 @@ def merge_jobs(summaries: list[dict]) -> dict:
         if any("fields" in s for s in timed):
             out.update(fields_at_boundary=max(s.get("fields_at_boundary", 0) for s in timed),
                        fields=max(s["fields"] for s in timed if "fields" in s))
+            named = [set(s["fields_missed"]) for s in timed if "fields_missed" in s]
+            if named:  # a field any guest reached counts
+                out["fields_missed"] = sorted(set.intersection(*named))
+                out["fields_at_boundary"] = max(out["fields_at_boundary"], out["fields"] - len(out["fields_missed"]))
     return out
 
 
@@ -433,6 +459,7 @@ def cmd_fuzz(args) -> int:
     args.results = str(results)
     corpus_in = _copy_new(Path(args.corpus), results / "corpus") if args.corpus else 0
     budget = args.max_time
+    started = wall_clock()  # --max-time bounds the wall clock: boots, replays, panics included
     runs: list[dict] = []
     crash_paths: list[str] = []
     confirmed: dict[str, str] = {}  # kernel report cause -> what replaying its first program showed
@@ -442,8 +469,7 @@ def cmd_fuzz(args) -> int:
             return code
         runs.append(stats)
         crash_paths += [p for p in summary["crash_files"] if p not in crash_paths]
-        used = sum(r.get("elapsed_s", 0.0) for r in runs)
-        left = budget - used if budget is not None else 0.0
+        left = budget - (wall_clock() - started) if budget is not None else 0.0
         if not (restart and args.keep_going and left >= RESTART_MIN):
             break
         say(f"--keep-going: booting again for the {left:.0f} s left of --max-time (the corpus carries over; "
@@ -452,6 +478,10 @@ def cmd_fuzz(args) -> int:
             (results / "output.log").rename(results / f"output.{len(runs)}.log")
         args.max_time = round(left, 1)
     stats = merge_runs(runs)
+    stats.update(boundary_union(results / "report" / JSONL_NAME, stats))
+    wall = max(wall_clock() - started, 1e-9)
+    if "execs" in stats:
+        stats.update(wall_s=round(wall, 1), programs_per_wall_s=round(stats["execs"] / wall, 1))
     corpus_out = _copy_new(results / "corpus", Path(args.corpus)) if args.corpus else 0
     _finish_report(results / "report", Path(args.report_dir) if args.report_dir else None)
     summary.update(stats, corpus_in=corpus_in, corpus_new=corpus_out, crash_files=crash_paths)
@@ -465,6 +495,11 @@ def cmd_fuzz(args) -> int:
             + f"; protocol arcs {stats['arcs']}; findings {stats['findings']}"
             + _fields_text(stats)
             + (f"; {len(runs)} boots" if len(runs) > 1 else ""))
+        say(f"wall clock: {stats['wall_s']} s from the first boot to the last guest's end, "
+            f"{stats['programs_per_wall_s']} programs/s (boots, start-up, panics and their replays included)")
+        if stats.get("fields_missed"):
+            say("stream fields never loaded at a boundary value, by offset: "
+                + " ".join(map(str, stats["fields_missed"])))
     elif code != EXIT_UNAVAILABLE:
         say("campaign: no stats line in the guest output")
     if "kernel_pcs" in stats:

@@ -195,6 +195,16 @@ def test_a_campaign_ends_with_one_summary(tmp_path):
     assert "WARNING: Failed to find function" not in r.stderr
 
 
+def test_a_campaign_names_the_stream_fields_it_never_loaded_at_a_boundary(tmp_path):
+    r = run_cli(["fuzz", "--runs", "50", "--crashes", tmp_path / "k", "--corpus", tmp_path / "c"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    last_stats = [ln for ln in r.stderr.splitlines() if "stats:" in ln][-1]
+    [stats] = re.findall(r"fields at a boundary (\d+)/(\d+)", last_stats)
+    [line] = [ln for ln in r.stderr.splitlines() if "never loaded at a boundary value" in ln]
+    offsets = [int(w) for w in line.split(": ")[-1].split()]
+    assert len(offsets) == int(stats[1]) - int(stats[0]) > 0 and offsets == sorted(offsets)
+
+
 def summary_of(err: str, prefix: str = "migfuzz: ") -> list:
     """The lines from the final "done:" line on (the campaign's summary)."""
     lines = err.splitlines()

@@ -171,7 +171,9 @@ def test_campaign_infers_keeps_and_uses_the_stream_layout(tmp_path):
     assert [f.kind for f, _ in camp.findings] == ["target-exception"]
     reached, fields = camp.boundaries.counts()
     assert 0 < reached <= fields == len(camp.boundaries.fields)
-    assert camp.stats()["fields_at_boundary"] == reached
+    stats = camp.stats()
+    assert stats["fields_at_boundary"] == reached == len(stats["fields_reached"])
+    assert sorted(stats["fields_reached"] + stats["fields_missed"]) == [f[0] for f in camp.boundaries.fields]
 
 
 def test_a_findings_replay_starts_from_and_adds_to_what_the_devices_kept(tmp_path):

@@ -36,12 +36,18 @@ PANIC_CONSOLE = "\n".join(["[    4.9] MIGFUZZ-READY", "[   41.0] mtty_reset: cal
 class FakeGuest:
     """Stands in for rig.run_guest: one scripted answer per boot."""
 
-    def __init__(self, *answers):
+    def __init__(self, *answers, seconds: float = 0.0):
         self.answers = list(answers)
         self.commands: list[str] = []
         self.kernel_args: list[str] = []
+        self.seconds = seconds  # what each boot takes on vm.wall_clock (FakeGuest.clock)
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
 
     def __call__(self, command, timeout=120, instances=2, results_dir=None, prepared=None, extra_args=""):
+        self.now += self.seconds
         self.commands.append(command)
         self.kernel_args.append(extra_args)
         results_dir = Path(results_dir or rig._new_results_dir())
@@ -69,6 +75,7 @@ def host(tmp_path, monkeypatch):
 
 def run_vm(host: Path, guest: FakeGuest, monkeypatch, *extra) -> tuple[int, dict]:
     monkeypatch.setattr(rig, "run_guest", guest)
+    monkeypatch.setattr(vm, "wall_clock", guest.clock)
     code = main(["vm", "fuzz", "--max-time", "60", "--crashes", str(host / "crashes"), "--corpus",
                  str(host / "corpus"), "--results", str(host / "results"), *extra])
     summary = host / "results" / vm.SUMMARY_FILE
@@ -360,7 +367,7 @@ def test_keep_going_boots_again_after_a_kernel_panic(host, monkeypatch):
     def clean(results):
         return guest_result(results, output=second)
 
-    guest = FakeGuest(panicked, clean)
+    guest = FakeGuest(panicked, clean, seconds=5.0)
     code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "45",
                            "--report-dir", str(host / "report"))
     assert code == 1 and len(guest.commands) == 2 and summary["boots"] == 2
@@ -379,6 +386,56 @@ def test_keep_going_boots_again_after_a_kernel_panic(host, monkeypatch):
     without = FakeGuest(panicked, clean)
     assert run_vm(host, without, monkeypatch, "--no-confirm", "--max-time", "45")[0] == 1
     assert len(without.commands) == 1  # without --keep-going the first finding ends the campaign
+
+
+def test_keep_going_counts_the_wall_clock_not_the_guests_own(host, monkeypatch):
+    # Seen on mtty: a guest that panics before its first stats line reports no time of its own, and a
+    # 150 s campaign booted 26 times in 400 s. Each boot here takes 20 s and never prints a stats line.
+    console = (DATA / "lockdep-then-kasan.console").read_text()
+
+    def panicked(results):
+        flight_with(results, encode(PROGRAM))
+        return guest_result(results, exit_status=None, output="", console=console, splats=find_splats(console))
+
+    guest = FakeGuest(*[panicked] * 10, seconds=20.0)
+    code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "100")
+    # 100 s: boots end at 20, 40, 60 and 80 s; 20 s left is less than RESTART_MIN
+    assert code == 1 and len(guest.commands) == 4 and summary["boots"] == 4
+    assert ["--max-time 100" in guest.commands[0], "--max-time 80.0" in guest.commands[1]] == [True, True]
+
+
+def test_stream_fields_at_a_boundary_are_the_union_of_the_boots(host, monkeypatch, capsys):
+    # Each boot's guest counts the fields that took a boundary value from zero; its stats records in
+    # the report name them, and the campaign counts a field any boot reached.
+    console = (DATA / "lockdep-then-kasan.console").read_text()
+    line = "migfuzz: stats: 5.0s execs 50 (10/s) protocol arcs 40 findings 0 fields at a boundary {}/4\n"
+
+    def boot(reached, missed, panic):
+        def answer(results):
+            (results / "report").mkdir(exist_ok=True)
+            with open(results / "report" / "migfuzz.jsonl", "a") as f:
+                f.write(json.dumps({"type": "stats", "execs": 50, "fields_reached": reached,
+                                    "fields_missed": missed}) + "\n")
+            if not panic:
+                return guest_result(results, output=line.format(len(reached)))
+            flight_with(results, encode(PROGRAM))
+            return guest_result(results, exit_status=None, output=line.format(len(reached)), console=console,
+                                splats=find_splats(console))
+        return answer
+
+    guest = FakeGuest(boot([0, 8], [16, 24], True), boot([16], [0, 8, 24], False), seconds=10.0)
+    code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "60")
+    assert len(guest.commands) == 2
+    assert (summary["fields_at_boundary"], summary["fields"], summary["fields_missed"]) == (3, 4, [24])
+    out = capsys.readouterr().out
+    assert "stream fields at a boundary 3/4" in out and "never loaded at a boundary value, by offset: 24" in out
+    assert summary["wall_s"] == 20.0 and summary["programs_per_wall_s"] == 5.0  # 100 programs in 20 s
+
+    alone = FakeGuest(boot([0, 8, 16], [24], False), seconds=10.0)
+    summary = run_vm(host, alone, monkeypatch)[1]
+    assert (summary["fields_at_boundary"], summary["fields_missed"]) == (3, [24])
+    jobs = vm.merge_jobs([dict(summary, fields_missed=[8, 24]), dict(summary, fields_missed=[0, 24])])
+    assert (jobs["fields_at_boundary"], jobs["fields_missed"]) == (3, [24])  # what any guest reached
 
 
 def test_kernel_pcs_over_several_boots_never_fall_back_to_the_replay():
