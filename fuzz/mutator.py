@@ -246,7 +246,8 @@ class OpGroups:
     live saving state maybe a pre-copy iteration as QEMU makes it: the device works, a read,
     PRECOPY_INFO, a read), a destination's resume (the resume state, a transfer from the source in
     some segmentation, a state that loads; then, as a guest that runs on would, maybe a read of a
-    register the profile names, a data-out one half the time), both in a row, or an iteration
+    register the profile names, a data-out one half the time, and maybe a byte written to a
+    data-in one, in either order), both in a row, or an iteration
     alone. One op at a time, a search has to find five ops in order on two devices, none of them
     new coverage alone, before a stream reaches a loader."""
 
@@ -262,6 +263,10 @@ class OpGroups:
         reads = (tuple(r.index << 12 | reg.offset for r in regions for reg in r.registers.values() if reg.read == role)
                  for role in ("data-out", "observe"))
         self.reads = tuple(group for group in reads if group)
+        # and registers it writes: one byte of a data-in register (mtty's TX stores it at the FIFO's
+        # head, an index the load took from the stream unchecked)
+        self.writes = tuple(r.index << 12 | reg.offset for r in regions for reg in r.registers.values()
+                            if reg.write == "data-in")
 
     def _save(self, rng: random.Random, dev: int) -> list:
         codes, pack, out = self.codes, self.pack, []
@@ -279,9 +284,13 @@ class OpGroups:
         m = self.migration
         out = [pack(codes["set"], dst, 0, m.resume), pack(codes["transfer"], src, dst, seg),
                pack(codes["set"], dst, 0, rng.choice(m.loads))]
+        after = []
         if self.reads and rng.random() < 0.5:
-            out.append(pack(codes["rdreg"], dst, rng.choice(rng.choice(self.reads)), 0))
-        return out
+            after.append(pack(codes["rdreg"], dst, rng.choice(rng.choice(self.reads)), 0))
+        if self.writes and rng.random() < 0.5:
+            after.insert(rng.randint(0, len(after)), pack(codes["wrreg"], dst, rng.choice(self.writes),
+                                                          rng.getrandbits(8)))
+        return out + after
 
     def _iterate(self, rng: random.Random, dev: int) -> list:
         codes, pack = self.codes, self.pack

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,28 @@ def test_op_groups_insert_saves_resumes_and_migrations():
             break
     else:
         pytest.fail("no complete migration among 50 groups")
+
+
+def test_a_resume_is_followed_by_register_reads_and_writes_a_guest_makes():
+    # mtty stores a TX byte at fifo[rxtx.head], an index its load takes from the stream unchecked:
+    # a write after a load reaches what a read does not (README, mtty finding #8)
+    profile = SimTarget("v2", 0x7).profile
+    groups = mutator.OpGroups("v2", profile)
+    data_in = {(r.index, reg.offset) for r in profile.regions.values() for reg in r.registers.values()
+               if reg.write == "data-in"}
+    rng = random.Random(3)
+    tails = Counter()
+    for _ in range(400):
+        ops = codec.decode(mutator._join(groups._resume(rng, 0), b""), "v2").ops
+        names = [OPS["v2"][op.code].name for op in ops]
+        assert names[:3] == ["set", "transfer", "set"] and all(op.dev == 1 for op in ops if op is not ops[1])
+        tails[tuple(names[3:])] += 1
+        for name, op in zip(names[3:], ops[3:], strict=True):
+            if name == "wrreg":
+                assert (op.a >> 12, op.a & 0x3FF) in data_in
+    assert set(tails) == {(), ("rdreg",), ("wrreg",), ("rdreg", "wrreg"), ("wrreg", "rdreg")}
+    writes = sum(n for tail, n in tails.items() if "wrreg" in tail)
+    assert 170 < writes < 230  # half the resumes
 
 
 def test_the_captures_start_from_and_give_back_what_a_device_keeps():
