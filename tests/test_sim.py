@@ -1157,6 +1157,15 @@ BUG_PROGRAMS = {
         transfer 0 dst=1 seg=0
         set 1 state=STOP
         rdreg 1 region=0 off=0x0 size=1""", 6),
+    "v2-fifo-head-oob-write": (0x7, f"""
+        set 0 state=STOP_COPY
+        drain 0 fd=0
+        mangle 0 kind=set off={TAIL_AT - 1} width=1 value=0x7c fix=none
+        set 1 state=RESUMING
+        transfer 0 dst=1 seg=0
+        set 1 state=STOP
+        wrreg 1 region=0 off=0x0 size=1 value=0x41
+        get 1""", 7),
     "v2-reset-not-deferred": (0x7, """
         set 0 state=PRE_COPY
         race 0 x=set xarg=3 y=reset sched=4""", 1),  # the reset lands between PRE_COPY -> PRE_COPY_P2P and its commit

@@ -72,6 +72,10 @@ TRIGGERS = {
                              "mangle 0 kind=set off=227 width=1 value=38 fix=none\n"
                              "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\n"
                              "rdreg 1 region=0 off=0x0 size=1",
+    "v2-fifo-head-oob-write": "set 0 state=STOP_COPY\ndrain 0 fd=0\n"
+                              "mangle 0 kind=set off=226 width=1 value=0x7c fix=none\n"
+                              "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\n"
+                              "wrreg 1 region=0 off=0x0 size=1 value=0x41\nget 1",
     "v2-reset-not-deferred": "set 0 state=PRE_COPY\nrace 0 x=set xarg=7 y=reset sched=4",
 }
 

@@ -412,6 +412,45 @@ class V2FifoTailOobRead:
         return stream.load(data, check_uart=_trusted, check_sum=False)
 
 
+# mtty's struct mdev_state after s[0].rxtx.fifo (x86-64, 6.12): the migration state, a 4-byte
+# enum, starts 0x7c bytes past fifo[0] (and state_mutex 0x80 past it).
+STATE_PAST_FIFO = 0x7C
+
+
+class UncheckedHeadUart(uart.Uart):
+    __slots__ = ("spilled",)
+
+    def write(self, off: int, value: int) -> None:
+        if off == uart.RX and not self.dlab and self.count < uart.FIFO_SIZE and self.head >= uart.FIFO_SIZE:
+            # fifo[head] = value, with head as loaded: past the FIFO, for the device to place
+            self.spilled = (self.head, value)
+            self.packed = None
+            self.head = (self.head + 1) & (uart.FIFO_SIZE - 1)
+            self.count += 1
+            self.overrun = False
+            return
+        super().write(off, value)
+
+
+class V2FifoHeadOobWrite:
+    validates_stream = False  # mtty-like, as V2UartTailTrusted
+    uart_class = UncheckedHeadUart
+
+    def reg_write(self, region, off, data):
+        port = self.core.uart
+        port.spilled = None
+        result = super().reg_write(region, off, data)
+        if port.spilled is not None:
+            at, value = port.spilled
+            byte = at - STATE_PAST_FIFO
+            if 0 <= byte < 4:  # the byte lands in the migration state; elsewhere in what GET cannot see
+                self.state = self.state & ~(0xFF << 8 * byte) | value << 8 * byte
+        return result
+
+    def load_stream(self, data):
+        return stream.load(data, check_uart=_trusted, check_sum=False)
+
+
 class V2ResetNotDeferred:
     def reset(self):
         # reset_done() without the deferred_reset flag: back to RUNNING and the files disabled at once,
@@ -622,6 +661,13 @@ BUGS = {
         "handle_bar_read() (samples/vfio-mdev/mtty.c) reads rxtx.fifo[rxtx.tail] with the tail mtty_load_state() "
         "copied from the stream",
         "info-leak"),
+    "v2-fifo-head-oob-write": Bug(
+        "v2", V2FifoHeadOobWrite,
+        "TX stores at fifo[head] with a head loaded from the stream: the byte lands in the device's state",
+        "handle_bar_write() (samples/vfio-mdev/mtty.c) stores TX at rxtx.fifo[rxtx.head] with the head "
+        "mtty_load_state() copied from the stream; on 6.12 head 0x7c writes mdev_state->state (migfuzz's mtty "
+        "finding #8)",
+        "state-mismatch"),
     "v2-reset-not-deferred": Bug(
         "v2", V2ResetNotDeferred,
         "a reset during a SET clears the state without the state mutex; the SET then records its own",
