@@ -284,13 +284,18 @@ class OpGroups:
         m = self.migration
         out = [pack(codes["set"], dst, 0, m.resume), pack(codes["transfer"], src, dst, seg),
                pack(codes["set"], dst, 0, rng.choice(m.loads))]
-        after = []
+        return out + self.guest_access(rng, dst)
+
+    def guest_access(self, rng: random.Random, dev: int) -> list:
+        """What a guest that runs on after a load may do first: maybe a read of a register the profile
+        names (a data-out one half the time), maybe a byte written to a data-in one, in either order."""
+        codes, pack, out = self.codes, self.pack, []
         if self.reads and rng.random() < 0.5:
-            after.append(pack(codes["rdreg"], dst, rng.choice(rng.choice(self.reads)), 0))
+            out.append(pack(codes["rdreg"], dev, rng.choice(rng.choice(self.reads)), 0))
         if self.writes and rng.random() < 0.5:
-            after.insert(rng.randint(0, len(after)), pack(codes["wrreg"], dst, rng.choice(self.writes),
-                                                          rng.getrandbits(8)))
-        return out + after
+            out.insert(rng.randint(0, len(out)), pack(codes["wrreg"], dev, rng.choice(self.writes),
+                                                      rng.getrandbits(8)))
+        return out
 
     def _iterate(self, rng: random.Random, dev: int) -> list:
         codes, pack = self.codes, self.pack
@@ -351,12 +356,17 @@ class FieldEdits:
     """Field-aware stream mutations from an inferred layout (``fuzz.layout.Layout``): a mangle op on
     the source of a transfer that sets one inferred field to one of its :func:`boundary_values` (a
     length: also moves it by one), fixing up the checksum the layout recognised, so the change
-    reaches the loader; or cuts or extends the stream by one byte. Every candidate op is packed once,
+    reaches the loader; or cuts or extends the stream by one byte. Half the time the destination's
+    next state change (a load, as a rule) is followed by what a guest does first (``guest_access``). Every candidate op is packed once,
     here; :meth:`apply` only picks one and puts it in a program's binary form."""
 
-    def __init__(self, proto: str, layout):
+    def __init__(self, proto: str, layout, guest_access=None):
         self.mangle = OPCODES[proto]["mangle"]
         self.transfer = OPCODES[proto]["transfer"]
+        self.set = OPCODES[proto]["set"]
+        # OpGroups.guest_access: what exercises a loaded field through the device (mtty's TX stores at
+        # fifo[rxtx.head], a loaded field), put after the destination's next state change
+        self.guest_access = guest_access
         self.ncodes = len(OPS[proto])
         fix, at = (layout.checksums[0].fix, layout.checksums[0].at) if layout.checksums else ("none", 0)
         groups = []
@@ -389,8 +399,15 @@ class FieldEdits:
             records[i - 1] = record
         elif len(records) < MAX_OPS:
             records.insert(i, record)
+            i += 1
         else:
             return None
+        if self.guest_access is not None and rng.random() < 0.5:
+            dst = _RECORD.unpack(records[i])[2] % NDEVICES
+            for j in range(i + 1, len(records)):
+                if records[j][0] % ncodes == self.set and records[j][1] % NDEVICES == dst:
+                    records[j + 1:j + 1] = self.guest_access(rng, dst)
+                    break
         return _join(records, payload)
 
 

@@ -248,6 +248,26 @@ def test_field_edits_go_before_a_transfer_on_its_source(sim_layout):
     assert edits.apply(codec.encode(migrate._replace(ops=migrate.ops[:2])), rng) is None  # no transfer
 
 
+def test_a_field_edit_may_exercise_what_the_destination_loaded(sim_layout):
+    # the destination's next state change (here the load) is followed, half the time, by what a guest
+    # does first: mtty's TX stores at fifo[rxtx.head], a field the load took from the stream (#8)
+    profile = SimTarget("v2", 0x7).profile
+    edits = mutator.FieldEdits("v2", sim_layout, mutator.OpGroups("v2", profile).guest_access)
+    migrate = parse_program("migfuzz-program 1 v2\nset 1 state=STOP_COPY\ndrain 1 fd=0\nset 0 state=RESUMING\n"
+                            "transfer 1 dst=0 seg=0\nset 0 state=STOP\nget 1\n")
+    rng = random.Random(4)
+    shapes = Counter()
+    for _ in range(400):
+        out = codec.decode(edits.apply(codec.encode(migrate), rng), "v2")
+        names = [OPS["v2"][op.code].name for op in out.ops]
+        assert names[:6] == ["set", "drain", "set", "mangle", "transfer", "set"] and names[-1] == "get"
+        assert all(op.dev == 0 for op in out.ops[6:-1])  # on the destination, after its load
+        shapes[tuple(names[6:-1])] += 1
+    assert shapes[()] > 200 and shapes[("wrreg",)] + shapes[("rdreg", "wrreg")] + shapes[("wrreg", "rdreg")] > 40
+    alone = codec.decode(edits.apply(codec.encode(migrate._replace(ops=migrate.ops[:4])), rng), "v2")
+    assert len(alone.ops) == 5  # no state change after the transfer: nothing to follow
+
+
 def test_a_field_edit_finds_the_tail_variants_where_flips_do_not(sim_layout):
     """The zoo's loaded-index variants: a checksum-fixed field edit before the transfer shows them;
     the correct device refuses the index (or loads a value it validates) and finds nothing."""
