@@ -1799,6 +1799,18 @@ def test_failed_writes_do_not_count_toward_a_load():
     silent(run(t1, "set 1 value=0b100\nwrwin 1 data=00\nwrwin 1 data=22\nset 1 value=0b001"))
 
 
+def test_a_failed_write_before_a_whole_edited_stream_is_not_held_against_its_load():
+    # a false positive of a 10-minute v1 campaign on the correct simulator: a window write the device
+    # refused (EINVAL), then a complete stream with a register byte set (checksum fixed), which loads
+    edited = ("set 1 value=0b100\nwrwin 1 data=" + "ab" * 65 + "\nset 0 value=0b010\ndrain 0\nset 0 value=0b000\n"
+              "mangle 0 kind=set off=209 width=1 value=0x43 fix=crc32 at=4\ntransfer 0 dst=1 seg=0\nset 1 value=0b001")
+    silent(run(v1(), edited))
+    # a prefix of it is no stream: its load still counts the failed write
+    t1 = accept_anything(v1(validates_stream=False))
+    expect(run(t1, edited.replace("transfer 0 dst=1 seg=0", "mangle 0 kind=truncate arg=40\ntransfer 0 dst=1 seg=0")),
+           "damaged-stream-accepted", OK, step=8, cause="failed write counted")
+
+
 def test_race_leaving_the_driver_files_of_no_serial_order():
     # the answers fit (SET STOP_COPY -> STOP first, the GET after it) but the driver still holds its file:
     # the state afterwards is no serial order's (only a simulator shows it: no claim on the race's answer)
