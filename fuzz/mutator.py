@@ -357,8 +357,9 @@ class FieldEdits:
     the source of a transfer that sets one inferred field to one of its :func:`boundary_values` (a
     length: also moves it by one), fixing up the checksum the layout recognised, so the change
     reaches the loader; or cuts or extends the stream by one byte. Half the time the destination's
-    next state change (a load, as a rule) is followed by what a guest does first (``guest_access``). Every candidate op is packed once,
-    here; :meth:`apply` only picks one and puts it in a program's binary form."""
+    next state change (a load, as a rule) is followed by what a guest does first (``guest_access``).
+    Every candidate op is packed once, here; :meth:`apply` only picks one and puts it in a program's
+    binary form."""
 
     def __init__(self, proto: str, layout, guest_access=None):
         self.mangle = OPCODES[proto]["mangle"]
