@@ -53,7 +53,8 @@ KINDS = (
                              "that took a write", ("ok", "value_nonzero", "value_changed")),
     Kind("rejected-valid", "a valid arc or request refused", ("failed", "get_failed")),
     Kind("bad-state-after-failure", "after a failed request, a state the protocol forbids", ("state_not_in", None)),
-    Kind("state-mismatch", "the state read back is not the one the protocol says", ("state_not", "get_failed")),
+    Kind("state-mismatch", "the state read back is not the one the protocol says",
+         ("state_not", "get_failed", "state_unknown")),
     Kind("fd-misuse-accepted", "a data_fd used wrongly (after its session ended or a reset, wrong direction, "
                                "seek) and it worked", ("ok",)),
     Kind("fd-mismatch", "a data_fd returned when none is due, or none when one is due", ("fd", "no_fd")),

@@ -937,6 +937,7 @@ CHECKS = {
     "value_changed": "a read-only field changed when it was written",
     "pending_grew": "pending_bytes grew in stop-and-copy",
     "race_outcome_not_in": "two racing calls gave results, and left a state, of no serial order of the two",
+    "state_unknown": "the state read back is none of the protocol's (fewer than this many)",
 }
 
 
@@ -954,6 +955,8 @@ def shows(check, answer):
         return err == arg
     if test == "state_not":
         return answer.get("state") != arg
+    if test == "state_unknown":
+        return not answer.get("gerr") and answer.get("state") is not None and not 0 <= answer["state"] < arg
     if test == "state_not_in":
         return bool(err) and answer.get("state") not in arg
     if test == "fd":

@@ -96,6 +96,10 @@ EXTRA_PROGRAMS = {
            "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\nrdreg 1 region=0 off=0x0 size=1",
            # PRECOPY_INFO after dirty pages were queued, then a read past what it announced
            "set 0 state=PRE_COPY\ndrain 0 fd=0\nactivity 0 seed=1\nread 0 fd=0 n=1\nprecopy 0 fd=0\nread 0 fd=0 n=64",
+           # a FIFO head set in the stream, then a TX byte stored at it: the device's state (mtty #8)
+           "set 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=set off=226 width=1 value=0x7c fix=none\n"
+           "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\n"
+           "wrreg 1 region=0 off=0x0 size=1 value=0x41\nget 1",
            # a reset landing in a SET between PRE_COPY -> PRE_COPY_P2P and its commit (an interleaving)
            "set 0 state=PRE_COPY\nrace 0 x=set xarg=7 y=reset sched=4"),
     "v1": ("set 0 value=0b010\nreopen 0",),

@@ -24,6 +24,7 @@ from fuzz import model
 from fuzz.executor import Executor
 from fuzz.findings import FINDING_KINDS, KIND_CHECKS, Check
 from fuzz.program import parse_program
+from harness import runtime
 from harness.base import DeviceHang
 from harness.runtime import RACE_FAILED, RACE_FD, RACE_GOT, RACE_OK, race_outcome
 from harness.sim import SimTarget, stream
@@ -243,6 +244,19 @@ def test_v2_set_success_but_state_differs():
     # success but stopped at a hop of the path
     t = v2().script("set_state", lambda orig, s: (orig(RUNNING_P2P)[0], -1) if s == STOP else orig(s))
     expect(run(t, "set 0 state=STOP"), "state-mismatch", Check("state_not", STOP))
+
+
+def test_v2_a_state_none_of_the_protocols_is_claimed_as_such():
+    # a device that wrote over its own state (mtty #8: GET read 65): the claim is "no state at all",
+    # which a fixed device refutes even where the program takes another course on it
+    t = v2().script("get_state", lambda orig: (0, 65))
+    expect(run(t, "get 0"), "state-mismatch", Check("state_unknown", 8), step=0)
+    expect(run(t, "set 0 state=STOP"), "state-mismatch", Check("state_unknown", 8), step=0)
+    t = v2().script("get_state", lambda orig: (0, STOP))
+    expect(run(t, "get 0"), "state-mismatch", Check("state_not", RUNNING), step=0)  # a state, the wrong one
+    assert runtime.shows(("state_unknown", 8), {"state": 65}) and runtime.shows(("state_unknown", 8), {"state": -2})
+    assert not runtime.shows(("state_unknown", 8), {"state": 7})
+    assert not runtime.shows(("state_unknown", 8), {"state": 65, "gerr": 5})  # no state was read
 
 
 def _pairs():
