@@ -232,7 +232,8 @@ def _vm_parser(sub) -> None:
     kernel(vsub.add_parser("prepare", help="fill the rig cache (apt packages, kernel, mtty.ko, initramfs)"))
     kernel(vsub.add_parser("status", help="show what the rig cache holds"))
     q = vsub.add_parser("fuzz", help="run a campaign against mtty in the guest, bring findings back")
-    q.add_argument("--max-time", type=float, help="campaign length in seconds (default 60 unless --runs)")
+    q.add_argument("--max-time", type=float,
+                   help="campaign length in seconds of wall clock, boots included (default 60 unless --runs)")
     q.add_argument("--runs", type=int, help="stop after this many programs")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--crashes", default="crashes", help="host directory for crash files (default: crashes)")
