@@ -476,11 +476,12 @@ class Oracle:
         before = bytes(cap)
         transport_mangle(cap, *args)
         after = bytes(cap)
-        if view.capture_done:
-            # damaged: a complete stream the device sent, no longer byte for byte what it sent
-            view.mangled = view.original is not None and after != view.original
+        if view.original is not None:
+            # damaged: a complete stream the device sent, no longer byte for byte what it sent (also
+            # once a racing read left the capture incomplete: a flip back makes it that stream again)
+            view.mangled = after != view.original
             view.edited = view.mangled and (view.edited or (args[0] in FIELD_MANGLES and after != before))
-        elif after != before:
+        if not view.capture_done and after != before:
             view.capture_tainted = True  # no longer what the device sent: never "complete"
         return after != before
 

@@ -1825,6 +1825,18 @@ def test_a_failed_write_before_a_whole_edited_stream_is_not_held_against_its_loa
            "damaged-stream-accepted", OK, step=8, cause="failed write counted")
 
 
+def test_a_flip_undone_after_a_racing_read_is_the_stream_again():
+    # a false positive of a 10-minute campaign on flags 0x3 (2.5M programs): a flip, a racing read at
+    # the stream's end (which leaves the capture incomplete), the same flip again: the bytes are the
+    # stream the device sent, and the correct device loads them
+    body = ("set 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=flip arg=100\n"
+            "race 0 x=get xarg=0 y=read yarg=0 sched=0 data=\n{}set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\n"
+            "set 1 state=RUNNING")
+    silent(run(v2(0x3), body.format("mangle 0 kind=flip arg=100\n")))
+    # flipped once, it is damage: a device that loads it is caught
+    expect(run(accept_anything(v2(0x3)), body.format("")), "damaged-stream-accepted", OK, step=6)
+
+
 def test_race_leaving_the_driver_files_of_no_serial_order():
     # the answers fit (SET STOP_COPY -> STOP first, the GET after it) but the driver still holds its file:
     # the state afterwards is no serial order's (only a simulator shows it: no claim on the race's answer)
