@@ -2309,8 +2309,8 @@ static int mf_shows(const struct mf_answer *r)
 		return r->pending_grew;
 	case MF_CHECK_RACE_OUTCOME_NOT_IN:
 		return r->have_race && !mf_in(r->race_outcome, mf_claim_set, MF_CLAIM_NSET);
-	case MF_CHECK_STATE_UNKNOWN:
-		return !r->gerr && (r->state < 0 || r->state >= MF_CLAIM_ARG);
+	case MF_CHECK_STATE_UNKNOWN:	/* -1: no state was read at this step */
+		return !r->gerr && r->state != -1 && (r->state < 0 || r->state >= MF_CLAIM_ARG);
 	default:
 		return 0;
 	}
