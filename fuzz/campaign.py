@@ -19,6 +19,7 @@ from harness.runtime import EXIT_FINDING, EXIT_OK, EXIT_UNAVAILABLE
 
 from .engine import JOB_SUMMARY_ENV, run_campaign, summary_lines
 from .errors import UsageError
+from .program import op_filter
 from .report import JsonlReporter, merge_job_reports
 from .targets import default_corpus, parse_target, require_opt_in
 
@@ -79,6 +80,7 @@ def cmd_fuzz(args) -> int:
     check_jobs(args.jobs, "jobs")
     check_libfuzzer_args(args.libfuzzer_args)
     proto = spec.proto or "v2"
+    op_filter(proto, args.disable_ops)  # a name that is no op of this protocol: a usage error now
     corpus = Path(args.corpus) if args.corpus else default_corpus(proto)
     crashes = Path(args.crashes)
     writable_dir(crashes, "the crash directory")
@@ -97,7 +99,7 @@ def cmd_fuzz(args) -> int:
     report = JsonlReporter(Path(args.report_dir), spec.text()) if args.report_dir else None
     run_campaign(spec, corpus, crashes, args.max_time, args.runs, args.seed, args.libfuzzer_args,
                  keep_going=args.keep_going, instrument_scope=args.instrument, report=report,
-                 label=args.job_label, seeds=args.seeds, verbose=args.verbose)
+                 label=args.job_label, seeds=args.seeds, verbose=args.verbose, disabled_ops=args.disable_ops)
     return EXIT_OK  # not reached: the campaign exits the process itself
 
 
@@ -140,6 +142,8 @@ def run_jobs(args, corpus: Path) -> int:
             base += [flag, str(value)]
     if args.keep_going:
         base.append("--keep-going")
+    if args.disable_ops:
+        base += ["--disable-ops", ",".join(sorted(args.disable_ops))]
     if not args.seeds:
         base.append("--no-seeds")
     if args.verbose:

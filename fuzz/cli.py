@@ -69,6 +69,12 @@ def _version() -> str:
         return "0 (not installed)"
 
 
+def op_names(text: str) -> frozenset:
+    """``--disable-ops``: a comma list of op or race-call names (checked against the target's
+    protocol when the campaign starts: fuzz.program.op_filter)."""
+    return frozenset(name.strip() for name in text.split(",") if name.strip())
+
+
 def _opt_in(p) -> None:
     p.add_argument(OPT_IN, dest="i_know_this_resets_the_device", action="store_true",
                    help="required for a real device: the command resets it, again and again")
@@ -86,6 +92,9 @@ def _fuzz_parser(sub) -> None:
                    help="random seed (default 0); the same seed replays the same campaign")
     p.add_argument("--jobs", type=int, default=1, help="parallel campaigns sharing the corpus (1..cores*4)")
     p.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
+    p.add_argument("--disable-ops", metavar="OP,...", type=op_names, default=frozenset(),
+                   help="never run these ops (and races with one of these calls), e.g. reopen: a defect "
+                        "already known that takes the device down")
     p.add_argument("--no-seeds", dest="seeds", action="store_false",
                    help="do not add the shipped seed programs to the corpus")
     p.add_argument("--instrument", choices=("target", "all", "none"), default="target",
@@ -240,6 +249,9 @@ def _vm_parser(sub) -> None:
     q.add_argument("--corpus", help="host corpus directory: copied into the guest, new inputs copied back")
     q.add_argument("--report-dir", help="host directory for the campaign's reports")
     q.add_argument("--keep-going", action="store_true", help="record every distinct finding instead of stopping")
+    q.add_argument("--disable-ops", metavar="OP,...", type=op_names, default=frozenset(),
+                   help="never run these ops (and races with one of these calls), e.g. reopen: mtty's #1 "
+                        "oopses the guest")
     q.add_argument("--no-instrument", action="store_true", help="protocol-arc feedback only")
     q.add_argument("--no-confirm", action="store_true", help="after a kernel panic, do not replay the program")
     q.add_argument("--jobs", type=int, default=1,

@@ -41,7 +41,7 @@ from .codec import decode, encode
 from .executor import Executor
 from .feedback import HitTrail, libfuzzer_running
 from .findings import Finding, signature
-from .program import Program, format_op, seed_programs
+from .program import Program, format_op, op_filter, seed_programs, without_ops
 from .targets import TargetSpec, open_target, parse_target
 
 ARC_COUNTERS = 1 << 14
@@ -218,6 +218,8 @@ class Campaign:
         self.tick_mask = 255  # look at the clock (budget, stats line) every tick_mask + 1 programs
         self.finished = False
         self.field_edits: mutator.FieldEdits | None = None  # from the target's stream layout
+        self.disabled: frozenset = frozenset()  # --disable-ops: op and race-call names never run
+        self.allowed: frozenset = frozenset()  # the op codes that do
         self.boundaries: layout.BoundaryCoverage | None = None  # fields loaded at a boundary value
         self.groups = mutator.OpGroups(spec.proto or "v2")
         self.scratch_log: Path | None = None  # libFuzzer's output, removed if nothing was found
@@ -238,6 +240,12 @@ class Campaign:
             self.target.on_hang = self.on_hang
             self.target.current_input = lambda: self.current  # for its flight recorder and KCOV
             self.tick_mask = 0  # a real device's program takes milliseconds: the clock every program
+
+    def disable_ops(self, names) -> None:
+        """Never run the ops ``names`` (and races with a call among them): they are dropped from every
+        program after decoding (``fuzz.program.without_ops``). Raises ProgramError for an unknown name."""
+        self.allowed = op_filter(self.proto, names)
+        self.disabled = frozenset(names)
 
     def load_layout(self, corpus: Path | None) -> None:
         """The target's stream layout (kept in the corpus, else inferred now): field-aware mutations."""
@@ -297,8 +305,11 @@ class Campaign:
     def test_one_input(self, data: bytes) -> None:
         if self.feedback_unbound:
             self.bind_feedback()
-        self.current = data
         prog = decode(data, self.proto)
+        if self.disabled and (kept := without_ops(prog, self.allowed, self.disabled)) is not prog:
+            prog = kept
+            data = encode(kept)  # what ran: the crash file, the flight recorder and a hang say it
+        self.current = data
         finding = self.executor.run(prog)
         if self.kernel_coverage is not None:
             self.kernel_coverage.end_program()
@@ -532,7 +543,8 @@ def divert_libfuzzer_output(log: Path):
 
 def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float | None, runs: int | None,
                  seed: int, extra: list, keep_going: bool = False, instrument_scope: str = "target",
-                 report=None, label: str = "", seeds: bool = True, verbose: bool = False) -> None:
+                 report=None, label: str = "", seeds: bool = True, verbose: bool = False,
+                 disabled_ops: frozenset = frozenset()) -> None:
     """Fuzz until the time or run budget is spent or a finding is made; never returns.
 
     libFuzzer's own output (its ``#N NEW`` lines and start-up warnings) goes to
@@ -542,6 +554,9 @@ def run_campaign(spec: TargetSpec, corpus: Path, crashes: Path, max_time: float 
     camp = Campaign(spec, crashes, max_time, runs, keep_going, seed, report=report, label=label,
                     known=known_signatures(crashes))
     camp.load_target(instrument_scope)  # before libFuzzer's output is diverted: setup errors stay visible
+    if disabled_ops:
+        camp.disable_ops(disabled_ops)
+        camp.say("ops never run (--disable-ops): " + ", ".join(sorted(disabled_ops)))
     log = None
     if not verbose:
         name = f"libfuzzer{'.' + label if label else ''}.log"

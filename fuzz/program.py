@@ -239,6 +239,28 @@ _FIELD_CHAINS = {proto: tuple(tuple((f, _when_chain(spec.fields, f)) for f in sp
                  for proto, table in OPS.items()}
 
 
+def op_filter(proto: str, names) -> frozenset:
+    """The op codes of ``proto`` a campaign with ``names`` disabled runs (``--disable-ops``): every
+    op not named; a race op only if neither of its calls is named either (that is checked per op, by
+    :func:`without_ops`). Raises ProgramError for a name that is no op and no race call."""
+    names = frozenset(names)
+    known = {spec.name for spec in OPS[proto]} | set(RACE_CALLS)
+    unknown = sorted(names - known)
+    if unknown:
+        raise ProgramError(f"no such op or race call: {', '.join(unknown)} (ops: "
+                           f"{', '.join(spec.name for spec in OPS[proto])})")
+    return frozenset(code for code, spec in enumerate(OPS[proto]) if spec.name not in names)
+
+
+def without_ops(prog: Program, allowed: frozenset, names: frozenset) -> Program:
+    """``prog`` without the ops a campaign disabled: those whose code is not ``allowed``, and races
+    with a call in ``names`` (a race of ``reopen`` is a ``reopen``)."""
+    race = OPCODES[prog.proto].get("race")
+    ops = tuple(op for op in prog.ops if op.code in allowed and not (
+        op.code == race and {race_args(op)[0][0], race_args(op)[1][0]} & names))
+    return prog if len(ops) == len(prog.ops) else Program(prog.proto, ops)
+
+
 def normalize(proto: str, op: Op) -> Op:
     """Bring every field into its declared range (what decode also does)."""
     a, b, data = 0, 0, b""

@@ -216,6 +216,8 @@ def fuzz_command(args, report: bool) -> str:
         words += ["--runs", str(args.runs)]
     if args.keep_going:
         words.append("--keep-going")
+    if args.disable_ops:
+        words += ["--disable-ops", ",".join(sorted(args.disable_ops))]
     if args.no_instrument:
         words.append("--no-instrument")
     line = '"$MIGFUZZ_PYTHON" -m fuzz.cli ' + shlex.join(words)

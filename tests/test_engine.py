@@ -176,6 +176,25 @@ def test_campaign_infers_keeps_and_uses_the_stream_layout(tmp_path):
     assert sorted(stats["fields_reached"] + stats["fields_missed"]) == [f[0] for f in camp.boundaries.fields]
 
 
+def test_disabled_ops_never_run_and_a_finding_records_what_ran(tmp_path):
+    # v2-state-survives-reopen is found by a reopen: with reopen disabled the same input finds
+    # nothing; a finding of an input that had a disabled op records the program that ran
+    text = "migfuzz-program 1 v2\nset 0 state=STOP\nreopen 0\nget 0\n"
+    camp = _campaign(tmp_path, "sim:bug=v2-state-survives-reopen")
+    camp.disable_ops({"reopen"})
+    camp.test_one_input(codec.encode(parse_program(text)))
+    assert camp.execs == 1 and not camp.findings
+    camp = _campaign(tmp_path / "a", "sim:bug=v2-state-survives-reopen")
+    camp.test_one_input(codec.encode(parse_program(text)))
+    assert [f.kind for f, _ in camp.findings] == ["state-mismatch"]  # the same input, reopen enabled
+    camp = _campaign(tmp_path / "b", "sim:bug=v2-error-requestable")
+    camp.disable_ops({"reopen"})
+    camp.test_one_input(codec.encode(parse_program("migfuzz-program 1 v2\nreopen 0\nset 0 state=ERROR\n")))
+    [(finding, path)] = camp.findings
+    assert finding.step == 0 and "reopen" not in path.with_name(path.name + ".txt").read_text().split(
+        "migfuzz-program")[-1]
+
+
 def test_a_findings_replay_starts_from_and_adds_to_what_the_devices_kept(tmp_path):
     """A new finding is replayed with a trace on the same devices. On a device that keeps what
     programs put into it (mtty), the replay starts from the bytes earlier programs entered (else an

@@ -30,7 +30,10 @@ from fuzz.program import (
     format_program,
     mangle_args,
     normalize,
+    op_filter,
     parse_program,
+    race_args,
+    without_ops,
 )
 from harness.uapi import V1_FIELD_NAMES, MigState
 
@@ -595,3 +598,18 @@ def test_text_parser_never_raises_anything_else(proto, lines):
 def test_superscript_device_index_is_a_program_error():
     with pytest.raises(ProgramError):
         parse_program("migfuzz-program 1 v2\nset \u00b2 state=STOP\n")
+
+
+def test_disabled_ops_and_the_races_that_call_them_are_dropped():
+    prog = parse_program("migfuzz-program 1 v2\nset 0 state=RESUMING\nreopen 0\nrace 0 x=reopen xarg=0 y=set yarg=4 "
+                         "sched=5 data=\nrace 0 x=get xarg=0 y=read yarg=0 sched=0 data=\nset 0 state=STOP\n")
+    names = frozenset({"reopen"})
+    kept = without_ops(prog, op_filter("v2", names), names)
+    assert [OPS["v2"][op.code].name for op in kept.ops] == ["set", "race", "set"]
+    assert race_args(kept.ops[1])[0][0] == "get"
+    assert without_ops(prog, op_filter("v2", ()), frozenset()) is prog  # nothing disabled: the same program
+    assert without_ops(kept, op_filter("v2", names), names) is kept  # nothing to drop: no copy
+    with pytest.raises(ProgramError, match="no such op or race call: wat"):
+        op_filter("v2", {"wat", "reopen"})
+    with pytest.raises(ProgramError):
+        op_filter("v2", {"rdwin"})  # a v1 op

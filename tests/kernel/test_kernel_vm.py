@@ -101,8 +101,9 @@ def test_fuzz_command_runs_the_real_cli_against_mtty():
     import argparse
 
     args = argparse.Namespace(seed=3, max_time=60.0, runs=None, keep_going=True, no_instrument=False,
-                              libfuzzer_args=["-max_len=200"])
+                              libfuzzer_args=["-max_len=200"], disable_ops=frozenset({"reopen", "reset"}))
     line = vm.fuzz_command(args, report=True)
+    assert "--disable-ops reopen,reset" in line
     assert line.startswith('"$MIGFUZZ_PYTHON" -m fuzz.cli fuzz --target mtty --i-know-this-resets-the-device')
     for part in ("--seed 3", "--max-time 60.0", "--keep-going", '--corpus "$MIGFUZZ_RESULTS/corpus"',
                  '--crashes "$MIGFUZZ_RESULTS/crashes"', '--report-dir "$MIGFUZZ_RESULTS/report"',
