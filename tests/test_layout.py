@@ -224,10 +224,13 @@ def test_every_stream_given_to_a_loader_is_reported_refused_transfers_too():
     ex.run(parse_program("migfuzz-program 1 v2\nget 0\n"))
     assert ex.oracle.given_streams == []  # each program's own
 
+MIGRATE_1_TO_0 = ("migfuzz-program 1 v2\nset 1 state=STOP_COPY\ndrain 1 fd=0\nset 0 state=RESUMING\n"
+                  "transfer 1 dst=0 seg=0\nset 0 state=STOP\n")
+
+
 def test_field_edits_go_before_a_transfer_on_its_source(sim_layout):
     edits = mutator.FieldEdits("v2", sim_layout)
-    migrate = parse_program("migfuzz-program 1 v2\nset 1 state=STOP_COPY\ndrain 1 fd=0\nset 0 state=RESUMING\n"
-                            "transfer 1 dst=0 seg=0\nset 0 state=STOP\n")
+    migrate = parse_program(MIGRATE_1_TO_0)
     rng = random.Random(1)
     seen = set()
     for _ in range(300):
@@ -253,8 +256,7 @@ def test_a_field_edit_may_exercise_what_the_destination_loaded(sim_layout):
     # does first: mtty's TX stores at fifo[rxtx.head], a field the load took from the stream (#8)
     profile = SimTarget("v2", 0x7).profile
     edits = mutator.FieldEdits("v2", sim_layout, mutator.OpGroups("v2", profile).guest_access)
-    migrate = parse_program("migfuzz-program 1 v2\nset 1 state=STOP_COPY\ndrain 1 fd=0\nset 0 state=RESUMING\n"
-                            "transfer 1 dst=0 seg=0\nset 0 state=STOP\nget 1\n")
+    migrate = parse_program(MIGRATE_1_TO_0 + "get 1\n")
     rng = random.Random(4)
     shapes = Counter()
     for _ in range(400):
