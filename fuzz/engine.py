@@ -420,9 +420,9 @@ class Campaign:
             os._exit(EXIT_FINDING if self.findings else EXIT_OK)
         self.finished = True
         self.stats_line()
-        missed = self.boundaries.offsets(reached=False) if self.boundaries is not None else ()
+        missed = self.boundaries.missed_line() if self.boundaries is not None else ""
         if missed:
-            self.say("stream fields never loaded at a boundary value, by offset: " + " ".join(map(str, missed)))
+            self.say(missed)
         new = [(f, p) for f, p in self.findings if signature(f, coarse=True) not in self.known]
         self.say(f"done: {self.execs} programs, {len(self.findings)} finding(s)"
                  + (f" ({len(self.findings) - len(new)} already known)" if len(new) < len(self.findings) else "")

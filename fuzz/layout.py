@@ -291,9 +291,19 @@ class BoundaryCoverage:
         did: a field's offset names it (fields never overlap)."""
         return [off for (off, _, _), hit in zip(self.fields, self.reached, strict=True) if hit == reached]
 
+    def missed_line(self) -> str:
+        """The campaign's line naming the fields never reached ("" when none)."""
+        return missed_line(self.offsets(reached=False))
+
     def counts(self) -> tuple[int, int]:
         """(fields that took a boundary value in a stream given to a load, fields)."""
         return sum(self.reached), len(self.fields)
+
+
+def missed_line(offsets) -> str:
+    """How a campaign names the stream fields it never loaded at a boundary value ("" for none)."""
+    return "stream fields never loaded at a boundary value, by offset: " + " ".join(map(str, offsets)) \
+        if offsets else ""
 
 
 # ----------------------------------------------------------------------------- persistence

@@ -255,9 +255,9 @@ def op_filter(proto: str, names) -> frozenset:
 def without_ops(prog: Program, allowed: frozenset, names: frozenset) -> Program:
     """``prog`` without the ops a campaign disabled: those whose code is not ``allowed``, and races
     with a call in ``names`` (a race of ``reopen`` is a ``reopen``)."""
-    race = OPCODES[prog.proto].get("race")
+    race = OPCODES[prog.proto]["race"]
     ops = tuple(op for op in prog.ops if op.code in allowed and not (
-        op.code == race and {race_args(op)[0][0], race_args(op)[1][0]} & names))
+        op.code == race and {call for call, _arg in race_args(op)[:2]} & names))
     return prog if len(ops) == len(prog.ops) else Program(prog.proto, ops)
 
 

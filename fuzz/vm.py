@@ -59,6 +59,7 @@ from harness.kernel import debugkernel, flight, rig, selfcheck
 from harness.kernel.kmsg import first_fatal, kernel_reports
 from harness.runtime import EXIT_FINDING, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
+from . import layout
 from .campaign import check_jobs
 from .codec import decode
 from .crashfile import read_meta, save_finding
@@ -500,8 +501,7 @@ def cmd_fuzz(args) -> int:
         say(f"wall clock: {stats['wall_s']} s from the first boot to the last guest's end, "
             f"{stats['programs_per_wall_s']} programs/s (boots, start-up, panics and their replays included)")
         if stats.get("fields_missed"):
-            say("stream fields never loaded at a boundary value, by offset: "
-                + " ".join(map(str, stats["fields_missed"])))
+            say(layout.missed_line(stats["fields_missed"]))
     elif code != EXIT_UNAVAILABLE:
         say("campaign: no stats line in the guest output")
     if "kernel_pcs" in stats:
