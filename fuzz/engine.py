@@ -604,14 +604,24 @@ class EntryPoint:
     def seed_args(self, argv: list, proto: str) -> list:
         if any(not a.startswith("-") for a in argv[1:]) or any(a.startswith("-seed_inputs") for a in argv):
             return []
-        folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"migfuzz-seeds-{os.getpid()}"
+        seeds = [(name, encode(prog)) for name, prog in seed_programs(proto)]
+        if not seeds:
+            return []
+        # libFuzzer reads -seed_inputs from files and then never returns to us to remove them: a
+        # folder named by the seeds' content is shared by every run of the same seeds instead of
+        # one left behind per process.
+        digest = hashlib.sha256(repr(seeds).encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / f"migfuzz-seeds-{proto}-{digest}"
         folder.mkdir(parents=True, exist_ok=True)
         files = []
-        for name, prog in seed_programs(proto):
+        for name, data in seeds:
             path = folder / name
-            path.write_bytes(encode(prog))
+            if not path.is_file() or path.read_bytes() != data:
+                tmp = folder / f".{name}.{os.getpid()}"
+                tmp.write_bytes(data)
+                os.replace(tmp, path)  # a run reading it sees the old file or the new, never a part
             files.append(str(path))
-        return [f"-seed_inputs={','.join(files)}"] if files else []
+        return [f"-seed_inputs={','.join(files)}"]
 
     def main(self, argv: list) -> None:
         camp = self.campaign = Campaign(parse_target(self.target_text), raise_findings=True)

@@ -288,13 +288,18 @@ class OpGroups:
 
     def guest_access(self, rng: random.Random, dev: int) -> list:
         """What a guest that runs on after a load may do first: maybe a read of a register the profile
-        names (a data-out one half the time), maybe a byte written to a data-in one, in either order."""
+        names (a data-out one half the time), maybe a byte written to a data-in one, in either order;
+        after a write, the device's migration state read back."""
         codes, pack, out = self.codes, self.pack, []
         if self.reads and rng.random() < 0.5:
             out.append(pack(codes["rdreg"], dev, rng.choice(rng.choice(self.reads)), 0))
         if self.writes and rng.random() < 0.5:
             out.insert(rng.randint(0, len(out)), pack(codes["wrreg"], dev, rng.choice(self.writes),
                                                       rng.getrandbits(8)))
+            # A store through an index the load took unchecked lands in the driver's own memory (mtty
+            # #8: fifo[rxtx.head] reaches mdev_state->state and state_mutex), where only the driver's
+            # next ioctl sees it; the next program's reset rewrites it first.
+            out.append(pack(codes["get"], dev, 0, 0))
         return out
 
     def _iterate(self, rng: random.Random, dev: int) -> list:

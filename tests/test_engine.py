@@ -109,6 +109,22 @@ def test_libfuzzer_args(tmp_path):
     assert not any(a.startswith("-max_total_time") for a in engine.libfuzzer_args(tmp_path, tmp_path, None, 0, []))
 
 
+def test_entry_point_seeds_share_one_folder_per_seed_set(tmp_path, monkeypatch):
+    # libFuzzer never returns to remove the -seed_inputs files: one folder per seed set, not per process
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(engine.tempfile, "tempdir", None)
+    entry = engine.EntryPoint("sim")
+    first = entry.seed_args(["fuzzer"], "v2")
+    assert entry.seed_args(["fuzzer", "-runs=5"], "v2") == first
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("migfuzz-seeds-v2-")
+    files = first[0].removeprefix("-seed_inputs=").split(",")
+    assert sorted(Path(f).read_bytes() for f in files) == sorted(codec.encode(parse_program(p.read_text()))
+                                                                for p in SEEDS["v2"])
+    assert not [p for p in folders[0].iterdir() if p.name.startswith(".")]  # no half-written file left
+    assert entry.seed_args(["fuzzer", str(tmp_path / "corpus")], "v2") == []  # a corpus directory: its seeds
+
+
 # ---------------------------------------------------------------------------
 # the campaign object in-process (no atheris, no process exit: keep_going and no budget)
 # ---------------------------------------------------------------------------
