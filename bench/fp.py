@@ -48,7 +48,7 @@ def programs(proto: str, count: int, seed: int, stream_layout=None):
     rng = random.Random(f"{seed}/{proto}")
     seeds = [prog for _name, prog in seed_programs(proto)]
     groups = OpGroups(proto, SimTarget(proto).profile)
-    edits = (FieldEdits(proto, stream_layout, groups.guest_access)
+    edits = (FieldEdits(proto, stream_layout, groups)
              if stream_layout is not None and stream_layout.fields else None)
     yield from seeds[:count]
     for _ in range(count - min(count, len(seeds))):

@@ -251,7 +251,7 @@ class Campaign:
         """The target's stream layout (kept in the corpus, else inferred now): field-aware mutations."""
         found = layout.for_target(self.target, self.spec.text(), corpus, oracle=self.executor.oracle)
         if found.fields:
-            self.field_edits = mutator.FieldEdits(self.proto, found, self.groups.guest_access)
+            self.field_edits = mutator.FieldEdits(self.proto, found, self.groups)
             self.boundaries = layout.BoundaryCoverage(found, lambda f: mutator.boundary_values(
                 f.width, f.values, found.size, found.dictionary))
         sums = ", ".join(f"{c.fix} at {c.at} from the end" for c in found.checksums) or "no checksum"

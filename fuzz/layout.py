@@ -9,7 +9,9 @@ compares the captures byte by byte:
 * bytes equal in every capture are **constant** (headers, magic, tags, padding);
 * bytes that differ are **fields**: one byte each, or a little-endian number of 2, 4 or 8
   bytes when its low byte changes, its top byte does not, and the values it takes lie closer
-  together than its top byte's unit (a counter, not two independent bytes or random data);
+  together than its upper half's unit (a counter, not independent bytes or random data: mtty's
+  port keeps head, tail and count in neighbouring bytes, and taken as one 8-byte number they
+  spanned 2^32);
 * a number equal in every capture that counts the bytes after it, before it, or to the
   next one of a chain of records (tag, length, body) is a **length**;
 * the constant bytes before the first length or field (at most ``HEADER_SPAN``: magic, version,
@@ -37,7 +39,7 @@ from .executor import Executor
 from .model import STOP_COPY, V1_SAVING
 from .program import OPCODES, SIZES, Op, Program
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: numbers span less than their upper half's unit (kept layouts are inferred again)
 CAPTURES = 8          # captures of the stream compared
 MAX_AT = 255          # how far before the end a checksum a field change fixes up may sit (mangle's `at`)
 MAX_DICTIONARY = 64   # values kept in the dictionary
@@ -173,7 +175,7 @@ def _ranges(flags: list) -> list:
 
 def _numbers(caps: list, varies: list) -> list:
     """Fields: a little-endian number of 2, 4 or 8 bytes where an aligned window's low byte varies and
-    its top byte does not and its values span less than the top byte's unit; else one byte each."""
+    its top byte does not and its values span less than its upper half's unit; else one byte each."""
     n = len(caps[0])
     out, covered = [], [False] * n
     for width in (8, 4, 2):
@@ -181,7 +183,7 @@ def _numbers(caps: list, varies: list) -> list:
             if not varies[off] or any(covered[off:off + width]):
                 continue
             values = [_le(c, off, width) for c in caps]
-            if not varies[off + width - 1] and max(values) - min(values) < 1 << (8 * (width - 1)):
+            if not varies[off + width - 1] and max(values) - min(values) < 1 << (4 * width):
                 out.append((off, width))
                 covered[off:off + width] = [True] * width
     out += [(off, 1) for off in range(n) if varies[off] and not covered[off]]

@@ -251,11 +251,12 @@ def test_field_edits_go_before_a_transfer_on_its_source(sim_layout):
     assert edits.apply(codec.encode(migrate._replace(ops=migrate.ops[:2])), rng) is None  # no transfer
 
 
-def test_a_field_edit_may_exercise_what_the_destination_loaded(sim_layout):
+def test_a_field_edit_may_exercise_what_the_destination_loaded(sim_layout, monkeypatch):
     # the destination's next state change (here the load) is followed, half the time, by what a guest
     # does first: mtty's TX stores at fifo[rxtx.head], a field the load took from the stream (#8)
+    monkeypatch.setattr(mutator, "OWN_MIGRATION", 0.0)  # always the program's own transfer
     profile = SimTarget("v2", 0x7).profile
-    edits = mutator.FieldEdits("v2", sim_layout, mutator.OpGroups("v2", profile).guest_access)
+    edits = mutator.FieldEdits("v2", sim_layout, mutator.OpGroups("v2", profile))
     migrate = parse_program(MIGRATE_1_TO_0 + "get 1\n")
     rng = random.Random(4)
     shapes = Counter()
@@ -269,6 +270,31 @@ def test_a_field_edit_may_exercise_what_the_destination_loaded(sim_layout):
     assert shapes[("wrreg", "get")] + shapes[("rdreg", "wrreg", "get")] + shapes[("wrreg", "rdreg", "get")] > 40
     alone = codec.decode(edits.apply(codec.encode(migrate._replace(ops=migrate.ops[:4])), rng), "v2")
     assert len(alone.ops) == 5  # no state change after the transfer: nothing to follow
+
+
+def test_a_field_edit_may_bring_a_migration_of_its_own(sim_layout):
+    # a transfer a corpus program makes often reaches no loader: half the edits (and every edit of a
+    # program without a transfer) come inside a whole migration, save, edit, resume, load, guest access
+    profile = SimTarget("v2", 0x7).profile
+    edits = mutator.FieldEdits("v2", sim_layout, mutator.OpGroups("v2", profile))
+    base = parse_program("migfuzz-program 1 v2\nget 0\nget 1\n")
+    ex = Executor(SimTarget("v2", 0x7), trace=True)
+    rng = random.Random(6)
+    loaded = 0
+    for _ in range(100):
+        out = codec.decode(edits.apply(codec.encode(base), rng), "v2")
+        names = [OPS["v2"][op.code].name for op in out.ops]
+        m = names.index("mangle")
+        src = out.ops[m].dev
+        assert names[m + 1:m + 3] == ["set", "transfer"] and out.ops[m + 2].dev == src
+        assert out.ops[m + 2].a == 1 - src and names[m - 1] == "drain" and out.ops[m - 1].dev == src
+        assert names.count("get") >= 2  # the program's own ops stay
+        assert ex.run(out) is None, out.text()
+        loaded += any(t.startswith("transferred") for _, t in ex.trace)
+    assert loaded > 90  # the edited stream reached the destination whole, on the correct device, silently
+    assert edits.apply(codec.encode(parse_program("migfuzz-program 1 v2\n" + "get 0\n" * mutator.MAX_OPS)), rng) is None
+    # no room for one; and without op groups, a program with no transfer has nothing to edit
+    assert mutator.FieldEdits("v2", sim_layout).apply(codec.encode(base), rng) is None
 
 
 def test_a_field_edit_finds_the_tail_variants_where_flips_do_not(sim_layout):
@@ -328,7 +354,7 @@ def test_a_resume_is_followed_by_register_reads_and_writes_a_guest_makes():
     rng = random.Random(3)
     tails = Counter()
     for _ in range(400):
-        ops = codec.decode(mutator._join(groups._resume(rng, 0), b""), "v2").ops
+        ops = codec.decode(mutator._join(groups.resume(rng, 0), b""), "v2").ops
         names = [OPS["v2"][op.code].name for op in ops]
         assert names[:3] == ["set", "transfer", "set"] and all(op.dev == 1 for op in ops if op is not ops[1])
         tails[tuple(names[3:])] += 1
