@@ -257,15 +257,19 @@ class KernelTargetSet:
     # -- the SimTarget shape
 
     def fresh(self) -> None:
-        """Between programs: close the previous program's data_fds, reset both devices."""
-        if self.flight is not None and self.current_input is not None:
-            self.flight.record(self.current_input())
+        """Between programs: close the previous program's data_fds, reset both devices; then name the
+        program about to run in the flight recorder."""
         init = self.profile.init
         for dev in self.devices:
             dev.close_data_fds()
             dev.reset()
             for region, off, value in init:  # start its registers from a known state, as power-on does
                 dev.reg_write(region, off, bytes((value,)))
+        # After the resets, not before: a panic in them comes from what the previous program left in
+        # the driver (mtty #8: a TX byte stored over resuming_migf oopses VFIO_DEVICE_RESET's
+        # mtty_disable_files()), so the recorder must still name that program as the one running.
+        if self.flight is not None and self.current_input is not None:
+            self.flight.record(self.current_input())
         if self.coverage is not None:  # the program's own coverage starts here, after the resets
             self.coverage.begin_program(self.current_input() if self.current_input is not None else None)
 

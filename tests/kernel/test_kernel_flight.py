@@ -59,3 +59,34 @@ def test_open_outside_the_rig_gives_none(monkeypatch, tmp_path):
     assert FlightRecorder.open("v2", "mtty") is None
     assert FlightRecorder.open("v2", "mtty", str(tmp_path / "missing")) is None
     assert read_flight(tmp_path / "missing") is None
+
+
+def test_a_panic_in_the_resets_between_programs_blames_the_program_before(tmp_path):
+    # mtty #8: a TX byte the previous program stored over resuming_migf oopses the next
+    # VFIO_DEVICE_RESET; the recorder must still name that previous program while the resets run
+    from harness.kernel.target import KernelTargetSet
+
+    path = tmp_path / flight.FILE_NAME
+    path.write_bytes(bytes(flight.SIZE))
+    seen = []
+
+    class Device:
+        def close_data_fds(self):
+            pass
+
+        def reset(self):
+            seen.append(read_flight(path).last)  # what the host reads if the kernel dies here
+
+        def reg_write(self, region, off, data):
+            return 0, len(data)
+
+    targets = KernelTargetSet("kernel", "mtty")
+    targets.devices = [Device(), Device()]
+    targets.flight = FlightRecorder.open("v2", "mtty", str(path))
+    program = [b"first"]
+    targets.current_input = lambda: program[0]
+    targets.fresh()
+    program[0] = b"second"
+    targets.fresh()
+    assert seen == [None, None, b"first", b"first"]
+    assert read_flight(path).last == b"second"  # and the program itself runs named
