@@ -182,9 +182,11 @@ def test_campaign_infers_keeps_and_uses_the_stream_layout(tmp_path):
                                          "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\n"))
     for seed in range(2000):
         camp.test_one_input(camp.custom_mutator(migrate, 4096, seed))
-        if camp.findings:
+        # the field edits now find it in the first edited load, which the count may miss: go on
+        # (keep_going) until a load was counted too
+        if camp.findings and camp.boundaries.counts()[0]:
             break
-    assert [f.kind for f, _ in camp.findings] == ["target-exception"]
+    assert {f.kind for f, _ in camp.findings} == {"target-exception"}
     reached, fields = camp.boundaries.counts()
     assert 0 < reached <= fields == len(camp.boundaries.fields)
     stats = camp.stats()
