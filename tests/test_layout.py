@@ -294,6 +294,11 @@ def test_a_field_edit_may_bring_a_migration_of_its_own(sim_layout):
     assert loaded > 90  # the edited stream reached the destination whole, on the correct device, silently
     assert edits.apply(codec.encode(parse_program("migfuzz-program 1 v2\n" + "get 0\n" * mutator.MAX_OPS)), rng) is None
     # no room for one; and without op groups, a program with no transfer has nothing to edit
+    full = parse_program(MIGRATE_1_TO_0 + "get 1\n" * (mutator.MAX_OPS - 1 - len(parse_program(MIGRATE_1_TO_0).ops)))
+    for _ in range(20):  # room for one op, not a migration: the program's own transfer is edited
+        out = codec.decode(edits.apply(codec.encode(full), rng), "v2")
+        names = [OPS["v2"][op.code].name for op in out.ops]
+        assert len(out.ops) <= mutator.MAX_OPS and names[names.index("transfer") - 1] == "mangle"
     assert mutator.FieldEdits("v2", sim_layout).apply(codec.encode(base), rng) is None
 
 
