@@ -386,10 +386,15 @@ def boundary_union(jsonl: Path, stats: dict) -> dict:
             "fields": len(every), "fields_missed": sorted(every - reached)}
 
 
+def _wall_text(stats: dict) -> str:
+    return (f"wall clock: {stats['wall_s']} s from the first boot to the last guest's end, "
+            f"{stats['programs_per_wall_s']} programs/s (boots, start-up, panics and their replays included)")
+
+
 def merge_jobs(summaries: list[dict]) -> dict:
     """The figures of guests that fuzzed side by side (``--jobs``): programs and findings summed, the
     rate the sum of the guests' rates (they ran at the same time), protocol arcs the most any reached,
-    every crash file once."""
+    every crash file once; by the wall clock, all their programs over the longest guest's campaign."""
     timed = [s for s in summaries if "execs" in s]
     out: dict = {"jobs": len(summaries), "boots": sum(s.get("boots", 1) for s in summaries),
                  "crash_files": sorted({f for s in summaries for f in s.get("crash_files", ())}),
@@ -398,6 +403,9 @@ def merge_jobs(summaries: list[dict]) -> dict:
         out.update(execs=sum(s["execs"] for s in timed), elapsed_s=max(s["elapsed_s"] for s in timed),
                    programs_per_s=round(sum(s["programs_per_s"] or 0 for s in timed), 1),
                    findings=sum(s["findings"] for s in timed), arcs=max(s["arcs"] for s in timed))
+        if all("wall_s" in s for s in timed):
+            wall = max(max(s["wall_s"] for s in timed), 1e-9)
+            out.update(wall_s=wall, programs_per_wall_s=round(out["execs"] / wall, 1))
         if any("fields" in s for s in timed):
             out.update(fields_at_boundary=max(s.get("fields_at_boundary", 0) for s in timed),
                        fields=max(s["fields"] for s in timed if "fields" in s))
@@ -439,6 +447,10 @@ def _fuzz_jobs(args) -> int:
             f"programs/s against mtty, {args.jobs} guests side by side ("
             + " + ".join(f"{r}/s" for r in merged["job_programs_per_s"]) + f"); protocol arcs {merged['arcs']}; "
             f"findings {merged['findings']}{_fields_text(merged)}")
+        if "wall_s" in merged:
+            say(_wall_text(merged))
+        if merged.get("fields_missed"):
+            say(layout.missed_line(merged["fields_missed"]))
     say(f"crash files: {len(merged['crash_files'])} -> {Path(args.crashes).resolve()}"
         if merged["crash_files"] else "no findings")
     code = (EXIT_FINDING if EXIT_FINDING in codes else EXIT_OK if all(c == EXIT_OK for c in codes)
@@ -498,8 +510,7 @@ def cmd_fuzz(args) -> int:
             + f"; protocol arcs {stats['arcs']}; findings {stats['findings']}"
             + _fields_text(stats)
             + (f"; {len(runs)} boots" if len(runs) > 1 else ""))
-        say(f"wall clock: {stats['wall_s']} s from the first boot to the last guest's end, "
-            f"{stats['programs_per_wall_s']} programs/s (boots, start-up, panics and their replays included)")
+        say(_wall_text(stats))
         if stats.get("fields_missed"):
             say(layout.missed_line(stats["fields_missed"]))
     elif code != EXIT_UNAVAILABLE:

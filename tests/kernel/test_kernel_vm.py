@@ -175,6 +175,7 @@ def test_jobs_are_guests_side_by_side_sharing_corpus_and_crashes(host, monkeypat
         assert (host / "results" / job / vm.SUMMARY_FILE).exists() and (host / "results" / job / "console.log").exists()
     out = capsys.readouterr().out
     assert "[job 1]" in out and "[job 2]" in out and "2 guests side by side" in out
+    assert f"wall clock: {summary['wall_s']} s" in out and summary["programs_per_wall_s"] > 0  # as one guest's
     assert main(["vm", "fuzz", "--jobs", "0"]) == 2  # refused before anything boots
     assert "--jobs must be between 1 and" in capsys.readouterr().err
 
@@ -437,8 +438,11 @@ def test_stream_fields_at_a_boundary_are_the_union_of_the_boots(host, monkeypatc
     alone = FakeGuest(boot([0, 16], [8, 24], False), seconds=10.0)
     summary = run_vm(host, alone, monkeypatch)[1]
     assert (summary["fields_at_boundary"], summary["fields_missed"]) == (2, [8, 24])
-    jobs = vm.merge_jobs([dict(summary, fields_missed=[8, 24]), dict(summary, fields_missed=[0, 24])])
+    jobs = vm.merge_jobs([dict(summary, fields_missed=[8, 24]), dict(summary, fields_missed=[0, 24], wall_s=12.5)])
     assert (jobs["fields_at_boundary"], jobs["fields_missed"]) == (3, [24])  # what any guest reached
+    # by the wall clock: both guests' programs over the longer guest's campaign
+    assert (jobs["wall_s"], jobs["programs_per_wall_s"]) == (12.5, round(2 * summary["execs"] / 12.5, 1))
+    assert "wall_s" not in vm.merge_jobs([summary, {k: v for k, v in summary.items() if k != "wall_s"}])
 
 
 def test_kernel_pcs_over_several_boots_never_fall_back_to_the_replay():
