@@ -373,20 +373,19 @@ class FieldEdits:
     length: also moves it by one), fixing up the checksum the layout recognised, so the change
     reaches the loader; or cuts or extends the stream by one byte. The edit goes before a transfer
     the program makes, or (``OWN_MIGRATION`` of the time, and always in a program without one)
-    between the save and the resume of a migration it inserts (``groups``: an :class:`OpGroups`).
+    between the save and the resume of a migration it inserts (``op_groups``: an :class:`OpGroups`).
     Half the time the destination's next state change after an existing transfer (a load, as a
     rule) is followed by what a guest does first (``OpGroups.guest_access``); a resume of its own
     brings that already. Every candidate op is packed once, here; :meth:`apply` only picks one
     and puts it in a program's binary form."""
 
-    def __init__(self, proto: str, layout, groups: OpGroups | None = None):
+    def __init__(self, proto: str, layout, op_groups: OpGroups | None = None):
         self.mangle = OPCODES[proto]["mangle"]
         self.transfer = OPCODES[proto]["transfer"]
         self.set = OPCODES[proto]["set"]
-        # what exercises a loaded field through the device (mtty's TX stores at fifo[rxtx.head], a
-        # loaded field), put after the destination's next state change; and whole migrations
-        self.op_groups = groups
-        self.guest_access = groups.guest_access if groups is not None else None
+        # whole migrations, and what exercises a loaded field through the device (mtty's TX stores
+        # at fifo[rxtx.head], a loaded field) after the destination's next state change
+        self.op_groups = op_groups
         self.ncodes = len(OPS[proto])
         fix, at = (layout.checksums[0].fix, layout.checksums[0].at) if layout.checksums else ("none", 0)
         groups = []
@@ -414,10 +413,11 @@ class FieldEdits:
         ncodes = self.ncodes
         a, b = rng.choice(rng.choice(self.groups))
         at = [i for i, r in enumerate(records) if r[0] % ncodes == self.transfer]
-        groups = self.op_groups
-        if groups is not None and (not at or rng.random() < OWN_MIGRATION):
+        op_groups = self.op_groups
+        if op_groups is not None and (not at or rng.random() < OWN_MIGRATION):
             src = rng.randrange(NDEVICES)
-            migration = groups.save(rng, src) + [_RECORD.pack(self.mangle, src, a, b)] + groups.resume(rng, src)
+            migration = (op_groups.save(rng, src) + [_RECORD.pack(self.mangle, src, a, b)]
+                         + op_groups.resume(rng, src))
             if len(records) + len(migration) <= MAX_OPS:
                 i = rng.randint(0, len(records))
                 records[i:i] = migration
@@ -434,11 +434,11 @@ class FieldEdits:
             i += 1
         else:
             return None
-        if self.guest_access is not None and rng.random() < 0.5:
+        if op_groups is not None and rng.random() < 0.5:
             dst = _RECORD.unpack(records[i])[2] % NDEVICES
             for j in range(i + 1, len(records)):
                 if records[j][0] % ncodes == self.set and records[j][1] % NDEVICES == dst:
-                    records[j + 1:j + 1] = self.guest_access(rng, dst)
+                    records[j + 1:j + 1] = op_groups.guest_access(rng, dst)
                     break
         return _join(records, payload)
 

@@ -29,7 +29,8 @@ run N guests.
 A kernel WARN/oops panics the guest (``panic_on_warn=1 oops=panic``), which
 ends QEMU at once. The host then reports it as a ``kernel-splat`` finding:
 the crash file holds the program the flight recorder (``flight.py``) saw
-running when the kernel died, its report the console excerpt; unless
+running when the kernel died (a panic in the resets between programs: the
+one before them), its report the console excerpt; unless
 ``--no-confirm``, a second boot replays that program to see whether it panics
 the kernel again. A guest that stops making progress in the middle of a
 program is reported the same way as a ``hang``.

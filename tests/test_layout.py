@@ -129,6 +129,18 @@ def test_additive_sums_and_widths_are_recognised():
     assert lay.constant[0] == (0, 4)
 
 
+def test_neighbouring_independent_bytes_are_not_one_number():
+    # mtty's serial port keeps head, tail and count in neighbouring bytes (stream offsets 48-50):
+    # taken as one 8-byte number their values spanned 2^32, and a boundary value set on it
+    # clobbered all three; a real counter in the same place stays one number
+    ports = [(0, 0, 0, 0), (1, 0, 1, 0), (2, 0, 2, 0), (4, 1, 3, 0), (6, 1, 5, 0), (1, 1, 0, 1)]
+    caps = [b"HDR1HDR2" + bytes(port[:3]) + b"\0" + bytes((port[3],)) + b"\0\0\0" + struct.pack("<Q", 70000 + 9 * i)
+            for i, port in enumerate(ports)]
+    widths = {f.off: f.width for f in layout.infer(caps, "ports", "v2").fields if f.role == "varying"}
+    # head, tail, then count and the next bytes (each with zeros above it, as a small number would be)
+    assert widths == {8: 1, 9: 1, 10: 2, 12: 4, 16: 8}
+
+
 def test_nothing_is_recognised_where_nothing_is():
     rng = random.Random(4)
     caps = [rng.randbytes(64) for _ in range(6)]
