@@ -261,7 +261,9 @@ class Executor:
         self._arc(view, f"race:{sides[0][0]}+{sides[1][0]}")
         field, data = None if v2 else _DEVICE_STATE, op.data
         fa, fb = ((lambda k=k, g=g, f=f: race_call(dev, k, g, f, data, field)) for k, g, _, f in sides)
-        before = dev.digest() if self.has_digest else None
+        # Only a SET's judgement reads the digest (a load, or a v1 write while stopped), and only a
+        # load changes it: without a SET the race leaves the digest as it was.
+        before = dev.digest() if self.has_digest and (x[0] == "set" or y[0] == "set") else None
         answers = run_race(dev, fa, fb, sched)
         gerr, got = dev.get_state() if v2 else v1_read_field(dev, *_DEVICE_STATE)
         if self.trace_on:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections import deque
-from itertools import repeat
 
 import atheris
 
@@ -67,13 +65,12 @@ class HitTrail:
     Without libFuzzer (a benchmark), :meth:`bind` takes a private array, so the cost is the
     campaign's."""
 
-    __slots__ = ("hits", "counters", "bound", "_drain")
+    __slots__ = ("hits", "counters", "bound")
 
     def __init__(self):
         self.hits: set[int] = set()
         self.counters: memoryview | None = None
         self.bound = False
-        self._drain = deque(maxlen=0).extend  # runs an iterator to its end, in C
 
     def bind(self, counters: memoryview | None = None):
         """Route atheris' instrumentation through the trail; returns the function to report a hit
@@ -95,5 +92,10 @@ class HitTrail:
         """Mark the program's counters hit (libFuzzer cleared them all before the input)."""
         hits = self.hits
         if hits:
-            self._drain(map(self.counters.__setitem__, hits, repeat(1)))
+            # A plain loop: each store is one STORE_SUBSCR. map(counters.__setitem__, ...) drained in
+            # C went through the slot wrapper's argument tuple and took twice as long (12 against
+            # 25 us for 300 hits, timeit, 2026-12-03).
+            counters = self.counters
+            for index in hits:
+                counters[index] = 1
             hits.clear()

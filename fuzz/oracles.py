@@ -544,7 +544,7 @@ class Oracle:
             self.fail("race-not-serializable", "the results and state of one serial order: "
                       + " or ".join(self.race_text(c, names) for c in allowed), self.race_text(code, names),
                       claim, cause="+".join(sorted(names)))
-        saved = self.snapshot() if len(fits) > 1 else None
+        saved = self.snapshot(view) if len(fits) > 1 else None
         wrong = []  # per order tried: the finding its replay made, or the files it leaves the driver
         for i, (order, mid) in enumerate(fits):
             if i:
@@ -601,7 +601,7 @@ class Oracle:
         no interleaving makes a refused request succeed); else None, the race's. A call refused
         where both orders allow it is the race's: the other call may have run in its middle."""
         view, sides = replay[0], replay[1]
-        saved = self.snapshot()
+        saved = self.snapshot(view)
         slots = tuple(model.RaceSlot(s.live, s.saving) for s in view.slots)
         blamed = []
         for order in (0, 1):
@@ -619,16 +619,17 @@ class Oracle:
         kinds = {(f.kind, f.check.test) if f is not None else None for f in blamed}
         return blamed[0] if len(kinds) == 1 and None not in kinds and blamed[0].check.test == "ok" else None
 
-    def snapshot(self) -> tuple:
-        """What a race's replay may change (restore() puts it back, as often as needed)."""
-        return [v.copy() for v in self.views], dict(self.known), dict(self.source_registers), self.observe
+    def snapshot(self, view: DeviceView) -> tuple:
+        """What a race's replay may change: the raced device's view (a race is two calls of one
+        device; its judgement reads the others' but changes none), the known streams and the
+        source registers (restore() puts them back, as often as needed)."""
+        return view, view.copy(), dict(self.known), dict(self.source_registers), self.observe
 
     def restore(self, saved: tuple) -> None:
-        views, known, registers, self.observe = saved
-        for view, old in zip(self.views, views, strict=True):
-            old = old.copy()  # the snapshot stays as taken, for another restore
-            for name in DeviceView.__slots__:
-                setattr(view, name, getattr(old, name))
+        view, old, known, registers, self.observe = saved
+        old = old.copy()  # the snapshot stays as taken, for another restore
+        for name in DeviceView.__slots__:
+            setattr(view, name, getattr(old, name))
         self.known.clear()
         self.known.update(known)
         self.source_registers.clear()

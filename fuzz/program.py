@@ -17,6 +17,7 @@ Text form (one op per line, ``#`` comments, a version header)::
 """
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from typing import NamedTuple
 
@@ -206,6 +207,12 @@ F_RACE_X, F_RACE_XARG, F_RACE_Y, F_RACE_YARG, F_RACE_SCHED, _ = F_RACE
 
 def race_args(op) -> tuple:
     """A race op's arguments: ((call x, its argument), (call y, its argument), sched)."""
+    return _race_args(op.a)
+
+
+@functools.cache  # all of them live in slot a: a few thousand values, each decoded once
+def _race_args(a: int) -> tuple:
+    op = Op(0, 0, a)
     return ((RACE_CALLS[field_value(F_RACE_X, op)], field_value(F_RACE_XARG, op)),
             (RACE_CALLS[field_value(F_RACE_Y, op)], field_value(F_RACE_YARG, op)), field_value(F_RACE_SCHED, op))
 

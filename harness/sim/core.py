@@ -218,6 +218,7 @@ class Interleaving:
     mutex_held = False
     deferred_reset = False  # a reset came while the mutex was held: its holder applies it
     waiter = None           # the racing call blocked on the mutex, run when it is released
+    _locked_calls = None    # locked_calls(), once made
 
     def lock(self) -> None:
         if self.mutex_held:
@@ -264,8 +265,8 @@ class Interleaving:
                 inner()
                 out[outer] = calls[outer]()
                 return out[0], out[1]
-            for name in names:
-                setattr(self, name, self.locked(getattr(type(self), name)))
+            for name, call in self.locked_calls().items():
+                setattr(self, name, call)  # (not __dict__.update(): that leaves the instance a plain dict, slower)
             self.race_hook = hook
             out[outer] = calls[outer]()
             if points[0] < k:  # fewer preemption points than k: the inner call runs after
@@ -273,7 +274,7 @@ class Interleaving:
                 inner()
         finally:
             for name in names:
-                self.__dict__.pop(name, None)
+                delattr(self, name)
             self.mutex_held = self.deferred_reset = False
             self.race_hook = self.waiter = None
             if armed:
@@ -288,6 +289,15 @@ class Interleaving:
             names = _MUTEX_CALLS[cls] = tuple(sorted({
                 name for klass in cls.__mro__ for name, f in vars(klass).items() if getattr(f, "state_mutex", False)}))
         return names
+
+    def locked_calls(self) -> dict:
+        """{name: locking wrapper} for this device's ``state_mutex`` calls, made on its first race
+        and kept (a race installs them as instance attributes and removes them after)."""
+        calls = self._locked_calls
+        if calls is None:
+            cls = type(self)
+            calls = self._locked_calls = {name: self.locked(getattr(cls, name)) for name in self.mutex_calls()}
+        return calls
 
     def locked(self, method):
         """``method`` (of this device's class) as a call that takes the state mutex first."""
