@@ -23,6 +23,10 @@ programs from the structured generator, seeded), in three configurations:
                 a campaign's programs are longer than the fixed workload's (it
                 keeps the ones that reach deeper), so the loop's own cost is
                 the campaign's rate over this one (the same programs both ways)
+  in ops        the campaign's ops per CPU second (its programs' mean length, from
+                its stats line) over the plain executor's on the fixed workload: a
+                campaign keeps and mutates the longer programs, so programs/s alone
+                compares unequal work
 
 Usage: python bench/throughput.py [--target sim] [--seconds 10] [--json OUT]
 """
@@ -124,7 +128,10 @@ def campaign(spec_text: str, seconds: float, instrument: str) -> dict:
         if not m:
             return {"error": proc.stderr[-500:]}
         plain = measure(spec_text, "none", seconds, f"{tmp}/corpus")
+        ops = re.search(r"ops/program ([\d.]+)", lines[-1])
         return {"programs_per_s": int(m.group(2)), "programs_per_cpu_s": int(m.group(3)), "programs": int(m.group(1)),
+                "ops_per_program": float(ops.group(1)) if ops else None,
+                "plain_ops_per_program": before["ops_per_program"],
                 "arcs": int(m.group(4)), "findings": int(m.group(5)), "exit": proc.returncode,
                 "plain_around": [before["programs_per_s"], after["programs_per_s"]], "plain_on_its_corpus": plain}
 
@@ -170,6 +177,11 @@ def main() -> None:
                   f" arcs {c['arcs']});  plain on its corpus {same['programs_per_s']}/s"
                   f" ({same['ops_per_program']} ops/program): the loop at"
                   f" {c['programs_per_cpu_s'] / same['programs_per_s']:.2f} of plain on the same programs", flush=True)
+            if c.get("ops_per_program"):
+                print(f"{'':16} {key} in ops: {c['ops_per_program']} ops/program,"
+                      f" {c['programs_per_cpu_s'] * c['ops_per_program']:.0f} ops/cpu-s, "
+                      f"{c['programs_per_cpu_s'] * c['ops_per_program'] / (around * c['plain_ops_per_program']):.2f}"
+                      f" of plain's {around * c['plain_ops_per_program']:.0f} ops/s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

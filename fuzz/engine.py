@@ -195,6 +195,7 @@ class Campaign:
         self.report = report  # optional callback(kind, dict) for machine-readable output
         self.raise_findings = raise_findings
         self.execs = 0
+        self.ops = 0  # ops of the programs run (their lengths differ: a rate in programs alone misleads)
         self.signatures: set = set()
         self.known = known or set()  # signatures of findings already on disk (a restarted campaign)
         self.findings: list[tuple[Finding, Path | None]] = []
@@ -311,6 +312,7 @@ class Campaign:
             data = encode(kept)  # what ran: the crash file, the flight recorder and a hang say it
         self.current = data
         finding = self.executor.run(prog)
+        self.ops += len(prog.ops)
         if self.kernel_coverage is not None:
             self.kernel_coverage.end_program()
         self.trail.flush()
@@ -389,7 +391,8 @@ class Campaign:
         cpu = max(time.process_time() - self.loop_cpu_started, 1e-9)
         out = {"execs": self.execs, "execs_per_s": round(self.execs / looping, 1),
                "execs_per_cpu_s": round(self.execs / cpu, 1), "arcs": self.arcs(),
-               "findings": len(self.findings), "elapsed_s": round(elapsed, 1)}
+               "findings": len(self.findings), "elapsed_s": round(elapsed, 1),
+               "ops_per_program": round(self.ops / max(self.execs, 1), 1)}
         if self.kernel_coverage is not None:
             out.update(self.kernel_coverage.stats())  # kernel_pcs, kernel_pcs_vfio, kernel_pcs_driver
         if self.boundaries is not None:
@@ -407,7 +410,7 @@ class Campaign:
         fields = f" fields at a boundary {s['fields_at_boundary']}/{s['fields']}" if "fields" in s else ""
         self.say(f"stats: {s['elapsed_s']}s execs {s['execs']} ({s['execs_per_s']:.0f}/s, "
                  f"{s['execs_per_cpu_s']:.0f}/cpu-s) protocol arcs {s['arcs']} findings {s['findings']}{kernel}"
-                 f"{fields}")
+                 f"{fields} ops/program {s['ops_per_program']}")
         if self.report:
             self.report("stats", s)
 

@@ -152,6 +152,16 @@ def test_campaign_records_each_signature_once(tmp_path):
     assert len(camp.findings) == 1
 
 
+def test_stats_count_the_ops_run_not_only_the_programs(tmp_path):
+    # programs differ in length (a campaign keeps the longer ones): the stats line says how long
+    camp = _campaign(tmp_path, "sim")
+    camp.test_one_input(codec.encode(parse_program("migfuzz-program 1 v2\nget 0\n")))
+    camp.test_one_input(codec.encode(parse_program("migfuzz-program 1 v2\nset 0 state=STOP\nget 0\nget 1\n")))
+    assert camp.stats()["ops_per_program"] == 2.0
+    camp.stats_line()
+    assert camp.out.getvalue().rstrip().endswith(" ops/program 2.0")
+
+
 def test_campaign_mutators_produce_decodable_inputs(tmp_path):
     camp = _campaign(tmp_path, "sim")
     base = codec.encode(parse_program(SEEDS["v2"][0].read_text()))

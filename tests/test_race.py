@@ -100,6 +100,19 @@ def test_a_call_that_needs_the_mutex_runs_when_it_is_released():
         assert get_answer == (0, STOP_COPY), sched
 
 
+def test_the_locking_wrappers_exist_only_while_a_race_runs():
+    """The wrappers are made once per device and kept aside: after each race the device's calls are
+    its class's again, and a second race on the same device locks as the first did."""
+    dev = device_class("v2", None)(0x7, 1)
+    names = dev.mutex_calls()
+    assert "set_state" in names and "get_state" in names
+    for _ in range(2):
+        dev.set_state(RUNNING)
+        assert dev.race(lambda d=dev: d.set_state(STOP_COPY), lambda d=dev: d.get_state(), 2)[1] == (0, STOP_COPY)
+        assert not set(names) & set(vars(dev)), "a locking wrapper left on the device"
+        assert dev.set_state.__func__ is type(dev).set_state
+
+
 def test_an_armed_fault_does_not_fire_inside_a_race():
     t = SimTarget("v2", 0x7)
     dev = t.devices[0]

@@ -193,7 +193,7 @@ def test_kernel_pcs_reach_the_stats_line_and_the_vm_summary(areas):
         coverage.end_program()
         camp.stats_line()
         lines.append(camp.out.getvalue().splitlines()[-1])
-    assert lines[-1].endswith("kernel PCs 3 (VFIO core 1, driver 1)")
+    assert "findings 0 kernel PCs 3 (VFIO core 1, driver 1) " in lines[-1]
     stats = vm.parse_output("\n".join(lines))
     assert (stats["kernel_pcs"], stats["kernel_pcs_vfio"], stats["kernel_pcs_driver"]) == (3, 1, 1)
     assert [pcs for _, pcs in stats["kernel_pcs_over_time"]] == [1, 3]
