@@ -9,6 +9,7 @@ streams and its registers, through the ``sim`` profile).
 """
 from __future__ import annotations
 
+from harness.base import bookkeeping
 from harness.profile import load_profile
 
 from .bugs import BUGS, device_class
@@ -54,6 +55,7 @@ class SimTarget:
             parts.append("digest=0")
         return "sim:" + ",".join(parts)
 
+    @bookkeeping
     def fresh(self) -> None:
         for d in self.devices:
             d.restore_initial()
@@ -61,6 +63,7 @@ class SimTarget:
     def arm_fault(self, dev: int, nth: int, kind: str) -> None:
         self.devices[dev].counter.arm(nth, kind)
 
+    @bookkeeping
     def fault_fired(self, dev: int) -> bool:
         """Whether an armed fault fired during the current op."""
         return self.devices[dev].counter.fired

@@ -55,6 +55,7 @@ class DeviceCore:
         self.uart = uart_class(seed)
         self._initial = (list(self.regs), bytes(self.mem))
 
+    @bookkeeping
     def restore_initial(self) -> None:
         """Back to the power-on state (a fresh device for the next program)."""
         regs, mem = self._initial
@@ -281,6 +282,7 @@ class Interleaving:
                 counter.fault_at = armed + counter.steps - start
         return out[0], out[1]
 
+    @bookkeeping
     def mutex_calls(self) -> tuple:
         """The names of this device's ``state_mutex`` calls (whichever class of it marks them)."""
         cls = type(self)
@@ -290,6 +292,7 @@ class Interleaving:
                 name for klass in cls.__mro__ for name, f in vars(klass).items() if getattr(f, "state_mutex", False)}))
         return names
 
+    @bookkeeping
     def locked_calls(self) -> dict:
         """{name: locking wrapper} for this device's ``state_mutex`` calls, made on its first race
         and kept (a race installs them as instance attributes and removes them after)."""
@@ -299,6 +302,7 @@ class Interleaving:
             calls = self._locked_calls = {name: self.locked(getattr(cls, name)) for name in self.mutex_calls()}
         return calls
 
+    @bookkeeping
     def locked(self, method):
         """``method`` (of this device's class) as a call that takes the state mutex first."""
 

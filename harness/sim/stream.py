@@ -26,6 +26,7 @@ import zlib
 
 from construct import Array, Bytes, Const, GreedyRange, Int8ul, Int16ul, Int32ul, Struct
 
+from harness.base import bookkeeping
 from harness.uapi import packer
 
 from . import uart
@@ -106,10 +107,12 @@ class StreamWriter:
         self._crc = 0
         self._emit(_HEADER.pack(MAGIC, VERSION, flags, NPAGES, PAGE_SIZE))
 
+    @bookkeeping
     def _emit(self, data) -> None:
         self.buf += data
         self._crc = zlib.crc32(data, self._crc)
 
+    @bookkeeping
     def pages(self, mask: int, mem) -> None:
         """One PAGE record for every page whose bit is set in ``mask``."""
         if mask:

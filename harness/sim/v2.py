@@ -102,6 +102,7 @@ class MigFile:
 
     __slots__ = ("saving", "disabled", "writer", "buf", "pos", "initial_end")
 
+    @bookkeeping
     def __init__(self, saving: bool):
         self.saving = saving
         self.disabled = False
@@ -134,6 +135,7 @@ class V2SimDevice(Interleaving):
         # arc -> bound action, so a bug variant's override of one arc_* method applies
         self.arc_actions = {arc: getattr(self, "arc_" + name) for arc, name in ARC_ACTIONS.items()}
 
+    @bookkeeping
     def restore_initial(self) -> None:
         """Power-on state, for reuse between programs."""
         self.core.restore_initial()
@@ -146,6 +148,7 @@ class V2SimDevice(Interleaving):
 
     # -- the FSM -----------------------------------------------------------
 
+    @bookkeeping
     def next_state(self, cur: int, new: int) -> int:
         # The helper is a pure function of (flags, cur, new): memoized per device so
         # the fuzzer pays for its instrumented branches once per pair, not per call.
@@ -155,6 +158,7 @@ class V2SimDevice(Interleaving):
             nxt = self.next_hops[key] = vfio_mig_get_next_state(self.flags, cur, new, self.counter)
         return nxt
 
+    @bookkeeping
     @state_mutex
     def get_state(self) -> tuple[int, int]:
         return 0, self.state
@@ -207,6 +211,7 @@ class V2SimDevice(Interleaving):
         self.core.running = False
         self.disable_files()
 
+    @bookkeeping
     def install(self, file: MigFile) -> int:
         fd = self.next_fd
         self.next_fd += 1
@@ -221,6 +226,7 @@ class V2SimDevice(Interleaving):
 
     # -- arc actions ---------------------------------------------------------
 
+    @bookkeeping
     def arc_nop(self):
         return 0, None
 
