@@ -31,8 +31,9 @@ ends QEMU at once. The host then reports it as a ``kernel-splat`` finding:
 the crash file holds the program the flight recorder (``flight.py``) saw
 running when the kernel died (a panic in the resets between programs: the
 one before them), its report the console excerpt; unless
-``--no-confirm``, a second boot replays that program to see whether it panics
-the kernel again. A guest that stops making progress in the middle of a
+``--no-confirm``, a boot of its own replays that program to see whether it
+panics the kernel again, beside the campaign (whose guest boots again at once
+with ``--keep-going``; the replays' answers come at the end). A guest that stops making progress in the middle of a
 program is reported the same way as a ``hang``.
 
 Exit codes: 0 nothing found; 1 a finding (crash files written); 2 usage;
@@ -53,6 +54,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from harness.base import TargetUnavailable
@@ -289,6 +291,43 @@ def _flight_finding(result: rig.GuestResult, crashes: Path, kind: str, observed:
     return path, excerpt
 
 
+class Replays:
+    """Replays of the programs that panicked the guest, each on a fresh boot of its own, beside the
+    campaign: the campaign's guest boots again at once instead of waiting for the replay (one
+    TCG guest uses one core; a replay took a boot and a program, 6-8 s of a campaign's
+    budget). One at a time; :meth:`results` waits for them."""
+
+    def __init__(self, args):
+        self.args = args
+        self.label = getattr(_job, "label", "")  # a --jobs guest's replays speak for it
+        self.pool: ThreadPoolExecutor | None = None
+        self.by_cause: dict[str, Future] = {}
+
+    def start(self, cause: str, crash: Path) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vm-replay")
+        self.by_cause[cause] = self.pool.submit(self._replay, crash)
+
+    def _replay(self, crash: Path) -> str:
+        _job.label = self.label
+        try:
+            return _confirm(self.args, crash)
+        except (RigBroken, OSError) as e:
+            return f"not replayed: {e}"
+
+    def said(self, cause: str) -> str:
+        """What the replay of a report's first program showed, or that it is still running."""
+        future = self.by_cause[cause]
+        return future.result() if future.done() else "its replay is running"
+
+    def results(self) -> dict[str, str]:
+        """{report cause: what its replay showed}, once every replay has ended."""
+        out = {cause: future.result() for cause, future in self.by_cause.items()}
+        if self.pool is not None:
+            self.pool.shutdown()
+        return out
+
+
 def _confirm(args, crash: Path) -> str:
     """Boot again and replay the crash program; whether the kernel splats again."""
     results = rig._new_results_dir()
@@ -478,10 +517,11 @@ def cmd_fuzz(args) -> int:
     started = wall_clock()  # --max-time bounds the wall clock: boots, replays, panics included
     runs: list[dict] = []
     crash_paths: list[str] = []
-    confirmed: dict[str, str] = {}  # kernel report cause -> what replaying its first program showed
+    replays = Replays(args)  # kernel report cause -> the replay of its first program, beside the campaign
     while True:
-        code, stats, summary, restart = _fuzz_boot(args, report, results, crashes, len(runs) + 1, confirmed)
+        code, stats, summary, restart = _fuzz_boot(args, report, results, crashes, len(runs) + 1, replays)
         if stats is None:
+            _say_replays(replays)
             return code
         runs.append(stats)
         crash_paths += [p for p in summary["crash_files"] if p not in crash_paths]
@@ -493,6 +533,11 @@ def cmd_fuzz(args) -> int:
         if (results / "output.log").exists():  # the next boot writes its own
             (results / "output.log").rename(results / f"output.{len(runs)}.log")
         args.max_time = round(left, 1)
+    confirmations = _say_replays(replays)
+    if confirmations:
+        summary["confirmations"] = confirmations
+        if summary.get("confirmed") in confirmations:  # the last boot's panic: its replay's answer
+            summary["confirmed"] = confirmations[summary["confirmed"]]
     stats = merge_runs(runs)
     stats.update(boundary_union(results / "report" / JSONL_NAME, stats))
     wall = max(wall_clock() - started, 1e-9)
@@ -529,11 +574,21 @@ def cmd_fuzz(args) -> int:
     return code
 
 
+def _say_replays(replays: Replays) -> dict[str, str]:
+    """Wait for the replays and say what each showed: {report cause: that}."""
+    confirmations = replays.results()
+    for cause, said in confirmations.items():
+        say(f"{cause}: {said}")
+    return confirmations
+
+
 def _fuzz_boot(args, report: bool, results: Path, crashes: Path, boot: int,
-               confirmed: dict[str, str]) -> tuple[int, dict | None, dict, bool]:
+               replays: Replays) -> tuple[int, dict | None, dict, bool]:
     """One boot of a campaign: (exit code, its stats or None if the guest failed, summary, whether the
-    guest died in a kernel panic that was recorded as a finding). A panic whose report was confirmed
-    in an earlier boot is not replayed again."""
+    guest died in a kernel panic that was recorded as a finding). The first program to panic with a
+    report is replayed on a fresh boot beside the campaign (``Replays``); a report seen before is
+    not replayed again. ``summary["confirmed"]`` names the report; the caller puts the replay's
+    answer in its place."""
     timeout = args.timeout or (args.max_time + BOOT_ALLOWANCE[args.kernel] if args.max_time is not None else 900)
     extra = KEEP_RUNNING_ARGS if boot > 1 else ""
     result, setup = _boot(args, fuzz_command(args, report), timeout, _console_log(results, boot).name, extra)
@@ -578,11 +633,13 @@ def _fuzz_boot(args, report: bool, results: Path, crashes: Path, boot: int,
             summary["crash_files"].append(str(path))
             restart = True
             cause = reports[0].cause if reports else headline
-            if cause in confirmed:
-                summary["confirmed"] = f"{confirmed[cause]} (replayed after an earlier boot)"
+            if cause in replays.by_cause:
+                say(f"seen in an earlier boot: {replays.said(cause)}")
+                summary["confirmed"] = cause
             elif not args.no_confirm:
-                summary["confirmed"] = confirmed[cause] = _confirm(args, path)
-                say(summary["confirmed"])
+                replays.start(cause, path)
+                say("replaying it on a fresh boot, beside the campaign")
+                summary["confirmed"] = cause
         code = EXIT_FINDING
     elif result.timed_out and result.exit_status is None:
         rec = flight.read_flight(results / flight.FILE_NAME)

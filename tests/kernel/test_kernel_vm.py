@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,35 @@ def test_a_kernel_panic_is_a_finding_for_the_program_that_was_running(host, monk
     assert summary["confirmed"].startswith("reproduced")
     out = capsys.readouterr().out
     assert "FINDING kernel-splat" in out and SPLAT in out
+
+
+def test_a_panics_replay_runs_beside_the_next_boot(host, monkeypatch, capsys):
+    """--keep-going: the campaign's guest boots again while the program that panicked it is replayed
+    on a boot of its own (the replay is held until that next boot has run: waiting for it would
+    deadlock), and the replay's answer reaches the output and the summary."""
+    held, boots = threading.Event(), []
+
+    def guest(command, timeout=120, instances=2, results_dir=None, prepared=None, extra_args=""):
+        results = Path(results_dir or rig._new_results_dir())
+        results.mkdir(parents=True, exist_ok=True)
+        if "repro" in command:
+            assert held.wait(10), "the campaign waited for the replay"
+            return guest_result(results, exit_status=None, console=PANIC_CONSOLE, splats=[SPLAT])
+        boots.append(command)
+        if len(boots) == 1:
+            flight_with(results, encode(PROGRAM))
+            return guest_result(results, exit_status=None, output=OUTPUT[:200], console=PANIC_CONSOLE,
+                                splats=[SPLAT, "Kernel panic - not syncing"])
+        held.set()
+        return guest_result(results)
+
+    guest.clock = lambda: 0.0
+    code, summary = run_vm(host, guest, monkeypatch, "--keep-going")
+    assert code == 1 and len(boots) == 2
+    out = capsys.readouterr().out
+    assert "replaying it on a fresh boot, beside the campaign" in out
+    [(cause, said)] = summary["confirmations"].items()
+    assert said.startswith("reproduced") and f"{cause}: {said}" in out
 
 
 def test_a_panic_before_any_program_is_reported_without_a_crash_file(host, monkeypatch, capsys):
