@@ -53,10 +53,6 @@ KERNEL_CMP_COUNTERS = 1 << 14
 # short programs, and shorter programs run faster; `-- -max_len=N` overrides.
 MAX_LEN = 1 + 16 * 8 + 64
 STATS_EVERY = 5.0  # seconds between live stats lines
-# ... on a real device, whose kernel may die at any program (a panic ends the guest at once): the
-# count of programs since its last line is lost (`migfuzz vm` reads the last line a guest printed;
-# a 60 s rig campaign ended by a panic lost up to a tenth of its programs with 5 s).
-DEVICE_STATS_EVERY = 1.0
 BYTE_MUTATION = 0.2  # share of mutations left to libFuzzer's byte mutator; the others stack 1-3 steps of:
 FIELD_EDITS = 0.2  # an inferred stream field set before a transfer (fuzz.layout, mutator.FieldEdits)
 OP_GROUPS = 0.15  # a save, a resume or a whole migration inserted (mutator.OpGroups)
@@ -221,7 +217,6 @@ class Campaign:
         self.kernel_coverage = None  # harness.kernel.kcov.KernelCoverage of a kernel target with KCOV
         self.kernel_base = 0
         self.tick_mask = 255  # look at the clock (budget, stats line) every tick_mask + 1 programs
-        self.stats_every = STATS_EVERY
         self.finished = False
         self.field_edits: mutator.FieldEdits | None = None  # from the target's stream layout
         self.disabled: frozenset = frozenset()  # --disable-ops: op and race-call names never run
@@ -246,7 +241,6 @@ class Campaign:
             self.target.on_hang = self.on_hang
             self.target.current_input = lambda: self.current  # for its flight recorder and KCOV
             self.tick_mask = 0  # a real device's program takes milliseconds: the clock every program
-            self.stats_every = DEVICE_STATS_EVERY
 
     def disable_ops(self, names) -> None:
         """Never run the ops ``names`` (and races with a call among them): they are dropped from every
@@ -383,7 +377,7 @@ class Campaign:
         now = time.monotonic()
         if (self.deadline is not None and now >= self.deadline) or (self.runs is not None and self.execs >= self.runs):
             self.finish()  # prints the final stats line itself
-        if now - self.last_stats >= self.stats_every:
+        if now - self.last_stats >= STATS_EVERY:
             self.stats_line(now)
 
     def arcs(self) -> int:

@@ -249,7 +249,7 @@ def parse_output(output: str) -> dict:
         if last.group(8) is not None:  # stream fields that took a boundary value (fuzz.layout.BoundaryCoverage)
             out.update(fields_at_boundary=int(last.group(8)), fields=int(last.group(9)))
         # The campaign's clock includes start-up (instrumenting, loading the corpus): the rate
-        # between its first and last stats lines (a second apart at least) is the running speed.
+        # between its first and last stats lines (5 s apart at least) is the running speed.
         first = lines[0]
         span = elapsed - float(first.group(1))
         if len(lines) > 1 and span > 0:

@@ -489,25 +489,3 @@ def test_the_engine_writes_a_hang_finding_for_the_current_input(tmp_path, monkey
     assert "# step 2: set 0 state=STOP_COPY" in report
     assert (tmp_path / "crashes" / texts[0].stem).read_bytes() == camp.current
     KernelTargetSet.close(target)
-
-
-@pytest.mark.parametrize("spec, lines", [("kernel:dev=a,dev2=b", 1), ("sim", 0)])
-def test_a_real_device_campaign_says_its_stats_every_second(monkeypatch, tmp_path, spec, lines):
-    """A real device's kernel may die at any program and take the guest with it: the programs run
-    since the last stats line would be lost to the counts, so it prints one every second (the
-    simulator every five)."""
-    import io
-
-    import fuzz.engine as engine
-
-    if spec != "sim":
-        monkeypatch.setattr(engine, "open_target", lambda spec: sim_target())
-    camp = engine.Campaign(parse_target(spec), tmp_path / "crashes", None, None, False, 0, out=io.StringIO())
-    camp.load_target("none")
-    clock = [100.0]
-    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
-    camp.last_stats, clock[0] = 100.0, 101.5
-    camp.tick()
-    assert camp.out.getvalue().count("stats:") == lines
-    if spec != "sim":
-        KernelTargetSet.close(camp.target)
