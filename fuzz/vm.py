@@ -349,7 +349,8 @@ def merge_runs(runs: list[dict]) -> dict:
     boot's campaign counts from zero, and replays the corpus first); the series laid end to end."""
     if len(runs) == 1:
         return runs[0]
-    out = dict(runs[-1], findings_lines=[line for r in runs for line in r["findings_lines"]], boots=len(runs))
+    out = dict(runs[-1], findings_lines=[line for r in runs for line in r["findings_lines"]], boots=len(runs),
+               programs_started=sum(r.get("programs_started", r.get("execs", 0)) for r in runs))
     timed = [r for r in runs if "execs" in r]
     if not timed:
         return out
@@ -427,8 +428,10 @@ def boundary_union(jsonl: Path, stats: dict) -> dict:
 
 
 def _wall_text(stats: dict) -> str:
+    started = stats.get("programs_started")
     return (f"wall clock: {stats['wall_s']} s from the first boot to the last guest's end, "
-            f"{stats['programs_per_wall_s']} programs/s (boots, start-up, panics and their replays included)")
+            + (f"{started} programs started (flight recorder), " if started else "")
+            + f"{stats['programs_per_wall_s']} programs/s (boots, start-up, panics and their replays included)")
 
 
 def merge_jobs(summaries: list[dict]) -> dict:
@@ -445,7 +448,8 @@ def merge_jobs(summaries: list[dict]) -> dict:
                    findings=sum(s["findings"] for s in timed), arcs=max(s["arcs"] for s in timed))
         if all("wall_s" in s for s in timed):
             wall = max(max(s["wall_s"] for s in timed), 1e-9)
-            out.update(wall_s=wall, programs_per_wall_s=round(out["execs"] / wall, 1))
+            started = sum(max(s["execs"], s.get("programs_started", 0)) for s in timed)
+            out.update(wall_s=wall, programs_per_wall_s=round(started / wall, 1), programs_started=started)
         if any("fields" in s for s in timed):
             out.update(fields_at_boundary=max(s.get("fields_at_boundary", 0) for s in timed),
                        fields=max(s["fields"] for s in timed if "fields" in s))
@@ -542,7 +546,8 @@ def cmd_fuzz(args) -> int:
     stats.update(boundary_union(results / "report" / JSONL_NAME, stats))
     wall = max(wall_clock() - started, 1e-9)
     if "execs" in stats:
-        stats.update(wall_s=round(wall, 1), programs_per_wall_s=round(stats["execs"] / wall, 1))
+        started = max(stats["execs"], stats.get("programs_started", 0))
+        stats.update(wall_s=round(wall, 1), programs_per_wall_s=round(started / wall, 1), programs_started=started)
     corpus_out = _copy_new(results / "corpus", Path(args.corpus)) if args.corpus else 0
     _finish_report(results / "report", Path(args.report_dir) if args.report_dir else None)
     summary.update(stats, corpus_in=corpus_in, corpus_new=corpus_out, crash_files=crash_paths)
@@ -599,6 +604,11 @@ def _fuzz_boot(args, report: bool, results: Path, crashes: Path, boot: int,
         say(f"guest failed: {failure}")
         return EXIT_UNAVAILABLE, None, {}, False
     stats = parse_output(result.output)
+    # The programs the guest started, by its flight recorder (no cost to the guest): a panic ends it
+    # between two stats lines (5 s apart), and the last line's count misses what ran after it. The
+    # recorder also counts the few programs that infer the stream layout on a first boot.
+    rec = flight.read_flight(results / flight.FILE_NAME)
+    stats["programs_started"] = max(stats.get("execs", 0), rec.seq if rec is not None else 0)
     for line in stats["findings_lines"]:
         say(f"guest: {line.removeprefix('migfuzz: ')}")
 

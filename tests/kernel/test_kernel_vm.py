@@ -245,6 +245,20 @@ def test_a_panics_replay_runs_beside_the_next_boot(host, monkeypatch, capsys):
     assert said.startswith("reproduced") and f"{cause}: {said}" in out
 
 
+def test_the_wall_rate_counts_what_a_panicked_boot_ran_after_its_last_stats_line(host, monkeypatch, capsys):
+    # The guest prints a stats line every 5 s; a panic between two lines ends it at once. Its
+    # flight recorder counted 250 programs started, the last line 100.
+    def panicked(results):
+        flight_with(results, *[encode(PROGRAM)] * 250)
+        return guest_result(results, exit_status=None, console=PANIC_CONSOLE, splats=[SPLAT],
+                            output="migfuzz: stats: 5.0s execs 100 (20/s) protocol arcs 3 findings 0\n")
+
+    code, summary = run_vm(host, FakeGuest(panicked, seconds=10.0), monkeypatch, "--no-confirm")
+    assert code == 1 and summary["execs"] == 100  # the fuzz loop's rate stays the stats line's
+    assert (summary["programs_started"], summary["wall_s"], summary["programs_per_wall_s"]) == (250, 10.0, 25.0)
+    assert "250 programs started (flight recorder), 25.0 programs/s" in capsys.readouterr().out
+
+
 def test_a_panic_before_any_program_is_reported_without_a_crash_file(host, monkeypatch, capsys):
     def panicked(results):
         return guest_result(results, exit_status=None, output="", console=PANIC_CONSOLE, splats=[SPLAT])
