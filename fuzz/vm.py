@@ -33,8 +33,9 @@ running when the kernel died (a panic in the resets between programs: the
 one before them), its report the console excerpt; unless
 ``--no-confirm``, a boot of its own replays that program to see whether it
 panics the kernel again, beside the campaign (whose guest boots again at once
-with ``--keep-going``; the replays' answers come at the end). A guest that stops making progress in the middle of a
-program is reported the same way as a ``hang``.
+with ``--keep-going``; the replays' answers come at the end). A guest that
+stops making progress in the middle of a program is reported the same way as
+a ``hang``.
 
 Exit codes: 0 nothing found; 1 a finding (crash files written); 2 usage;
 3 the rig is unavailable (packages cannot be installed or downloaded, e.g.
@@ -450,7 +451,7 @@ def merge_jobs(summaries: list[dict]) -> dict:
                    findings=sum(s["findings"] for s in timed), arcs=max(s["arcs"] for s in timed))
         if all("wall_s" in s for s in timed):
             wall = max(max(s["wall_s"] for s in timed), 1e-9)
-            started = sum(max(s["execs"], s.get("programs_started", 0)) for s in timed)
+            started = sum(s.get("programs_started", s["execs"]) for s in timed)
             out.update(wall_s=wall, programs_per_wall_s=round(started / wall, 1), programs_started=started)
         if any("fields" in s for s in timed):
             out.update(fields_at_boundary=max(s.get("fields_at_boundary", 0) for s in timed),
@@ -548,8 +549,7 @@ def cmd_fuzz(args) -> int:
     stats.update(boundary_union(results / "report" / JSONL_NAME, stats))
     wall = max(wall_clock() - started, 1e-9)
     if "execs" in stats:
-        started = max(stats["execs"], stats.get("programs_started", 0))
-        stats.update(wall_s=round(wall, 1), programs_per_wall_s=round(started / wall, 1), programs_started=started)
+        stats.update(wall_s=round(wall, 1), programs_per_wall_s=round(stats["programs_started"] / wall, 1))
     corpus_out = _copy_new(results / "corpus", Path(args.corpus)) if args.corpus else 0
     _finish_report(results / "report", Path(args.report_dir) if args.report_dir else None)
     summary.update(stats, corpus_in=corpus_in, corpus_new=corpus_out, crash_files=crash_paths)
@@ -654,7 +654,6 @@ def _fuzz_boot(args, report: bool, results: Path, crashes: Path, boot: int,
                 summary["confirmed"] = cause
         code = EXIT_FINDING
     elif result.timed_out and result.exit_status is None:
-        rec = flight.read_flight(results / flight.FILE_NAME)
         if crash_files:
             code = EXIT_FINDING  # e.g. a hang finding written before the stuck process could exit
         elif rec is not None and rec.state == flight.RUNNING and rec.last is not None:

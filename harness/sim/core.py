@@ -260,13 +260,13 @@ class Interleaving:
         counter = self.counter
         armed, start = counter.fault_at, counter.steps
         counter.fault_at = 0
-        names = self.mutex_calls() if k else ()
+        wrappers = self.locked_calls() if k else {}
         try:
             if k == 0:
                 inner()
                 out[outer] = calls[outer]()
                 return out[0], out[1]
-            for name, call in self.locked_calls().items():
+            for name, call in wrappers.items():
                 setattr(self, name, call)  # (not __dict__.update(): that leaves the instance a plain dict, slower)
             self.race_hook = hook
             out[outer] = calls[outer]()
@@ -274,8 +274,8 @@ class Interleaving:
                 self.race_hook = None
                 inner()
         finally:
-            for name in names:
-                delattr(self, name)
+            for name in wrappers:
+                delattr(self, name)  # (not __dict__.pop(), for the same reason)
             self.mutex_held = self.deferred_reset = False
             self.race_hook = self.waiter = None
             if armed:

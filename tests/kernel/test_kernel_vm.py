@@ -445,10 +445,13 @@ def test_keep_going_counts_the_wall_clock_not_the_guests_own(host, monkeypatch):
         return guest_result(results, exit_status=None, output="", console=console, splats=find_splats(console))
 
     guest = FakeGuest(*[panicked] * 10, seconds=20.0)
-    code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "90")
-    # 90 s: boots end at 20, 40, 60 and 80 s; 10 s left is less than RESTART_MIN
-    assert code == 1 and len(guest.commands) == 4 and summary["boots"] == 4
-    assert ["--max-time 90" in guest.commands[0], "--max-time 70.0" in guest.commands[1]] == [True, True]
+    code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "100")
+    # 100 s: boots end at 20, 40, 60, 80 and 100 s; 20 s left is still worth a boot (RESTART_MIN 15 s)
+    assert code == 1 and len(guest.commands) == 5 and summary["boots"] == 5
+    assert ["--max-time 100" in guest.commands[0], "--max-time 20.0" in guest.commands[4]] == [True, True]
+    code, summary = run_vm(host, FakeGuest(*[panicked] * 10, seconds=20.0), monkeypatch, "--no-confirm",
+                           "--keep-going", "--max-time", "90")
+    assert summary["boots"] == 4  # 90 s: 10 s left after the fourth boot is not
 
 
 def test_stream_fields_at_a_boundary_are_the_union_of_the_boots(host, monkeypatch, capsys):
