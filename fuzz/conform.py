@@ -73,10 +73,8 @@ from harness.runtime import (
     mangle,
     read_stream,
     segments,
-    v1_read_field,
     v1_save_iteration,
     v1_write_chunk,
-    v1_write_field,
     write_all,
 )
 from harness.uapi import (
@@ -1787,10 +1785,10 @@ class V1Sweep(Sweep):
     # -- region helpers ------------------------------------------------------
 
     def rd(self, dev, name: str) -> tuple[int, int | None]:
-        return v1_read_field(dev, *V1_FIELDS[name])
+        return dev.field_read(*V1_FIELDS[name])
 
     def wr(self, dev, name: str, value: int) -> int:
-        return v1_write_field(dev, *V1_FIELDS[name], value)
+        return dev.field_write(*V1_FIELDS[name], value)
 
     def get(self, dev) -> int:
         err, value = self.rd(dev, "device_state")

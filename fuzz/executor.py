@@ -30,10 +30,8 @@ from harness.runtime import (
     read_to_end,
     run_race,
     segments,
-    v1_read_field,
     v1_save_iteration,
     v1_write_chunk,
-    v1_write_field,
 )
 from harness.uapi import V1_FIELD_NAMES, V1_FIELDS, V1_HEADER_SIZE
 
@@ -154,7 +152,7 @@ class Executor:
             target.clear_fault(i)
             self.armed[i] = False
             dev = self.devices[i]
-            got = dev.get_state()[1] if self.proto == "v2" else v1_read_field(dev, *_DEVICE_STATE)[1]
+            got = dev.get_state()[1] if self.proto == "v2" else dev.field_read(*_DEVICE_STATE)[1]
             oracle.on_fault_fired(view, got, oracle.error_state)
 
     def _observe(self) -> None:
@@ -196,7 +194,7 @@ class Executor:
         if self.proto == "v2":
             gerr, got = dev.get_state()
         else:
-            gerr, got = v1_read_field(dev, *_DEVICE_STATE)
+            gerr, got = dev.field_read(*_DEVICE_STATE)
         if self.trace_on:
             self.note(f"reopen -> {model.errname(err)}; state {self.oracle.state_name(got)}")
         self.oracle.on_reopen(view, err, got, gerr, dev.live_files())
@@ -265,7 +263,7 @@ class Executor:
         # load changes it: without a SET the race leaves the digest as it was.
         before = dev.digest() if self.has_digest and (x[0] == "set" or y[0] == "set") else None
         answers = run_race(dev, fa, fb, sched)
-        gerr, got = dev.get_state() if v2 else v1_read_field(dev, *_DEVICE_STATE)
+        gerr, got = dev.get_state() if v2 else dev.field_read(*_DEVICE_STATE)
         if self.trace_on:
             said = [f"{k}{'(' + str(g) + ')' if k == 'set' else ''}{' fd ' + str(f) if f >= 0 else ''} -> "
                     f"{model.errname(answer[0])}" for (k, g, _, f), answer in zip(sides, answers, strict=True)]
@@ -454,7 +452,7 @@ class Executor:
     def v1_reset(self, op, view, dev):
         self._arc(view, "reset")
         err = dev.reset()
-        _, got = v1_read_field(dev, *_DEVICE_STATE)
+        _, got = dev.field_read(*_DEVICE_STATE)
         if self.trace_on:
             self.note(f"reset -> {model.errname(err)}; device_state {model.v1_name(got)}")
         self.oracle.on_reset(view, err, got, dev.live_files())
@@ -471,8 +469,8 @@ class Executor:
     def v1_set(self, op, view, dev):
         cur, value = view.state, op.b
         self._arc(view, "set", value)
-        err = v1_write_field(dev, *_DEVICE_STATE, value)
-        _, got = v1_read_field(dev, *_DEVICE_STATE)
+        err = dev.field_write(*_DEVICE_STATE, value)
+        _, got = dev.field_read(*_DEVICE_STATE)
         fault = self.fault_fired(op.dev)
         if self.trace_on:
             self.note(f"device_state := {value:#x} -> {model.errname(err)}; reads {model.v1_name(got)}")
@@ -482,7 +480,7 @@ class Executor:
 
     def v1_get(self, op, view, dev):
         self._arc(view, "get")
-        err, got = v1_read_field(dev, *_DEVICE_STATE)
+        err, got = dev.field_read(*_DEVICE_STATE)
         if self.trace_on:
             self.note(f"device_state -> {model.errname(err)} {model.v1_name(got)}")
         self.oracle.on_get(view, err, got)
@@ -491,7 +489,7 @@ class Executor:
     def v1_rd(self, op, view, dev):
         name = V1_FIELD_NAMES[op.a]
         self._arc(view, f"rd:{name}")
-        err, value = v1_read_field(dev, *V1_FIELDS[name])
+        err, value = dev.field_read(*V1_FIELDS[name])
         if self.trace_on:
             self.note(f"{name} -> {model.errname(err)} {value}")
         self.oracle.on_field_read(view, name, err, value)
@@ -503,13 +501,13 @@ class Executor:
             return self.v1_set(op._replace(b=op.b & 0xFFFFFFFF), view, dev)
         self._arc(view, f"wr:{name}")
         read_only = self.oracle.read_only(view, name)
-        before = v1_read_field(dev, *V1_FIELDS[name])[1] if read_only else None
-        err = v1_write_field(dev, *V1_FIELDS[name], op.b)
+        before = dev.field_read(*V1_FIELDS[name])[1] if read_only else None
+        err = dev.field_write(*V1_FIELDS[name], op.b)
         if self.trace_on:
             self.note(f"{name} := {op.b:#x} -> {model.errname(err)}")
         readback = None
         if read_only or model.V1_FIELD_ACCESS[name] == "zero":
-            rerr, value = v1_read_field(dev, *V1_FIELDS[name])
+            rerr, value = dev.field_read(*V1_FIELDS[name])
             readback = value if not rerr else None
         self.oracle.on_field_write(view, name, err, readback, before)
         return err
@@ -540,7 +538,7 @@ class Executor:
 
     def v1_rdwin(self, op, view, dev):
         self._arc(view, "rdwin")
-        err, offset = v1_read_field(dev, *V1_FIELDS["data_offset"])
+        err, offset = dev.field_read(*V1_FIELDS["data_offset"])
         self.oracle.on_window_access(view, None, err)
         if err or offset is None:
             return err or OUTCOME_SKIPPED
@@ -551,13 +549,13 @@ class Executor:
 
     def v1_wrwin(self, op, view, dev):
         self._arc(view, "wrwin")
-        err, offset = v1_read_field(dev, *V1_FIELDS["data_offset"])
+        err, offset = dev.field_read(*V1_FIELDS["data_offset"])
         if err or offset is None:
             self.oracle.on_window_access(view, None, err)
             return err or OUTCOME_SKIPPED
         err, _ = dev.region_write(offset, op.data)
         if not err:
-            err = v1_write_field(dev, *V1_FIELDS["data_size"], len(op.data))
+            err = dev.field_write(*V1_FIELDS["data_size"], len(op.data))
         self.oracle.on_window_access(view, op.data, err, self.fault_fired(op.dev))
         if self.trace_on:
             self.note(f"window write {len(op.data)} bytes + data_size -> {model.errname(err)}")

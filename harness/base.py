@@ -123,3 +123,10 @@ class V1Device(Device, Protocol):
 
     def region_write(self, offset: int, data: bytes) -> tuple[int, int]:
         """pwrite on the migration region -> (errno, bytes written)."""
+
+    def field_read(self, offset: int, size: int) -> tuple[int, int | None]:
+        """A header field (``harness.uapi.V1_FIELDS``: offset, native width) read as an integer ->
+        (errno, value; None on failure). The same access as ``region_read``, without the bytes."""
+
+    def field_write(self, offset: int, size: int, value: int) -> int:
+        """A header field written as an integer (cut to its width) -> errno."""

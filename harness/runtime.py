@@ -207,17 +207,6 @@ def write_all(dev, fd, data, seg=0, retries=EINTR_RETRIES):
     return 0, done, False
 
 
-def v1_read_field(dev, off, size):
-    """(errno, value) of one v1 region field read with its native width (value None on failure)."""
-    err, raw = dev.region_read(off, size)
-    return err, (int.from_bytes(raw, "little") if not err and len(raw) == size else None)
-
-
-def v1_write_field(dev, off, size, value):
-    """errno of one v1 region field write with its native width."""
-    return dev.region_write(off, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))[0]
-
-
 # The stage of a v1 saving iteration at which it stopped (the first element of its answer).
 V1_DONE, V1_PENDING, V1_OFFSET, V1_SIZE, V1_DATA, V1_MORE = range(6)
 
@@ -230,15 +219,15 @@ def v1_save_iteration(dev, fields, saving):
     (stage, errno, pending, offset, size, data): stage V1_PENDING/V1_OFFSET/V1_SIZE/V1_DATA
     names the read that failed (errno set), V1_DONE a pending_bytes of 0 or a device not
     saving, V1_MORE a chunk read (data, possibly empty) with more to come."""
-    err, pending = v1_read_field(dev, *fields["pending_bytes"])
+    err, pending = dev.field_read(*fields["pending_bytes"])
     if err:
         return V1_PENDING, err, None, None, None, b""
     if not saving or pending == 0:
         return V1_DONE, 0, pending, None, None, b""
-    err, offset = v1_read_field(dev, *fields["data_offset"])
+    err, offset = dev.field_read(*fields["data_offset"])
     if err:
         return V1_OFFSET, err, pending, None, None, b""
-    err, size = v1_read_field(dev, *fields["data_size"])
+    err, size = dev.field_read(*fields["data_size"])
     if err:
         return V1_SIZE, err, pending, offset, None, b""
     if not size:
@@ -253,7 +242,7 @@ def v1_write_chunk(dev, fields, piece, header_size):
     """One v1 resuming step: read data_offset, write as much of ``piece`` as the window
     holds, then data_size. Returns (errno, data_offset, bytes taken); a data_offset outside
     [header_size, region_size) takes nothing and writes nothing (the caller judges it)."""
-    err, offset = v1_read_field(dev, *fields["data_offset"])
+    err, offset = dev.field_read(*fields["data_offset"])
     if err or offset is None:
         return err or errno.EIO, offset, 0
     if offset < header_size or offset >= dev.region_size:
@@ -261,7 +250,7 @@ def v1_write_chunk(dev, fields, piece, header_size):
     chunk = piece[:dev.region_size - offset]
     err, _ = dev.region_write(offset, chunk)
     if not err:
-        err = v1_write_field(dev, *fields["data_size"], len(chunk))
+        err = dev.field_write(*fields["data_size"], len(chunk))
     return err, offset, (0 if err else len(chunk))
 
 
@@ -337,10 +326,10 @@ def race_call(dev, kind, arg=0, fd=-1, data=b"", state_field=None):
         return dev.reopen(), None
     if kind == "set":
         if state_field is not None:
-            return v1_write_field(dev, *state_field, arg), -1
+            return dev.field_write(*state_field, arg), -1
         return dev.set_state(arg)
     if kind == "get":
-        return v1_read_field(dev, *state_field) if state_field is not None else dev.get_state()
+        return dev.field_read(*state_field) if state_field is not None else dev.get_state()
     if kind == "read":
         return dev.read(fd, RACE_READ)
     if kind == "write":
@@ -822,6 +811,16 @@ class VfioDevice:
             except OSError as e:
                 return e.errno, 0
 
+    def field_read(self, offset, size):
+        """(errno, value) of one header field read with its native width, little endian (value None
+        on failure or a short read)."""
+        err, raw = self.region_read(offset, size)
+        return err, (int.from_bytes(raw, "little") if not err and len(raw) == size else None)
+
+    def field_write(self, offset, size, value):
+        """errno of one header field write with its native width (``value`` cut to it)."""
+        return self.region_write(offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))[0]
+
 
 def open_group_device(abi, name, group, guard=None, shared=None):
     """Open ``name`` (mdev UUID or PCI address) of IOMMU group ``group`` (legacy API:
@@ -1299,7 +1298,7 @@ class Replay:
     # -- v1
 
     def _field(self, dev, name):
-        return v1_read_field(dev, *self.fields[name])
+        return dev.field_read(*self.fields[name])
 
     def v1_reset(self, view, a):
         err = view.dev.reset()
@@ -1313,7 +1312,7 @@ class Replay:
     def v1_set(self, view, a):
         value = a["value"] & 0xFFFFFFFF
         cur = view.state
-        err = v1_write_field(view.dev, *self.fields["device_state"], value)
+        err = view.dev.field_write(*self.fields["device_state"], value)
         gerr, got = self._field(view.dev, "device_state")
         self.files(view)
         if not err:
@@ -1353,7 +1352,7 @@ class Replay:
         read_only = name in ("pending_bytes", "data_offset") or (
             name == "data_size" and view.state in self.abi.v1_saving_states)
         before = self._field(view.dev, name)[1] if read_only else None
-        err = v1_write_field(view.dev, *self.fields[name], a["value"])
+        err = view.dev.field_write(*self.fields[name], a["value"])
         r = {"err": err, "text": "%s := %#x -> %s" % (name, a["value"], errname(err))}
         if name == "reserved":
             rerr, value = self._field(view.dev, "reserved")
@@ -1428,7 +1427,7 @@ class Replay:
             return {"err": err or errno.EIO, "text": "data_offset -> %s" % errname(err)}
         err, _ = view.dev.region_write(offset, a["data"])
         if not err:
-            err = v1_write_field(view.dev, *self.fields["data_size"], len(a["data"]))
+            err = view.dev.field_write(*self.fields["data_size"], len(a["data"]))
         if not err:
             view.entered.update(a["data"])
         return {"err": err, "text": "window write %d bytes + data_size -> %s" % (len(a["data"]), errname(err))}

@@ -327,16 +327,16 @@ class _V1Field:
         super().restore_initial()
         self.__dict__.pop("kept", None)
 
-    def region_write(self, offset, data):
-        if (offset, len(data)) == V1_FIELDS[self.field]:
-            self.__dict__["kept"] = bytes(data)
-            return 0, len(data)
-        return super().region_write(offset, data)
+    def field_write(self, offset, size, value):
+        if (offset, size) == V1_FIELDS[self.field]:
+            self.__dict__["kept"] = value & ((1 << (8 * size)) - 1)
+            return 0
+        return super().field_write(offset, size, value)
 
-    def region_read(self, offset, size):
+    def field_read(self, offset, size):
         if (offset, size) == V1_FIELDS[self.field] and "kept" in self.__dict__:
             return 0, self.__dict__["kept"]
-        return super().region_read(offset, size)
+        return super().field_read(offset, size)
 
 
 class V1ReadonlyWritable(_V1Field):

@@ -326,8 +326,8 @@ def test_v1_field_rules_come_from_the_model():
 
     target = SimTarget("v1")
     dev = target.devices[0]
-    real_read = dev.region_read
-    dev.region_read = lambda off, size: (0, (5).to_bytes(size, "little")) if off == 4 else real_read(off, size)
+    real_read = dev.field_read
+    dev.field_read = lambda off, size: (0, 5) if off == 4 else real_read(off, size)
     for line in ("rd 0 field=reserved", "wr 0 field=reserved value=0x7"):
         finding = Executor(target).run(parse_program(f"migfuzz-program 1 v1\n{line}\n"))
         assert finding is not None and finding.kind == "accepted-invalid", line

@@ -45,7 +45,13 @@ OFF = {name: off for name, (off, _size) in V1_FIELDS.items()}
 
 
 class FakeDevice:
-    """The correct simulated device; ``script[name]`` replaces one method's answers."""
+    """The correct simulated device; ``script[name]`` replaces one method's answers.
+
+    Its v1 header fields go through its (scripted) region_read/region_write, as a kernel
+    device's do (the runtime's VfioDevice encoding), so a script of the region sees them."""
+
+    field_read = runtime.VfioDevice.field_read
+    field_write = runtime.VfioDevice.field_write
 
     def __init__(self, real):
         self.real = real

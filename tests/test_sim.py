@@ -969,6 +969,32 @@ def test_v1_region_fields():
     assert v1_get(dev) == 0b011
 
 
+def test_v1_field_access_as_integers_is_the_region_access():
+    """field_read/field_write (what the runtime's procedures call) answer as region_read/region_write
+    do on the same device: two doors to one header, and a value is cut to the field's width."""
+    def both(dev_a, dev_b, op, name, *value):
+        off, size = V1_FIELDS[name]
+        if op == "read":
+            err, raw = dev_a.region_read(off, size)
+            return (err, int.from_bytes(raw, "little") if not err else None), dev_b.field_read(off, size)
+        cut = value[0] & ((1 << (8 * size)) - 1)
+        return dev_a.region_write(off, cut.to_bytes(size, "little"))[0], dev_b.field_write(off, size, value[0])
+
+    by_region, by_field = V1SimDevice(3), V1SimDevice(3)
+    steps = [("write", "device_state", 0b011 | 1 << 40), ("read", "pending_bytes"), ("read", "data_offset"),
+             ("read", "data_size"), ("read", "pending_bytes"), ("write", "data_size", 4), ("write", "reserved", 7),
+             ("read", "reserved"), ("write", "pending_bytes", 1), ("write", "device_state", 0b010),
+             ("read", "device_state"), ("write", "device_state", 0b100), ("write", "data_size", 1 << 64 | 8),
+             ("read", "data_size"), ("write", "device_state", 0b101), ("read", "device_state")]
+    for step in steps:
+        a, b = both(by_region, by_field, *step)
+        assert a == b, step
+    assert by_region.digest() == by_field.digest()
+    for off, size in ((0, 8), (2, 2), (8, 4), (40, 8)):
+        assert by_field.field_read(off, size) == (errno.EINVAL, None)
+        assert by_field.field_write(off, size, 0) == errno.EINVAL
+
+
 def test_v1_window_rules():
     dev = V1SimDevice(1)
     offset = v1_read(dev, "data_offset")

@@ -287,11 +287,11 @@ class V2ResumeNoValidate:
 
 
 class V1ReadOnlyFieldWritable:
-    def region_write(self, offset, data):
-        if offset == 24 and len(data) == 8 and self.state & V1_SAVING and self.save is not None:
-            self.staged = int.from_bytes(data, "little")  # data_size while saving: taken, not refused
-            return 0, 8
-        return super().region_write(offset, data)
+    def field_write(self, offset, size, value):
+        if (offset, size) == (24, 8) and self.state & V1_SAVING and self.save is not None:
+            self.staged = value  # data_size while saving: taken, not refused
+            return 0
+        return super().field_write(offset, size, value)
 
 
 class V1PendingGrows:

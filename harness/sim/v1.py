@@ -2,7 +2,8 @@
 
 Where each protocol rule lives:
 
-* ``FIELDS`` — the region header: offsets, native widths, who may write what.
+* ``FIELDS`` / ``field_read`` / ``field_write`` — the region header: offsets, native widths,
+  who may write what (``region_read``/``region_write`` reach it through them).
 * ``set_state`` — device_state writes: reserved bits, the error state, invalid
   values, and the order in which one write's bit changes take effect (load
   when RESUMING clears, end/open/finish the save session, stop/start).
@@ -16,6 +17,7 @@ Where each protocol rule lives:
 from __future__ import annotations
 
 import errno
+from operator import methodcaller
 
 from harness.base import bookkeeping
 from harness.uapi import V1_ERROR, V1_FIELDS, V1_MASK, V1_RESUMING, V1_RUNNING, V1_SAVING
@@ -31,6 +33,11 @@ VALID = frozenset({0, 1, 2, 3, 4})
 
 # (offset, width) -> field name; any other header access is refused.
 FIELDS = {(off, size): name for name, (off, size) in V1_FIELDS.items()}
+# (offset, width) -> the read of that field, (errno, value): a method name, so a bug variant's
+# override answers (operator.methodcaller looks it up on the device, in C).
+FIELD_READS = {V1_FIELDS[name]: methodcaller(method) for name, method in (
+    ("device_state", "read_device_state"), ("reserved", "read_reserved"), ("pending_bytes", "read_pending"),
+    ("data_offset", "read_data_offset"), ("data_size", "read_data_size"))}
 
 
 class V1SimDevice(Interleaving):
@@ -61,42 +68,39 @@ class V1SimDevice(Interleaving):
     def region_read(self, offset: int, size: int) -> tuple[int, bytes]:
         if offset >= DATA_OFFSET:
             return self.read_window(offset - DATA_OFFSET, size)
-        name = FIELDS.get((offset, size))
-        if name is None:
-            return errno.EINVAL, b""
-        if name == "device_state":
-            value = self.state
-        elif name == "reserved":
-            value = 0
-        elif name == "pending_bytes":
-            err, value = self.read_pending()
-            if err:
-                return err, b""
-        elif name == "data_offset":
-            err, value = self.read_data_offset()
-            if err:
-                return err, b""
-        else:
-            value = self.read_data_size()
-        return 0, value.to_bytes(size, "little")
+        err, value = self.field_read(offset, size)
+        return (err, b"") if err else (0, value.to_bytes(size, "little"))
 
     def region_write(self, offset: int, data: bytes) -> tuple[int, int]:
-        size = len(data)
         if offset >= DATA_OFFSET:
             return self.write_window(offset - DATA_OFFSET, data)
-        name = FIELDS.get((offset, size))
-        if name is None:
-            return errno.EINVAL, 0
-        value = int.from_bytes(data, "little")
-        if name == "device_state":
-            err = self.set_state(value)
-        elif name == "reserved":
-            err = 0  # writes ignored
-        elif name == "data_size":
-            err = self.write_data_size(value)
-        else:
-            err = errno.EINVAL  # pending_bytes and data_offset are read-only
+        size = len(data)
+        err = self.field_write(offset, size, int.from_bytes(data, "little"))
         return (err, 0) if err else (0, size)
+
+    # The header fields as integers (harness.base.V1Device): the runtime's field procedures call
+    # these, so a field access builds and parses no bytes. region_read/region_write reach the
+    # header through them too, so a bug variant that changes a field overrides one method.
+
+    def field_read(self, offset: int, size: int) -> tuple[int, int | None]:
+        read = FIELD_READS.get((offset, size))
+        return read(self) if read is not None else (errno.EINVAL, None)
+
+    def field_write(self, offset: int, size: int, value: int) -> int:
+        name = FIELDS.get((offset, size))
+        if name == "device_state":
+            return self.set_state(value & 0xFFFFFFFF)
+        if name == "data_size":
+            return self.write_data_size(value & 0xFFFFFFFFFFFFFFFF)
+        if name == "reserved":
+            return 0  # writes ignored
+        return errno.EINVAL  # pending_bytes and data_offset are read-only, other spans refused
+
+    def read_device_state(self) -> tuple[int, int]:
+        return 0, self.state
+
+    def read_reserved(self) -> tuple[int, int]:
+        return 0, 0
 
     # -- device_state ----------------------------------------------------------
 
@@ -230,8 +234,8 @@ class V1SimDevice(Interleaving):
         self.window[:len(chunk)] = chunk
         self.staged = len(chunk)
 
-    def read_data_size(self) -> int:
-        return self.staged if self.save is not None else 0
+    def read_data_size(self) -> tuple[int, int]:
+        return 0, (self.staged if self.save is not None else 0)
 
     def read_window(self, offset: int, size: int) -> tuple[int, bytes]:
         if self.save is None or offset < 0 or size < 0 or offset + size > WINDOW:
