@@ -28,6 +28,7 @@ The command line is ``migfuzz vm prepare|status|run|...`` (``fuzz.vm``).
 """
 from __future__ import annotations
 
+import compileall
 import fcntl
 import gzip
 import hashlib
@@ -49,6 +50,7 @@ from harness.kernel.kmsg import find_splats
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KERNEL_DIR = Path(__file__).resolve().parent
+GUEST_PACKAGES = ("fuzz", "harness")  # what the guest imports from the project tree
 STAGE1 = KERNEL_DIR / "stage1.sh"
 STAGE2 = KERNEL_DIR / "stage2.sh"
 
@@ -371,8 +373,22 @@ def _guest_env(rig: Rig, instances: int) -> str:
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
+def compile_project(root: Path = PROJECT_ROOT) -> bool:
+    """Write the bytecode of the packages the guest imports, on the host, beside their sources
+    (``__pycache__``, as any Python run does). The guest mounts the tree read-only and runs with
+    PYTHONDONTWRITEBYTECODE: without this it compiled every module again at each start, under TCG
+    (the campaign's imports took 4.1-5.2 s a boot; 2.0-2.8 s with the bytecode, 2026-12-03).
+    Up-to-date files are only stat'ed; a tree the host cannot write is left as it is (False)."""
+    ok = True
+    for package in GUEST_PACKAGES:
+        if (root / package).is_dir():
+            ok = compileall.compile_dir(root / package, quiet=2) and ok
+    return bool(ok)
+
+
 def _boot(rig: Rig, accel: str, command: str, timeout: float, instances: int,
           results: Path, extra_args: str = "") -> GuestResult:
+    compile_project()
     (results / "guest.env").write_text(_guest_env(rig, instances))
     (results / "command.sh").write_text(command + "\n")
     for stale in ("exit_status", "output.log", "mtty.txt"):

@@ -503,3 +503,18 @@ def test_kernel_pcs_over_several_boots_never_fall_back_to_the_replay():
     merged = vm.merge_runs(runs)
     assert merged["kernel_pcs_over_time"] == [[10.0, 900], [50.0, 1537], [55.0, 1537], [80.0, 1537], [100.0, 1600]]
     assert merged["kernel_pcs"] == 1600 and merged["boots"] == 2 and merged["execs"] == 200
+
+
+def test_the_host_writes_the_bytecode_the_guest_imports(tmp_path):
+    # The guest mounts the tree read-only: the host compiles what it imports before each boot.
+    for package in rig.GUEST_PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "mod.py").write_text("X = 1\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mod.py").write_text("X = 1\n")
+    assert rig.compile_project(tmp_path)
+    for package in rig.GUEST_PACKAGES:
+        assert [p.name.split(".")[0] for p in (tmp_path / package / "__pycache__").glob("*.pyc")] == ["mod"]
+    assert not (tmp_path / "other" / "__pycache__").exists()
+    (tmp_path / "fuzz" / "broken.py").write_text("def (:\n")
+    assert rig.compile_project(tmp_path) is False  # said, not raised: the guest compiles that one itself
