@@ -27,12 +27,11 @@ import argparse
 import importlib
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 from harness.base import TargetError, TargetUnavailable
 from harness.runtime import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
-from . import exit_interrupted
+from . import __version__, exit_interrupted
 from .errors import UsageError
 from .program import ProgramError
 
@@ -61,12 +60,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
-
-def _version() -> str:
-    try:
-        return version("vfio-migfuzz")
-    except PackageNotFoundError:
-        return "0 (not installed)"
 
 
 def op_names(text: str) -> frozenset:
@@ -276,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Coverage-guided, fault-injection fuzzer for the VFIO device-migration protocol.",
         epilog="exit codes: 0 nothing found, 1 finding, 2 usage/input error, 3 target unavailable",
     )
-    parser.add_argument("--version", action="version", version=f"migfuzz {_version()}")
+    parser.add_argument("--version", action="version", version=f"migfuzz {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _fuzz_parser(sub)

@@ -30,12 +30,11 @@ import json
 import os
 import sys
 import xml.etree.ElementTree as ET
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from harness.runtime import EXIT_OK
 
-from . import crashfile
+from . import __version__, crashfile
 from .errors import UsageError
 from .findings import DESCRIPTIONS, FINDING_KINDS, signature
 
@@ -203,7 +202,7 @@ def sarif_report(records: list[dict]) -> dict:
         results.append(result)
     stats = last_stats(records)
     run = {
-        "tool": {"driver": {"name": "migfuzz", "informationUri": INFORMATION_URI, "version": _version(),
+        "tool": {"driver": {"name": "migfuzz", "informationUri": INFORMATION_URI, "version": __version__,
                             "rules": rules}},
         "invocations": [{"executionSuccessful": True, "properties": stats}],
         "results": results,
@@ -261,12 +260,6 @@ def _atomic_write(path: Path, text: str) -> None:
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
-
-def _version() -> str:
-    try:
-        return version("vfio-migfuzz")
-    except PackageNotFoundError:
-        return "0"
 
 
 def job_dirs(directory: Path) -> list[Path]:
