@@ -78,8 +78,8 @@ def instrument(camp: Campaign) -> None:
     if hasattr(target, "resave"):
         target.resave = timed("device calls", target.resave, "resave")
     executor = camp.executor
-    if executor.after_program is not None:
-        executor.after_program = timed("kernel log", executor.after_program)
+    if executor.kernel_reports is not None:
+        executor.kernel_reports = timed("kernel log", executor.kernel_reports)
 
 
 def main() -> None:

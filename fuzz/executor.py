@@ -64,7 +64,7 @@ class Executor:
         self.arc_trace = None
         self.arc_base = self.arc_mask = 0
         self.arcs_seen = bytearray(1)
-        self.after_program = getattr(target, "after_program", None)  # kernel log splats (harness.kernel)
+        self.kernel_reports = getattr(target, "kernel_reports", None)  # kernel log splats (harness.kernel)
         self.views: list[DeviceView] = []
         self.armed: list[bool] = []
         # State after a load: the device's own digest, or (no digest) a re-save round trip.
@@ -104,6 +104,8 @@ class Executor:
         devices = self.devices
         armed = self.armed = [False] * len(views)
         step = 0
+        reports = self.kernel_reports
+        reports_per_op = reports is not None and getattr(target, "reports_per_op", False)
         try:
             for step, op in enumerate(prog.ops):
                 self.step = step
@@ -114,12 +116,14 @@ class Executor:
                     self._after_faults()
                 if oracle.observe is not None:  # a stream completed or loaded: its registers, now
                     self._observe()
+                if reports_per_op:  # a report logged during this op is this op's finding
+                    oracle.on_splats(reports())
                 if trace_branch is not None:
                     key = (((before * 32 + op.code) * 128 + (outcome & 127)) * 8 + (view.state & 7)) & mask
                     seen[key] = 1
                     trace_branch(base + key)
-            if self.after_program is not None:
-                oracle.on_splats(self.after_program())
+            if reports is not None:  # what the log holds after the last op (all of it, read per program)
+                oracle.on_splats(reports())
         except FindingRaised as fr:
             return self._finish(fr.finding, prog, step)
         except DeviceHang as e:

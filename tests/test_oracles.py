@@ -86,7 +86,7 @@ class FakeTarget:
         if hasattr(self.sim, "profile"):  # the device profile (registers programs may touch)
             self.profile = self.sim.profile
         if splats is not None:
-            self.after_program = lambda: list(splats)
+            self.kernel_reports = lambda: list(splats)
         if resave is not None:
             self.resave = resave
 
@@ -993,6 +993,23 @@ def test_v2_kernel_splat():
     # a finding during the program wins: the splat check runs after it
     t = v2(splats=lines).script("get_state", const(EIO, 0))
     expect(run(t, "get 0"), "rejected-valid", FAILED)
+
+
+def test_a_kernel_report_is_blamed_on_the_op_that_logged_it_when_read_after_every_op():
+    # A KCOV (sanitizer) kernel's log is read after every op: mtty's UBSAN report from a TX write came
+    # ten ops before the program ended, and reading once per program blamed the last op.
+    def target(per_op):
+        log = []
+        t = v2().script("reset", lambda orig: (log.append("UBSAN: array-index-out-of-bounds in mtty.c:383:34"),
+                                               orig())[1])
+        t.kernel_reports = lambda: [log.pop() for _ in list(log)]
+        t.reports_per_op = per_op
+        return t
+
+    program = "set 0 state=STOP\nreset 0\nget 0\nget 1"
+    assert expect(run(target(True), program), "kernel-splat", NONE).step == 1
+    assert expect(run(target(False), program), "kernel-splat", NONE).step == 3
+    silent(run(target(True), "set 0 state=STOP\nget 0"))
 
 
 # =============================================================================
