@@ -105,7 +105,9 @@ class Executor:
         armed = self.armed = [False] * len(views)
         step = 0
         reports = self.kernel_reports
-        reports_per_op = reports is not None and getattr(target, "reports_per_op", False)
+        # After every op on a sanitizer kernel, and in a traced run (repro, a finding's replay): the
+        # report then names its op. Elsewhere once per program (a poll per op would cost ~7%).
+        reports_per_op = reports is not None and (self.trace_on or getattr(target, "reports_per_op", False))
         try:
             for step, op in enumerate(prog.ops):
                 self.step = step

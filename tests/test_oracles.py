@@ -1010,6 +1010,8 @@ def test_a_kernel_report_is_blamed_on_the_op_that_logged_it_when_read_after_ever
     assert expect(run(target(True), program), "kernel-splat", NONE).step == 1
     assert expect(run(target(False), program), "kernel-splat", NONE).step == 3
     silent(run(target(True), "set 0 state=STOP\nget 0"))
+    traced = Executor(target(False), trace=True).run(parse_program(f"migfuzz-program 1 v2\n{program}\n"))
+    assert traced.kind == "kernel-splat" and traced.step == 1  # repro and a finding's replay trace every op
 
 
 # =============================================================================
