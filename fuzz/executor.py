@@ -65,6 +65,7 @@ class Executor:
         self.arc_base = self.arc_mask = 0
         self.arcs_seen = bytearray(1)
         self.kernel_reports = getattr(target, "kernel_reports", None)  # kernel log splats (harness.kernel)
+        self.op_started = getattr(target, "op_started", None)  # the rig's flight recorder (harness.kernel)
         self.views: list[DeviceView] = []
         self.armed: list[bool] = []
         # State after a load: the device's own digest, or (no digest) a re-save round trip.
@@ -108,9 +109,12 @@ class Executor:
         # After every op on a sanitizer kernel, and in a traced run (repro, a finding's replay): the
         # report then names its op. Elsewhere once per program (a poll per op would cost ~7%).
         reports_per_op = reports is not None and (self.trace_on or getattr(target, "reports_per_op", False))
+        op_started = self.op_started
         try:
             for step, op in enumerate(prog.ops):
                 self.step = step
+                if op_started is not None:
+                    op_started(step)
                 view = views[op.dev]
                 before = view.state
                 outcome = handlers[op.code](op, view, devices[op.dev])

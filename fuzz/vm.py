@@ -69,6 +69,7 @@ from .codec import decode
 from .crashfile import read_meta, save_finding
 from .errors import UsageError
 from .findings import Finding, signature
+from .program import format_op
 from .report import JSONL_NAME, JUNIT_NAME, SARIF_NAME, JsonlReporter, read_jsonl, write_reports
 
 SUMMARY_FILE = "vm-summary.json"
@@ -261,14 +262,19 @@ def parse_output(output: str) -> dict:
 
 
 def write_guest_finding(crashes: Path, kind: str, data: bytes, proto: str, observed: str, detail: str,
-                        notes: list[str], cause: str = "") -> Path:
+                        notes: list[str], cause: str = "", step: int | None = None) -> Path:
     """A crash file for a finding the guest could not write itself (it died); ``cause``: the kernel
-    report's title and top frames (``KernelReport.cause``), what its signature groups by."""
+    report's title and top frames (``KernelReport.cause``), what its signature groups by; ``step``:
+    the op the flight recorder saw begin last (None: the program's resets were running)."""
     prog = decode(data, proto or "v2")
     expected = ("no kernel WARN, BUG, oops or lockup report" if kind == "kernel-splat"
                 else "the guest keeps running programs")
-    finding = Finding(kind, -1, expected, observed, "unknown (the guest died in this program)",
-                      op="unknown: the guest kernel stopped while this program ran", detail=detail, cause=cause)
+    if step is not None and step < len(prog.ops):
+        finding = Finding(kind, step, expected, observed, "unknown (the guest died in this op)",
+                          op=format_op(prog.proto, prog.ops[step]), detail=detail, cause=cause)
+    else:
+        finding = Finding(kind, -1, expected, observed, "unknown (the guest died in this program)",
+                          op="unknown: the guest kernel stopped while this program ran", detail=detail, cause=cause)
     path, warning = save_finding(crashes, data, prog, finding, [(-1, note) for note in notes], "mtty")
     if warning:
         say(warning)
@@ -290,7 +296,7 @@ def _flight_finding(result: rig.GuestResult, crashes: Path, kind: str, observed:
     notes += [f"program #{n} before it: {p.hex()}" for n, p in rec.programs[1:4]]
     notes.append(f"console log: {console or result.results_dir / 'console.log'}")
     path = write_guest_finding(crashes, kind, data, rec.proto, observed, excerpt, notes,
-                               reports[0].cause if reports else "")
+                               reports[0].cause if reports else "", rec.last_step)
     return path, excerpt
 
 

@@ -19,7 +19,10 @@ Layout (little endian)::
     header  (64 bytes): magic "MIGFLT01", seq u64 (programs started), state u32
                         (0 idle, 1 running, 2 closed), slots u32, slot_size u32,
                         proto 4 bytes ("v2\\0\\0"), target name 32 bytes
-    slot[i] (slot_size): seq u64, length u32, reserved u32, bytes
+    slot[i] (slot_size): seq u64, length u32, ops started u32, bytes
+
+"ops started" is 0 while the program's resets run and n once its op n-1 has begun: the host
+names the op the guest died in (``Flight.last_step``). A store per op into the mapping.
 
 A slot is filled before the header's ``seq`` names it, so a reader never sees
 a half-written slot as the newest. One writer (the fuzzing process).
@@ -38,6 +41,7 @@ SLOTS = 64
 SLOT_SIZE = 4096          # a program is at most fuzz.engine.MAX_LEN (< 1 KiB) bytes
 _HEADER = struct.Struct("<8sQIII4s32s")
 _SLOT = struct.Struct("<QII")
+_OPS_STARTED = struct.Struct("<I")  # the slot's third field, at offset 12
 HEADER_SIZE = 64
 IDLE, RUNNING, CLOSED = 0, 1, 2
 ENV = "MIGFUZZ_FLIGHT"     # guest: sysfs path of the ivshmem BAR (set by the rig)
@@ -52,6 +56,7 @@ class FlightRecorder:
     def __init__(self, buf, proto: str, target: str) -> None:
         self._buf = buf
         self._seq = 0
+        self._ops_at = HEADER_SIZE + 12  # the current slot's "ops started"
         buf[:HEADER_SIZE] = bytes(HEADER_SIZE)
         self._proto = proto.encode()[:4]
         self._target = target.encode()[:32]
@@ -87,7 +92,12 @@ class FlightRecorder:
         self._buf[at + _SLOT.size:at + _SLOT.size + len(body)] = body
         _SLOT.pack_into(self._buf, at, seq, len(data), 0)
         self._seq = seq
+        self._ops_at = at + 12
         self._header(RUNNING)
+
+    def op_started(self, step: int) -> None:
+        """Note that op ``step`` (0-based) of the running program begins now."""
+        _OPS_STARTED.pack_into(self._buf, self._ops_at, step + 1)
 
     def close(self) -> None:
         if self._buf is not None:
@@ -104,6 +114,7 @@ class Flight:
     proto: str
     target: str
     programs: list[tuple[int, bytes]] = field(default_factory=list)  # (seq, bytes), newest first
+    last_step: int | None = None  # the op the newest program had begun (None: still in its resets)
 
     @property
     def last(self) -> bytes | None:
@@ -125,9 +136,11 @@ def read_flight(path: Path) -> Flight | None:
                     target.rstrip(b"\0").decode(errors="replace"))
     for n in range(seq, max(seq - slots, 0), -1):
         at = HEADER_SIZE + (n % slots) * slot_size
-        slot_seq, length, _ = _SLOT.unpack_from(raw, at)
+        slot_seq, length, started = _SLOT.unpack_from(raw, at)
         if slot_seq != n:
             break
+        if n == seq and started:
+            flight.last_step = started - 1
         length = min(length, slot_size - _SLOT.size)
         flight.programs.append((n, raw[at + _SLOT.size:at + _SLOT.size + length]))
     return flight

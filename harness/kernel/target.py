@@ -207,6 +207,7 @@ class KernelTargetSet:
         self.flight = None
         self.coverage: KernelCoverage | None = None  # KCOV, once enable_kernel_coverage() found it
         self.reports_per_op = False  # the executor asks for kernel_reports() after every op, not every program
+        self.op_started: Callable[[int], None] | None = None  # called with each op's index as it begins
         self.resaves = 0          # successful re-saves (for stats and tests)
         if devices:
             for dev in devices:
@@ -246,6 +247,8 @@ class KernelTargetSet:
         except OSError:
             self.kmsg = None  # not root / no /dev/kmsg: splats are then only seen on a console
         self.flight = FlightRecorder.open(self.proto, self.name)
+        if self.flight is not None:  # the executor names each op as it begins (a panic's crash file says which)
+            self.op_started = self.flight.op_started
 
     def enable_kernel_coverage(self) -> str:
         """Collect KCOV coverage of every device call made on this thread from now on

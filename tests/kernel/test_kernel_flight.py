@@ -1,8 +1,11 @@
 """The flight recorder's ring, as the guest writes it and the host reads it (runs anywhere)."""
 import mmap
 
+from fuzz.executor import Executor
+from fuzz.program import parse_program
 from harness.kernel import flight
 from harness.kernel.flight import FlightRecorder, read_flight
+from harness.sim import SimTarget
 
 
 def test_newest_program_first_and_state(tmp_path):
@@ -90,3 +93,26 @@ def test_a_panic_in_the_resets_between_programs_blames_the_program_before(tmp_pa
     targets.fresh()
     assert seen == [None, None, b"first", b"first"]
     assert read_flight(path).last == b"second"  # and the program itself runs named
+
+
+def test_the_op_a_program_had_begun_is_read_back(tmp_path):
+    path = tmp_path / flight.FILE_NAME
+    path.write_bytes(bytes(flight.SIZE))
+    rec = FlightRecorder.open("v2", "mtty", str(path))
+    rec.record(b"first")
+    assert read_flight(path).last_step is None  # its resets run: no op has begun
+    rec.op_started(0)
+    rec.op_started(3)
+    assert read_flight(path).last_step == 3
+    rec.record(b"second")  # the next program starts from none again
+    assert read_flight(path).last_step is None and read_flight(path).last == b"second"
+    rec.op_started(1)
+    assert read_flight(path).last_step == 1
+
+
+def test_the_executor_names_each_op_as_it_begins():
+    target = SimTarget("v2")
+    begun = []
+    target.op_started = begun.append  # what a kernel target in the rig installs (its flight recorder's)
+    Executor(target).run(parse_program("migfuzz-program 1 v2\nset 0 state=STOP\nget 0\nreset 1\n"))
+    assert begun == [0, 1, 2]

@@ -19,7 +19,7 @@ from fuzz.cli import main
 from fuzz.codec import encode
 from fuzz.crashfile import read_meta
 from fuzz.findings import Finding, signature
-from fuzz.program import parse_program
+from fuzz.program import format_op, parse_program
 from harness.kernel import debugkernel, flight, rig
 from harness.kernel.kmsg import find_splats, kernel_reports
 
@@ -181,11 +181,13 @@ def test_jobs_are_guests_side_by_side_sharing_corpus_and_crashes(host, monkeypat
     assert "--jobs must be between 1 and" in capsys.readouterr().err
 
 
-def flight_with(results: Path, *programs: bytes, state=flight.RUNNING) -> None:
+def flight_with(results: Path, *programs: bytes, state=flight.RUNNING, step=None) -> None:
     buf = bytearray(flight.SIZE)
     rec = flight.FlightRecorder(buf, "v2", "mtty")
     for p in programs:
         rec.record(p)
+    if step is not None:
+        rec.op_started(step)
     if state == flight.CLOSED:
         rec.close()
     (results / flight.FILE_NAME).write_bytes(bytes(buf))
@@ -211,6 +213,7 @@ def test_a_kernel_panic_is_a_finding_for_the_program_that_was_running(host, monk
     assert "# migfuzz finding: kernel-splat" in report and "mtty_step_state" in report
     assert "Call Trace" in report  # the console excerpt
     assert "set 0 state=STOP_COPY" in report  # the program, as text
+    assert "# step -1: unknown" in report  # this recorder saw no op begin: the program's resets ran
     assert summary["confirmed"].startswith("reproduced")
     out = capsys.readouterr().out
     assert "FINDING kernel-splat" in out and SPLAT in out
@@ -518,3 +521,17 @@ def test_the_host_writes_the_bytecode_the_guest_imports(tmp_path):
     assert not (tmp_path / "other" / "__pycache__").exists()
     (tmp_path / "fuzz" / "broken.py").write_text("def (:\n")
     assert rig.compile_project(tmp_path) is False  # said, not raised: the guest compiles that one itself
+
+
+def test_a_panics_crash_file_names_the_op_the_flight_recorder_saw_begin(host, monkeypatch):
+    def panicked(results):
+        flight_with(results, encode(PROGRAM), step=1)
+        return guest_result(results, exit_status=None, output=OUTPUT[:200], console=PANIC_CONSOLE,
+                            splats=[SPLAT, "Kernel panic - not syncing"])
+
+    code, summary = run_vm(host, FakeGuest(panicked), monkeypatch, "--no-confirm")
+    crash = Path(summary["crash_files"][-1])
+    meta = read_meta(crash)
+    assert code == 1 and meta.finding.step == 1
+    assert meta.finding.op == format_op("v2", PROGRAM.ops[1])
+    assert f"# step 1: {format_op('v2', PROGRAM.ops[1])}" in crash.with_suffix(".txt").read_text()
