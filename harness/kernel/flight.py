@@ -41,7 +41,8 @@ SLOTS = 64
 SLOT_SIZE = 4096          # a program is at most fuzz.engine.MAX_LEN (< 1 KiB) bytes
 _HEADER = struct.Struct("<8sQIII4s32s")
 _SLOT = struct.Struct("<QII")
-_OPS_STARTED = struct.Struct("<I")  # the slot's third field, at offset 12
+_OPS_STARTED = struct.Struct("<I")  # the slot's third field ...
+_OPS_OFFSET = struct.calcsize("<QI")  # ... after its seq and length
 HEADER_SIZE = 64
 IDLE, RUNNING, CLOSED = 0, 1, 2
 ENV = "MIGFUZZ_FLIGHT"     # guest: sysfs path of the ivshmem BAR (set by the rig)
@@ -56,7 +57,7 @@ class FlightRecorder:
     def __init__(self, buf, proto: str, target: str) -> None:
         self._buf = buf
         self._seq = 0
-        self._ops_at = HEADER_SIZE + 12  # the current slot's "ops started"
+        self._ops_at = HEADER_SIZE + _OPS_OFFSET  # the current slot's "ops started"
         buf[:HEADER_SIZE] = bytes(HEADER_SIZE)
         self._proto = proto.encode()[:4]
         self._target = target.encode()[:32]
@@ -92,7 +93,7 @@ class FlightRecorder:
         self._buf[at + _SLOT.size:at + _SLOT.size + len(body)] = body
         _SLOT.pack_into(self._buf, at, seq, len(data), 0)
         self._seq = seq
-        self._ops_at = at + 12
+        self._ops_at = at + _OPS_OFFSET
         self._header(RUNNING)
 
     def op_started(self, step: int) -> None:
