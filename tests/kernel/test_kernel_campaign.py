@@ -42,8 +42,9 @@ def test_fuzz_campaign_against_mtty(tmp_path, record_property):
     assert summary.get("execs", 0) > 0, f"no programs ran\n{(tmp_path / 'results' / 'output.log').read_text()[-3000:]}"
     assert summary["arcs"] > 0 and summary["programs_per_s"] and summary["boot_s"]
     if not summary["splats"]:  # ran to the end of its budget (a kernel panic in the last boot would end it early):
-        # --max-time is the wall clock, boots and panics included (the guests' own time may be less)
-        assert summary["wall_s"] >= CAMPAIGN_SECONDS and summary["programs_per_wall_s"] > 0
+        # --max-time is the wall clock, boots and panics included: each guest is given what is left
+        # less a boot's cost (vm.GUEST_OVERHEAD), so the campaign ends near it, on either side
+        assert abs(summary["wall_s"] - CAMPAIGN_SECONDS) <= 15 and summary["programs_per_wall_s"] > 0
     assert any((tmp_path / "corpus").iterdir()), "the corpus did not come back"
     output = (tmp_path / "results" / "output.log").read_text()
     assert output.count("kernel coverage: off") == 1 and "kernel_pcs" not in summary  # Debian's kernel: no KCOV

@@ -421,7 +421,9 @@ def test_keep_going_boots_again_after_a_kernel_panic(host, monkeypatch):
     code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "45",
                            "--report-dir", str(host / "report"))
     assert code == 1 and len(guest.commands) == 2 and summary["boots"] == 2
-    assert "--max-time 40.0" in guest.commands[1]  # the rest of the budget
+    # each guest gets the rest of the budget less what a boot costs beside its campaign
+    assert "--max-time 35.0" in guest.commands[0] and "--max-time 30.0" in guest.commands[1]
+    assert vm.GUEST_OVERHEAD["stock"] == 10.0
     assert guest.kernel_args == ["", vm.KEEP_RUNNING_ARGS]  # the second boot reports without panicking
     assert (host / "results" / "crashes" / Path(summary["crash_files"][0]).name).exists()  # the guest knows it
     records = [json.loads(line) for line in (host / "report" / "migfuzz.jsonl").read_text().splitlines()]
@@ -451,7 +453,7 @@ def test_keep_going_counts_the_wall_clock_not_the_guests_own(host, monkeypatch):
     code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "100")
     # 100 s: boots end at 20, 40, 60, 80 and 100 s; 20 s left is still worth a boot (RESTART_MIN 15 s)
     assert code == 1 and len(guest.commands) == 5 and summary["boots"] == 5
-    assert ["--max-time 100" in guest.commands[0], "--max-time 20.0" in guest.commands[4]] == [True, True]
+    assert ["--max-time 90.0" in guest.commands[0], "--max-time 10.0" in guest.commands[4]] == [True, True]
     code, summary = run_vm(host, FakeGuest(*[panicked] * 10, seconds=20.0), monkeypatch, "--no-confirm",
                            "--keep-going", "--max-time", "90")
     assert summary["boots"] == 4  # 90 s: 10 s left after the fourth boot is not
@@ -535,3 +537,9 @@ def test_a_panics_crash_file_names_the_op_the_flight_recorder_saw_begin(host, mo
     assert code == 1 and meta.finding.step == 1
     assert meta.finding.op == format_op("v2", PROGRAM.ops[1])
     assert f"# step 1: {format_op('v2', PROGRAM.ops[1])}" in crash.with_suffix(".txt").read_text()
+
+
+def test_a_guest_is_given_what_is_left_less_a_boots_cost_and_never_less_than_the_minimum():
+    assert vm._guest_time(60.0, "stock") == 60.0 - vm.GUEST_OVERHEAD["stock"]
+    assert vm._guest_time(600.0, "debug") == 600.0 - vm.GUEST_OVERHEAD["debug"]
+    assert vm._guest_time(8.0, "stock") == vm.GUEST_MIN  # a tiny --max-time still fuzzes a little
