@@ -142,6 +142,14 @@ class Executor:
         self.step = step
         op = prog.ops[step] if step < len(prog.ops) else None
         text = format_op(self.proto, op) if op else ""
+        # The kernel's reports of this program go with its finding: left in the log, the next program
+        # took them for its own (seen on the debug kernel: UBSAN's report of mtty's BAR2 read, whose
+        # out-of-bounds finding ended the program, was blamed on the next program's first op).
+        reports = self.kernel_reports() if self.kernel_reports is not None else None
+        if reports:
+            said = "\n".join(getattr(r, "text", r) for r in reports)
+            finding = finding._replace(detail=f"{finding.detail}\n\nkernel reports logged meanwhile:\n{said}"
+                                       if finding.detail else f"kernel reports logged meanwhile:\n{said}")
         if self.trace_on:
             self.note(f"FINDING {finding.kind}: expected {finding.expected}; observed {finding.observed}")
         return finding._replace(op=text, step=step)

@@ -85,8 +85,9 @@ class FakeTarget:
         self.fired = [False, False]
         if hasattr(self.sim, "profile"):  # the device profile (registers programs may touch)
             self.profile = self.sim.profile
-        if splats is not None:
-            self.kernel_reports = lambda: list(splats)
+        if splats is not None:  # logged during the program; a read takes them (as /dev/kmsg's does)
+            log = list(splats)
+            self.kernel_reports = lambda: [log.pop(0) for _ in list(log)]
         if resave is not None:
             self.resave = resave
 
@@ -1010,6 +1011,15 @@ def test_a_kernel_report_is_blamed_on_the_op_that_logged_it_when_read_after_ever
     assert expect(run(target(True), program), "kernel-splat", NONE).step == 1
     assert expect(run(target(False), program), "kernel-splat", NONE).step == 3
     silent(run(target(True), "set 0 state=STOP\nget 0"))
+    # a program ended by another finding takes the reports its ops logged along (the next program
+    # would otherwise be blamed for them)
+    t = target(True)
+    log = []
+    t.script("reset", lambda orig: (log.append("UBSAN: array-index-out-of-bounds in mtty.c:572:20"), EIO)[1])
+    t.kernel_reports = lambda: [log.pop() for _ in list(log)]
+    f = expect(run(t, "set 0 state=STOP\nreset 0\nget 0"), "rejected-valid", FAILED, step=1)
+    assert f.detail.endswith("kernel reports logged meanwhile:\nUBSAN: array-index-out-of-bounds in mtty.c:572:20")
+    assert log == []
     traced = Executor(target(False), trace=True).run(parse_program(f"migfuzz-program 1 v2\n{program}\n"))
     assert traced.kind == "kernel-splat" and traced.step == 1  # repro and a finding's replay trace every op
 
