@@ -61,7 +61,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-
 def op_names(text: str) -> frozenset:
     """``--disable-ops``: a comma list of op or race-call names (checked against the target's
     protocol when the campaign starts: fuzz.program.op_filter)."""

@@ -261,7 +261,6 @@ def _atomic_write(path: Path, text: str) -> None:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-
 def job_dirs(directory: Path) -> list[Path]:
     """The per-job report directories ``--jobs N`` wrote (job0, job1, ...)."""
     return sorted((p for p in directory.glob("job*") if (p / JSONL_NAME).is_file()),
