@@ -44,7 +44,9 @@ def test_fuzz_campaign_against_mtty(tmp_path, record_property):
     if not summary["splats"]:  # ran to the end of its budget (a kernel panic in the last boot would end it early):
         # --max-time is the wall clock, boots and panics included: each guest is given what is left
         # less a boot's cost (vm.GUEST_OVERHEAD), so the campaign ends near it, on either side
-        assert abs(summary["wall_s"] - CAMPAIGN_SECONDS) <= 15 and summary["programs_per_wall_s"] > 0
+        # (the guest budgets are pinned in test_kernel_vm; here a slow host's boot may add some)
+        assert CAMPAIGN_SECONDS - 15 <= summary["wall_s"] <= CAMPAIGN_SECONDS + 30
+        assert summary["programs_per_wall_s"] > 0
     assert any((tmp_path / "corpus").iterdir()), "the corpus did not come back"
     output = (tmp_path / "results" / "output.log").read_text()
     assert output.count("kernel coverage: off") == 1 and "kernel_pcs" not in summary  # Debian's kernel: no KCOV
