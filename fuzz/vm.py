@@ -78,13 +78,11 @@ GUEST_RESULTS = "$MIGFUZZ_RESULTS"
 # lockdep make the debug kernel's boot and every system call slower).
 BOOT_ALLOWANCE = {"stock": 180.0, "debug": 420.0}
 wall_clock = time.monotonic  # what --max-time is counted on (the tests' guests take no time)
-# --keep-going: seconds left of --max-time that are worth booting again after a panic (a boot and
-# the guest's start-up take 6-8 s under TCG; the panic's replay no longer waits in between)
-RESTART_MIN = 15.0
 # What a boot costs by the wall clock beyond its guest campaign's own --max-time (boot, interpreter
 # and imports, shutdown), by --kernel: each guest is given what is left of --max-time minus this,
 # so a campaign ends near --max-time. Measured 2026-12-03: 9.6 s (stock, 60 s campaigns) and ~25 s
-# (debug: a 19-20 s boot); a guest gets at least GUEST_MIN.
+# (debug: a 19-20 s boot). The first guest gets at least GUEST_MIN; --keep-going boots again after
+# a panic only when a guest would get that much (15 s left on the stock kernel, 30 s on debug).
 GUEST_OVERHEAD = {"stock": 10.0, "debug": 25.0}
 GUEST_MIN = 5.0
 # --keep-going after a panic: the boots that follow report instead of panicking (every KASAN report, not
@@ -547,7 +545,7 @@ def cmd_fuzz(args) -> int:
         runs.append(stats)
         crash_paths += [p for p in summary["crash_files"] if p not in crash_paths]
         left = budget - (wall_clock() - started) if budget is not None else 0.0
-        if not (restart and args.keep_going and left >= RESTART_MIN):
+        if not (restart and args.keep_going and _boot_again(left, args.kernel)):
             break
         say(f"--keep-going: booting again for the {left:.0f} s left of --max-time (the corpus carries over; "
             f"'{KEEP_RUNNING_ARGS}': later reports are findings without a reboot)")
@@ -598,6 +596,11 @@ def cmd_fuzz(args) -> int:
 def _guest_time(left: float, kernel: str) -> float:
     """The --max-time a guest is given when ``left`` seconds of the campaign's remain."""
     return round(max(left - GUEST_OVERHEAD[kernel], GUEST_MIN), 1)
+
+
+def _boot_again(left: float, kernel: str) -> bool:
+    """Whether ``left`` seconds of --max-time are worth another boot (after a panic, --keep-going)."""
+    return left - GUEST_OVERHEAD[kernel] >= GUEST_MIN
 
 
 def _say_replays(replays: Replays) -> dict[str, str]:

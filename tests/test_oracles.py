@@ -85,14 +85,18 @@ class FakeTarget:
         self.fired = [False, False]
         if hasattr(self.sim, "profile"):  # the device profile (registers programs may touch)
             self.profile = self.sim.profile
-        if splats is not None:  # logged during the program; a read takes them (as /dev/kmsg's does)
-            log = list(splats)
-            self.kernel_reports = lambda: [log.pop(0) for _ in list(log)]
+        if splats is not None:  # a kernel log: what the program logs, a read takes (as /dev/kmsg's does)
+            self.kernel_log = list(splats)
+            self.kernel_reports = self.read_kernel_log
         if resave is not None:
             self.resave = resave
 
     def real(self, dev=0):
         return self.sim.devices[dev]
+
+    def read_kernel_log(self) -> list:
+        taken, self.kernel_log = self.kernel_log, []
+        return taken
 
     def script(self, name, fn, dev=0) -> FakeTarget:
         self.devices[dev].script[name] = fn
@@ -999,11 +1003,9 @@ def test_v2_kernel_splat():
 def test_a_kernel_report_is_blamed_on_the_op_that_logged_it_when_read_after_every_op():
     # A KCOV (sanitizer) kernel's log is read after every op: mtty's UBSAN report from a TX write came
     # ten ops before the program ended, and reading once per program blamed the last op.
-    def target(per_op):
-        log = []
-        t = v2().script("reset", lambda orig: (log.append("UBSAN: array-index-out-of-bounds in mtty.c:383:34"),
-                                               orig())[1])
-        t.kernel_reports = lambda: [log.pop() for _ in list(log)]
+    def target(per_op, report="UBSAN: array-index-out-of-bounds in mtty.c:383:34", answer=None):
+        t = v2(splats=[])
+        t.script("reset", lambda orig: (t.kernel_log.append(report), answer if answer is not None else orig())[1])
         t.reports_per_op = per_op
         return t
 
@@ -1013,13 +1015,10 @@ def test_a_kernel_report_is_blamed_on_the_op_that_logged_it_when_read_after_ever
     silent(run(target(True), "set 0 state=STOP\nget 0"))
     # a program ended by another finding takes the reports its ops logged along (the next program
     # would otherwise be blamed for them)
-    t = target(True)
-    log = []
-    t.script("reset", lambda orig: (log.append("UBSAN: array-index-out-of-bounds in mtty.c:572:20"), EIO)[1])
-    t.kernel_reports = lambda: [log.pop() for _ in list(log)]
+    t = target(True, "UBSAN: array-index-out-of-bounds in mtty.c:572:20", EIO)
     f = expect(run(t, "set 0 state=STOP\nreset 0\nget 0"), "rejected-valid", FAILED, step=1)
     assert f.detail.endswith("kernel reports logged meanwhile:\nUBSAN: array-index-out-of-bounds in mtty.c:572:20")
-    assert log == []
+    assert t.kernel_log == []
     traced = Executor(target(False), trace=True).run(parse_program(f"migfuzz-program 1 v2\n{program}\n"))
     assert traced.kind == "kernel-splat" and traced.step == 1  # repro and a finding's replay trace every op
 

@@ -33,6 +33,8 @@ VALID = frozenset({0, 1, 2, 3, 4})
 
 # (offset, width) -> field name; any other header access is refused.
 FIELDS = {(off, size): name for name, (off, size) in V1_FIELDS.items()}
+STATE_MASK = (1 << 8 * V1_FIELDS["device_state"][1]) - 1  # what the writable fields' widths hold
+DATA_SIZE_MASK = (1 << 8 * V1_FIELDS["data_size"][1]) - 1
 # (offset, width) -> the read of that field, (errno, value): a method name, so a bug variant's
 # override answers (operator.methodcaller looks it up on the device, in C).
 FIELD_READS = {V1_FIELDS[name]: methodcaller(method) for name, method in (
@@ -88,10 +90,10 @@ class V1SimDevice(Interleaving):
 
     def field_write(self, offset: int, size: int, value: int) -> int:
         name = FIELDS.get((offset, size))
-        if name == "device_state":
-            return self.set_state(value & 0xFFFFFFFF)
+        if name == "device_state":  # cut to the field's width, as a pwrite of its bytes would
+            return self.set_state(value & STATE_MASK)
         if name == "data_size":
-            return self.write_data_size(value & 0xFFFFFFFFFFFFFFFF)
+            return self.write_data_size(value & DATA_SIZE_MASK)
         if name == "reserved":
             return 0  # writes ignored
         return errno.EINVAL  # pending_bytes and data_offset are read-only, other spans refused

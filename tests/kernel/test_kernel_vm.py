@@ -451,7 +451,7 @@ def test_keep_going_counts_the_wall_clock_not_the_guests_own(host, monkeypatch):
 
     guest = FakeGuest(*[panicked] * 10, seconds=20.0)
     code, summary = run_vm(host, guest, monkeypatch, "--no-confirm", "--keep-going", "--max-time", "100")
-    # 100 s: boots end at 20, 40, 60, 80 and 100 s; 20 s left is still worth a boot (RESTART_MIN 15 s)
+    # 100 s: boots end at 20, 40, 60, 80 and 100 s; 20 s left is still worth a boot (its guest gets 10 s)
     assert code == 1 and len(guest.commands) == 5 and summary["boots"] == 5
     assert ["--max-time 90.0" in guest.commands[0], "--max-time 10.0" in guest.commands[4]] == [True, True]
     code, summary = run_vm(host, FakeGuest(*[panicked] * 10, seconds=20.0), monkeypatch, "--no-confirm",
@@ -543,3 +543,6 @@ def test_a_guest_is_given_what_is_left_less_a_boots_cost_and_never_less_than_the
     assert vm._guest_time(60.0, "stock") == 60.0 - vm.GUEST_OVERHEAD["stock"]
     assert vm._guest_time(600.0, "debug") == 600.0 - vm.GUEST_OVERHEAD["debug"]
     assert vm._guest_time(8.0, "stock") == vm.GUEST_MIN  # a tiny --max-time still fuzzes a little
+    # --keep-going boots again only when its guest would get GUEST_MIN: a debug boot costs more
+    assert [vm._boot_again(left, "stock") for left in (14.9, 15.0)] == [False, True]
+    assert [vm._boot_again(left, "debug") for left in (20.0, 29.9, 30.0)] == [False, False, True]
