@@ -56,6 +56,7 @@ class V1SimDevice(Interleaving):
         self.window = bytearray(WINDOW)
         self.restore_initial()
 
+    @bookkeeping
     def restore_initial(self) -> None:
         self.core.restore_initial()
         self.counter.clear()
@@ -84,6 +85,7 @@ class V1SimDevice(Interleaving):
     # these, so a field access builds and parses no bytes. region_read/region_write reach the
     # header through them too, so a bug variant that changes a field overrides one method.
 
+    @bookkeeping  # a table lookup: the reads it picks decide (and an unknown span's EINVAL is the arc's outcome)
     def field_read(self, offset: int, size: int) -> tuple[int, int | None]:
         read = FIELD_READS.get((offset, size))
         return read(self) if read is not None else (errno.EINVAL, None)
@@ -98,9 +100,11 @@ class V1SimDevice(Interleaving):
             return 0  # writes ignored
         return errno.EINVAL  # pending_bytes and data_offset are read-only, other spans refused
 
+    @bookkeeping  # (as V2SimDevice.get_state)
     def read_device_state(self) -> tuple[int, int]:
         return 0, self.state
 
+    @bookkeeping
     def read_reserved(self) -> tuple[int, int]:
         return 0, 0
 
@@ -224,6 +228,7 @@ class V1SimDevice(Interleaving):
             self.stage_chunk()
         return 0, self.data_offset()
 
+    @bookkeeping  # a constant (a variant that moves the window overrides it, instrumented in the zoo)
     def data_offset(self) -> int:
         return DATA_OFFSET
 
