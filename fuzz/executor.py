@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import traceback
+from functools import partial
 
 from harness.base import FAULT_KINDS, DeviceHang
 from harness.runtime import (
@@ -274,19 +275,22 @@ class Executor:
                 index = len(view.slots) - 1 - arg
                 fd = view.slots[index].fd
             sides.append((kind, arg, index, fd))
-        self._arc(view, f"race:{sides[0][0]}+{sides[1][0]}")
+        (xk, xarg, xi, xfd), (yk, yarg, yi, yfd) = sides
+        self._arc(view, f"race:{xk}+{yk}")
         field, data = None if v2 else _DEVICE_STATE, op.data
-        fa, fb = ((lambda k=k, g=g, f=f: race_call(dev, k, g, f, data, field)) for k, g, _, f in sides)
+        # (partial, not a lambda: the call is made in C, one Python frame fewer per side)
+        fa = partial(race_call, dev, xk, xarg, xfd, data, field)
+        fb = partial(race_call, dev, yk, yarg, yfd, data, field)
         # Only a SET's judgement reads the digest (a load, or a v1 write while stopped), and only a
         # load changes it: without a SET the race leaves the digest as it was.
-        before = dev.digest() if self.has_digest and (x[0] == "set" or y[0] == "set") else None
+        before = dev.digest() if self.has_digest and (xk == "set" or yk == "set") else None
         answers = run_race(dev, fa, fb, sched)
         gerr, got = dev.get_state() if v2 else dev.field_read(*_DEVICE_STATE)
         if self.trace_on:
             said = [f"{k}{'(' + str(g) + ')' if k == 'set' else ''}{' fd ' + str(f) if f >= 0 else ''} -> "
                     f"{model.errname(answer[0])}" for (k, g, _, f), answer in zip(sides, answers, strict=True)]
             self.note(f"race sched={sched}: {said[0]} | {said[1]}; state {self.oracle.state_name(got)}")
-        race = tuple(RaceSide(k, g, i, answer) for (k, g, i, _), answer in zip(sides, answers, strict=True))
+        race = (RaceSide(xk, xarg, xi, answers[0]), RaceSide(yk, yarg, yi, answers[1]))
         self.oracle.on_race(view, race, data, got, gerr, dev.live_files(), self.load_digests[op.dev],
                             self.source_digests[op.dev], before)
         return (op.a & 0x3F) | (64 if answers[0][0] or answers[1][0] else 0)  # the two calls, and a failure
