@@ -27,6 +27,10 @@ programs from the structured generator, seeded), in three configurations:
                 its stats line) over the plain executor's on the fixed workload: a
                 campaign keeps and mutates the longer programs, so programs/s alone
                 compares unequal work
+  op costs      where the difference goes: per op kind, how many a program makes and
+                the microseconds each takes (the plain executor, each handler timed), on
+                the fixed workload and on the programs that campaign kept; the kinds that
+                add the most to a campaign program are printed
 
 Usage: python bench/throughput.py [--target sim] [--seconds 10] [--json OUT]
 """
@@ -94,6 +98,69 @@ def measure_here(spec_text: str, scope: str, seconds: float, corpus: str = "") -
             "ops_per_program": round(ops, 1)}
 
 
+def op_costs_here(spec_text: str, corpus: str = "", passes: int = 3) -> dict:
+    """Per op kind, on the fixed workload or the programs in ``corpus``: {"ops": {name: [ops a program,
+    microseconds an op]}, "program_us": microseconds a program, "handlers_us": of which in handlers}.
+    Each handler is timed around its call (the timer adds its own fraction of a microsecond)."""
+    from fuzz.engine import Campaign
+    from fuzz.targets import parse_target
+
+    camp = Campaign(parse_target(spec_text), Path(tempfile.gettempdir()), None, None, False, 0)
+    camp.load_target("none")
+    executor = camp.executor
+    names = [spec.name for spec in executor.specs]
+    spent, made = [0] * len(names), [0] * len(names)
+    clock = time.perf_counter_ns
+
+    def timed(i, handler):
+        def call(op, view, dev):
+            t = clock()
+            try:
+                return handler(op, view, dev)
+            finally:
+                spent[i] += clock() - t
+                made[i] += 1
+        return call
+
+    executor.handlers = tuple(timed(i, h) for i, h in enumerate(executor.handlers))
+    inputs = corpus_inputs(Path(corpus)) if corpus else workload(camp.proto)
+    run = camp.test_one_input
+    for data in inputs:  # warm: the memo tables, the interpreter's specializations
+        run(data)
+    spent[:], made[:] = [0] * len(names), [0] * len(names)
+    t0 = clock()
+    for _ in range(passes):
+        for data in inputs:
+            run(data)
+    n = passes * max(len(inputs), 1)
+    return {"ops": {name: [made[i] / n, spent[i] / made[i] / 1000] for i, name in enumerate(names) if made[i]},
+            "program_us": (clock() - t0) / n / 1000, "handlers_us": sum(spent) / n / 1000}
+
+
+def op_cost_lines(fixed: dict, kept: dict, top: int = 4) -> list[str]:
+    """The op kinds that add the most microseconds to a program of the campaign's over one of the fixed
+    workload, as lines: ops a program and microseconds an op, both ways."""
+    def per_program(costs, name):
+        count, each = costs["ops"].get(name, (0, 0))
+        return count * each
+
+    names = sorted(set(fixed["ops"]) | set(kept["ops"]), key=lambda k: per_program(fixed, k) - per_program(kept, k))
+    lines = [f"a program {fixed['program_us']:.1f} us on the fixed workload, {kept['program_us']:.1f} us on the "
+             f"campaign's programs; the op kinds that add most:"]
+    for name in names[:top]:
+        (c1, u1), (c2, u2) = (costs["ops"].get(name, (0, 0)) for costs in (fixed, kept))
+        lines.append(f"  {name:10} {c1:.2f} -> {c2:.2f} a program, {u1:.1f} -> {u2:.1f} us each "
+                     f"(+{per_program(kept, name) - per_program(fixed, name):.1f} us a program)")
+    return lines
+
+
+def op_costs(spec_text: str, corpus: str = "") -> dict:
+    """``op_costs_here`` in a fresh interpreter."""
+    out = subprocess.run([sys.executable, __file__, "--op-costs", spec_text, corpus],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def measure(spec_text: str, scope: str, seconds: float, corpus: str = "") -> dict:
     """``measure_here`` in a fresh interpreter (instrumentation patches the loaded functions for good)."""
     out = subprocess.run([sys.executable, __file__, "--measure", spec_text, scope, str(seconds), corpus],
@@ -128,12 +195,14 @@ def campaign(spec_text: str, seconds: float, instrument: str) -> dict:
         if not m:
             return {"error": proc.stderr[-500:]}
         plain = measure(spec_text, "none", seconds, f"{tmp}/corpus")
+        costs = [op_costs(spec_text, corpus) for corpus in ("", f"{tmp}/corpus")]
         ops = re.search(r"ops/program ([\d.]+)", lines[-1])
         return {"programs_per_s": int(m.group(2)), "programs_per_cpu_s": int(m.group(3)), "programs": int(m.group(1)),
                 "ops_per_program": float(ops.group(1)) if ops else None,
                 "plain_ops_per_program": before["ops_per_program"],
                 "arcs": int(m.group(4)), "findings": int(m.group(5)), "exit": proc.returncode,
-                "plain_around": [before["programs_per_s"], after["programs_per_s"]], "plain_on_its_corpus": plain}
+                "plain_around": [before["programs_per_s"], after["programs_per_s"]], "plain_on_its_corpus": plain,
+                "op_costs": {"fixed": costs[0], "kept": costs[1]}}
 
 
 def main() -> None:
@@ -143,7 +212,11 @@ def main() -> None:
     ap.add_argument("--no-campaign", action="store_true")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--measure", nargs=4, metavar=("SPEC", "SCOPE", "SECONDS", "CORPUS"), help=argparse.SUPPRESS)
+    ap.add_argument("--op-costs", nargs=2, metavar=("SPEC", "CORPUS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.op_costs:
+        print(json.dumps(op_costs_here(*args.op_costs)))
+        return
     if args.measure:
         spec, scope, seconds, corpus = args.measure
         print(json.dumps(measure_here(spec, scope, float(seconds), corpus)))
@@ -177,6 +250,9 @@ def main() -> None:
                   f" arcs {c['arcs']});  plain on its corpus {same['programs_per_s']}/s"
                   f" ({same['ops_per_program']} ops/program): the loop at"
                   f" {c['programs_per_cpu_s'] / same['programs_per_s']:.2f} of plain on the same programs", flush=True)
+            if key == "campaign":
+                for line in op_cost_lines(c["op_costs"]["fixed"], c["op_costs"]["kept"]):
+                    print(f"{'':16} {line}", flush=True)
             if c.get("ops_per_program"):
                 print(f"{'':16} {key} in ops: {c['ops_per_program']} ops/program,"
                       f" {c['programs_per_cpu_s'] * c['ops_per_program']:.0f} ops/cpu-s, "
@@ -189,5 +265,5 @@ def main() -> None:
 if __name__ == "__main__":
     t0 = time.time()
     main()
-    if "--measure" not in sys.argv:
+    if "--measure" not in sys.argv and "--op-costs" not in sys.argv:
         print(f"({time.time() - t0:.0f} s)")

@@ -16,8 +16,10 @@ pytest.importorskip("hypothesis")
 
 import baselines  # noqa: E402
 import detect  # noqa: E402
+import throughput  # noqa: E402
 
-from fuzz.program import OPS, normalize  # noqa: E402
+from fuzz.codec import encode  # noqa: E402
+from fuzz.program import OPS, normalize, seed_programs  # noqa: E402
 from harness.sim import BUGS  # noqa: E402
 
 
@@ -144,3 +146,23 @@ def test_summary_and_false_positive_reporting():
     assert "FALSE POSITIVE 1/1" in md and "## FALSE POSITIVES" in md and "# migfuzz finding: hang" in md
     assert "state-mismatch×1" in md
     assert "| **total** (sum of medians, miss = budget) | | **3.00 s** (2/3 runs, 1/1 variants) |" in md
+
+
+def test_op_costs_count_every_op_of_every_program(tmp_path):
+    progs = [prog for _name, prog in seed_programs("v2")][:3]
+    for i, prog in enumerate(progs):
+        (tmp_path / f"{i:02}").write_bytes(encode(prog))
+    costs = throughput.op_costs_here("sim", str(tmp_path), passes=2)
+    made = sum(count for count, _us in costs["ops"].values())
+    assert made == pytest.approx(sum(len(p.ops) for p in progs) / len(progs))  # every handler call, timed once
+    assert all(us > 0 for _count, us in costs["ops"].values())
+    assert 0 < costs["handlers_us"] < costs["program_us"]
+
+
+def test_op_cost_lines_rank_kinds_by_what_they_add():
+    fixed = {"ops": {"set": [2.0, 5.0], "race": [0.5, 20.0], "get": [1.0, 1.0]}, "program_us": 30, "handlers_us": 21}
+    kept = {"ops": {"set": [2.0, 5.0], "race": [1.5, 20.0], "get": [3.0, 1.0]}, "program_us": 52, "handlers_us": 43}
+    lines = throughput.op_cost_lines(fixed, kept, top=2)
+    assert lines[1].split()[0] == "race" and "+20.0 us" in lines[1]  # 1.0 more a program at 20 us
+    assert lines[2].split()[0] == "get" and "+2.0 us" in lines[2]
+    assert len(lines) == 3  # set adds nothing and is past the top 2
