@@ -47,8 +47,8 @@ OUTCOME_EMPTY = 64     # a read that succeeded with 0 bytes
 
 _DEVICE_STATE = V1_FIELDS["device_state"]
 # What a drain that never ended was doing (made once: a drain's verdict reads it only when it fails)
-V2_UNENDED = f"still sending after {DRAIN_LIMIT} reads"
-V1_UNENDED = f"pending_bytes still non-zero after {DRAIN_LIMIT} iterations"
+_V2_UNENDED = f"still sending after {DRAIN_LIMIT} reads"
+_V1_UNENDED = f"pending_bytes still non-zero after {DRAIN_LIMIT} iterations"
 
 
 class Executor:
@@ -406,7 +406,7 @@ class Executor:
         if self.trace_on:
             self.note(f"drain fd {slot.fd} -> {last[1]} bytes, then "
                       f"{model.errname(last[0]) if last[0] else 'end' if ended else 'no end'}")
-        self.oracle.drained(view, ended, V2_UNENDED)
+        self.oracle.drained(view, ended, _V2_UNENDED)
         return last[0]
 
     def v2_write(self, op, view, dev):
@@ -558,7 +558,7 @@ class Executor:
                 break
         if self.trace_on:
             self.note(f"drain: captured {len(view.capture)} bytes")
-        self.oracle.drained(view, ended, V1_UNENDED)
+        self.oracle.drained(view, ended, _V1_UNENDED)
         return 0
 
     def v1_rdwin(self, op, view, dev):
