@@ -119,9 +119,10 @@ class Executor:
                 self.step = step
                 if op_started is not None:
                     op_started(step)
-                view = views[op.dev]
+                dev = op.dev  # (read once: a NamedTuple field is a descriptor, which CPython 3.11 does not specialize)
+                view = views[dev]
                 before = view.state
-                outcome = handlers[op.code](op, view, devices[op.dev])
+                outcome = handlers[op.code](op, view, devices[dev])
                 if True in armed:  # a fault is armed: resync with the device if it fired
                     self._after_faults()
                 if oracle.observe is not None:  # a stream completed or loaded: its registers, now
