@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 pytest.importorskip("hypothesis")
 
 import baselines  # noqa: E402
+import compare  # noqa: E402
 import detect  # noqa: E402
 import throughput  # noqa: E402
 
@@ -166,3 +167,26 @@ def test_op_cost_lines_rank_kinds_by_what_they_add():
     assert lines[1].split()[0] == "race" and "+20.0 us" in lines[1]  # 1.0 more a program at 20 us
     assert lines[2].split()[0] == "get" and "+2.0 us" in lines[2]
     assert len(lines) == 3  # set adds nothing and is past the top 2
+
+
+def test_compare_takes_the_ratio_within_each_round():
+    # The host slows in round 2; this tree is 0.95x in two rounds of three. The ratio of the medians
+    # (700 / 1000) would say 0.7x: the drift, not the trees.
+    out = compare.summary([1000.0, 400.0, 1000.0], [950.0, 380.0, 700.0])
+    assert out["ratio"] == 0.95 and out["rounds"] == 3
+    assert out["theirs"] == 1000 and out["ours"] == 700
+    assert out["quartiles"][0] < 0.95 <= out["quartiles"][1]
+    assert compare.summary([100.0], [110.0])["ratio"] == 1.1  # one round: no quartiles to take
+
+
+def test_compare_against_a_revision_end_to_end(tmp_path):
+    out = tmp_path / "cmp.json"
+    before = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "HEAD", "--target", "sim",
+                           "--rounds", "2", "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())["sim"]
+    assert figures["rounds"] == 2 and figures["theirs"] > 0 and figures["ours"] > 0
+    assert proc.stdout.startswith("sim ") and "2 rounds" in proc.stdout
+    after = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert after == before  # its worktree of HEAD is gone
