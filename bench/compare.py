@@ -95,7 +95,10 @@ def compare(other: str, spec_text: str, rounds: int) -> dict:
                 for k in ((0, 1) if i % 2 == 0 else (1, 0)):  # alternate who goes first
                     workers[k].stdin.write("go\n")
                     workers[k].stdin.flush()
-                    rates[k].append(float(workers[k].stdout.readline()))
+                    answer = workers[k].stdout.readline()
+                    if not answer:
+                        raise SystemExit(f"compare: a worker for {spec_text} exited (status {workers[k].wait()})")
+                    rates[k].append(float(answer))
         finally:
             for w in workers:
                 if w.stdin:
@@ -123,7 +126,9 @@ def main() -> None:
         ap.error("a revision and --rounds >= 1 are needed")
     with tempfile.TemporaryDirectory() as tmp:
         other = str(Path(tmp) / "tree")
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", other, args.rev], check=True)
+        checkout = ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", other, args.rev]
+        if subprocess.run(checkout).returncode:
+            raise SystemExit(f"compare: cannot check out {args.rev!r} (git said why, above)")
         try:
             results = {}
             for spec in args.target or ["sim", "sim:proto=v1"]:

@@ -190,3 +190,11 @@ def test_compare_against_a_revision_end_to_end(tmp_path):
     assert proc.stdout.startswith("sim ") and "2 rounds" in proc.stdout
     after = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
     assert after == before  # its worktree of HEAD is gone
+
+
+def test_compare_says_which_revision_it_cannot_check_out():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "no-such-revision-here"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "compare: cannot check out 'no-such-revision-here' (git said why, above)"
