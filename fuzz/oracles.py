@@ -564,21 +564,29 @@ class Oracle:
                 wrong.append(files)  # the answers are those of this order, the driver's state is not
                 continue
             if len(fits) > 1:
-                self.forget_the_order(view, sides)
+                self.forget_the_order(view, sides, saved[1])
             return
         if isinstance(wrong[0], Finding):  # a call's own claim is no claim on the race's answer
             raise FindingRaised(wrong[0]._replace(check=UNCHECKABLE))
         self.fail("race-not-serializable", f"{wrong[0]} migration file(s) held by the driver, as after the serial "
                   f"order the answers fit", f"{live}", UNCHECKABLE, cause="+".join(sorted(s.kind for s in sides)))
 
-    def forget_the_order(self, view: DeviceView, sides: tuple) -> None:
+    def forget_the_order(self, view: DeviceView, sides: tuple, before: DeviceView) -> None:
         """Both serial orders fit a race's answers, and the view went through one of them: drop what
-        only that order would tell. Whether a load happened (to compare the registers it would have
-        loaded), what PRECOPY_INFO's sizes cover; for two reads of one data_fd that both got bytes, in
-        which order those bytes come in the stream; for a read that found no data, whether it came
-        before a SET (PRE_COPY: no data for now) or after it (STOP_COPY: the end of the stream)."""
+        only that order would tell (``before``: the view as the race found it). Whether a load
+        happened (to compare the registers it would have loaded), what PRECOPY_INFO's sizes cover;
+        whether a failed resume write was the device's refusal; for two reads of one data_fd that
+        both got bytes, in which order those bytes come in the stream; for a read that found no
+        data, whether it came before a SET (PRE_COPY: no data for now) or after it (STOP_COPY: the
+        end of the stream)."""
         self.observe = None
         view.pc_expect = -1
+        # A resume write that failed counts against the session's later load only if the device
+        # refused it: in the other order a close (or reset, reopen) ended the data_fd first, and
+        # EBADF says nothing of the stream. (Found by short campaigns on the correct simulator,
+        # flags 0x7: write | close at sched 0 after a complete transfer, then a load.)
+        if any(s.kind == "write" and s.answer[0] for s in sides):
+            view.write_failed = before.write_failed
         reads = [s for s in sides if s.kind == "read"]
         if len(reads) == 2 and reads[0].index == reads[1].index and reads[0].answer[1] and reads[1].answer[1]:
             view.capture_tainted = True

@@ -195,6 +195,25 @@ def test_two_racing_reads_of_one_stream_leave_its_order_unknown():
     assert finding is not None and finding.kind == "valid-stream-rejected", finding
 
 
+def test_a_racing_write_refused_after_a_close_does_not_count_against_the_load():
+    # Found on 2026-12-03 by 30 s campaigns on the correct simulator (flags 0x7), minimized from 24 ops:
+    # the close ran first and the write got EBADF; replayed in the other order (write, then close) the
+    # same answer reads as a refused resume write, and the load of the complete stream transferred
+    # before was judged "damaged stream accepted".
+    def program(y, sched):
+        return parse_program("migfuzz-program 1 v2\nset 0 state=STOP_COPY\n"
+                             "wrreg 0 region=0 off=0x0 size=1 value=0x0\ndrain 0 fd=0\n"
+                             "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\n"
+                             f"race 1 x=write xarg=0 y={y} yarg=0 sched={sched} data=\nset 1 state=STOP_COPY\n")
+    for sched in range(16):
+        assert Executor(SimTarget("v2", 0x7)).run(program("close", sched)) is None, sched
+    # a write the device itself refuses still counts: the variant that loads after one is caught
+    finding = Executor(SimTarget("v2", 0x7, "v2-failed-write-counted")).run(parse_program(
+        "migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=flip arg=8\n"
+        "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\n"))
+    assert finding is not None and finding.kind == "damaged-stream-accepted", finding
+
+
 def test_race_outcomes_v1():
     ab, ba = model.race_outcomes("v1", 0, 0b001, (), model.RaceCall("set", 0b111), model.RaceCall("reset"))
     # an invalid value is refused (the device may go to 110b then): reset last, RUNNING; reset first, either
