@@ -44,8 +44,8 @@ def campaign_input_path(root: str, spec_text: str):
 
 def dump_workload(root: str, spec_text: str, out: str) -> None:
     """Write the fixed workload of the tree at ``root`` for ``spec_text`` into ``out``, one program a file."""
-    _run, proto = campaign_input_path(root, spec_text)
-    from bench.throughput import workload
+    _run, proto = campaign_input_path(root, spec_text)  # (the protocol as that tree parses the spec)
+    from bench.throughput import workload  # that tree's: its root is first on sys.path
 
     for i, data in enumerate(workload(proto)):
         (Path(out) / f"{i:05}").write_bytes(data)

@@ -72,10 +72,9 @@ def workload(proto: str, n: int = 1500) -> list:
     return [encode(p) for p in progs]
 
 
-def measure_here(spec_text: str, scope: str, seconds: float, corpus: str = "") -> dict:
-    """Programs per CPU second of the campaign's own input path, in this process, on the fixed
-    workload or on the programs kept in ``corpus``."""
-    from fuzz.codec import decode
+def campaign_here(spec_text: str, scope: str, corpus: str = ""):
+    """A campaign on ``spec_text`` without libFuzzer, instrumented to ``scope``, and its inputs: the
+    fixed workload or the programs kept in ``corpus``."""
     from fuzz.engine import Campaign
     from fuzz.targets import parse_target
 
@@ -84,7 +83,15 @@ def measure_here(spec_text: str, scope: str, seconds: float, corpus: str = "") -
     if scope != "none":
         camp.private_counters = memoryview(bytearray(1 << 20))  # no libFuzzer here: hits cost what they would
         camp.enable_arc_feedback()
-    inputs = corpus_inputs(Path(corpus)) if corpus else workload(camp.proto)
+    return camp, corpus_inputs(Path(corpus)) if corpus else workload(camp.proto)
+
+
+def measure_here(spec_text: str, scope: str, seconds: float, corpus: str = "") -> dict:
+    """Programs per CPU second of the campaign's own input path, in this process, on the fixed
+    workload or on the programs kept in ``corpus``."""
+    from fuzz.codec import decode
+
+    camp, inputs = campaign_here(spec_text, scope, corpus)
     run = camp.test_one_input
     n = 0
     t0 = time.process_time()  # CPU time: other processes on the machine do not count
@@ -102,11 +109,7 @@ def op_costs_here(spec_text: str, corpus: str = "", passes: int = 3) -> dict:
     """Per op kind, on the fixed workload or the programs in ``corpus``: {"ops": {name: [ops a program,
     microseconds an op]}, "program_us": microseconds a program, "handlers_us": of which in handlers}.
     Each handler is timed around its call (the timer adds its own fraction of a microsecond)."""
-    from fuzz.engine import Campaign
-    from fuzz.targets import parse_target
-
-    camp = Campaign(parse_target(spec_text), Path(tempfile.gettempdir()), None, None, False, 0)
-    camp.load_target("none")
+    camp, inputs = campaign_here(spec_text, "none", corpus)
     executor = camp.executor
     names = [spec.name for spec in executor.specs]
     spent, made = [0] * len(names), [0] * len(names)
@@ -123,7 +126,6 @@ def op_costs_here(spec_text: str, corpus: str = "", passes: int = 3) -> dict:
         return call
 
     executor.handlers = tuple(timed(i, h) for i, h in enumerate(executor.handlers))
-    inputs = corpus_inputs(Path(corpus)) if corpus else workload(camp.proto)
     run = camp.test_one_input
     for data in inputs:  # warm: the memo tables, the interpreter's specializations
         run(data)
@@ -240,8 +242,10 @@ def main() -> None:
               + (f"  start-up {row['startup_s']:.2f} s" if "startup_s" in row else ""), flush=True)
         for key in ("campaign", "campaign-all"):
             c = row.get(key)
-            if c is None or "error" in c:
-                print(f"{'':16} {key}: {c and c['error']}", flush=True)
+            if c is None:  # --no-campaign
+                continue
+            if "error" in c:
+                print(f"{'':16} {key}: {c['error']}", flush=True)
                 continue
             same = c["plain_on_its_corpus"]
             around = sum(c["plain_around"]) / 2

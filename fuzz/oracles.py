@@ -284,22 +284,23 @@ class Oracle:
         if view.capture_done:
             self.fail("stream-protocol", "no data after the end of the stream", f"{len(data)} more bytes",
                       Check("data_after_end"))
-        # An address's top byte would be in the new bytes. (0xFF, an int: CPython 3.11 tries a bytes
-        # operand of `in` as an index first and formats the TypeError it clears, 4x the time.)
-        if self.leak_check_stream and 0xFF in data:
+        if self.leak_check_stream and 0xFF in data:  # an address's top byte would be in the new bytes
             self.check_addresses(view, bytes(view.capture[-7:]) + data, "the data_fd")
         view.capture += data
 
     # -- what a device hands out (info leaks) ------------------------------------------
 
     def check_addresses(self, view: DeviceView, data: bytes, where: str) -> None:
-        """Bytes a device handed out must not hold a kernel address the program did not put there."""
-        if 0xFF in data:  # (an int: see stream_data)
-            found = kernel_addresses(data, view.entered)
-            if found:
-                at, value = found[0]
-                self.fail("info-leak", "no kernel address in what the device hands out",
-                          f"{value:#018x} from {where} (byte {at})", Check("kernel_address"), cause="kernel address")
+        """Bytes a device handed out must not hold a kernel address the program did not put there.
+
+        Every kernel address has 0xff as its top byte, so callers test ``0xFF in data`` first and
+        build ``data`` and ``where`` only then (an int: CPython 3.11 tries a bytes operand of ``in``
+        as an index first, and makes and clears a TypeError, 4x the time)."""
+        found = kernel_addresses(data, view.entered)
+        if found:
+            at, value = found[0]
+            self.fail("info-leak", "no kernel address in what the device hands out",
+                      f"{value:#018x} from {where} (byte {at})", Check("kernel_address"), cause="kernel address")
 
     def on_reg_read(self, view: DeviceView, region: int, off: int, err: int, data: bytes, guard_ok: bool,
                     limit: int | None) -> None:
@@ -309,7 +310,7 @@ class Oracle:
         if err:
             return
         self.check_bounds(region, off, len(data), limit, "read")  # the defect a leak past the end comes from
-        if 0xFF in data:  # (only then can an address be in it: the text is made for that case only)
+        if 0xFF in data:  # (see check_addresses)
             self.check_addresses(view, data, f"region {region} +{off:#x}")
         if not guard_ok:
             return
