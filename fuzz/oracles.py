@@ -586,7 +586,8 @@ class Oracle:
         # refused it: in the other order a close (or reset, reopen) ended the data_fd first, and
         # EBADF says nothing of the stream. (Found by short campaigns on the correct simulator,
         # flags 0x7: write | close at sched 0 after a complete transfer, then a load.)
-        if any(s.kind == "write" and s.answer[0] for s in sides):
+        a, b = sides
+        if (a.kind == "write" and a.answer[0]) or (b.kind == "write" and b.answer[0]):
             view.write_failed = before.write_failed
         reads = [s for s in sides if s.kind == "read"]
         if len(reads) == 2 and reads[0].index == reads[1].index and reads[0].answer[1] and reads[1].answer[1]:
