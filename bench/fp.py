@@ -9,15 +9,24 @@ of them then given the campaign's op groups and field edits (the configuration's
 inferred first). The generators emit ``fault`` ops, so injected faults (every kind) are part of
 the workload.
 
+``--sweep`` runs a fixed neighbourhood of the seeds instead, exhaustively where it is small:
+every seed program with one op inserted at every position, the op being every race of two
+calls (each call with each argument it takes: every state a SET asks for, the two newest
+data_fds) at every interleaving on either device, or one of a few drawn ops of every other
+kind. Random programs reach a given race after a given prefix rarely: a false positive found by
+short campaigns (a racing write refused after a close, then a load) needed exactly one such
+insertion into a seed, so the sweep finds that class deterministically.
+
 Prints, per configuration, the programs run, how many armed a fault, the time, programs/s
 and the findings (which must be 0). On a finding it prints the program's text and the
 finding and exits 1.
 
-Usage: python bench/fp.py [--programs 1000000] [--seed 1] [--jobs 2] [--config v2:0x7 ...]
+Usage: python bench/fp.py [--programs 1000000 | --sweep] [--seed 1] [--jobs 2] [--config v2:0x7 ...]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 import time
@@ -30,8 +39,9 @@ if str(ROOT) not in sys.path:
 from fuzz import layout  # noqa: E402
 from fuzz.codec import decode, encode  # noqa: E402
 from fuzz.executor import Executor  # noqa: E402
-from fuzz.mutator import FieldEdits, OpGroups, crossover, mutate, random_program, trim_payload  # noqa: E402
-from fuzz.program import OPCODES, seed_programs  # noqa: E402
+from fuzz.mutator import FieldEdits, OpGroups, crossover, mutate, random_op, random_program, trim_payload  # noqa: E402
+from fuzz.program import NDEVICES, OPCODES, OPS, Op, Program, normalize, race_slot, seed_programs  # noqa: E402
+from harness.runtime import RACE_CALLS, RACE_FD_CALLS, RACE_SCHEDS  # noqa: E402
 from harness.sim import SimTarget  # noqa: E402
 
 CONFIGS = (("v2", 0x1), ("v2", 0x3), ("v2", 0x5), ("v2", 0x7), ("v1", 0))
@@ -68,16 +78,70 @@ def programs(proto: str, count: int, seed: int, stream_layout=None):
         yield prog
 
 
-def run_config(proto: str, flags: int, count: int, seed: int = 1) -> dict:
-    """Run ``count`` programs on the correct simulator; stops at the first finding."""
+SWEEP_DRAWS = 12  # drawn ops of each kind but race (per position of a seed) in --sweep
+SWEEP_WRITE = bytes(range(0x10, 0x14))  # what a racing write writes in --sweep
+SWEEP_FD_SLOTS = 2  # the data_fds a racing data_fd call uses in --sweep: the newest two
+
+
+def race_sides(proto: str) -> list:
+    """(call, argument) for every racing call the sweep makes: a SET of every state (v1: every
+    device_state value of three bits), a data_fd call on each of the newest data_fds (v2 only:
+    v1 has none), the others once."""
+    sides = []
+    for kind in RACE_CALLS:
+        if kind == "set":
+            sides += [(kind, arg) for arg in range(8)]
+        elif kind in RACE_FD_CALLS:
+            sides += [(kind, arg) for arg in range(SWEEP_FD_SLOTS)] if proto == "v2" else []
+        else:
+            sides.append((kind, 0))
+    return sides
+
+
+def sweep_ops(proto: str, seed: int = 1) -> list:
+    """The ops ``--sweep`` inserts: every race of two of :func:`race_sides` at every interleaving on
+    either device, then SWEEP_DRAWS drawn ops of every other kind (``random_op``: either device)."""
+    race = OPCODES[proto]["race"]
+    sides = race_sides(proto)
+    ops = [normalize(proto, Op(race, dev, race_slot(x, xarg, y, yarg, sched), 0,
+                               SWEEP_WRITE if "write" in (x, y) else b""))
+           for dev in range(NDEVICES) for x, xarg in sides for y, yarg in sides for sched in range(RACE_SCHEDS)]
+    rng = random.Random(f"sweep/{seed}/{proto}")
+    ops += [random_op(proto, rng, code) for code in range(len(OPS[proto])) if code != race
+            for _ in range(SWEEP_DRAWS)]
+    return ops
+
+
+def sweep_programs(proto: str, seed: int = 1):
+    """Every seed program with one of :func:`sweep_ops` inserted at every position (before its first
+    op to after its last), in that order."""
+    inserted = sweep_ops(proto, seed)
+    for _name, prog in seed_programs(proto):
+        ops = prog.ops
+        for at in range(len(ops) + 1):
+            head, tail = ops[:at], ops[at:]
+            for op in inserted:
+                yield Program(proto, head + (op,) + tail)
+
+
+def sweep_size(proto: str) -> int:
+    """How many programs :func:`sweep_programs` yields."""
+    return len(sweep_ops(proto)) * sum(len(prog.ops) + 1 for _name, prog in seed_programs(proto))
+
+
+def run_config(proto: str, flags: int, count: int | None, seed: int = 1, sweep: bool = False) -> dict:
+    """Run ``count`` programs on the correct simulator (``sweep``: of the seeds' neighbourhood, all of
+    it when ``count`` is None); stops at the first finding."""
     target = SimTarget(proto, flags)
     executor = Executor(target)
-    stream_layout = layout.infer(layout.capture(target), config_name(proto, flags), proto)
+    stream_layout = None if sweep else layout.infer(layout.capture(target), config_name(proto, flags), proto)
     fault = OPCODES[proto]["fault"]
     stats = {"config": config_name(proto, flags), "programs": 0, "with_faults": 0, "ops": 0, "findings": 0,
              "seconds": 0.0, "program": None, "finding": None}
     start = time.perf_counter()
-    for prog in programs(proto, count, seed, stream_layout):
+    source = itertools.islice(sweep_programs(proto, seed), count) if sweep else programs(proto, count, seed,
+                                                                                         stream_layout)
+    for prog in source:
         stats["programs"] += 1
         stats["ops"] += len(prog.ops)
         stats["with_faults"] += any(op.code == fault for op in prog.ops)
@@ -108,14 +172,19 @@ def report(stats: dict, out=print) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--programs", type=int, default=1_000_000, help="programs per configuration")
+    ap.add_argument("--programs", type=int, help="programs per configuration (default 1,000,000; with --sweep: "
+                                                 "all of it, this many first)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="every seed with one op inserted at every position (every race at every interleaving)"
+                         " instead of generated programs")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="configurations run in parallel processes")
     ap.add_argument("--config", action="append", choices=[config_name(*c) for c in CONFIGS],
                     help="only these configurations (default: all)")
     args = ap.parse_args(argv)
     configs = [c for c in CONFIGS if not args.config or config_name(*c) in args.config]
-    work = [(proto, flags, args.programs, args.seed) for proto, flags in configs]
+    count = args.programs or (None if args.sweep else 1_000_000)
+    work = [(proto, flags, count, args.seed, args.sweep) for proto, flags in configs]
     start = time.perf_counter()
     if args.jobs > 1:
         from multiprocessing import Pool

@@ -585,10 +585,15 @@ class Oracle:
         # A resume write that failed counts against the session's later load only if the device
         # refused it: in the other order a close (or reset, reopen) ended the data_fd first, and
         # EBADF says nothing of the stream. (Found by short campaigns on the correct simulator,
-        # flags 0x7: write | close at sched 0 after a complete transfer, then a load.)
+        # flags 0x7: write | close at sched 0 after a complete transfer, then a load.) Nor is the
+        # session's content known (empty, or one transfer of a damaged stream): in the order where
+        # the device refused the write, it may have kept its bytes (mtty_resume_write() does).
         a, b = sides
         if (a.kind == "write" and a.answer[0]) or (b.kind == "write" and b.answer[0]):
             view.write_failed = before.write_failed
+            slot = before.slots[(a if a.kind == "write" else b).index]
+            if slot.live and not slot.saving:
+                view.resume_kind = "mixed"
         reads = [s for s in sides if s.kind == "read"]
         if len(reads) == 2 and reads[0].index == reads[1].index and reads[0].answer[1] and reads[1].answer[1]:
             view.capture_tainted = True
@@ -1138,6 +1143,7 @@ class V1Oracle(Oracle):
         view.frozen = None
         view.new_resume()
         view.new_capture()
+        view.pending_last = -1  # the saving iteration it measured ended with the reset
         self.check_leak(0, live)
 
     def files_expected(self, view: DeviceView) -> int | None:

@@ -1,7 +1,7 @@
 """The false-positive benchmark (bench/fp.py), short: the correct simulator never produces a finding.
 
-20,000 generated programs per configuration (every v2 flag set and v1), with injected faults;
-counts are asserted, not time.
+20,000 generated programs per configuration (every v2 flag set and v1), with injected faults, and
+a slice of the seeds' neighbourhood (``--sweep``); counts are asserted, not time.
 """
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import itertools  # noqa: E402
+
 import fp  # noqa: E402
 
-from fuzz.program import seed_programs  # noqa: E402
+from fuzz.executor import Executor  # noqa: E402
+from fuzz.program import OPCODES, race_args, seed_programs  # noqa: E402
+from harness.runtime import RACE_SCHEDS  # noqa: E402
+from harness.sim import SimTarget  # noqa: E402
 
 PROGRAMS = 20_000
 
@@ -58,3 +63,57 @@ def test_a_finding_is_reported_with_its_program(capsys):
     assert "\n".join(lines[2:]).splitlines() == ["migfuzz-program 1 v2", "set 0 state=ERROR"]
     assert fp.main(["--programs", "50", "--config", "v1"]) == 0
     assert "findings 0" in capsys.readouterr().out
+
+
+SWEEP_STRIDE = 211  # every 211th program of the sweep: ~8,600 (v2), ~1,200 (v1) per configuration
+
+
+@pytest.mark.parametrize("proto,flags", fp.CONFIGS, ids=[fp.config_name(*c) for c in fp.CONFIGS])
+def test_a_slice_of_the_sweep_is_silent_on_the_correct_simulator(proto, flags):
+    executor = Executor(SimTarget(proto, flags))
+    ran = 0
+    for prog in itertools.islice(fp.sweep_programs(proto), 0, None, SWEEP_STRIDE):
+        finding = executor.run(prog)
+        assert finding is None, f"{finding.kind}: expected {finding.expected}; observed {finding.observed}\n" \
+                                f"{prog.text()}"
+        ran += 1
+    assert ran == -(-fp.sweep_size(proto) // SWEEP_STRIDE)
+
+
+def test_the_sweep_makes_every_race_at_every_interleaving_on_both_devices():
+    race = OPCODES["v2"]["race"]
+    sides = fp.race_sides("v2")
+    assert ("set", 0) in sides and ("set", 7) in sides and ("close", 1) in sides and ("reopen", 0) in sides
+    races = {(op.dev, race_args(op)) for op in fp.sweep_ops("v2") if op.code == race}
+    assert len(races) == 2 * len(sides) ** 2 * RACE_SCHEDS
+    assert (1, (("write", 0), ("close", 0), 0)) in races  # the false positive of 2026-12-03 (tests/test_race.py)
+    assert all(kind not in dict(fp.race_sides("v1")) for kind in ("read", "write", "close", "precopy"))
+    # every other op kind is drawn too
+    codes = {op.code for op in fp.sweep_ops("v2")}
+    assert codes == set(range(len(OPCODES["v2"])))
+    # the first seed with each op before its first op, ..., after its last, in that order
+    first = seed_programs("v2")[0][1].ops
+    inserted = fp.sweep_ops("v2")
+    progs = list(itertools.islice(fp.sweep_programs("v2"), len(inserted) * (len(first) + 1)))
+    for at in range(len(first) + 1):
+        block = progs[at * len(inserted):(at + 1) * len(inserted)]
+        assert [p.ops[at] for p in block] == inserted
+        assert {p.ops[:at] + p.ops[at + 1:] for p in block} == {first}
+    assert fp.sweep_size("v2") == len(fp.sweep_ops("v2")) * sum(len(p.ops) + 1 for _n, p in seed_programs("v2"))
+
+
+def test_the_sweep_finds_a_defect_only_a_race_shows():
+    # the reset that does not wait for the state mutex: no serial program finds it
+    executor = Executor(SimTarget("v2", 0x7, "v2-reset-not-deferred"))
+    runs = ((n, prog, executor.run(prog)) for n, prog in enumerate(fp.sweep_programs("v2"), 1))
+    n, prog, finding = next(((n, prog, f) for n, prog, f in runs if f is not None), (0, None, None))
+    assert finding is not None, "not found"
+    assert finding.kind == "race-not-serializable"
+    assert any(op.code == OPCODES["v2"]["race"] for op in prog.ops)
+    assert n < 100_000
+
+
+
+def test_sweep_from_the_command_line(capsys):
+    assert fp.main(["--sweep", "--programs", "300", "--config", "v1"]) == 0
+    assert "programs       300" in capsys.readouterr().out
