@@ -38,6 +38,15 @@ def test_correct_simulator_has_no_false_positive(proto, flags):
     assert stats["with_faults"] >= PROGRAMS // 5, stats
 
 
+@pytest.mark.parametrize("proto,flags", [("v2", 0x7), ("v1", 0)])
+def test_judged_as_a_real_device_the_correct_simulator_has_no_false_positive(proto, flags):
+    # without the digest, as on the rig: streams and registers only
+    stats = fp.run_config(proto, flags, PROGRAMS // 4, seed=2, digest=False)
+    assert stats["config"].endswith(",digest=0")
+    assert stats["finding"] is None, stats["program"]
+    assert stats["programs"] == PROGRAMS // 4
+
+
 def test_workload_is_reproducible_and_starts_with_the_seeds():
     seeds = [p for _n, p in seed_programs("v2")]
     first = list(fp.programs("v2", 200, seed=3))
