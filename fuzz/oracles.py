@@ -594,6 +594,14 @@ class Oracle:
             slot = before.slots[(a if a.kind == "write" else b).index]
             if slot.live and not slot.saving:
                 view.resume_kind = "mixed"
+        if a.kind == "reset" or b.kind == "reset":
+            # A session the race ended was ended by the reset in one order and by the SET (or close)
+            # in the other: name it after the reset, so the finding a later use of its data_fd makes
+            # has one cause (its coarse signature) whichever way round the program wrote the race.
+            was_live = {slot.fd for slot in before.slots if slot.live}
+            for slot in view.slots:
+                if slot.fd in was_live and slot.live is False:
+                    slot.ended_by = "reset"
         reads = [s for s in sides if s.kind == "read"]
         if len(reads) == 2 and reads[0].index == reads[1].index and reads[0].answer[1] and reads[1].answer[1]:
             view.capture_tainted = True

@@ -486,10 +486,11 @@ def test_race_outcomes_are_computed_once_and_cannot_be_changed():
 
 
 def view_facts(view: DeviceView, known: dict) -> dict:
-    """What later judgement reads of a view: every field, but labels (why a data_fd ended), the
-    byte values entered as a set, and a tainted capture's bytes (never judged as a stream)."""
+    """What later judgement reads of a view: every field (a data_fd's, why it ended too: the cause
+    of a finding its later use makes), the byte values entered as a set, and a tainted capture's
+    bytes (never judged as a stream)."""
     facts = {name: getattr(view, name) for name in DeviceView.__slots__ if name not in ("entering", "_entered", "_own")}
-    facts["slots"] = [(s.fd, s.saving, s.live) for s in view.slots]
+    facts["slots"] = [(s.fd, s.saving, s.live, s.ended_by) for s in view.slots]
     facts["entered"], facts["own"] = set(view.entered), set(view.own)
     if view.capture_tainted:
         facts["capture"] = facts["original"] = None
@@ -542,7 +543,8 @@ def test_both_fitting_orders_of_a_race_leave_the_same_view(proto, flags, stride)
     forgetting what only the replayed order would tell, both orders leave the same view, so no later
     verdict depends on the order the oracle happened to replay. (Differences this found: a racing
     write refused or closed under it left the session's content 'derived' in one order and 'mixed'
-    in the other; a v1 reset left the last pending_bytes of the ended saving iteration.)"""
+    in the other; a v1 reset left the last pending_bytes of the ended saving iteration; a session a
+    reset raced to end was ended "by the reset" in one order and "at session end" in the other.)"""
     executor = Executor(SimTarget(proto, flags))
     seen = []
     replay_both_orders(executor, seen)
