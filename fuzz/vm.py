@@ -184,7 +184,9 @@ def _timings(result: rig.GuestResult, setup: float, kernel: str = "stock") -> di
 
 def _say_timings(t: dict) -> None:
     cached = f" (cached; the cold setup took {t['cold_setup_s']} s)" if t["setup_s"] < 1 and t["cold_setup_s"] else ""
-    say(f"setup {t['setup_s']} s{cached}; boot {t['boot_s']} s ({t['accel']}); command {t['command_s']} s")
+    # (no command time: the guest never reported its command finished, e.g. a panic ended it)
+    command = "did not finish" if t["command_s"] is None else f"{t['command_s']} s"
+    say(f"setup {t['setup_s']} s{cached}; boot {t['boot_s']} s ({t['accel']}); command {command}")
 
 
 def _excerpt(console: str, marker: str | None) -> str:

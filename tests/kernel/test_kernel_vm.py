@@ -59,10 +59,10 @@ class FakeGuest:
 
 
 def guest_result(results: Path, *, exit_status=0, output=OUTPUT, console="MIGFUZZ-READY", splats=(),
-                 timed_out=False, boot=4.5, setup_failure=None) -> rig.GuestResult:
+                 timed_out=False, boot=4.5, setup_failure=None, command=60.0) -> rig.GuestResult:
     return rig.GuestResult(exit_status=exit_status, console=console, output=output, splats=list(splats),
                            results_dir=results, accel="tcg", timed_out=timed_out, setup_failure=setup_failure,
-                           mtty=[("u1", 3), ("u2", 4)], boot_seconds=boot, command_seconds=60.0)
+                           mtty=[("u1", 3), ("u2", 4)], boot_seconds=boot, command_seconds=command)
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_a_kernel_panic_is_a_finding_for_the_program_that_was_running(host, monk
     def panicked(results):
         flight_with(results, b"\x05older", encode(PROGRAM))
         return guest_result(results, exit_status=None, output=OUTPUT[:200], console=PANIC_CONSOLE,
-                            splats=[SPLAT, "Kernel panic - not syncing"])
+                            splats=[SPLAT, "Kernel panic - not syncing"], command=None)
 
     def replay(results):
         assert (results / "program").read_bytes() == encode(PROGRAM)
@@ -217,6 +217,7 @@ def test_a_kernel_panic_is_a_finding_for_the_program_that_was_running(host, monk
     assert summary["confirmed"].startswith("reproduced")
     out = capsys.readouterr().out
     assert "FINDING kernel-splat" in out and SPLAT in out
+    assert "boot 4.5 s (tcg); command did not finish" in out  # the panic ended it: no time, no "None"
 
 
 def test_a_panics_replay_runs_beside_the_next_boot(host, monkeypatch, capsys):
