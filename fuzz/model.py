@@ -450,7 +450,12 @@ def race_outcomes(proto: str, flags: int, state: int, slots: tuple, a: RaceCall,
     """The outcomes (harness.runtime.race_outcome) a correct device may give when ``a`` and ``b``
     race from ``state``: ({outcome: state after the first call} for a then b, the same for b then a).
     Memoized (a pure function of its arguments; a campaign's races repeat a few hundred of them),
-    so the tables are read-only."""
+    so the tables are read-only. ``slots`` may be plain (live, saving, open) tuples and ``a``, ``b``
+    plain (kind, arg, slot) ones: they hash as the named ones do, and a caller on the hot path
+    (the oracle, once per race) saves building them (~1.8 us a race: a NamedTuple's __new__ is
+    Python code); they are made here, on a miss only."""
+    slots = tuple(RaceSlot(*s) for s in slots)
+    a, b = RaceCall(*a), RaceCall(*b)
     orders = []
     for first, second, a_first in ((a, b, True), (b, a, False)):
         table: dict = {}

@@ -1899,6 +1899,30 @@ def test_a_view_counts_every_byte_entered_whenever_asked():
     assert twin.entered == {6, 9} and twin.own == {1, 2, 3, 5, 6} and view.own == {1, 2, 3, 4}
 
 
+def test_a_view_copy_takes_every_field_and_shares_nothing_mutable():
+    # DeviceView.become() names each field: one added to __slots__ and not to it must fail here
+    view = fuzz.oracles.DeviceView(3)
+    for i, name in enumerate(fuzz.oracles.DeviceView.__slots__):
+        old = getattr(view, name)
+        value = {bytearray: bytearray([i]), set: {i}, list: [bytes([i])], bool: True, int: 100 + i,
+                 str: f"v{i}"}.get(type(old), old if old is not None else bytes([i]))
+        setattr(view, name, value)
+    view.slots = [fuzz.oracles.Slot(7, True)]
+    twin = view.copy()
+    for name in fuzz.oracles.DeviceView.__slots__:
+        mine, its = getattr(view, name), getattr(twin, name)
+        if name == "slots":
+            assert [(s.fd, s.saving, s.live, s.ended_by) for s in its] == [(7, True, True, "")]
+            assert its[0] is not mine[0]
+            continue
+        assert its == mine, name
+        if isinstance(mine, (bytearray, set, list)):
+            assert its is not mine, name
+    other = fuzz.oracles.DeviceView(0)
+    other.become(twin)
+    assert other.state == view.state and other.capture == view.capture and other.capture is not twin.capture
+
+
 def test_a_byte_written_to_any_register_entered_the_device():
     # a control register's value is device state: the stream carries it, next to other bytes
     pointer = (0xFF83_0000_1E04_4D61).to_bytes(8, "little")
