@@ -559,7 +559,13 @@ class Oracle:
         slots = tuple([(s.live, s.saving, True) for s in view.slots])
         orders = model.race_outcomes(self.proto, self.flags, view.state, slots, (a.kind, a.arg, a.index),
                                      (b.kind, b.arg, b.index))
-        fits = [(order, table[code]) for order, table in enumerate(orders) if code in table]
+        # (spelled out: a comprehension is a function call of its own, once per race)
+        fits = []
+        ab, ba = orders
+        if code in ab:
+            fits.append((0, ab[code]))
+        if code in ba:
+            fits.append((1, ba[code]))
         replay = (view, sides, data, state, live, load_digest, source_digest, digest_before)
         if not fits:
             allowed = sorted(set(orders[0]) | set(orders[1]))
@@ -623,10 +629,12 @@ class Oracle:
             for slot in view.slots:
                 if slot.fd in was_live and slot.live is False:
                     slot.ended_by = "reset"
-        reads = [s for s in sides if s.kind == "read"]
-        if len(reads) == 2 and reads[0].index == reads[1].index and reads[0].answer[1] and reads[1].answer[1]:
+        if a.kind != "read" and b.kind != "read":
+            return
+        if a.kind == b.kind and a.index == b.index and a.answer[1] and b.answer[1]:
             view.capture_tainted = True
-        if any(not s.answer[0] and not s.answer[1] for s in reads):
+        if (a.kind == "read" and not a.answer[0] and not a.answer[1]) or \
+                (b.kind == "read" and not b.answer[0] and not b.answer[1]):
             if view.capture_done and view.original is not None:
                 self.known.pop(view.original, None)
             view.capture_done, view.capture_tainted = False, True
@@ -635,8 +643,9 @@ class Oracle:
         """The view through a race's calls in serial order ``order`` (0: a then b), the first leaving
         ``mid``; each judged as on its own."""
         view, sides, data, state, live, load_digest, source_digest, digest_before = replay
-        first, second = sides if order == 0 else sides[::-1]
-        slot1, slot2 = (view.slots[s.index] if s.index >= 0 else None for s in (first, second))
+        first, second = sides if order == 0 else (sides[1], sides[0])
+        slot1 = view.slots[first.index] if first.index >= 0 else None
+        slot2 = view.slots[second.index] if second.index >= 0 else None
         loads = first.kind == "set" and not first.answer[0] and self.race_loads(view.state, first.arg)
         digest = load_digest if digest_before is None or loads else (lambda: digest_before)
         self.race_apply(view, first, slot1, data, mid, digest, source_digest)
