@@ -537,8 +537,10 @@ def replay_both_orders(executor: Executor, seen: list) -> None:
     oracle.on_race = on_race
 
 
-@pytest.mark.parametrize("proto,flags,stride", [("v2", 0x7, 151), ("v2", 0x5, 157), ("v1", 0, 23)])
-def test_both_fitting_orders_of_a_race_leave_the_same_view(proto, flags, stride):
+@pytest.mark.parametrize("proto,flags,source", [
+    ("v2", 0x7, "sweep"), ("v2", 0x5, "sweep"), ("v1", 0, "sweep"),
+    ("v2", 0x7, "generated"), ("v2", 0x3, "generated"), ("v1", 0, "generated")])
+def test_both_fitting_orders_of_a_race_leave_the_same_view(proto, flags, source):
     """Every race of the seeds' neighbourhood (a slice) whose answers fit both serial orders: after
     forgetting what only the replayed order would tell, both orders leave the same view, so no later
     verdict depends on the order the oracle happened to replay. (Differences this found: a racing
@@ -548,9 +550,13 @@ def test_both_fitting_orders_of_a_race_leave_the_same_view(proto, flags, stride)
     executor = Executor(SimTarget(proto, flags))
     seen = []
     replay_both_orders(executor, seen)
-    for prog in itertools.islice(fp.sweep_programs(proto), 0, None, stride):
+    # a slice of the sweep (races after every prefix of every seed), or the fp bench's generated
+    # programs (races after anything: a register write while saving, a mangled transfer, faults)
+    programs = itertools.islice(fp.sweep_programs(proto), 0, None, {"v2": 151, "v1": 23}[proto]) \
+        if source == "sweep" else fp.programs(proto, 6000, seed=5)
+    for prog in programs:
         executor.run(prog)
-    assert len(seen) > 100  # the slice has races both orders fit
+    assert len(seen) > 50  # races both orders fit
     for sides, first, second in seen:
         differ = sorted(k for k in first if first[k] != second[k])
         assert not differ, (sides, {k: (first[k], second[k]) for k in differ})
