@@ -541,12 +541,13 @@ def replay_both_orders(executor: Executor, seen: list) -> None:
     ("v2", 0x7, "sweep"), ("v2", 0x5, "sweep"), ("v1", 0, "sweep"),
     ("v2", 0x7, "generated"), ("v2", 0x3, "generated"), ("v1", 0, "generated")])
 def test_both_fitting_orders_of_a_race_leave_the_same_view(proto, flags, source):
-    """Every race of the seeds' neighbourhood (a slice) whose answers fit both serial orders: after
-    forgetting what only the replayed order would tell, both orders leave the same view, so no later
-    verdict depends on the order the oracle happened to replay. (Differences this found: a racing
-    write refused or closed under it left the session's content 'derived' in one order and 'mixed'
-    in the other; a v1 reset left the last pending_bytes of the ended saving iteration; a session a
-    reset raced to end was ended "by the reset" in one order and "at session end" in the other.)"""
+    """Every race (in a slice of the seeds' neighbourhood, or in generated programs) whose answers
+    fit both serial orders: after forgetting what only the replayed order would tell, both orders
+    leave the same view, so no later verdict depends on the order the oracle happened to replay.
+    (Differences this found: a racing write refused or closed under it left the session's content
+    'derived' in one order and 'mixed' in the other; a v1 reset left the last pending_bytes of the
+    ended saving iteration; a session a reset raced to end was ended "by the reset" in one order
+    and "at session end" in the other.)"""
     executor = Executor(SimTarget(proto, flags))
     seen = []
     replay_both_orders(executor, seen)
