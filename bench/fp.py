@@ -192,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", choices=[config_name(*c) for c in CONFIGS],
                     help="only these configurations (default: all)")
     args = ap.parse_args(argv)
+    if args.programs is not None and args.programs <= 0:
+        ap.error("--programs must be positive")
     configs = [c for c in CONFIGS if not args.config or config_name(*c) in args.config]
     count = args.programs or (None if args.sweep else 1_000_000)
     work = [(proto, flags, count, args.seed, args.sweep, not args.no_digest) for proto, flags in configs]

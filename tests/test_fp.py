@@ -126,3 +126,6 @@ def test_the_sweep_finds_a_defect_only_a_race_shows():
 def test_sweep_from_the_command_line(capsys):
     assert fp.main(["--sweep", "--programs", "300", "--config", "v1"]) == 0
     assert "programs       300" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        fp.main(["--sweep", "--programs", "-5"])
+    assert exit_.value.code == 2 and "--programs must be positive" in capsys.readouterr().err
