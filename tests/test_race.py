@@ -528,7 +528,10 @@ def replay_both_orders(executor: Executor, seen: list) -> None:
                     except FindingRaised:
                         break
                     oracle.forget_the_order(view, sides, saved[1])
-                    after.append(view_facts(view, oracle.known))
+                    facts = view_facts(view, oracle.known)
+                    facts["source_registers"] = dict(oracle.source_registers)
+                    facts["edited"] = set(oracle.edited)
+                    after.append(facts)
                 oracle.restore(saved)
                 if len(after) == 2:
                     seen.append((sides, after[0], after[1]))
