@@ -178,7 +178,7 @@ class DeviceView:
         self.capture = bytearray()
         self.capture_done = self.capture_tainted = self.mangled = self.edited = False
         self.original = None
-        self.pc_expect = self.pc_initial = -1
+        self.pc_expect = self.pc_initial = self.pending_last = -1
 
     def new_resume(self) -> None:
         self.resume = bytearray()
@@ -552,20 +552,7 @@ class Oracle:
         if gerr or got is None:
             self.fail("rejected-valid", "reading the state after a race succeeds", errname(gerr), GET_FAILED)
         state = got & self.race_mask
-        a, b = sides
-        mask = self.race_mask
-        code = race_outcome(race_result(a.kind, a.answer, mask), race_result(b.kind, b.answer, mask), state)
-        # (plain tuples: model.race_outcomes takes them for its RaceSlots and RaceCalls)
-        slots = tuple([(s.live, s.saving, True) for s in view.slots])
-        orders = model.race_outcomes(self.proto, self.flags, view.state, slots, (a.kind, a.arg, a.index),
-                                     (b.kind, b.arg, b.index))
-        # (spelled out: a comprehension is a function call of its own, once per race)
-        fits = []
-        ab, ba = orders
-        if code in ab:
-            fits.append((0, ab[code]))
-        if code in ba:
-            fits.append((1, ba[code]))
+        code, orders, fits = self.race_fits(view, sides, state)
         replay = (view, sides, data, state, live, load_digest, source_digest, digest_before)
         if not fits:
             allowed = sorted(set(orders[0]) | set(orders[1]))
@@ -599,6 +586,25 @@ class Oracle:
         self.fail("race-not-serializable", f"{wrong[0]} migration file(s) held by the driver, as after the serial "
                   f"order the answers fit", f"{live}", UNCHECKABLE, cause="+".join(sorted(s.kind for s in sides)))
 
+    def race_fits(self, view: DeviceView, sides: tuple, state: int) -> tuple:
+        """A race's outcome code, the model's outcomes of both serial orders (``model.race_outcomes``)
+        and the orders that fit: [(order, the state its first call leaves)], 0 for a then b."""
+        a, b = sides
+        mask = self.race_mask
+        code = race_outcome(race_result(a.kind, a.answer, mask), race_result(b.kind, b.answer, mask), state)
+        # (plain tuples: model.race_outcomes takes them for its RaceSlots and RaceCalls)
+        slots = tuple([(s.live, s.saving, True) for s in view.slots])
+        orders = model.race_outcomes(self.proto, self.flags, view.state, slots, (a.kind, a.arg, a.index),
+                                     (b.kind, b.arg, b.index))
+        # (spelled out: a comprehension is a function call of its own, once per race)
+        fits = []
+        ab, ba = orders
+        if code in ab:
+            fits.append((0, ab[code]))
+        if code in ba:
+            fits.append((1, ba[code]))
+        return code, orders, fits
+
     def forget_the_order(self, view: DeviceView, sides: tuple, before: DeviceView) -> None:
         """Both serial orders fit a race's answers, and the view went through one of them: drop what
         only that order would tell (``before``: the view as the race found it). Whether a load
@@ -616,9 +622,10 @@ class Oracle:
         # session's content known (empty, or one transfer of a damaged stream): in the order where
         # the device refused the write, it may have kept its bytes (mtty_resume_write() does).
         a, b = sides
-        if (a.kind == "write" and a.answer[0]) or (b.kind == "write" and b.answer[0]):
+        failed = a if a.kind == "write" and a.answer[0] else b if b.kind == "write" and b.answer[0] else None
+        if failed is not None:
             view.write_failed = before.write_failed
-            slot = before.slots[(a if a.kind == "write" else b).index]
+            slot = before.slots[failed.index]
             if slot.live and not slot.saving:
                 view.resume_kind = "mixed"
         if a.kind == "reset" or b.kind == "reset":
@@ -1179,7 +1186,6 @@ class V1Oracle(Oracle):
         view.frozen = None
         view.new_resume()
         view.new_capture()
-        view.pending_last = -1  # the saving iteration it measured ended with the reset
         self.check_leak(0, live)
 
     def files_expected(self, view: DeviceView) -> int | None:

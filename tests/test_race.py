@@ -40,7 +40,8 @@ from harness.sim.bugs import device_class
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import fp  # noqa: E402  (bench/fp.py: the seeds' neighbourhood, every race at every interleaving)
 
-from fuzz.oracles import DeviceView, FindingRaised  # noqa: E402
+import fuzz.oracles  # noqa: E402
+from fuzz.oracles import DeviceView, FindingRaised, RaceSide  # noqa: E402
 
 ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P = range(8)
 BUG = "v2-reset-not-deferred"
@@ -219,6 +220,23 @@ def test_a_racing_write_refused_after_a_close_does_not_count_against_the_load():
         "migfuzz-program 1 v2\nset 0 state=STOP_COPY\ndrain 0 fd=0\nmangle 0 kind=flip arg=8\n"
         "set 1 state=RESUMING\ntransfer 0 dst=1 seg=0\nset 1 state=STOP\n"))
     assert finding is not None and finding.kind == "damaged-stream-accepted", finding
+
+
+def test_of_two_racing_writes_the_one_that_failed_decides_what_the_session_holds():
+    # write | write on two resume data_fds, both orders fitting: only the failed write's session is
+    # no longer known (the device may have kept its bytes); the other write's slot says nothing
+    oracle = Executor(SimTarget("v2", 0x7)).oracle
+    view = oracle.begin()[1]
+    view.slots = [fuzz.oracles.Slot(5, False), fuzz.oracles.Slot(6, True)]  # a resume fd, a saving one
+    view.resume_kind = "derived"
+    before = view.copy()
+    ok = RaceSide("write", 0, 1, (0, 4))  # on the saving fd's index: it went nowhere a load reads
+    refused = RaceSide("write", 0, 0, (errno.EINVAL, 0))
+    oracle.forget_the_order(view, (ok, refused), before)
+    assert view.resume_kind == "mixed"
+    view.resume_kind = "derived"
+    oracle.forget_the_order(view, (refused._replace(index=1), ok._replace(index=0)), before)
+    assert view.resume_kind == "derived"  # the failed write was on the saving fd: nothing to forget
 
 
 def test_race_outcomes_v1():
@@ -506,17 +524,11 @@ def replay_both_orders(executor: Executor, seen: list) -> None:
     judge = oracle.on_race
 
     def on_race(view, sides, data, got, gerr, live, load_digest, source_digest, digest_before=None):
-        a, b = sides
         if not gerr and got is not None:
             state = got & oracle.race_mask
-            code = race_outcome(race_result(a.kind, a.answer, oracle.race_mask),
-                                race_result(b.kind, b.answer, oracle.race_mask), state)
-            slots = tuple(model.RaceSlot(s.live, s.saving) for s in view.slots)
-            orders = model.race_outcomes(oracle.proto, oracle.flags, view.state, slots,
-                                         model.RaceCall(a.kind, a.arg, a.index), model.RaceCall(b.kind, b.arg, b.index))
-            fits = [(order, table[code]) for order, table in enumerate(orders) if code in table]
+            _code, _orders, fits = oracle.race_fits(view, sides, state)
             if len(fits) == 2:
-                if data and "write" in (a.kind, b.kind):
+                if data and "write" in (sides[0].kind, sides[1].kind):
                     view.enter(data)  # as on_race does first
                 saved = oracle.snapshot(view)
                 replay = (view, sides, data, state, live, load_digest, source_digest, digest_before)
