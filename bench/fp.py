@@ -143,12 +143,14 @@ def run_config(proto: str, flags: int, count: int | None, seed: int = 1, sweep: 
     executor = Executor(target)
     stream_layout = None if sweep else layout.infer(layout.capture(target), config_name(proto, flags), proto)
     fault = OPCODES[proto]["fault"]
-    stats = {"config": config_name(proto, flags) + ("" if digest else ",digest=0"), "programs": 0, "with_faults": 0,
-             "ops": 0, "findings": 0,
-             "seconds": 0.0, "program": None, "finding": None}
+    label = config_name(proto, flags) + ("" if target.has_digest else ",digest=0")  # as the target judges
+    stats = {"config": label, "programs": 0, "with_faults": 0, "ops": 0, "findings": 0, "seconds": 0.0,
+             "program": None, "finding": None}
     start = time.perf_counter()
-    source = itertools.islice(sweep_programs(proto, seed), count) if sweep else programs(proto, count, seed,
-                                                                                         stream_layout)
+    if sweep:
+        source = itertools.islice(sweep_programs(proto, seed), count)
+    else:
+        source = programs(proto, count, seed, stream_layout)
     for prog in source:
         stats["programs"] += 1
         stats["ops"] += len(prog.ops)
