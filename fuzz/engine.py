@@ -53,6 +53,9 @@ KERNEL_CMP_COUNTERS = 1 << 14
 # short programs, and shorter programs run faster; `-- -max_len=N` overrides.
 MAX_LEN = 1 + 16 * 8 + 64
 STATS_EVERY = 5.0  # seconds between live stats lines
+# The first line comes this soon after the first program: a guest kernel that a program panics in
+# the campaign's first seconds (a debug kernel's sanitizers) still reports a rate and its coverage.
+FIRST_STATS_AFTER = 1.0
 BYTE_MUTATION = 0.2  # share of mutations left to libFuzzer's byte mutator; the others stack 1-3 steps of:
 FIELD_EDITS = 0.2  # an inferred stream field set before a transfer (fuzz.layout, mutator.FieldEdits)
 OP_GROUPS = 0.15  # a save, a resume or a whole migration inserted (mutator.OpGroups)
@@ -291,6 +294,7 @@ class Campaign:
         """The first input: instrumented code, protocol arcs and kernel PCs report through the hit
         trail from now on, and the rates count from here."""
         self.loop_started, self.loop_cpu_started = time.monotonic(), time.process_time()
+        self.last_stats = self.loop_started - STATS_EVERY + FIRST_STATS_AFTER
         hit = self.trail.bind(self.private_counters)
         if not self.trail.bound and libfuzzer_running():
             self.say("coverage: atheris' counter array not found (another atheris build?): every hit "

@@ -162,6 +162,23 @@ def test_stats_count_the_ops_run_not_only_the_programs(tmp_path):
     assert camp.out.getvalue().rstrip().endswith(" ops/program 2.0")
 
 
+def test_the_first_stats_line_comes_a_second_after_the_first_program_then_every_five(tmp_path, monkeypatch):
+    # a guest kernel panicked by a program in the campaign's first seconds must still leave a stats line
+    clock = [100.0]
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    camp = _campaign(tmp_path, "sim")
+    camp.enable_arc_feedback()
+    camp.tick_mask = 0  # look at the clock after every program
+    data = codec.encode(parse_program("migfuzz-program 1 v2\nget 0\n"))
+    lines = []
+    for now in (103.0, 103.9, 104.1, 106.0, 109.0, 109.2):  # start-up took 3 s; the loop starts at 103
+        clock[0] = now
+        camp.test_one_input(data)
+        lines.append(camp.out.getvalue().count(" stats: "))
+    assert lines == [0, 0, 1, 1, 1, 2]
+    assert " stats: 4.1s execs 3 " in camp.out.getvalue()
+
+
 def test_campaign_mutators_produce_decodable_inputs(tmp_path):
     camp = _campaign(tmp_path, "sim")
     base = codec.encode(parse_program(SEEDS["v2"][0].read_text()))
