@@ -174,6 +174,13 @@ class DeviceView:
         slots = self.slots
         return slots[-1 - index] if index < len(slots) else None
 
+    def holds(self, fd: int) -> bool:
+        """Whether ``fd`` is one of the data_fds the program has open, by the view."""
+        for s in self.slots:
+            if s.fd == fd:
+                return True
+        return False
+
     def new_capture(self) -> None:
         self.capture = bytearray()
         self.capture_done = self.capture_tainted = self.mangled = self.edited = False
@@ -538,13 +545,16 @@ class Oracle:
     # -- races -------------------------------------------------------------------------
 
     def on_race(self, view: DeviceView, sides: tuple, data: bytes, got: int | None, gerr: int, live: int | None,
-                load_digest, source_digest, digest_before: bytes | None = None) -> None:
+                load_digest, source_digest, digest_before: bytes | None = None, closed_fd: int = -1) -> None:
         """Two calls raced (``sides``: two :class:`RaceSide`); ``got`` is the state read after both.
         Their results and that state must be those of one serial order of the two (the model's
         ``race_outcomes``); the view then goes through the calls in that order, each judged as it
         would be on its own (a stream read, a load, a misused data_fd ...). Only a load changes
         the device's digest: after the first call of an order it is ``digest_before`` (taken
-        before the race) unless that call is the load."""
+        before the race) unless that call is the load. ``closed_fd``: the data_fd a SET returned
+        that the reopen it raced closed (the SET came first), else -1. An open one says nothing:
+        a real device's SET may run on the device fd before the reopen closes it and hand its
+        data_fd over after the reopen closed the others."""
         if data and (sides[0].kind == "write" or sides[1].kind == "write"):
             # The device may have kept them whatever is judged below: a finding here ends the
             # program before a replay enters them, and a later program must not take them for a leak.
@@ -565,7 +575,7 @@ class Oracle:
                       + " or ".join(self.race_text(c, names) for c in allowed), self.race_text(code, names),
                       claim, cause="+".join(sorted(names)))
         saved = self.snapshot(view) if len(fits) > 1 else None
-        wrong = []  # per order tried: the finding its replay made, or the files it leaves the driver
+        wrong = []  # per order tried: the finding its replay made, the files it leaves the driver, or "closed"
         for i, (order, mid) in enumerate(fits):
             if i:
                 self.restore(saved)  # the other order, from where the race began
@@ -573,6 +583,9 @@ class Oracle:
                 self.race_replay(replay, order, mid)
             except FindingRaised as fr:
                 wrong.append(fr.finding)
+                continue
+            if closed_fd >= 0 and view.holds(closed_fd):
+                wrong.append("closed")  # this order leaves the SET's data_fd open; the reopen closed it
                 continue
             files = self.files_expected(view)
             if live is not None and files is not None and live != files:
@@ -583,6 +596,12 @@ class Oracle:
             return
         if isinstance(wrong[0], Finding):  # a call's own claim is no claim on the race's answer
             raise FindingRaised(wrong[0]._replace(check=UNCHECKABLE))
+        if wrong[0] == "closed":  # the SET came first: its order's outcomes are the ones to fit
+            names = [s.kind for s in sides]
+            first = orders[0] if sides[0].kind == "set" else orders[1]
+            self.fail("race-not-serializable", f"the reopen closed data_fd {closed_fd}, which the SET returned, so "
+                      "the SET came first: " + " or ".join(self.race_text(c, names) for c in sorted(first)),
+                      self.race_text(code, names), UNCHECKABLE, cause="+".join(sorted(names)))
         self.fail("race-not-serializable", f"{wrong[0]} migration file(s) held by the driver, as after the serial "
                   f"order the answers fit", f"{live}", UNCHECKABLE, cause="+".join(sorted(s.kind for s in sides)))
 

@@ -112,6 +112,11 @@ class V2Device(Device, Protocol):
     def close(self, fd: int) -> int:
         """close(2) a data_fd -> errno."""
 
+    def holds_data_fd(self, fd: int) -> bool:
+        """Whether the data_fd ``fd`` this device handed out is still open (not closed by a
+        ``close`` or a ``reopen``). After a SET that returned ``fd`` raced a reopen, a closed
+        ``fd`` says the SET came first."""
+
 
 class V1Device(Device, Protocol):
     """Migration protocol v1: the migration region."""

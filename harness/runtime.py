@@ -730,6 +730,9 @@ class VfioDevice:
             self._data_fds.add(data_fd)
         return 0, data_fd
 
+    def holds_data_fd(self, fd):
+        return fd in self._data_fds  # (the set, not the fd number: a reopen's new device fd may reuse it)
+
     def data_size(self):
         err, payload = self.feature(self.abi.FEATURE_GET | self.abi.FEATURE_MIG_DATA_SIZE, bytes(self._u64.size))
         return (err, -1) if err else (0, self._u64.unpack_from(payload)[0])

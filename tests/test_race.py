@@ -445,6 +445,73 @@ def test_a_device_fd_call_that_finds_the_fd_closed_by_a_racing_reopen_is_no_find
     assert finding is not None and finding.kind in ("rejected-valid", "race-not-serializable"), finding
 
 
+class SetThenReopen(Serialized):
+    """A real device raced as ``race x=reopen y=set``, the SET first every time: the reopen waits
+    for it. Like a kernel device, it does not tell how many migration files its driver holds."""
+
+    def __init__(self, dev):
+        super().__init__(dev)
+        self.set_done = threading.Event()
+
+    def live_files(self):
+        return None
+
+    def __getattr__(self, name):
+        call = super().__getattr__(name)
+        if name == "reopen" and threading.current_thread() is not threading.main_thread():
+            def reopen(*args):
+                self.set_done.wait(5)
+                return call(*args)
+            return reopen
+        if name == "set_state" and threading.current_thread() is not threading.main_thread():
+            def set_state(*args):
+                answer = call(*args)
+                self.set_done.set()
+                return answer
+            return set_state
+        return call
+
+
+def test_a_set_whose_data_fd_a_racing_reopen_closed_came_first():
+    # Seen on mtty in the rig (#2: mtty_close() leaves the migration state): `race x=reopen y=set
+    # yarg=4`, the SET first, and the device still RESUMING after the reopen. Only "reopen, then
+    # SET" ends in RESUMING, so the oracle took that order, kept the SET's data_fd open, and blamed
+    # the close that later found it closed (EBADF). The reopen closed it: the SET came first.
+    text = "race 0 x=reopen y=set yarg=4\nclose 0 fd=0\nget 0"
+    target = SimTarget("v2", 0x7, "v2-state-survives-reopen")
+    target.devices = [SetThenReopen(d) for d in target.devices]
+    finding = Executor(target).run(program("v2", text))
+    assert finding is not None and finding.kind == "race-not-serializable" and finding.step == 0, finding
+    assert "the reopen closed data_fd" in finding.expected and "the SET came first" in finding.expected
+    assert "then RUNNING" in finding.expected and finding.observed.endswith("then RESUMING)"), finding
+    # the correct device: the same order ends in RUNNING, the data_fd closed, and nothing to say
+    target = SimTarget("v2", 0x7)
+    target.devices = [SetThenReopen(d) for d in target.devices]
+    assert Executor(target).run(program("v2", text)) is None
+
+
+class SetHandsItsFdOverLate(Serialized):
+    """A real device's SET can run on the device fd before the reopen closes it, and hand its
+    data_fd over after the reopen closed the ones it knew: the data_fd stays open although the
+    SET came first (the driver disabled its file when the device was closed)."""
+
+    def live_files(self):
+        return None
+
+    def holds_data_fd(self, fd):
+        return True
+
+
+def test_an_open_data_fd_after_a_set_raced_a_reopen_says_nothing():
+    for cls in (Serialized, SetThenReopen, SetHandsItsFdOverLate):
+        target = SimTarget("v2", 0x7)
+        target.devices = [cls(d) for d in target.devices]
+        ex = Executor(target)
+        for text in ("race 0 x=reopen y=set yarg=4", "race 0 x=set xarg=2 y=reopen", "race 0 x=reopen y=set yarg=6"):
+            for _ in range(5):
+                assert ex.run(program("v2", text + "\nget 0")) is None, (cls.__name__, text)
+
+
 # =============================================================================
 # generation and mutation
 # =============================================================================
@@ -523,7 +590,7 @@ def replay_both_orders(executor: Executor, seen: list) -> None:
     oracle = executor.oracle
     judge = oracle.on_race
 
-    def on_race(view, sides, data, got, gerr, live, load_digest, source_digest, digest_before=None):
+    def on_race(view, sides, data, got, gerr, live, load_digest, source_digest, digest_before=None, closed_fd=-1):
         if not gerr and got is not None:
             state = got & oracle.race_mask
             _code, _orders, fits = oracle.race_fits(view, sides, state)
@@ -547,7 +614,7 @@ def replay_both_orders(executor: Executor, seen: list) -> None:
                 oracle.restore(saved)
                 if len(after) == 2:
                     seen.append((sides, after[0], after[1]))
-        return judge(view, sides, data, got, gerr, live, load_digest, source_digest, digest_before)
+        return judge(view, sides, data, got, gerr, live, load_digest, source_digest, digest_before, closed_fd)
 
     oracle.on_race = on_race
 

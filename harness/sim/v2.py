@@ -391,6 +391,10 @@ class V2SimDevice(Interleaving):
     def close(self, fd: int) -> int:
         return 0 if self.fds.pop(fd, None) is not None else errno.EBADF
 
+    @bookkeeping
+    def holds_data_fd(self, fd: int) -> bool:
+        return fd in self.fds
+
     def data_size(self) -> tuple[int, int]:
         return 0, stream.FULL_SIZE
 
