@@ -581,7 +581,9 @@ def cmd_fuzz(args) -> int:
         if stats.get("fields_missed"):
             say(layout.missed_line(stats["fields_missed"]))
     elif code != EXIT_UNAVAILABLE:
-        say("campaign: no stats line in the guest output")
+        started = stats.get("programs_started", 0)
+        say("campaign: no stats line in the guest output" + (f" ({started} programs started, by the flight recorder: "
+            "a panic came before the first one)" if started else ""))
     if "kernel_pcs" in stats:
         series = stats["kernel_pcs_over_time"]
         marks = series[::max(len(series) // 6, 1)]

@@ -263,6 +263,16 @@ def test_the_wall_rate_counts_what_a_panicked_boot_ran_after_its_last_stats_line
     assert "250 programs started (flight recorder), 25.0 programs/s" in capsys.readouterr().out
 
 
+def test_a_boot_panicked_before_its_first_stats_line_says_how_many_programs_it_started(host, monkeypatch, capsys):
+    def panicked(results):
+        flight_with(results, *[encode(PROGRAM)] * 12)
+        return guest_result(results, exit_status=None, console=PANIC_CONSOLE, splats=[SPLAT], output="")
+
+    code, summary = run_vm(host, FakeGuest(panicked, seconds=4.0), monkeypatch, "--no-confirm")
+    assert code == 1 and "execs" not in summary and summary["programs_started"] == 12
+    assert "no stats line in the guest output (12 programs started, by the flight recorder" in capsys.readouterr().out
+
+
 def test_a_panic_before_any_program_is_reported_without_a_crash_file(host, monkeypatch, capsys):
     def panicked(results):
         return guest_result(results, exit_status=None, output="", console=PANIC_CONSOLE, splats=[SPLAT])
