@@ -295,9 +295,9 @@ class Executor:
                     f"{model.errname(answer[0])}" for (k, g, _, f), answer in zip(sides, answers, strict=True)]
             self.note(f"race sched={sched}: {said[0]} | {said[1]}; state {self.oracle.state_name(got)}")
         race = (RaceSide(xk, xarg, xi, answers[0]), RaceSide(yk, yarg, yi, answers[1]))
-        closed = -1  # the data_fd a SET returned, when the reopen it raced closed it: the SET came first
-        if v2 and (xk == "reopen" or yk == "reopen"):
-            err, fd = answers[0] if xk == "set" else answers[1] if yk == "set" else (1, -1)
+        closed = -1  # the data_fd a SET returned, when the reopen it raced closed it (Oracle.race_fits)
+        if v2 and {xk, yk} == {"set", "reopen"}:
+            err, fd = answers[0] if xk == "set" else answers[1]
             if not err and fd >= 0 and not dev.holds_data_fd(fd):
                 closed = fd
         self.oracle.on_race(view, race, data, got, gerr, dev.live_files(), self.load_digests[op.dev],

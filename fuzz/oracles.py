@@ -174,13 +174,6 @@ class DeviceView:
         slots = self.slots
         return slots[-1 - index] if index < len(slots) else None
 
-    def holds(self, fd: int) -> bool:
-        """Whether ``fd`` is one of the data_fds the program has open, by the view."""
-        for s in self.slots:
-            if s.fd == fd:
-                return True
-        return False
-
     def new_capture(self) -> None:
         self.capture = bytearray()
         self.capture_done = self.capture_tainted = self.mangled = self.edited = False
@@ -551,10 +544,7 @@ class Oracle:
         ``race_outcomes``); the view then goes through the calls in that order, each judged as it
         would be on its own (a stream read, a load, a misused data_fd ...). Only a load changes
         the device's digest: after the first call of an order it is ``digest_before`` (taken
-        before the race) unless that call is the load. ``closed_fd``: the data_fd a SET returned
-        that the reopen it raced closed (the SET came first), else -1. An open one says nothing:
-        a real device's SET may run on the device fd before the reopen closes it and hand its
-        data_fd over after the reopen closed the others."""
+        before the race) unless that call is the load. ``closed_fd``: see :meth:`race_fits`."""
         if data and (sides[0].kind == "write" or sides[1].kind == "write"):
             # The device may have kept them whatever is judged below: a finding here ends the
             # program before a replay enters them, and a later program must not take them for a leak.
@@ -562,20 +552,23 @@ class Oracle:
         if gerr or got is None:
             self.fail("rejected-valid", "reading the state after a race succeeds", errname(gerr), GET_FAILED)
         state = got & self.race_mask
-        code, orders, fits = self.race_fits(view, sides, state)
+        code, orders, fits = self.race_fits(view, sides, state, closed_fd)
         replay = (view, sides, data, state, live, load_digest, source_digest, digest_before)
         if not fits:
             allowed = sorted(set(orders[0]) | set(orders[1]))
-            claim = Check("race_outcome_not_in", tuple(allowed))
+            # (an order told by a closed data_fd is no claim a reproducer can check: it sees no fd)
+            claim = Check("race_outcome_not_in", tuple(allowed)) if closed_fd < 0 else UNCHECKABLE
             blamed = self.race_blame(replay, orders)
             if blamed is not None:  # one call's answer is wrong whatever the order: that call's defect
                 raise FindingRaised(blamed._replace(check=claim))
             names = [s.kind for s in sides]
-            self.fail("race-not-serializable", "the results and state of one serial order: "
+            order = "one serial order" if closed_fd < 0 else \
+                f"the SET first, as the reopen closed data_fd {closed_fd}, which the SET returned"
+            self.fail("race-not-serializable", f"the results and state of {order}: "
                       + " or ".join(self.race_text(c, names) for c in allowed), self.race_text(code, names),
                       claim, cause="+".join(sorted(names)))
         saved = self.snapshot(view) if len(fits) > 1 else None
-        wrong = []  # per order tried: the finding its replay made, the files it leaves the driver, or "closed"
+        wrong = []  # per order tried: the finding its replay made, or the files it leaves the driver
         for i, (order, mid) in enumerate(fits):
             if i:
                 self.restore(saved)  # the other order, from where the race began
@@ -583,9 +576,6 @@ class Oracle:
                 self.race_replay(replay, order, mid)
             except FindingRaised as fr:
                 wrong.append(fr.finding)
-                continue
-            if closed_fd >= 0 and view.holds(closed_fd):
-                wrong.append("closed")  # this order leaves the SET's data_fd open; the reopen closed it
                 continue
             files = self.files_expected(view)
             if live is not None and files is not None and live != files:
@@ -596,18 +586,16 @@ class Oracle:
             return
         if isinstance(wrong[0], Finding):  # a call's own claim is no claim on the race's answer
             raise FindingRaised(wrong[0]._replace(check=UNCHECKABLE))
-        if wrong[0] == "closed":  # the SET came first: its order's outcomes are the ones to fit
-            names = [s.kind for s in sides]
-            first = orders[0] if sides[0].kind == "set" else orders[1]
-            self.fail("race-not-serializable", f"the reopen closed data_fd {closed_fd}, which the SET returned, so "
-                      "the SET came first: " + " or ".join(self.race_text(c, names) for c in sorted(first)),
-                      self.race_text(code, names), UNCHECKABLE, cause="+".join(sorted(names)))
         self.fail("race-not-serializable", f"{wrong[0]} migration file(s) held by the driver, as after the serial "
                   f"order the answers fit", f"{live}", UNCHECKABLE, cause="+".join(sorted(s.kind for s in sides)))
 
-    def race_fits(self, view: DeviceView, sides: tuple, state: int) -> tuple:
+    def race_fits(self, view: DeviceView, sides: tuple, state: int, closed_fd: int = -1) -> tuple:
         """A race's outcome code, the model's outcomes of both serial orders (``model.race_outcomes``)
-        and the orders that fit: [(order, the state its first call leaves)], 0 for a then b."""
+        and the orders that fit: [(order, the state its first call leaves)], 0 for a then b.
+        ``closed_fd`` (else -1): the data_fd a SET returned and the reopen it raced closed, so the
+        SET came first and the other order's outcomes are dropped. An open one says nothing: a
+        real SET may run on the device fd before the reopen closes it and hand its data_fd over
+        after the reopen closed the others."""
         a, b = sides
         mask = self.race_mask
         code = race_outcome(race_result(a.kind, a.answer, mask), race_result(b.kind, b.answer, mask), state)
@@ -615,6 +603,8 @@ class Oracle:
         slots = tuple([(s.live, s.saving, True) for s in view.slots])
         orders = model.race_outcomes(self.proto, self.flags, view.state, slots, (a.kind, a.arg, a.index),
                                      (b.kind, b.arg, b.index))
+        if closed_fd >= 0:
+            orders = (orders[0], {}) if a.kind == "set" else ({}, orders[1])
         # (spelled out: a comprehension is a function call of its own, once per race)
         fits = []
         ab, ba = orders
