@@ -1,8 +1,8 @@
 """The fuzzing engine: the one libFuzzer (atheris) driver, for the CLI and for ``fuzz_targets/``.
 
-Feedback is code coverage of the simulator (:func:`instrument` patches the bytecode of
-every function of the modules in scope after they were imported, so nothing depends on
-import order) plus protocol-state coverage: every (op, outcome, state after) the
+Feedback is code coverage of the simulator (``fuzz.instrumentation.instrument`` patches the
+bytecode of every function of the modules in scope after they were imported, so nothing depends
+on import order; which modules is decided here) plus protocol-state coverage: every (op, outcome, state after) the
 executor reports lights one of ``ARC_COUNTERS`` counters reserved in libFuzzer's
 coverage map, so a new protocol arc keeps an input even on a real device, which gives
 no code coverage at all. All of it reaches libFuzzer through ``fuzz.feedback.HitTrail``: a set
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import random
@@ -29,7 +28,6 @@ import signal
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import atheris
@@ -41,6 +39,7 @@ from .codec import decode, encode
 from .executor import Executor
 from .feedback import HitTrail, libfuzzer_running
 from .findings import Finding, signature
+from .instrumentation import instrument
 from .program import Program, format_op, op_filter, seed_programs, without_ops
 from .targets import TargetSpec, open_target, parse_target
 
@@ -67,12 +66,6 @@ EARLY = 2000
 SIM_ZOO_MODULE = "harness.sim.bugs"
 SIM_DEVICE_MODULES = ("harness.sim.v1", "harness.sim.v2")  # one device class per protocol
 SIM_PACKAGE = "harness.sim"
-# Comparisons are traced (atheris' dataflow tracing, for libFuzzer's table of recent compares, which
-# its byte mutation copies values from) only in the stream loader, where a compared value is a
-# magic, a length or a checksum. Elsewhere the simulator compares states and offsets the op-level
-# mutator already enumerates, and each traced comparison cost ~2,200 instructions (callgrind:
-# 138 of them in an average v1 program, 0.2 of its instrumented cost).
-DATAFLOW_MODULES = ("harness.sim.stream",)
 INSTRUMENT_SCOPES = {
     "target": (SIM_PACKAGE,),
     "all": (SIM_PACKAGE, "fuzz.executor", "fuzz.oracles"),
@@ -100,56 +93,6 @@ def prepare_corpus(corpus: Path, proto: str) -> int:
 
 
 # ----------------------------------------------------------------------------- instrumentation
-
-
-def _functions(module: types.ModuleType, skip=frozenset()):
-    """Every function defined in ``module``: module-level ones and the methods of its classes
-    (but those of the classes in ``skip``)."""
-    filename = getattr(module, "__file__", None)
-    for obj in list(vars(module).values()):
-        candidates = [obj]
-        if isinstance(obj, type) and obj.__module__ == module.__name__:
-            if obj in skip:
-                continue
-            candidates = []
-            for attr in vars(obj).values():
-                if isinstance(attr, (staticmethod, classmethod)):
-                    attr = attr.__func__
-                elif isinstance(attr, property):
-                    candidates += [f for f in (attr.fget, attr.fset) if f is not None]
-                    continue
-                candidates.append(attr)
-        for f in candidates:  # (record keeping is left alone: harness.base.bookkeeping)
-            if isinstance(f, types.FunctionType) and f.__code__.co_filename == filename \
-                    and not getattr(f, "__bookkeeping__", False):
-                yield f
-
-
-def _named(name: str, prefixes) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-def patched_code(code: types.CodeType, module: str) -> types.CodeType:
-    """``code`` with atheris' instrumentation: branch coverage, and comparisons when ``module`` is
-    one of :data:`DATAFLOW_MODULES`."""
-    return atheris.patch_code(code, _named(module, DATAFLOW_MODULES), True)
-
-
-def instrument(prefixes, skip=frozenset()) -> int:
-    """Instrument (atheris, in place) every function of the loaded modules named by ``prefixes``
-    (not the methods of the classes in ``skip``); returns how many. The function objects stay the
-    same, so references held elsewhere (bound methods in tables, memoized helpers) run the
-    instrumented code too."""
-    count = 0
-    quiet = contextlib.redirect_stderr(io.StringIO())
-    with quiet:
-        for name, module in sorted(sys.modules.items()):
-            if module is None or not _named(name, prefixes):
-                continue
-            for func in _functions(module, skip):
-                func.__code__ = patched_code(func.__code__, name)
-                count += 1
-    return count
 
 
 def instrumented_modules(scope: str, target) -> tuple:

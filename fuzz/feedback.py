@@ -1,11 +1,12 @@
 """Coverage feedback into libFuzzer's counters: a set insert per hit, one write per counter per program.
 
-Every basic block atheris instruments calls ``atheris._trace_branch(i)`` (the bytecode looks
-the name up on the ``atheris`` module at each call), and so did every protocol arc and kernel
-PC: a pybind11 call, about 1,300 machine instructions each (callgrind; an average v2 program
-makes 225 of them, v1 374). :class:`HitTrail` rebinds that name to a set's ``add`` (C, no
-argument conversion) and, when the program ends, sets the counter of every index in the set in
-atheris' 8-bit counter array, which libFuzzer reads after the input (:meth:`HitTrail.flush`).
+Every counter hit of a program lands in :data:`HITS`: the simulator's instrumented blocks add to it
+themselves (a ``SET_ADD`` in their bytecode, :mod:`fuzz.instrumentation`), protocol arcs and kernel
+PCs through the function :meth:`HitTrail.bind` returns (``HITS.add``). When the program ends,
+:meth:`HitTrail.flush` sets the counter of every index in the set in atheris' 8-bit counter array,
+which libFuzzer reads after the input. Before this, every block called ``atheris._trace_branch(i)``:
+a pybind11 call, about 1,300 machine instructions each (callgrind; an average v2 program made 225
+of them, v1 374).
 
 What libFuzzer sees is which counters a program hit, not how often: every hit counter reads 1,
 where atheris' ``++`` gave libFuzzer a count to bucket (1, 2, 3, 4-7, ...). Keeping the counts
@@ -16,8 +17,8 @@ sooner, not later: 17.7 s total of medians against 21.3 s, the same afternoon.
 
 The counter array is atheris' own (``atheris::counters`` in the libFuzzer-linked core, the memory
 it registered with ``__sanitizer_cov_8bit_counters_init``), found with ctypes once libFuzzer runs.
-Where it cannot be found (another atheris build), nothing is rebound and atheris' function stays
-in use: slower, with counts.
+Where it cannot be found (another atheris build), each program's hits go to atheris' own
+``_trace_branch`` at the flush: slower, same counters.
 """
 from __future__ import annotations
 
@@ -56,32 +57,45 @@ def atheris_counters() -> memoryview | None:
     return memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
 
 
+class HitSet(set):
+    """A set hashed by identity: instrumented bytecode holds it as a constant, and a code object's
+    hash covers its constants."""
+
+    __hash__ = object.__hash__
+
+
+HITS = HitSet()  # the counters hit since the last flush, for the whole process (as libFuzzer's are)
+
+
 class HitTrail:
-    """The counters hit during one program; written into libFuzzer's at its end.
+    """The counters hit during one program (:data:`HITS`); written into libFuzzer's at its end.
 
     :meth:`bind` (once libFuzzer runs, on the first input) returns the function every feedback
-    source calls with a counter index; :meth:`flush` ends each program (nothing to do when
-    unbound: the set stays empty).
+    source calls with a counter index and forgets hits from before the loop (the stream layout's
+    inference runs the simulator too); :meth:`flush` ends each program (unbound: it forgets them).
     Without libFuzzer (a benchmark), :meth:`bind` takes a private array, so the cost is the
     campaign's."""
 
-    __slots__ = ("hits", "counters", "bound")
+    __slots__ = ("hits", "counters", "bound", "deliver")
 
     def __init__(self):
-        self.hits: set[int] = set()
+        self.hits: set[int] = HITS
         self.counters: memoryview | None = None
         self.bound = False
+        self.deliver = None  # atheris' own hit function, when its counter array cannot be found
 
     def bind(self, counters: memoryview | None = None):
-        """Route atheris' instrumentation through the trail; returns the function to report a hit
-        with (atheris' own when the counter array cannot be found). ``counters`` stands in for
-        libFuzzer's array (tests, benchmarks)."""
+        """Route every hit through the trail; returns the function to report one with. ``counters``
+        stands in for libFuzzer's array (tests, benchmarks)."""
+        self.hits.clear()
         if counters is None:
             counters = atheris_counters()
         if counters is None:
-            return atheris._trace_branch
+            if libfuzzer_running():
+                self.deliver = atheris._trace_branch
+            return self.hits.add
         self.counters, self.bound = counters, True
-        atheris._trace_branch = self.hits.add
+        atheris._trace_branch = self.hits.add  # code instrumented by atheris itself (fuzz.instrumentation.PRUNING)
         return self.hits.add
 
     def discard(self) -> None:
@@ -96,6 +110,10 @@ class HitTrail:
             # C went through the slot wrapper's argument tuple and took twice as long (12 against
             # 25 us for 300 hits, timeit, 2026-12-03).
             counters = self.counters
-            for index in hits:
-                counters[index] = 1
+            if counters is not None:
+                for index in hits:
+                    counters[index] = 1
+            elif self.deliver is not None:
+                for index in hits:
+                    self.deliver(index)
             hits.clear()

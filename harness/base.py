@@ -32,7 +32,7 @@ class TargetUnavailable(RuntimeError):
 def bookkeeping(func):
     """Marks a simulator function that only keeps records (step counters, digests, state copies):
     its coverage tells the fuzzer nothing about the protocol, so a campaign leaves it
-    uninstrumented (fuzz.engine.instrument); the decisions (the FSM, loaders, fault firing)
+    uninstrumented (fuzz.instrumentation.instrument); the decisions (the FSM, loaders, fault firing)
     stay instrumented."""
     func.__bookkeeping__ = True
     return func

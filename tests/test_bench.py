@@ -17,6 +17,7 @@ pytest.importorskip("hypothesis")
 import baselines  # noqa: E402
 import compare  # noqa: E402
 import detect  # noqa: E402
+import pruning  # noqa: E402
 import throughput  # noqa: E402
 
 from fuzz.codec import encode  # noqa: E402
@@ -198,3 +199,25 @@ def test_compare_says_which_revision_it_cannot_check_out():
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "compare: cannot check out 'no-such-revision-here' (git said why, above)"
+
+
+def test_pruned_instrumentation_decides_as_a_counter_on_every_block_does(tmp_path):
+    """bench/pruning.py end to end, on the seeds and generated programs of v2 and v1 (the
+    benchmark runs 1,500 programs on six targets)."""
+    out = tmp_path / "pruning.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "pruning.py"), "--target", "sim", "--target",
+                           "sim:proto=v1", "--programs", "300", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for r in json.loads(out.read_text()).values():
+        assert r["programs"] == 300 and r["split_alike"] and r["new_coverage_differs_at"] == []
+        full, pruned = r["counters_in_all"]
+        assert pruned < full  # fewer counters, the same decisions
+
+
+def test_pruning_comparison_reports_a_difference():
+    same = [[1, 2], [1, 3], [1, 2]]
+    assert pruning.compare(same, same)["split_alike"]
+    merged = [[1], [1], [1]]  # a pruning that lost the blocks 2 and 3 tell apart
+    r = pruning.compare(same, merged)
+    assert not r["split_alike"] and r["new_coverage_differs_at"] == [1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import codec, engine
+from fuzz import codec, engine, instrumentation
 from fuzz.executor import Executor
 from fuzz.oracles import Finding
 from fuzz.program import parse_program
@@ -356,7 +356,7 @@ def test_v1_field_rules_come_from_the_model():
 
 
 def test_record_keeping_is_not_instrumented_and_decisions_are():
-    functions = set(engine._functions(core)) | set(engine._functions(uart)) | set(engine._functions(v2))
+    functions = {f for module in (core, uart, v2) for f in instrumentation.functions(module)}
     for kept in (core.StepCounter.step, core.DeviceCore.digest, uart.Uart.state, v2.V2SimDevice.digest,
                  v2.V2SimDevice.next_state, v2.V2SimDevice.get_state, core.DeviceCore.restore_initial,
                  core.Interleaving.locked_calls, v2.V2SimDevice.install, v2.MigFile.__init__):

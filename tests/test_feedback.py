@@ -1,4 +1,4 @@
-"""Coverage feedback (fuzz/feedback.py and the instrumentation policy in fuzz/engine.py)."""
+"""Coverage feedback (fuzz/feedback.py) and the simulator's instrumentation (fuzz/instrumentation.py)."""
 from __future__ import annotations
 
 import _ctypes
@@ -7,7 +7,7 @@ import sys
 import atheris
 import pytest
 
-from fuzz import engine, feedback
+from fuzz import feedback, instrumentation
 from fuzz.feedback import HitTrail
 from harness.sim import stream, v2
 
@@ -29,12 +29,12 @@ def trail(monkeypatch):
 
 def instrumented(func):
     """An instrumented copy (the module's own function stays as it is)."""
-    return type(func)(engine.patched_code(func.__code__, __name__), func.__globals__, func.__name__)
+    return type(func)(instrumentation.patched_code(func.__code__, __name__), func.__globals__, func.__name__)
 
 
 def test_instrumented_code_reports_through_the_trail_and_reaches_the_counters_at_the_end(trail):
     f = instrumented(branchy)
-    assert atheris._trace_branch == trail.hits.add
+    assert trail.hits is feedback.HITS and atheris._trace_branch == trail.hits.add
     assert f(5) == 10 and f(5) == 10
     hit = set(trail.hits)
     assert hit and not any(trail.counters)  # nothing reaches libFuzzer before the program ends
@@ -54,12 +54,41 @@ def test_discarded_hits_never_reach_the_counters(trail):
     assert not any(trail.counters)
 
 
-def test_without_libfuzzer_the_trail_leaves_atheris_alone(monkeypatch):
+def test_without_libfuzzer_the_trail_leaves_atheris_alone_and_hits_go_nowhere(monkeypatch):
     monkeypatch.delitem(sys.modules, feedback.CORE_MODULE, raising=False)
     before = atheris._trace_branch
     t = HitTrail()
-    assert t.bind() is before and atheris._trace_branch is before
+    assert t.bind() == feedback.HITS.add and atheris._trace_branch is before
     assert not t.bound and feedback.atheris_counters() is None and not feedback.libfuzzer_running()
+    instrumented(branchy)(5)
+    assert t.hits
+    t.flush()  # nowhere to write them: forgotten, so the set never grows past a program
+    assert not t.hits
+
+
+def test_without_the_counter_array_each_hit_goes_to_atheris_at_the_flush(monkeypatch):
+    """libFuzzer runs but this atheris build does not export its counters: atheris' own function
+    gets every hit of the program, once."""
+    monkeypatch.setattr(feedback, "atheris_counters", lambda: None)
+    monkeypatch.setattr(feedback, "libfuzzer_running", lambda: True)
+    delivered = []
+    monkeypatch.setattr(atheris, "_trace_branch", delivered.append)
+    t = HitTrail()
+    hit = t.bind()
+    assert not t.bound
+    instrumented(branchy)(5)
+    hit(7)
+    assert delivered == []  # nothing during the program
+    expected = set(t.hits)
+    t.flush()
+    assert sorted(delivered) == sorted(expected) and 7 in delivered and not t.hits
+
+
+def test_binding_forgets_the_hits_from_before_the_loop(trail):
+    instrumented(branchy)(5)  # e.g. the stream layout's inference, before libFuzzer's first input
+    assert trail.hits
+    trail.bind(memoryview(bytearray(1 << 20)))
+    assert not trail.hits
 
 
 def test_a_core_module_without_the_symbols_is_not_used(monkeypatch):
@@ -68,7 +97,8 @@ def test_a_core_module_without_the_symbols_is_not_used(monkeypatch):
     assert feedback.atheris_counters() is None
     before = atheris._trace_branch
     t = HitTrail()
-    assert t.bind() is before and not t.bound
+    t.bind()
+    assert not t.bound and atheris._trace_branch is before
 
 
 def names(code) -> set:
@@ -79,8 +109,16 @@ def names(code) -> set:
     return out
 
 
+def consts(code) -> list:
+    out = list(code.co_consts)
+    for const in code.co_consts:
+        if hasattr(const, "co_consts"):
+            out += consts(const)
+    return out
+
+
 def test_comparisons_are_traced_in_the_stream_loader_only():
-    loader = engine.patched_code(stream.load.__code__, stream.__name__)
-    fsm = engine.patched_code(v2.V2SimDevice.set_state.__code__, v2.__name__)
-    assert {"_trace_branch", "_trace_cmp"} <= names(loader)
-    assert "_trace_branch" in names(fsm) and "_trace_cmp" not in names(fsm)
+    loader = instrumentation.patched_code(stream.load.__code__, stream.__name__)
+    fsm = instrumentation.patched_code(v2.V2SimDevice.set_state.__code__, v2.__name__)
+    assert "_trace_cmp" in names(loader) and "_trace_cmp" not in names(fsm)
+    assert any(c is feedback.HITS for c in consts(loader)) and any(c is feedback.HITS for c in consts(fsm))

@@ -1,0 +1,189 @@
+"""The simulator's instrumentation (fuzz/instrumentation.py): fewer counters, the same coverage decisions.
+
+Each function below is instrumented twice: by atheris itself (a call into ``atheris._trace_branch``
+at every basic block) and by :mod:`fuzz.instrumentation` (a SET_ADD at the blocks whose hit nothing
+else implies). Over the same inputs both must split the inputs alike (two inputs hit the same
+counters under one exactly when they do under the other) and find new coverage at the same
+inputs, which is all libFuzzer reads from them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dis
+import io
+import itertools
+
+import atheris
+import pytest
+
+from fuzz import feedback, instrumentation
+
+
+def guards(a: int, b: int, c: int) -> int:
+    if a < 0:
+        return -1
+    if b < 0:
+        return -2
+    if c < 0:
+        return -3
+    if a == b:
+        return -4
+    return a + b + c
+
+
+def merge(a: int, b: int, c: int) -> int:
+    x = 0
+    if a:
+        x = 1  # its successor is reached from the test above too: this block keeps its counter
+    return x
+
+
+def loops(a: int, b: int, c: int) -> int:
+    total = 0
+    for i in range(a + 2):
+        if i == b:
+            continue
+        if i > c + 1:
+            break
+        total += i
+    while total > 3:
+        total -= abs(b) + 1
+        if total == c:
+            break
+    return total
+
+
+def exceptions(a: int, b: int, c: int) -> int:
+    try:
+        if a == 0:
+            raise ValueError(b)
+        x = b // (c - 1)
+    except ZeroDivisionError:
+        return -1
+    except ValueError:
+        if b:
+            return -2
+        return -3
+    else:
+        x += 1
+    finally:
+        a += 1
+    return x
+
+
+def short_circuits(a: int, b: int, c: int) -> int:
+    values = [v * 2 for v in (a, b, c) if v]
+    if (a and b) or (c and not a):
+        return len(values)
+    with contextlib.suppress(IndexError):
+        return values[a + b]
+    return {v: v for v in values if v > 2}.get(4, -1)
+
+
+def counting(n: int):
+    yield from range(n + 1)
+    return n
+
+
+def delegating(a: int, b: int, c: int) -> int:
+    def inner():
+        # SEND jumps when the generator is done, but atheris starts no block after it
+        got = yield from counting(a)
+        if got == b:
+            yield c
+    return sum(inner())
+
+
+FUNCTIONS = (guards, merge, loops, exceptions, short_circuits, delegating)
+INPUTS = list(itertools.product((-1, 0, 1, 2), repeat=3))
+
+
+def every_block(func):
+    """A copy of ``func`` instrumented by atheris itself."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        code = atheris.patch_code(func.__code__, False, True)
+    return type(func)(code, func.__globals__, func.__name__)
+
+
+def pruned(func):
+    return type(func)(instrumentation.patched_code(func.__code__, __name__), func.__globals__, func.__name__)
+
+
+def hit_sets(func, calls_atheris: bool, monkeypatch) -> list[frozenset]:
+    out = []
+    for args in INPUTS:
+        hits = set()
+        if calls_atheris:
+            monkeypatch.setattr(atheris, "_trace_branch", hits.add)
+        feedback.HITS.clear()
+        try:
+            func(*args)
+        except Exception:  # a raise counts as where it happened
+            pass
+        out.append(frozenset(hits if calls_atheris else feedback.HITS))
+    feedback.HITS.clear()
+    return out
+
+
+def new_coverage(sets: list[frozenset]) -> list[bool]:
+    seen: set = set()
+    out = []
+    for hits in sets:
+        out.append(not hits <= seen)
+        seen |= hits
+    return out
+
+
+def partition(sets: list[frozenset]) -> set[frozenset]:
+    """Which inputs hit the same counters, as a set of groups of input indices."""
+    groups: dict = {}
+    for i, hits in enumerate(sets):
+        groups.setdefault(hits, set()).add(i)
+    return {frozenset(g) for g in groups.values()}
+
+
+def counters(code) -> int:
+    """How many counters: atheris' calls, or this module's SET_ADDs (nested code included)."""
+    n = sum(1 for i in dis.get_instructions(code) if i.opname == "SET_ADD" or i.argval == "_trace_branch")
+    return n + sum(counters(c) for c in code.co_consts if hasattr(c, "co_code"))
+
+
+@pytest.mark.parametrize("func", FUNCTIONS, ids=lambda f: f.__name__)
+def test_pruned_counters_split_the_inputs_as_a_counter_on_every_block_does(func, monkeypatch):
+    assert instrumentation.PRUNING, "this atheris build lacks the Instrumentor internals the pruning needs"
+    full = hit_sets(every_block(func), True, monkeypatch)
+    ours = hit_sets(pruned(func), False, monkeypatch)
+    assert partition(ours) == partition(full)
+    assert new_coverage(ours) == new_coverage(full)
+    assert all(hits for hits in ours)
+
+
+def test_a_guard_chain_keeps_a_counter_per_early_return_not_per_guard():
+    full, ours = counters(every_block(guards).__code__), counters(pruned(guards).__code__)
+    # atheris: the entry, each guard's return and each guard's fall-through (9); kept: the four
+    # returns and the body after the last guard (the entry and every fall-through but the last
+    # are implied by where control goes next).
+    assert (full, ours) == (9, 5)
+
+
+def test_a_block_whose_successor_has_another_predecessor_keeps_its_counter(monkeypatch):
+    """Dropping the counter of ``x = 1`` would make merge(0, ...) and merge(1, ...) look alike."""
+    ours = hit_sets(pruned(merge), False, monkeypatch)
+    with_a = {ours[i] for i, args in enumerate(INPUTS) if args[0]}
+    without_a = {ours[i] for i, args in enumerate(INPUTS) if not args[0]}
+    assert with_a and without_a and not with_a & without_a
+
+
+def test_hits_go_to_the_shared_set_without_a_call():
+    code = pruned(guards).__code__
+    names = {i.argval for i in dis.get_instructions(code)}
+    assert "_trace_branch" not in names
+    feedback.HITS.clear()
+    pruned(guards)(1, 2, 3)
+    assert len(feedback.HITS) == 1  # one counter: the body after the guards (the entry is implied)
+    feedback.HITS.clear()
+
+
+def test_instrumenting_twice_changes_nothing():
+    once = instrumentation.patched_code(guards.__code__, __name__)
+    assert instrumentation.patched_code(once, __name__) is once
