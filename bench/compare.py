@@ -12,7 +12,11 @@ The inputs are the other revision's own fixed workload (``workload()`` of its be
 so both trees decode every program; this tree is then measured without the op kinds added since.
 The other revision is checked out in a temporary git worktree, removed at the end.
 
-Usage: python bench/compare.py REV [--target sim] [--rounds 30] [--json OUT]
+``--instrument target`` runs the campaign's input path as a campaign does (the simulator
+instrumented, arc feedback into a private counter array), and ``--corpus DIR`` the programs a
+campaign kept instead of the fixed workload.
+
+Usage: python bench/compare.py REV [--target sim] [--rounds 30] [--instrument none|target] [--corpus DIR] [--json OUT]
 """
 from __future__ import annotations
 
@@ -30,15 +34,19 @@ ROOT = Path(__file__).resolve().parent.parent
 TURN_SECONDS = 1.0  # CPU time a worker runs per turn
 
 
-def campaign_input_path(root: str, spec_text: str):
-    """The campaign's per-input function of the tree at ``root`` (its plain executor), and its protocol."""
+def campaign_input_path(root: str, spec_text: str, scope: str = "none"):
+    """The campaign's per-input function of the tree at ``root`` (its plain executor, or instrumented
+    to ``scope`` with arc feedback, as a campaign runs it), and its protocol."""
     sys.path.insert(0, root)
     from fuzz.engine import Campaign
     from fuzz.targets import parse_target
 
     # (its stats lines are not wanted here: out= has been a Campaign argument since before b74cd46)
     camp = Campaign(parse_target(spec_text), Path(tempfile.gettempdir()), None, None, False, 0, out=io.StringIO())
-    camp.load_target("none")
+    camp.load_target(scope)
+    if scope != "none":
+        camp.private_counters = memoryview(bytearray(1 << 20))  # no libFuzzer here: hits cost what they would
+        camp.enable_arc_feedback()
     return camp.test_one_input, camp.proto
 
 
@@ -51,11 +59,11 @@ def dump_workload(root: str, spec_text: str, out: str) -> None:
         (Path(out) / f"{i:05}").write_bytes(data)
 
 
-def serve(root: str, spec_text: str, inputs_dir: str) -> None:
+def serve(root: str, spec_text: str, inputs_dir: str, scope: str = "none") -> None:
     """A worker: load the tree at ``root``, warm up, say "ready", then for each line on stdin run the
     inputs for about TURN_SECONDS of CPU time and print the programs per CPU second."""
-    run, _proto = campaign_input_path(root, spec_text)
-    inputs = [p.read_bytes() for p in sorted(Path(inputs_dir).iterdir())]
+    run, _proto = campaign_input_path(root, spec_text, scope)
+    inputs = [p.read_bytes() for p in sorted(Path(inputs_dir).iterdir()) if p.is_file() and p.suffix != ".json"]
     t0 = time.process_time()
     for _ in range(2):  # warm: the memo tables, the interpreter's specializations
         for data in inputs:
@@ -79,12 +87,14 @@ def summary(theirs: list, ours: list) -> dict:
             "rounds": len(ratios)}
 
 
-def compare(other: str, spec_text: str, rounds: int) -> dict:
-    """Take turns between the tree at ``other`` and this one on ``other``'s fixed workload."""
-    with tempfile.TemporaryDirectory() as inputs:
-        subprocess.run([sys.executable, __file__, "--dump", other, spec_text, inputs], check=True)
-        workers = [subprocess.Popen([sys.executable, __file__, "--serve", root, spec_text, inputs],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def compare(other: str, spec_text: str, rounds: int, scope: str = "none", corpus: str = "") -> dict:
+    """Take turns between the tree at ``other`` and this one on ``other``'s fixed workload (or ``corpus``)."""
+    with tempfile.TemporaryDirectory() as workload_dir:
+        inputs = corpus or workload_dir
+        if not corpus:
+            subprocess.run([sys.executable, __file__, "--dump", other, spec_text, inputs], check=True)
+        workers = [subprocess.Popen([sys.executable, __file__, "--serve", root, spec_text, inputs,
+                                     "--instrument", scope], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                    for root in (other, str(ROOT))]
         try:
             for w in workers:
@@ -112,6 +122,9 @@ def main() -> None:
     ap.add_argument("rev", nargs="?", help="the git revision to compare this tree with")
     ap.add_argument("--target", action="append", help="target spec (repeatable; default sim and sim:proto=v1)")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--instrument", choices=("none", "target"), default="none",
+                    help="none: the plain executor (default); target: instrumented as in a campaign")
+    ap.add_argument("--corpus", default="", help="a campaign's kept programs instead of the fixed workload")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--dump", nargs=3, metavar=("ROOT", "SPEC", "DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--serve", nargs=3, metavar=("ROOT", "SPEC", "DIR"), help=argparse.SUPPRESS)
@@ -120,7 +133,7 @@ def main() -> None:
         dump_workload(*args.dump)
         return
     if args.serve:
-        serve(*args.serve)
+        serve(*args.serve, args.instrument)
         return
     if not args.rev or args.rounds < 1:
         ap.error("a revision and --rounds >= 1 are needed")
@@ -132,7 +145,7 @@ def main() -> None:
         try:
             results = {}
             for spec in args.target or ["sim", "sim:proto=v1"]:
-                r = results[spec] = compare(other, spec, args.rounds)
+                r = results[spec] = compare(other, spec, args.rounds, args.instrument, args.corpus)
                 print(f"{spec:14} {args.rev} {r['theirs']:>7}/s  this tree {r['ours']:>7}/s:  {r['ratio']:.3f}x "
                       f"(quartiles {r['quartiles'][0]:.3f}-{r['quartiles'][1]:.3f}, {r['rounds']} rounds)", flush=True)
         finally:

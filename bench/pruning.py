@@ -41,10 +41,9 @@ def hit_sets(spec_text: str, every_block: bool, corpus: str, programs: int) -> l
     camp.bind_feedback()
     out = []
     for data in inputs[:programs]:
-        feedback.HITS.clear()
         camp.executor.run(decode(data, camp.proto))
-        out.append(sorted(feedback.HITS))
-    feedback.HITS.clear()
+        out.append(feedback.hit_indices(camp.trail.size))
+        camp.trail.discard()
     return out
 
 

@@ -238,13 +238,13 @@ class Campaign:
         trail from now on, and the rates count from here."""
         self.loop_started, self.loop_cpu_started = time.monotonic(), time.process_time()
         self.last_stats = self.loop_started - STATS_EVERY + FIRST_STATS_AFTER
-        hit = self.trail.bind(self.private_counters)
+        hits = self.trail.bind(self.private_counters)
         if not self.trail.bound and libfuzzer_running():
             self.say("coverage: atheris' counter array not found (another atheris build?): every hit "
                      "is a call into atheris, slower")
-        self.executor.set_arc_feedback(hit, self.arc_base, ARC_COUNTERS)
+        self.executor.set_arc_feedback(hits, self.arc_base, ARC_COUNTERS)
         if self.kernel_coverage is not None:
-            self.kernel_coverage.bind(hit, self.kernel_base, KERNEL_PC_COUNTERS,
+            self.kernel_coverage.bind(self.trail.hit, self.kernel_base, KERNEL_PC_COUNTERS,
                                       self.kernel_base + KERNEL_PC_COUNTERS, KERNEL_CMP_COUNTERS)
         self.feedback_unbound = False
 

@@ -12,9 +12,9 @@ two things differently:
   ``FOR_ITER`` is no longer counted besides its body. On the programs a v2 campaign kept, 320
   block hits a program became 208, and which programs have the same coverage is unchanged
   (every program partitioned alike, on v1, v2 0x1/0x7 and zoo variants that raise).
-* **no call.** The counter's hit is ``LOAD_CONST HITS; LOAD_CONST i; SET_ADD 1; POP_TOP``: a
-  C-level insert into :data:`fuzz.feedback.HITS`, which :class:`fuzz.feedback.HitTrail` folds
-  into libFuzzer's counters when the program ends.
+* **no call.** The counter's hit is ``HITS[i] = 1`` (``LOAD_CONST 1; LOAD_CONST HITS; LOAD_CONST i;
+  STORE_SUBSCR``): a byte stored in :data:`fuzz.feedback.HITS`, which
+  :class:`fuzz.feedback.HitTrail` copies into libFuzzer's counters when the program ends.
 
 What is lost: a block that raises before it ends is not counted (its successors never run); the
 function it raised in, or the handler, is.
@@ -22,7 +22,7 @@ function it raised in, or the handler, is.
 The rewriter subclasses atheris' ``Instrumentor`` and reads its instruction list (``referers``,
 ``reference``, the exception table). Where this atheris build does not have them,
 :func:`patched_code` uses ``atheris.patch_code`` instead (a call per block into
-``atheris._trace_branch``, which the trail also rebinds to :data:`~fuzz.feedback.HITS`):
+``atheris._trace_branch``, which the trail rebinds to a function marking :data:`~fuzz.feedback.HITS`):
 slower, same feedback. :data:`PRUNING` says which one runs.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import types
 
 import atheris
 
-from .feedback import HITS
+from .feedback import HITS, MAP_SIZE
 
 try:
     from atheris import instrument_bytecode as _ib
@@ -56,7 +56,7 @@ _MARKER = "__ATHERIS_INSTRUMENTED__"  # atheris' own: code carrying it is never 
 
 class _Blocks(_BASE):
     """atheris' Instrumentor, with a counter at the blocks :meth:`counted_starts` keeps, each a
-    SET_ADD into :data:`HITS`."""
+    byte stored in :data:`HITS`."""
 
     def counted_starts(self) -> list:
         """The instructions that get a counter: atheris' block starts (the first instruction, jump
@@ -110,15 +110,17 @@ class _Blocks(_BASE):
 
     def _generate_trace_branch_invocation(self, copyfrom):
         make = _ib._generate_instruction
-        return [make("LOAD_CONST", self._const_index(HITS), copyfrom),
-                make("LOAD_CONST", self._get_counter(), copyfrom),
-                make("SET_ADD", 1, copyfrom),
-                make("POP_TOP", None, copyfrom)]
+        counter = atheris._reserve_counter() % MAP_SIZE
+        return [make("LOAD_CONST", self._const_index(1), copyfrom),
+                make("LOAD_CONST", self._const_index(HITS), copyfrom),
+                make("LOAD_CONST", self._const_index(counter), copyfrom),
+                make("STORE_SUBSCR", None, copyfrom)]
 
     def _const_index(self, obj) -> int:
-        """The index of ``obj`` itself in the constants (atheris' ``_get_const`` matches by value)."""
+        """The index of ``obj`` in the constants: the same object for the map (atheris' ``_get_const``
+        matches by value), an int of the same value for a number (1 == True)."""
         for i, const in enumerate(self.consts):
-            if const is obj:
+            if const is obj or (type(const) is int and type(obj) is int and const == obj):
                 return i
         self.consts.append(obj)
         return len(self.consts) - 1

@@ -193,6 +193,20 @@ def test_compare_against_a_revision_end_to_end(tmp_path):
     assert after == before  # its worktree of HEAD is gone
 
 
+def test_compare_runs_the_instrumented_input_path_on_a_corpus(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, (_name, prog) in enumerate(seed_programs("v2")[:20]):
+        (corpus / f"{i:03}").write_bytes(encode(prog))
+    (corpus / "layout.json").write_text("{}")  # a campaign's stream layout, not a program
+    out = tmp_path / "compare.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "HEAD", "--target", "sim",
+                           "--rounds", "1", "--instrument", "target", "--corpus", str(corpus), "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["sim"]["rounds"] == 1
+
+
 def test_compare_says_which_revision_it_cannot_check_out():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "no-such-revision-here"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)

@@ -24,7 +24,8 @@ def trail(monkeypatch):
     monkeypatch.setattr(atheris, "_trace_branch", atheris._trace_branch)
     t = HitTrail()
     t.bind(memoryview(bytearray(1 << 20)))
-    return t
+    yield t
+    t.discard()
 
 
 def instrumented(func):
@@ -32,23 +33,47 @@ def instrumented(func):
     return type(func)(instrumentation.patched_code(func.__code__, __name__), func.__globals__, func.__name__)
 
 
-def test_instrumented_code_reports_through_the_trail_and_reaches_the_counters_at_the_end(trail):
-    f = instrumented(branchy)
-    assert trail.hits is feedback.HITS and atheris._trace_branch == trail.hits.add
+def marked(t: HitTrail) -> set[int]:
+    return set(feedback.hit_indices(t.size))
+
+
+def test_instrumented_code_marks_the_map_and_reaches_the_counters_at_the_end(trail):
+    f = instrumented(branchy)  # reserves its counters after the trail's size was taken: bind again
+    trail.bind(memoryview(bytearray(1 << 20)))
+    assert trail.hits is feedback.HITS
     assert f(5) == 10 and f(5) == 10
-    hit = set(trail.hits)
+    hit = marked(trail)
     assert hit and not any(trail.counters)  # nothing reaches libFuzzer before the program ends
     trail.flush()
-    assert not trail.hits
+    assert not marked(trail)
     assert {i for i, c in enumerate(trail.counters) if c} == hit
     assert set(trail.counters[i] for i in hit) == {1}  # which counters, not how often
     f(1)  # the other branch: a counter the first calls did not hit
-    assert trail.hits - hit
+    assert marked(trail) - hit
+
+
+def test_the_trail_copies_only_the_reserved_counters(trail):
+    """The copy covers the counters reserved before the bind: a later reservation is not libFuzzer's yet."""
+    assert len(trail.counters) == trail.size == atheris._reserve_counter() - 1
+    feedback.HITS[trail.size + 1] = 1  # past the reserved ones
+    trail.flush()
+    assert not any(trail.counters) and feedback.HITS[trail.size + 1] == 1
+    feedback.HITS[trail.size + 1] = 0
+
+
+def test_a_hit_function_marks_the_map_for_callers_that_need_one(trail):
+    trail.hit(3)
+    atheris._trace_branch(5)  # code atheris instrumented itself calls this
+    assert marked(trail) == {3, 5}
+    trail.flush()
+    assert trail.counters[3] == trail.counters[5] == 1
 
 
 def test_discarded_hits_never_reach_the_counters(trail):
-    instrumented(branchy)(7)
-    assert trail.hits
+    f = instrumented(branchy)
+    trail.bind(memoryview(bytearray(1 << 20)))
+    f(7)
+    assert marked(trail)
     trail.discard()
     trail.flush()
     assert not any(trail.counters)
@@ -57,38 +82,42 @@ def test_discarded_hits_never_reach_the_counters(trail):
 def test_without_libfuzzer_the_trail_leaves_atheris_alone_and_hits_go_nowhere(monkeypatch):
     monkeypatch.delitem(sys.modules, feedback.CORE_MODULE, raising=False)
     before = atheris._trace_branch
+    f = instrumented(branchy)
     t = HitTrail()
-    assert t.bind() == feedback.HITS.add and atheris._trace_branch is before
+    assert t.bind() is feedback.HITS and atheris._trace_branch is before
     assert not t.bound and feedback.atheris_counters() is None and not feedback.libfuzzer_running()
-    instrumented(branchy)(5)
-    assert t.hits
-    t.flush()  # nowhere to write them: forgotten, so the set never grows past a program
-    assert not t.hits
+    f(5)
+    assert marked(t)
+    t.flush()  # nowhere to write them: forgotten
+    assert not marked(t)
 
 
 def test_without_the_counter_array_each_hit_goes_to_atheris_at_the_flush(monkeypatch):
     """libFuzzer runs but this atheris build does not export its counters: atheris' own function
-    gets every hit of the program, once."""
+    gets every counter the program hit, once."""
     monkeypatch.setattr(feedback, "atheris_counters", lambda: None)
     monkeypatch.setattr(feedback, "libfuzzer_running", lambda: True)
     delivered = []
     monkeypatch.setattr(atheris, "_trace_branch", delivered.append)
+    f = instrumented(branchy)
     t = HitTrail()
-    hit = t.bind()
+    hits = t.bind()
     assert not t.bound
-    instrumented(branchy)(5)
-    hit(7)
+    f(5)
+    hits[7] = 1  # an arc
     assert delivered == []  # nothing during the program
-    expected = set(t.hits)
+    expected = marked(t)
     t.flush()
-    assert sorted(delivered) == sorted(expected) and 7 in delivered and not t.hits
+    assert delivered == sorted(expected) and 7 in delivered and not marked(t)
 
 
 def test_binding_forgets_the_hits_from_before_the_loop(trail):
-    instrumented(branchy)(5)  # e.g. the stream layout's inference, before libFuzzer's first input
-    assert trail.hits
+    f = instrumented(branchy)
     trail.bind(memoryview(bytearray(1 << 20)))
-    assert not trail.hits
+    f(5)  # e.g. the stream layout's inference, before libFuzzer's first input
+    assert marked(trail)
+    trail.bind(memoryview(bytearray(1 << 20)))
+    assert not marked(trail)
 
 
 def test_a_core_module_without_the_symbols_is_not_used(monkeypatch):

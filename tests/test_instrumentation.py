@@ -1,7 +1,7 @@
 """The simulator's instrumentation (fuzz/instrumentation.py): fewer counters, the same coverage decisions.
 
 Each function below is instrumented twice: by atheris itself (a call into ``atheris._trace_branch``
-at every basic block) and by :mod:`fuzz.instrumentation` (a SET_ADD at the blocks whose hit nothing
+at every basic block) and by :mod:`fuzz.instrumentation` (a byte stored at the blocks whose hit nothing
 else implies). Over the same inputs both must split the inputs alike (two inputs hit the same
 counters under one exactly when they do under the other) and find new coverage at the same
 inputs, which is all libFuzzer reads from them.
@@ -115,13 +115,14 @@ def hit_sets(func, calls_atheris: bool, monkeypatch) -> list[frozenset]:
         hits = set()
         if calls_atheris:
             monkeypatch.setattr(atheris, "_trace_branch", hits.add)
-        feedback.HITS.clear()
         try:
             func(*args)
         except Exception:  # a raise counts as where it happened
             pass
-        out.append(frozenset(hits if calls_atheris else feedback.HITS))
-    feedback.HITS.clear()
+        marked = feedback.hit_indices()
+        for i in marked:
+            feedback.HITS[i] = 0
+        out.append(frozenset(hits if calls_atheris else marked))
     return out
 
 
@@ -143,8 +144,8 @@ def partition(sets: list[frozenset]) -> set[frozenset]:
 
 
 def counters(code) -> int:
-    """How many counters: atheris' calls, or this module's SET_ADDs (nested code included)."""
-    n = sum(1 for i in dis.get_instructions(code) if i.opname == "SET_ADD" or i.argval == "_trace_branch")
+    """How many counters: atheris' calls, or this module's stores into the map (nested code included)."""
+    n = sum(1 for i in dis.get_instructions(code) if i.argval is feedback.HITS or i.argval == "_trace_branch")
     return n + sum(counters(c) for c in code.co_consts if hasattr(c, "co_code"))
 
 
@@ -174,14 +175,16 @@ def test_a_block_whose_successor_has_another_predecessor_keeps_its_counter(monke
     assert with_a and without_a and not with_a & without_a
 
 
-def test_hits_go_to_the_shared_set_without_a_call():
+def test_hits_are_stored_in_the_map_without_a_call():
     code = pruned(guards).__code__
-    names = {i.argval for i in dis.get_instructions(code)}
-    assert "_trace_branch" not in names
-    feedback.HITS.clear()
+    assert "_trace_branch" not in {i.argval for i in dis.get_instructions(code)}
+    assert hash(code) == hash(code)  # the map among its constants hashes (by identity)
+    assert [i.opname for i in dis.get_instructions(code)].count("STORE_SUBSCR") == 5
+    before = feedback.hit_indices()
     pruned(guards)(1, 2, 3)
-    assert len(feedback.HITS) == 1  # one counter: the body after the guards (the entry is implied)
-    feedback.HITS.clear()
+    hit = [i for i in feedback.hit_indices() if i not in before]
+    assert len(hit) == 1  # one counter: the body after the guards (the entry is implied)
+    feedback.HITS[hit[0]] = 0
 
 
 def test_instrumenting_twice_changes_nothing():
