@@ -4,20 +4,24 @@ atheris' instrumentation (``atheris.instrument_bytecode``) puts a call to
 ``atheris._trace_branch(i)`` at the start of every basic block. Here its bytecode rewriter does
 two things differently:
 
-* **fewer counters.** A block all of whose successors have it as their only predecessor gets no
-  counter: whenever it runs, one of them runs next, and its counter says so (SanitizerCoverage's
-  pruning of blocks that dominate all their successors, in the sole-predecessor form, which needs
-  no dominator tree). A chain of guard clauses (``if bad: return -EINVAL``) keeps the counters
-  of its early returns and of the block after the last guard, not one per guard; a loop's
-  ``FOR_ITER`` is no longer counted besides its body. On the programs a v2 campaign kept, 320
-  block hits a program became 208, and which programs have the same coverage is unchanged
-  (every program partitioned alike, on v1, v2 0x1/0x7 and zoo variants that raise).
+* **fewer counters.** A block all of whose successors it dominates gets no counter: whenever it
+  runs, one of them runs next, and none of them runs without it, so it ran exactly when one of
+  them did, and their counters (or, for one without, its own successors', further down the
+  dominator tree) say so. This is SanitizerCoverage's pruning of the blocks that are full
+  dominators. A chain of guard clauses (``if bad: return -EINVAL``) keeps the counters of its
+  early returns and of the block after the last guard, not one per guard; an ``if`` without an
+  ``else`` keeps its body's and the merge's, not the test's; a loop's ``FOR_ITER`` is no longer
+  counted besides its body. On the programs a v2 campaign kept, 320 block hits a program became
+  121 (208 when only a block whose successors have it as their only predecessor went
+  uncounted), and which programs have the same coverage is unchanged (every program partitioned
+  alike, on v1, v2 0x1/0x7 and zoo variants that raise: ``bench/pruning.py``).
 * **no call.** The counter's hit is ``HITS[i] = 1`` (``LOAD_CONST 1; LOAD_CONST HITS; LOAD_CONST i;
   STORE_SUBSCR``): a byte stored in :data:`fuzz.feedback.HITS`, which
   :class:`fuzz.feedback.HitTrail` copies into libFuzzer's counters when the program ends.
 
 What is lost: a block that raises before it ends is not counted (its successors never run); the
-function it raised in, or the handler, is.
+function it raised in, or the handler, is. The same for a generator's block left at a ``yield``
+that is never resumed.
 
 The rewriter subclasses atheris' ``Instrumentor`` and reads its instruction list (``referers``,
 ``reference``, the exception table). Where this atheris build does not have them,
@@ -60,22 +64,22 @@ class _Blocks(_BASE):
 
     def counted_starts(self) -> list:
         """The instructions that get a counter: atheris' block starts (the first instruction, jump
-        targets, the instruction after a conditional jump) but those whose block's successors all
-        have it as their only predecessor."""
+        targets, the instruction after a conditional jump) but those whose block dominates all
+        its successors (each of them an atheris start: one with a counter of its own, or one
+        left without by this same rule)."""
         code = self.instructions
         n = len(code)
         at = {instr: i for i, instr in enumerate(code)}
         starts = {0} | {i for i, instr in enumerate(code) if instr.referers} \
             | {i + 1 for i, instr in enumerate(code[:-1]) if instr.mnemonic in CONDITIONAL_JUMPS}
         # Exception handlers start blocks of their own: entered from anywhere in their try range,
-        # never by a jump, so they are no atheris start and never count as an only successor.
+        # never by a jump, so they are no atheris start, and roots of the dominator tree.
         handlers = {at[entry.target] for entry in self.exceptiontable}
         # The control-flow graph splits after every jump and return too (atheris' starts do not).
         bounds = sorted(starts | handlers | {i + 1 for i, instr in enumerate(code[:-1])
                                              if instr.reference is not None or instr.mnemonic in ENDS_FUNCTION})
         successors: dict[int, list[int]] = {}
         predecessors: dict[int, set[int]] = {b: set() for b in bounds}
-        predecessors[0].add(-1)  # the call
         for k, begin in enumerate(bounds):
             end = bounds[k + 1] if k + 1 < len(bounds) else n
             last = code[end - 1]
@@ -89,14 +93,16 @@ class _Blocks(_BASE):
             for block in out:
                 predecessors[block].add(begin)
 
-        def only_from(block: int, begin: int) -> bool:
-            return block in starts and predecessors[block] == {begin}
+        dominators, bit = _dominators(bounds, predecessors, {0} | handlers)
+
+        def below(block: int, begin: int) -> bool:
+            return block != begin and block in starts and dominators[block] & bit[begin]
 
         kept = []
         for begin in sorted(starts):
             out = successors[begin]
-            if out and all(only_from(block, begin) for block in out):
-                continue  # implied by whichever successor runs
+            if out and all(below(block, begin) for block in out):
+                continue  # implied by whichever successor runs: it runs only after this block
             i = begin  # where atheris would put it: after the RESUME prologue, past INSERT_AFTER_INSTRS
             while i < n and (code[i].before_resume or code[i].mnemonic in _ib.INSERT_AFTER_INSTRS):
                 i += 1 if code[i].before_resume else _ib.INSERT_AFTER_INSTRS[code[i].mnemonic]
@@ -124,6 +130,28 @@ class _Blocks(_BASE):
                 return i
         self.consts.append(obj)
         return len(self.consts) - 1
+
+
+def _dominators(blocks: list, predecessors: dict, roots: set) -> tuple[dict, dict]:
+    """({block: bitmask of the blocks that dominate it, itself included}, {block: its bit}): every
+    path from a root to a block passes through its dominators. The roots are the entry and the
+    exception handlers (entered from anywhere in their try range, so nothing dominates them). The
+    textbook iteration to a fixed point; a block no root reaches keeps every bit (it never runs)."""
+    bit = {b: 1 << k for k, b in enumerate(blocks)}
+    every = (1 << len(blocks)) - 1
+    dom = {b: bit[b] if b in roots else every for b in blocks}
+    changed = True
+    while changed:
+        changed = False
+        for b in blocks:
+            if b in roots:
+                continue
+            meet = every
+            for p in predecessors[b]:
+                meet &= dom[p]
+            if meet | bit[b] != dom[b]:
+                dom[b], changed = meet | bit[b], True
+    return dom, bit
 
 
 def _patch(code: types.CodeType, dataflow: bool, nested: bool = False) -> types.CodeType:

@@ -31,6 +31,22 @@ def guards(a: int, b: int, c: int) -> int:
     return a + b + c
 
 
+def optional_step(a: int, b: int, c: int) -> int:
+    if a < 0:
+        return -1
+    x = b
+    if c:
+        x += 1  # the test above dominates this block and the return after it: it needs no counter
+    return x
+
+
+def shared_exit(a: int, b: int, c: int) -> int:
+    if a:
+        if b:  # dominates the return below it, not the one it shares with the test above: counted
+            return 1
+    return 0
+
+
 def merge(a: int, b: int, c: int) -> int:
     x = 0
     if a:
@@ -94,7 +110,7 @@ def delegating(a: int, b: int, c: int) -> int:
     return sum(inner())
 
 
-FUNCTIONS = (guards, merge, loops, exceptions, short_circuits, delegating)
+FUNCTIONS = (guards, optional_step, shared_exit, merge, loops, exceptions, short_circuits, delegating)
 INPUTS = list(itertools.product((-1, 0, 1, 2), repeat=3))
 
 
@@ -165,6 +181,15 @@ def test_a_guard_chain_keeps_a_counter_per_early_return_not_per_guard():
     # returns and the body after the last guard (the entry and every fall-through but the last
     # are implied by where control goes next).
     assert (full, ours) == (9, 5)
+
+
+def test_a_test_that_dominates_both_its_successors_has_no_counter():
+    full, ours = counters(every_block(optional_step).__code__), counters(pruned(optional_step).__code__)
+    # atheris: the entry, the early return, the test of c, its body and the return after it (5);
+    # kept: the early return, the body and the return. The entry's successors have it as their
+    # only predecessor; the test's do not (the return is reached from the body too), but the test
+    # dominates both, so it ran exactly when one of them did.
+    assert (full, ours) == (5, 3)
 
 
 def test_a_block_whose_successor_has_another_predecessor_keeps_its_counter(monkeypatch):
