@@ -5,7 +5,8 @@ For each target, two child processes run the same programs (the fixed workload o
 ``bench/throughput.py``, or the programs a campaign kept with ``--corpus``): one with atheris'
 own instrumentation (a counter at every block), one with ``fuzz.instrumentation`` (a counter at
 the blocks whose hit nothing else implies). Each records the counters every program hit. Printed:
-counters a program and in all, and whether the two split the programs alike (two programs hit
+block hits a program (what the instrumentation costs: every store into a counter), counters a
+program and in all, and whether the two split the programs alike (two programs hit
 the same counters under one exactly when they do under the other) and find new coverage at the
 same programs, which is what libFuzzer decides with. Any difference is listed.
 
@@ -33,18 +34,34 @@ DEFAULT_TARGETS = ("sim", "sim:flags=0x1", "sim:proto=v1", "sim:bug=v2-errptr-on
                    "sim:bug=v2-uart-tail-trusted", "sim:proto=v1,bug=v1-data-offset-oob")
 
 
-def hit_sets(spec_text: str, every_block: bool, corpus: str, programs: int) -> list[list[int]]:
-    """In this process: the counters each program hit (protocol arcs included, as in a campaign)."""
+class CountingMap(feedback.HitMap):
+    """The hit map, counting the stores into the code's counters (those below ``limit``: the
+    protocol arcs are above): what the instrumentation costs a program, hit by hit."""
+
+    limit = 0
+    stores = 0
+
+    def __setitem__(self, index, value):
+        if index < CountingMap.limit:
+            CountingMap.stores += 1
+        bytearray.__setitem__(self, index, value)
+
+
+def hit_sets(spec_text: str, every_block: bool, corpus: str, programs: int) -> dict:
+    """In this process: the counters each program hit (protocol arcs included, as in a campaign),
+    and the block hits a program (stores into the code's counters, each hit counted)."""
     if every_block:
         instrumentation.PRUNING = False
     camp, inputs = campaign_here(spec_text, "target", corpus)
     camp.bind_feedback()
+    CountingMap.limit = camp.arc_base
+    feedback.HITS.__class__ = CountingMap  # (the same object: instrumented code holds it)
     out = []
     for data in inputs[:programs]:
         camp.executor.run(decode(data, camp.proto))
         out.append(feedback.hit_indices(camp.trail.size))
         camp.trail.discard()
-    return out
+    return {"sets": out, "block_hits_a_program": round(CountingMap.stores / max(len(out), 1), 1)}
 
 
 def new_coverage(sets) -> list[bool]:
@@ -74,7 +91,7 @@ def compare(full: list, pruned: list) -> dict:
     }
 
 
-def child(spec_text: str, every_block: bool, corpus: str, programs: int) -> list:
+def child(spec_text: str, every_block: bool, corpus: str, programs: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--child", "every-block" if every_block else "pruned", "--target", spec_text,
                "--programs", str(programs), "--child-out", out.name] + (["--corpus", corpus] if corpus else [])
@@ -98,9 +115,11 @@ def main() -> None:
     results = {}
     for spec_text in args.target or DEFAULT_TARGETS:
         full, pruned = (child(spec_text, every_block, args.corpus, args.programs) for every_block in (True, False))
-        r = compare(full, pruned)
+        r = compare(full["sets"], pruned["sets"])
+        r["block_hits_a_program"] = [full["block_hits_a_program"], pruned["block_hits_a_program"]]
         results[spec_text] = r
-        print(f"{spec_text:40} {r['programs']} programs; counters a program {r['counters_a_program'][0]} -> "
+        print(f"{spec_text:40} {r['programs']} programs; block hits a program {r['block_hits_a_program'][0]} -> "
+              f"{r['block_hits_a_program'][1]}; counters a program {r['counters_a_program'][0]} -> "
               f"{r['counters_a_program'][1]}, in all {r['counters_in_all'][0]} -> {r['counters_in_all'][1]}; "
               f"split alike: {'yes' if r['split_alike'] else 'NO'}; new coverage differs at "
               f"{len(r['new_coverage_differs_at'])} programs", flush=True)

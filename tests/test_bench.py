@@ -227,6 +227,8 @@ def test_pruned_instrumentation_decides_as_a_counter_on_every_block_does(tmp_pat
         assert r["programs"] == 300 and r["split_alike"] and r["new_coverage_differs_at"] == []
         full, pruned = r["counters_in_all"]
         assert pruned < full  # fewer counters, the same decisions
+        every, fewer = r["block_hits_a_program"]
+        assert 0 < fewer < every  # and fewer stores: what the pruning is for
 
 
 def test_pruning_comparison_reports_a_difference():
