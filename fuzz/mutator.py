@@ -10,6 +10,7 @@ mutator, the random baseline and the Hypothesis baseline all draw from here.
 from __future__ import annotations
 
 import random
+import struct
 
 from harness.runtime import RACE_FD_CALLS
 
@@ -168,10 +169,15 @@ def crossover(a: Program, b: Program, rng: random.Random) -> Program:
     return decode(crossover_bytes(encode(trim_payload(a)), encode(trim_payload(b)), rng), a.proto)
 
 
+# Per record count n, a struct of n 8-byte strings: an input's records cut in one C call (a slice
+# each cost 1.2 us more a mutation, a tenth of the mutator).
+_RECORDS = tuple(struct.Struct(f"{RECORD}s" * n) for n in range(MAX_OPS + 1))
+
+
 def _split(data: bytes) -> tuple[list, bytes]:
     """Binary program -> (list of 8-byte records, payload), as decode() reads it."""
-    end = 1 + codec.record_count(data) * RECORD
-    return [data[i:i + RECORD] for i in range(1, end, RECORD)], data[end:]
+    n = codec.record_count(data)
+    return list(_RECORDS[n].unpack_from(data, 1)) if n else [], data[1 + n * RECORD:]
 
 
 def _join(records: list, payload: bytes) -> bytes:

@@ -241,3 +241,14 @@ def test_random_programs_use_every_op_and_valid_states(proto):
     top = range(1, 8) if proto == "v2" else range(0, 8)
     assert sum(states[s] for s in top) > total * 0.7  # mostly states that exist
     assert sum(n for s, n in states.items() if s not in top) > total * 0.05  # and some that do not
+
+
+def test_an_input_is_cut_into_records_and_payload_as_the_codec_reads_it():
+    """``mutator._split`` (one struct per record count) against the codec's reading, on inputs of
+    every length, empty and short ones included."""
+    rng = random.Random(7)
+    inputs = [b"", b"\x00", b"\x05", b"\x01" + bytes(7)] + [rng.randbytes(rng.randrange(1, 420)) for _ in range(500)]
+    for data in inputs:
+        records, payload = mutator._split(data)
+        assert records == records_of(data) and payload == payload_of(data)
+        assert mutator._join(records, payload) == (bytes([len(records)]) + data[1:] if data else b"\x00")
