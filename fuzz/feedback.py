@@ -4,11 +4,11 @@ Every counter hit of a program is a byte set in :data:`HITS`, a map with one byt
 simulator's instrumented blocks store it themselves (``HITS[i] = 1`` in their bytecode,
 :mod:`fuzz.instrumentation`), protocol arcs write the map directly (``fuzz.executor``), kernel PCs
 through :meth:`HitTrail.hit`. When the program ends, :meth:`HitTrail.flush` copies the map's
-reserved counters over atheris' 8-bit counter array (libFuzzer cleared it before the input and
-reads it after) and clears them: two copies of about 20 KB. Before this, every block called
-``atheris._trace_branch(i)``: a pybind11 call, about 1,300 machine instructions each (callgrind;
-an average v2 program made 225 of them, v1 374); then a set insert per hit and a store per counter
-at the end.
+reserved counters over atheris' 8-bit counter array (libFuzzer cleared it before the input and reads
+it after) and clears them: two copies of about 17 KB (16,384 of them protocol arcs). Before this,
+every block called ``atheris._trace_branch(i)``: a pybind11 call, about 1,300 machine instructions
+each (callgrind; an average v2 program made 225 of them, v1 374); then a set insert per hit and a
+store per counter at the end.
 
 What libFuzzer sees is which counters a program hit, not how often: every hit counter reads 1,
 where atheris' ``++`` gave libFuzzer a count to bucket (1, 2, 3, 4-7, ...). Keeping the counts
@@ -89,10 +89,9 @@ class HitTrail:
     :meth:`flush` ends each program (unbound: nothing). Without libFuzzer (a benchmark),
     :meth:`bind` takes a private array, so the cost is the campaign's."""
 
-    __slots__ = ("hits", "counters", "bound", "deliver", "size", "reserved", "zeros")
+    __slots__ = ("counters", "bound", "deliver", "size", "reserved", "zeros")
 
     def __init__(self):
-        self.hits = HITS
         self.counters: memoryview | None = None  # libFuzzer's, as many as are reserved
         self.bound = False
         self.deliver = None  # atheris' own hit function, when its counter array cannot be found
