@@ -177,7 +177,8 @@ _RECORDS = tuple(struct.Struct(f"{RECORD}s" * n) for n in range(MAX_OPS + 1))
 def _split(data: bytes) -> tuple[list, bytes]:
     """Binary program -> (list of 8-byte records, payload), as decode() reads it."""
     n = codec.record_count(data)
-    return list(_RECORDS[n].unpack_from(data, 1)) if n else [], data[1 + n * RECORD:]
+    records = list(_RECORDS[n].unpack_from(data, 1)) if n else []  # (unpack_from needs a byte at 1)
+    return records, data[1 + n * RECORD:]
 
 
 def _join(records: list, payload: bytes) -> bytes:

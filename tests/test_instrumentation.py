@@ -35,8 +35,8 @@ def optional_step(a: int, b: int, c: int) -> int:
     if a < 0:
         return -1
     x = b
-    if c:
-        x += 1  # the test above dominates this block and the return after it: it needs no counter
+    if c:  # dominates both its successors (the body and the return after it): no counter
+        x += 1
     return x
 
 
