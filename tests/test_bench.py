@@ -163,11 +163,26 @@ def test_op_costs_count_every_op_of_every_program(tmp_path):
 
 def test_op_cost_lines_rank_kinds_by_what_they_add():
     fixed = {"ops": {"set": [2.0, 5.0], "race": [0.5, 20.0], "get": [1.0, 1.0]}, "program_us": 30, "handlers_us": 21}
-    kept = {"ops": {"set": [2.0, 5.0], "race": [1.5, 20.0], "get": [3.0, 1.0]}, "program_us": 52, "handlers_us": 43}
-    lines = throughput.op_cost_lines(fixed, kept, top=2)
+    ran = {"ops": {"set": [2.0, 5.0], "race": [1.5, 20.0], "get": [3.0, 1.0]}, "program_us": 52, "handlers_us": 43}
+    lines = throughput.op_cost_lines(fixed, ran, top=2)
     assert lines[1].split()[0] == "race" and "+20.0 us" in lines[1]  # 1.0 more a program at 20 us
     assert lines[2].split()[0] == "get" and "+2.0 us" in lines[2]
     assert len(lines) == 3  # set adds nothing and is past the top 2
+
+
+def test_a_sampled_campaign_keeps_every_16th_program_it_ran(tmp_path):
+    # The figures on "what the campaign ran" are only as true as this sample: the programs it ran,
+    # as it ran them, not the shorter ones its corpus keeps.
+    runs = 20 * throughput.SAMPLE_EVERY
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--sampled-campaign",
+                           str(tmp_path / "ran"), "fuzz", "--target", "sim", "--runs", str(runs), "--corpus",
+                           str(tmp_path / "corpus"), "--crashes", str(tmp_path / "crashes")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ran = throughput.corpus_inputs(tmp_path / "ran")
+    assert len(ran) == runs // throughput.SAMPLE_EVERY
+    kept = set(throughput.corpus_inputs(tmp_path / "corpus"))
+    assert not set(ran) <= kept  # mutants that found nothing new ran too
 
 
 def test_compare_takes_the_ratio_within_each_round():
