@@ -969,6 +969,14 @@ def test_v2_state_changes_during_a_stopped_call():
     t3 = v2().script("write", busy_write)
     expect(run(t3, "set 0 state=RESUMING\nwrite 0 fd=0 data=00"), "state-changed-while-stopped", NONE, step=1)
 
+    def busy_resume_write(orig, fd, data):  # the writes of a transfer, into the destination
+        t4.real(1).core.work(1)
+        return orig(fd, data)
+    t4 = v2().script("write", busy_resume_write, dev=1)
+    migrate = "set 0 state=STOP_COPY\ndrain 0 fd=0\nset 1 state=RESUMING\ntransfer 0 dst=1 seg=16"
+    expect(run(t4, migrate), "state-changed-while-stopped", NONE, step=3)
+    silent(run(v2(), migrate + "\nset 1 state=STOP"))
+
 
 def test_v2_device_hang():
     def hang(orig, s):
@@ -1440,6 +1448,31 @@ def test_v1_state_changes_while_stopped():
         return out
     t2 = v1().script("region_write", busy)
     expect(run(t2, "set 0 value=0b000\nset 0 value=0b010"), "state-changed-while-stopped", NONE, step=1)
+
+
+def test_v1_state_changes_while_a_transfer_writes_the_window():
+    # RESUMING is stopped: a device that changes on its window writes is caught at the transfer, once
+    # per transfer (however many writes it makes), before a later write's refusal is judged
+    def busy_window(orig, offset, data):
+        out = orig(offset, data)
+        if offset >= V1_HEADER_SIZE:
+            changing.real(1).core.work(1)
+        return out
+    changing = v1().script("region_write", busy_window, dev=1)
+    migrate = "set 0 value=0b010\ndrain 0\nset 1 value=0b100\ntransfer 0 dst=1 seg=16"
+    expect(run(changing, migrate), "state-changed-while-stopped", NONE, step=3)
+
+    def busy_then_refusing(orig, offset, data):
+        if offset >= V1_HEADER_SIZE:
+            writes.append(offset)
+            if len(writes) > 1:
+                return errno.EIO, None
+            refusing.real(1).core.work(1)
+        return orig(offset, data)
+    writes = []
+    refusing = v1().script("region_write", busy_then_refusing, dev=1)
+    expect(run(refusing, migrate), "state-changed-while-stopped", NONE, step=3)
+    silent(run(v1(), migrate + "\nset 1 value=0b001"))
 
 
 def test_v1_device_hang_exception_splat():
