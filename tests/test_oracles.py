@@ -977,6 +977,14 @@ def test_v2_state_changes_during_a_stopped_call():
     expect(run(t4, migrate), "state-changed-while-stopped", NONE, step=3)
     silent(run(v2(), migrate + "\nset 1 state=STOP"))
 
+    def failing(orig, fd, data):  # an injected failure that changes the device as it fails the write
+        t5.fire(1)
+        t5.real(1).core.work(1)
+        return errno.EIO, 0
+    t5 = v2().script("write", failing, dev=1)
+    silent(run(t5, "set 0 state=STOP_COPY\ndrain 0 fd=0\nset 1 state=RESUMING\nfault 1 nth=1 kind=hwerror\n"
+                   "transfer 0 dst=1 seg=16"))  # the resync after the op takes the state it left
+
 
 def test_v2_device_hang():
     def hang(orig, s):
@@ -1451,8 +1459,8 @@ def test_v1_state_changes_while_stopped():
 
 
 def test_v1_state_changes_while_a_transfer_writes_the_window():
-    # RESUMING is stopped: a device that changes on its window writes is caught at the transfer, once
-    # per transfer (however many writes it makes), before a later write's refusal is judged
+    # RESUMING is stopped: a device that changes on its window writes is caught at the transfer, and
+    # before a later write's refusal is judged
     def busy_window(orig, offset, data):
         out = orig(offset, data)
         if offset >= V1_HEADER_SIZE:
@@ -1473,6 +1481,16 @@ def test_v1_state_changes_while_a_transfer_writes_the_window():
     refusing = v1().script("region_write", busy_then_refusing, dev=1)
     expect(run(refusing, migrate), "state-changed-while-stopped", NONE, step=3)
     silent(run(v1(), migrate + "\nset 1 value=0b001"))
+
+    def failing(orig, offset, data):  # an injected failure that changes the device as it fails the write
+        if offset >= V1_HEADER_SIZE:
+            injected.fire(1)
+            injected.real(1).core.work(1)
+            return errno.EIO, None
+        return orig(offset, data)
+    injected = v1().script("region_write", failing, dev=1)
+    silent(run(injected, "set 0 value=0b010\ndrain 0\nset 1 value=0b100\nfault 1 nth=1 kind=hwerror\n"
+                         "transfer 0 dst=1 seg=16"))  # the resync after the op takes the state it left
 
 
 def test_v1_device_hang_exception_splat():
