@@ -977,6 +977,16 @@ def test_v2_state_changes_during_a_stopped_call():
     expect(run(t4, migrate), "state-changed-while-stopped", NONE, step=3)
     silent(run(v2(), migrate + "\nset 1 state=STOP"))
 
+    def busy_then_refusing(orig, fd, data):  # changes on the first write, refuses the second
+        writes.append(fd)
+        if len(writes) > 1:
+            return errno.EIO, 0
+        t6.real(1).core.work(1)
+        return orig(fd, data)
+    writes = []
+    t6 = v2().script("write", busy_then_refusing, dev=1)
+    expect(run(t6, migrate), "state-changed-while-stopped", NONE, step=3)
+
     def failing(orig, fd, data):  # an injected failure that changes the device as it fails the write
         t5.fire(1)
         t5.real(1).core.work(1)
