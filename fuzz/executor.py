@@ -308,6 +308,19 @@ class Executor:
         if self.has_digest and view.state in self.oracle.stopped_states:
             self.oracle.check_frozen(view, dev.digest())
 
+    def _transfer_refused(self, op, dst, ddev, data, offered, err, complete) -> int:
+        """A write of a transfer (either protocol) into ``dst`` was refused. The resuming device is
+        stopped, so its state is first checked to be the one it stopped with, as it is after a
+        transfer that completes; unless an injected failure fired (the resync after the op takes
+        the state it left). Once per transfer, not per write: a device that changed stays changed,
+        and a digest per write cost 6% of a v1 campaign's programs (9 writes a transfer). Then the
+        refusal is judged."""
+        fault = self.fault_fired(op.a)
+        if not fault:
+            self._check_frozen(dst, ddev)
+        self.oracle.transfer_failed(dst, data, offered, err, fault, complete)
+        return err
+
     # -- v2 ---------------------------------------------------------------------
 
     def v2_reset(self, op, view, dev):
@@ -350,18 +363,11 @@ class Executor:
                 if err:
                     if self.trace_on:
                         self.note(f"transfer write of {len(piece)} bytes -> {model.errname(err)}")
-                    if not self.fault_fired(op.a):  # (an injected failure may change it: see below)
-                        self._check_frozen(dst, ddev)
-                    oracle.transfer_failed(dst, data, sent + len(piece), err, self.fault_fired(op.a), complete)
-                    return err
+                    return self._transfer_refused(op, dst, ddev, data, sent + len(piece), err, complete)
                 oracle.on_transfer_write(dst, piece, n)
                 sent += n
                 piece = piece[n:]
-        # The resuming device is stopped: after the writes (and before a refused one is judged) its
-        # state is the one it stopped with, unless an injected failure fired (the resync after the op
-        # takes the state it left). Once per transfer, not per write: a device that changed stays
-        # changed, and a digest per write cost 6% of a v1 campaign's programs (9 writes a transfer).
-        self._check_frozen(dst, ddev)
+        self._check_frozen(dst, ddev)  # once a transfer: see _transfer_refused
         if self.trace_on:
             self.note(f"transferred {len(data)} bytes{' (a complete stream)' if complete else ''}")
         return 0
@@ -618,14 +624,11 @@ class Executor:
                 if err == errno.EINTR and self.fault_fired(op.a):
                     continue
                 if err:
-                    if not self.fault_fired(op.a):  # (see v2_transfer)
-                        self._check_frozen(dst, ddev)
-                    oracle.transfer_failed(dst, data, sent + len(piece), err, self.fault_fired(op.a), complete)
-                    return err
+                    return self._transfer_refused(op, dst, ddev, data, sent + len(piece), err, complete)
                 oracle.on_transfer_chunk(dst, piece, offset, taken)
                 sent += taken
                 piece = piece[taken:]
-        self._check_frozen(dst, ddev)  # (see v2_transfer)
+        self._check_frozen(dst, ddev)  # once a transfer: see _transfer_refused
         if self.trace_on:
             self.note(f"transferred {len(data)} bytes{' (a complete stream)' if complete else ''}")
         return 0

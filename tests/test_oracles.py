@@ -981,19 +981,19 @@ def test_v2_state_changes_during_a_stopped_call():
         writes.append(fd)
         if len(writes) > 1:
             return errno.EIO, 0
-        t6.real(1).core.work(1)
+        t5.real(1).core.work(1)
         return orig(fd, data)
     writes = []
-    t6 = v2().script("write", busy_then_refusing, dev=1)
-    expect(run(t6, migrate), "state-changed-while-stopped", NONE, step=3)
+    t5 = v2().script("write", busy_then_refusing, dev=1)
+    expect(run(t5, migrate), "state-changed-while-stopped", NONE, step=3)
 
     def failing(orig, fd, data):  # an injected failure that changes the device as it fails the write
-        t5.fire(1)
-        t5.real(1).core.work(1)
+        t6.fire(1)
+        t6.real(1).core.work(1)
         return errno.EIO, 0
-    t5 = v2().script("write", failing, dev=1)
-    silent(run(t5, "set 0 state=STOP_COPY\ndrain 0 fd=0\nset 1 state=RESUMING\nfault 1 nth=1 kind=hwerror\n"
-                   "transfer 0 dst=1 seg=16"))  # the resync after the op takes the state it left
+    t6 = v2().script("write", failing, dev=1)
+    # the resync after the op takes the state it left
+    silent(run(t6, migrate.replace("transfer", "fault 1 nth=1 kind=hwerror\ntransfer")))
 
 
 def test_v2_device_hang():
@@ -1499,8 +1499,8 @@ def test_v1_state_changes_while_a_transfer_writes_the_window():
             return errno.EIO, None
         return orig(offset, data)
     injected = v1().script("region_write", failing, dev=1)
-    silent(run(injected, "set 0 value=0b010\ndrain 0\nset 1 value=0b100\nfault 1 nth=1 kind=hwerror\n"
-                         "transfer 0 dst=1 seg=16"))  # the resync after the op takes the state it left
+    # the resync after the op takes the state it left
+    silent(run(injected, migrate.replace("transfer", "fault 1 nth=1 kind=hwerror\ntransfer")))
 
 
 def test_v1_device_hang_exception_splat():
